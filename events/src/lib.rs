@@ -1,0 +1,326 @@
+//! The contract between command-service and query-service.
+//!
+//! Both services depend on this crate for the event types, their JSON envelope and the
+//! RabbitMQ names, so neither side can drift from the other. The tests at the bottom pin the
+//! JSON shape with literal samples: changing a field name or an event name breaks them.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Durable topic exchange the command side publishes every event to.
+pub const EXCHANGE: &str = "todo.events";
+/// Quorum queue the query side consumes from, bound to [`EXCHANGE`] with [`BINDING_KEY`].
+pub const QUERY_QUEUE: &str = "query-service.todo-events";
+/// Binding key that matches every todo event.
+pub const BINDING_KEY: &str = "todo.#";
+/// Exchange dead-lettered messages of [`QUERY_QUEUE`] go to (fanout, durable).
+pub const DEAD_LETTER_EXCHANGE: &str = "todo.events.dlx";
+/// Queue that keeps dead-lettered messages for inspection and replay.
+pub const DEAD_LETTER_QUEUE: &str = "query-service.todo-events.dlq";
+/// Content type of every message body.
+pub const CONTENT_TYPE: &str = "application/json";
+/// AMQP header carrying the todo id.
+pub const HEADER_TODO_ID: &str = "todo_id";
+/// AMQP header carrying the todo version the event produced.
+pub const HEADER_VERSION: &str = "version";
+/// AMQP header carrying the correlation id of the request that caused the event.
+pub const HEADER_CORRELATION_ID: &str = "correlation_id";
+/// Envelope schema version this crate writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The three things that can happen to a todo, named in the past tense.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventType {
+    TodoCreated,
+    TodoUpdated,
+    TodoDeleted,
+}
+
+impl EventType {
+    /// The name used in the envelope's `event_type` and the AMQP `type` property.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::TodoCreated => "TodoCreated",
+            EventType::TodoUpdated => "TodoUpdated",
+            EventType::TodoDeleted => "TodoDeleted",
+        }
+    }
+
+    /// The routing key the event is published with on [`EXCHANGE`].
+    pub fn routing_key(self) -> &'static str {
+        match self {
+            EventType::TodoCreated => "todo.created",
+            EventType::TodoUpdated => "todo.updated",
+            EventType::TodoDeleted => "todo.deleted",
+        }
+    }
+
+    /// Parses the name written by [`EventType::as_str`].
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            EventType::TodoCreated,
+            EventType::TodoUpdated,
+            EventType::TodoDeleted,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A todo field a `TodoUpdated` can change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Field {
+    Title,
+    Description,
+    Completed,
+}
+
+/// The full state of a todo after a change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TodoState {
+    pub title: String,
+    pub description: Option<String>,
+    pub completed: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One event as it travels: stored in the command side's log, published as one AMQP message,
+/// served by `GET /events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub event_id: Uuid,
+    pub event_type: EventType,
+    pub schema_version: u32,
+    pub todo_id: i64,
+    /// The todo's version after this event: 1 for its creation, then 2, 3, …
+    pub version: i64,
+    /// Global, increasing position in the command side's event log. Zero until stored.
+    pub position: i64,
+    pub occurred_at: DateTime<Utc>,
+    pub correlation_id: String,
+    /// Full state after the change; `None` for a delete.
+    pub data: Option<TodoState>,
+    /// Fields a `TodoUpdated` changed; empty for the other types.
+    #[serde(default)]
+    pub changed: Vec<Field>,
+}
+
+/// Why a message body is not a usable event.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("body is not a JSON event envelope: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("unsupported schema_version {0} (this build reads {SCHEMA_VERSION})")]
+    SchemaVersion(u32),
+    #[error("{0} must carry data")]
+    MissingData(EventType),
+    #[error("TodoDeleted must not carry data")]
+    UnexpectedData,
+    #[error("todo_id and version must be positive, got todo_id {todo_id} version {version}")]
+    NotPositive { todo_id: i64, version: i64 },
+    #[error("TodoCreated must have version 1, got {0}")]
+    CreatedVersion(i64),
+}
+
+impl Envelope {
+    /// Routing key for this event.
+    pub fn routing_key(&self) -> &'static str {
+        self.event_type.routing_key()
+    }
+
+    /// Serializes the envelope to the JSON body of a message.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing plain data with string keys cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses and checks a message body: the JSON shape and the invariants both services rely on.
+    pub fn from_json(body: &[u8]) -> Result<Self, EnvelopeError> {
+        let envelope: Envelope = serde_json::from_slice(body)?;
+        envelope.validate()?;
+        Ok(envelope)
+    }
+
+    /// Checks the invariants a well-formed envelope holds.
+    pub fn validate(&self) -> Result<(), EnvelopeError> {
+        if self.schema_version != SCHEMA_VERSION {
+            return Err(EnvelopeError::SchemaVersion(self.schema_version));
+        }
+        if self.todo_id <= 0 || self.version <= 0 {
+            return Err(EnvelopeError::NotPositive {
+                todo_id: self.todo_id,
+                version: self.version,
+            });
+        }
+        match (self.event_type, &self.data) {
+            (EventType::TodoDeleted, Some(_)) => return Err(EnvelopeError::UnexpectedData),
+            (EventType::TodoCreated | EventType::TodoUpdated, None) => {
+                return Err(EnvelopeError::MissingData(self.event_type))
+            }
+            _ => {}
+        }
+        if self.event_type == EventType::TodoCreated && self.version != 1 {
+            return Err(EnvelopeError::CreatedVersion(self.version));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CREATED: &str = r#"{
+        "event_id": "0b8f6a52-3c39-4c6e-9a53-2f0a4a1d6f10", "event_type": "TodoCreated",
+        "schema_version": 1, "todo_id": 42, "version": 1, "position": 1234,
+        "occurred_at": "2026-11-22T10:00:00Z", "correlation_id": "req-1",
+        "data": { "title": "Learn CQRS", "description": null, "completed": false,
+                  "created_at": "2026-11-22T10:00:00Z", "updated_at": "2026-11-22T10:00:00Z" },
+        "changed": [] }"#;
+
+    const UPDATED: &str = r#"{
+        "event_id": "6d1c1c0e-7f0b-4c55-8d2e-9c7f2b6c1a22", "event_type": "TodoUpdated",
+        "schema_version": 1, "todo_id": 42, "version": 3, "position": 1240,
+        "occurred_at": "2026-11-22T10:05:00.123456Z", "correlation_id": "req-7",
+        "data": { "title": "Learn CQRS", "description": "with outbox", "completed": true,
+                  "created_at": "2026-11-22T10:00:00Z", "updated_at": "2026-11-22T10:05:00.123456Z" },
+        "changed": ["completed", "description"] }"#;
+
+    const DELETED: &str = r#"{
+        "event_id": "9a0e5c1b-2d3f-4e5a-8b6c-7d8e9f0a1b2c", "event_type": "TodoDeleted",
+        "schema_version": 1, "todo_id": 42, "version": 4, "position": 1300,
+        "occurred_at": "2026-11-22T11:00:00Z", "correlation_id": "req-9",
+        "data": null, "changed": [] }"#;
+
+    #[test]
+    fn literal_samples_of_each_type_parse() {
+        let created = Envelope::from_json(CREATED.as_bytes()).expect("TodoCreated sample");
+        assert_eq!(created.event_type, EventType::TodoCreated);
+        assert_eq!((created.todo_id, created.version, created.position), (42, 1, 1234));
+        let data = created.data.as_ref().expect("created carries data");
+        assert_eq!(data.title, "Learn CQRS");
+        assert_eq!(data.description, None);
+
+        let updated = Envelope::from_json(UPDATED.as_bytes()).expect("TodoUpdated sample");
+        assert_eq!(updated.event_type, EventType::TodoUpdated);
+        assert_eq!(updated.changed, vec![Field::Completed, Field::Description]);
+        assert!(updated.data.as_ref().is_some_and(|d| d.completed));
+
+        let deleted = Envelope::from_json(DELETED.as_bytes()).expect("TodoDeleted sample");
+        assert_eq!(deleted.event_type, EventType::TodoDeleted);
+        assert_eq!(deleted.data, None);
+        assert_eq!(deleted.version, 4);
+    }
+
+    #[test]
+    fn each_sample_round_trips_to_the_same_json_value() {
+        for sample in [CREATED, UPDATED, DELETED] {
+            let parsed = Envelope::from_json(sample.as_bytes()).expect("sample parses");
+            let written: serde_json::Value =
+                serde_json::from_slice(&parsed.to_json()).expect("written JSON parses");
+            let original: serde_json::Value =
+                serde_json::from_str(sample).expect("sample is JSON");
+            assert_eq!(written, original, "round trip changed the JSON of {sample}");
+            assert_eq!(Envelope::from_json(&parsed.to_json()).expect("reparse"), parsed);
+        }
+    }
+
+    #[test]
+    fn written_json_has_exactly_the_documented_keys() {
+        let parsed = Envelope::from_json(UPDATED.as_bytes()).expect("sample parses");
+        let value: serde_json::Value = serde_json::from_slice(&parsed.to_json()).expect("json");
+        let mut keys: Vec<&str> = value
+            .as_object()
+            .expect("envelope is an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "changed",
+                "correlation_id",
+                "data",
+                "event_id",
+                "event_type",
+                "occurred_at",
+                "position",
+                "schema_version",
+                "todo_id",
+                "version"
+            ]
+        );
+        let data_keys: Vec<&str> = value["data"]
+            .as_object()
+            .expect("data is an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            data_keys.len(),
+            5,
+            "data has title, description, completed, created_at, updated_at: {data_keys:?}"
+        );
+    }
+
+    #[test]
+    fn names_and_routing_keys_are_pinned() {
+        assert_eq!(EXCHANGE, "todo.events");
+        assert_eq!(QUERY_QUEUE, "query-service.todo-events");
+        assert_eq!(BINDING_KEY, "todo.#");
+        let table = [
+            (EventType::TodoCreated, "TodoCreated", "todo.created"),
+            (EventType::TodoUpdated, "TodoUpdated", "todo.updated"),
+            (EventType::TodoDeleted, "TodoDeleted", "todo.deleted"),
+        ];
+        for (t, name, key) in table {
+            assert_eq!(t.as_str(), name);
+            assert_eq!(t.routing_key(), key);
+            assert_eq!(EventType::parse(name), Some(t));
+            assert_eq!(serde_json::to_string(&t).expect("json"), format!("\"{name}\""));
+        }
+        assert_eq!(EventType::parse("TodoArchived"), None);
+    }
+
+    #[test]
+    fn malformed_envelopes_are_rejected_with_a_reason() {
+        let cases: &[(&str, String)] = &[
+            ("not JSON at all", "{nope".to_string()),
+            ("unknown event type", CREATED.replace("TodoCreated", "TodoArchived")),
+            (
+                "future schema version",
+                CREATED.replace("\"schema_version\": 1", "\"schema_version\": 2"),
+            ),
+            (
+                "created without data",
+                DELETED.replace("TodoDeleted", "TodoCreated").replace("\"version\": 4", "\"version\": 1"),
+            ),
+            (
+                "delete with data",
+                UPDATED.replace("TodoUpdated", "TodoDeleted"),
+            ),
+            ("zero version", UPDATED.replace("\"version\": 3", "\"version\": 0")),
+            ("negative todo id", UPDATED.replace("\"todo_id\": 42", "\"todo_id\": -1")),
+            ("created at version 2", CREATED.replace("\"version\": 1", "\"version\": 2")),
+            ("string todo id", UPDATED.replace("\"todo_id\": 42", "\"todo_id\": \"42\"")),
+            ("missing event_id", CREATED.replace("\"event_id\": \"0b8f6a52-3c39-4c6e-9a53-2f0a4a1d6f10\",", "")),
+        ];
+        for (why, body) in cases {
+            assert!(
+                Envelope::from_json(body.as_bytes()).is_err(),
+                "{why}: should be rejected: {body}"
+            );
+        }
+    }
+}

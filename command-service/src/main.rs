@@ -1,1 +1,10 @@
-fn main() {}
+use command_service::{settings::Settings, shutdown, telemetry, Application};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::from_env().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    telemetry::init(settings.log_format, &settings.rust_log);
+    tracing::info!(?settings, "starting command-service");
+    let app = Application::build(settings).await?;
+    app.run(shutdown::signal()).await
+}

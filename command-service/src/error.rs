@@ -1,0 +1,233 @@
+//! The one error policy of the HTTP API.
+//!
+//! Every failure a handler can meet is an [`ApiError`]; [`ApiError::into_response`] is the only
+//! place that turns one into a response, always `application/problem+json` (RFC 9457) with
+//! `type`, `title`, `status`, `detail` and, for validation, the offending fields.
+//! - Client mistakes (400, 404, 405, 412, 413, 415, 422) say exactly what was wrong.
+//! - A store that cannot be reached is 503: the request changed nothing and can be retried.
+//! - Anything else is 500 with a generic body; the cause chain goes to the log, never to the
+//!   client.
+
+use serde::Serialize;
+use warp::http::{header, HeaderValue, StatusCode};
+use warp::reply::Response;
+
+/// One invalid field of a request body.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+    #[error("request body over {limit} bytes")]
+    PayloadTooLarge { limit: u64 },
+    #[error("invalid request body")]
+    Validation(Vec<FieldError>),
+    #[error("invalid query parameters")]
+    InvalidQuery(Vec<FieldError>),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("precondition failed: current version is {current}")]
+    PreconditionFailed { current: i64 },
+    #[error("Idempotency-Key reused with a different request body")]
+    IdempotencyKeyReused,
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl warp::reject::Reject for ApiError {}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<&'a [FieldError]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    current_version: Option<i64>,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_) | ApiError::BadRequest(_) | ApiError::InvalidQuery(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Validation(_) | ApiError::IdempotencyKeyReused => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn type_and_title(&self) -> (&'static str, &'static str) {
+        match self {
+            ApiError::MalformedJson(_) => ("/problems/malformed-json", "Malformed JSON"),
+            ApiError::BadRequest(_) => ("/problems/bad-request", "Bad request"),
+            ApiError::UnsupportedMediaType(_) => {
+                ("/problems/unsupported-media-type", "Unsupported media type")
+            }
+            ApiError::PayloadTooLarge { .. } => ("/problems/payload-too-large", "Payload too large"),
+            ApiError::Validation(_) => ("/problems/validation", "Invalid request"),
+            ApiError::InvalidQuery(_) => ("/problems/invalid-query", "Invalid query parameters"),
+            ApiError::NotFound(_) => ("/problems/not-found", "Not found"),
+            ApiError::MethodNotAllowed => ("/problems/method-not-allowed", "Method not allowed"),
+            ApiError::PreconditionFailed { .. } => {
+                ("/problems/precondition-failed", "Precondition failed")
+            }
+            ApiError::IdempotencyKeyReused => (
+                "/problems/idempotency-key-reused",
+                "Idempotency-Key reused with a different request",
+            ),
+            ApiError::Unavailable(_) => ("/problems/unavailable", "Service unavailable"),
+            ApiError::Internal(_) => ("/problems/internal", "Internal server error"),
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            ApiError::MalformedJson(m) => format!("The body is not valid JSON: {m}"),
+            ApiError::BadRequest(m) | ApiError::UnsupportedMediaType(m) | ApiError::NotFound(m) => {
+                m.clone()
+            }
+            ApiError::PayloadTooLarge { limit } => {
+                format!("The request body is larger than the limit of {limit} bytes.")
+            }
+            ApiError::Validation(errors) | ApiError::InvalidQuery(errors) => errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect::<Vec<_>>()
+                .join("; "),
+            ApiError::MethodNotAllowed => {
+                "This route does not support the request's method.".into()
+            }
+            ApiError::PreconditionFailed { current } => format!(
+                "If-Match does not match the current version; the todo is at version {current}."
+            ),
+            ApiError::IdempotencyKeyReused => {
+                "This Idempotency-Key was first used with a different request body.".into()
+            }
+            ApiError::Unavailable(_) => {
+                "The store is unavailable; nothing was changed. Retry later.".into()
+            }
+            ApiError::Internal(_) => "An unexpected error occurred; nothing was changed.".into(),
+        }
+    }
+
+    /// Builds the problem+json response and logs server-side failures with their cause.
+    pub fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            ApiError::Internal(err) => tracing::error!(error = ?err, "request failed"),
+            ApiError::Unavailable(cause) => tracing::warn!(%cause, "store unavailable"),
+            _ => {}
+        }
+        let (kind, title) = self.type_and_title();
+        let problem = Problem {
+            kind,
+            title,
+            status: status.as_u16(),
+            detail: self.detail(),
+            errors: match &self {
+                ApiError::Validation(errors) | ApiError::InvalidQuery(errors) => Some(errors),
+                _ => None,
+            },
+            current_version: match &self {
+                ApiError::PreconditionFailed { current } => Some(*current),
+                _ => None,
+            },
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = Response::new(body.into());
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<diesel::result::Error> for ApiError {
+    fn from(err: diesel::result::Error) -> Self {
+        if crate::db::is_unavailable(&err) {
+            ApiError::Unavailable(err.to_string())
+        } else {
+            ApiError::Internal(anyhow::Error::new(err).context("database query failed"))
+        }
+    }
+}
+
+impl From<diesel_async::pooled_connection::deadpool::PoolError> for ApiError {
+    fn from(err: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
+        // Timeouts waiting for a connection and failures to open one both mean PostgreSQL is
+        // not reachable right now.
+        ApiError::Unavailable(err.to_string())
+    }
+}
+
+/// Maps warp's own rejections (routing, headers, query strings) to problem responses. Handlers
+/// never reject: they answer, so this sees only what failed before a handler ran.
+pub async fn handle_rejection(
+    rejection: warp::Rejection,
+) -> Result<Response, std::convert::Infallible> {
+    let error = if rejection.is_not_found() {
+        ApiError::NotFound("No such route.".into())
+    } else if let Some(e) = rejection.find::<ApiError>() {
+        // Custom rejections from our own filters (body limits) carry an ApiError.
+        match e {
+            ApiError::PayloadTooLarge { limit } => ApiError::PayloadTooLarge { limit: *limit },
+            ApiError::BadRequest(m) => ApiError::BadRequest(m.clone()),
+            ApiError::UnsupportedMediaType(m) => ApiError::UnsupportedMediaType(m.clone()),
+            other => ApiError::BadRequest(other.to_string()),
+        }
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::MethodNotAllowed
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {
+        ApiError::BadRequest(e.to_string())
+    } else if let Some(e) = rejection.find::<warp::reject::MissingHeader>() {
+        ApiError::BadRequest(e.to_string())
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
+        ApiError::BadRequest(e.to_string())
+    } else if let Some(e) = rejection.find::<warp::reject::UnsupportedMediaType>() {
+        ApiError::UnsupportedMediaType(e.to_string())
+    } else {
+        ApiError::Internal(anyhow::anyhow!("unhandled rejection: {rejection:?}"))
+    };
+    Ok(error.into_response())
+}

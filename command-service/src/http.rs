@@ -1,0 +1,511 @@
+//! The HTTP API: one function per route returning a filter, state injected with `with_state`,
+//! and every error answered by [`crate::error`]. Handlers never reject: once a route matched,
+//! the handler answers, so warp's rejections only ever mean "no such route", "wrong method" or
+//! a malformed header or query string.
+
+use crate::error::{handle_rejection, ApiError};
+use crate::relay::RelayStatus;
+use crate::todos::{self, Change, Created, Idempotency, Precondition, Todo};
+use crate::{db::PgPool, input};
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::Instrument;
+use warp::http::{header, HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+pub const REQUEST_ID: &str = "x-request-id";
+const FEED_DEFAULT_LIMIT: i64 = 100;
+const FEED_MAX_LIMIT: i64 = 1000;
+
+#[derive(Clone)]
+pub struct State {
+    pub pool: PgPool,
+    pub relay: Arc<RelayStatus>,
+    pub max_body_bytes: u64,
+    pub idempotency_ttl_hours: i64,
+}
+
+fn with_state(state: State) -> impl Filter<Extract = (State,), Error = Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+/// All routes, with rejections answered as problem+json and the request id echoed.
+pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let api = create(state.clone())
+        .or(patch(state.clone()))
+        .unify()
+        .or(put(state.clone()))
+        .unify()
+        .or(delete(state.clone()))
+        .unify()
+        .or(feed(state.clone()))
+        .unify()
+        .or(health())
+        .unify()
+        .or(ready(state))
+        .unify();
+    api.recover(handle_rejection).unify()
+}
+
+/// The request's correlation id: `X-Request-Id` if the client sent a usable one, else new.
+fn request_id() -> impl Filter<Extract = (String,), Error = Rejection> + Clone {
+    warp::header::optional::<String>(REQUEST_ID).map(|given: Option<String>| {
+        given
+            .filter(|id| {
+                !id.is_empty()
+                    && id.len() <= 128
+                    && id.bytes().all(|b| b.is_ascii_graphic())
+            })
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+    })
+}
+
+fn with_request_id(mut response: Response, id: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
+/// Reads a JSON request body: 415 unless the content type is JSON, 413 past the limit (by
+/// `Content-Length` when given, else while reading a chunked body).
+fn json_body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("content-type")
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::body::stream())
+        .and_then(move |content_type: Option<String>, length: Option<u64>, body| async move {
+            read_json_body(content_type, length, body, limit)
+                .await
+                .map_err(warp::reject::custom)
+        })
+}
+
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+async fn read_json_body<S, B>(
+    content_type: Option<String>,
+    length: Option<u64>,
+    body: S,
+    limit: u64,
+) -> Result<Bytes, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    match content_type {
+        Some(ct) if is_json(&ct) => {}
+        Some(ct) => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "Content-Type must be application/json, got {ct}."
+            )))
+        }
+        None => {
+            return Err(ApiError::UnsupportedMediaType(
+                "Content-Type must be application/json; none was given.".into(),
+            ))
+        }
+    }
+    if length.is_some_and(|l| l > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let mut body = std::pin::pin!(body);
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|e| ApiError::BadRequest(format!("unreadable body: {e}")))?;
+        if buf.len() as u64 + chunk.remaining() as u64 > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            buf.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    let mut response = warp::reply::json(body).into_response();
+    *response.status_mut() = status;
+    response
+}
+
+fn todo_response(status: StatusCode, todo: &Todo) -> Response {
+    let mut response = json_response(status, todo);
+    set_etag(&mut response, todo.version);
+    response
+}
+
+fn set_etag(response: &mut Response, version: i64) {
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+}
+
+/// Answers a handler's result, errors included, with the request id attached.
+async fn answer(
+    id: String,
+    route: &'static str,
+    work: impl std::future::Future<Output = Result<Response, ApiError>>,
+) -> Result<Response, Infallible> {
+    let span = tracing::info_span!("request", correlation_id = %id, route);
+    let response = async {
+        let response = work.await.unwrap_or_else(ApiError::into_response);
+        tracing::info!(status = response.status().as_u16(), "request answered");
+        response
+    }
+    .instrument(span)
+    .await;
+    Ok(with_request_id(response, &id))
+}
+
+fn todo_id(id: i64) -> Result<i64, ApiError> {
+    if id > 0 {
+        Ok(id)
+    } else {
+        Err(ApiError::NotFound(format!("Todo {id} does not exist; ids are positive.")))
+    }
+}
+
+/// Parses `If-Match`: `*`, or a list of entity tags `"N"` (weak `W/"N"` accepted). A tag that is
+/// well-formed but not a version can match nothing (412); a malformed header is 400.
+pub fn precondition(raw: Option<String>) -> Result<Option<Precondition>, ApiError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let raw = raw.trim();
+    if raw == "*" {
+        return Ok(Some(Precondition::Any));
+    }
+    let mut versions = Vec::new();
+    for tag in raw.split(',').map(str::trim) {
+        let opaque = tag.strip_prefix("W/").unwrap_or(tag);
+        let inner = opaque
+            .strip_prefix('"')
+            .and_then(|t| t.strip_suffix('"'))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "If-Match must be * or quoted entity tags such as \"3\"; got {raw}."
+                ))
+            })?;
+        if let Ok(v) = inner.parse::<i64>() {
+            versions.push(v);
+        }
+    }
+    Ok(Some(Precondition::Versions(versions)))
+}
+
+fn idempotency(raw: Option<String>, body: &[u8], ttl_hours: i64) -> Result<Option<Idempotency>, ApiError> {
+    let Some(key) = raw else { return Ok(None) };
+    if key.is_empty() || key.len() > 255 {
+        return Err(ApiError::BadRequest(
+            "Idempotency-Key must be 1 to 255 characters.".into(),
+        ));
+    }
+    // Hash the parsed JSON (keys sorted by serde_json's map), not the bytes: the same request
+    // re-sent with other spacing or key order is the same request.
+    let canonical = serde_json::from_slice::<serde_json::Value>(body)
+        .map(|v| v.to_string())
+        .unwrap_or_default();
+    let hash = Sha256::digest(canonical.as_bytes());
+    Ok(Some(Idempotency {
+        key,
+        request_hash: hash.iter().map(|b| format!("{b:02x}")).collect(),
+        ttl_hours,
+    }))
+}
+
+fn create(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("todos")
+        .and(warp::post())
+        .and(request_id())
+        .and(warp::header::optional::<String>("idempotency-key"))
+        .and(json_body(state.max_body_bytes))
+        .and(with_state(state))
+        .and_then(|id: String, key: Option<String>, body: Bytes, state: State| async move {
+            let correlation = id.clone();
+            answer(id, "POST /todos", async move {
+                let input = input::todo_input(&body)?;
+                let idem = idempotency(key, &body, state.idempotency_ttl_hours)?;
+                match todos::create(&state.pool, input, idem, &correlation).await? {
+                    Created::New(todo) => {
+                        let mut response = todo_response(StatusCode::CREATED, &todo);
+                        location(&mut response, todo.id);
+                        Ok(response)
+                    }
+                    Created::Replayed { status, body } => {
+                        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
+                        let mut response = json_response(status, &body);
+                        if let Some(id) = body.get("id").and_then(|v| v.as_i64()) {
+                            location(&mut response, id);
+                        }
+                        if let Some(v) = body.get("version").and_then(|v| v.as_i64()) {
+                            set_etag(&mut response, v);
+                        }
+                        response
+                            .headers_mut()
+                            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+                        Ok(response)
+                    }
+                }
+            })
+            .await
+        })
+}
+
+fn location(response: &mut Response, id: i64) {
+    if let Ok(v) = HeaderValue::from_str(&format!("/todos/{id}")) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+}
+
+fn update_route(
+    state: State,
+    method: impl Filter<Extract = (), Error = Rejection> + Clone + Send + Sync + 'static,
+    route: &'static str,
+    parse: fn(&[u8]) -> Result<Change, ApiError>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("todos" / i64)
+        .and(method)
+        .and(request_id())
+        .and(warp::header::optional::<String>("if-match"))
+        .and(json_body(state.max_body_bytes))
+        .and(with_state(state))
+        .and_then(move |id: i64, rid: String, if_match: Option<String>, body: Bytes, state: State| async move {
+            let correlation = rid.clone();
+            answer(rid, route, async move {
+                let id = todo_id(id)?;
+                let change = parse(&body)?;
+                let precondition = precondition(if_match)?;
+                let todo = todos::update(&state.pool, id, change, precondition, &correlation).await?;
+                Ok(todo_response(StatusCode::OK, &todo))
+            })
+            .await
+        })
+}
+
+fn patch(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    update_route(state, warp::patch(), "PATCH /todos/{id}", |b| {
+        input::todo_patch(b).map(Change::Patch)
+    })
+}
+
+fn put(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    update_route(state, warp::put(), "PUT /todos/{id}", |b| {
+        input::todo_input(b).map(Change::Put)
+    })
+}
+
+fn delete(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("todos" / i64)
+        .and(warp::delete())
+        .and(request_id())
+        .and(warp::header::optional::<String>("if-match"))
+        .and(with_state(state))
+        .and_then(|id: i64, rid: String, if_match: Option<String>, state: State| async move {
+            let correlation = rid.clone();
+            answer(rid, "DELETE /todos/{id}", async move {
+                let id = todo_id(id)?;
+                let precondition = precondition(if_match)?;
+                let version = todos::delete(&state.pool, id, precondition, &correlation).await?;
+                let mut response = StatusCode::NO_CONTENT.into_response();
+                set_etag(&mut response, version);
+                Ok(response)
+            })
+            .await
+        })
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct FeedQuery {
+    after: i64,
+    limit: i64,
+}
+
+fn feed_query(params: &HashMap<String, String>) -> Result<FeedQuery, ApiError> {
+    let mut errors = Vec::new();
+    for key in params.keys().filter(|k| *k != "after" && *k != "limit") {
+        errors.push(crate::error::FieldError::new(key.clone(), "unknown query parameter"));
+    }
+    let after = match params.get("after") {
+        None => 0,
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if n >= 0 => n,
+            _ => {
+                errors.push(crate::error::FieldError::new(
+                    "after",
+                    format!("must be a non-negative integer, got {v:?}"),
+                ));
+                0
+            }
+        },
+    };
+    let limit = match params.get("limit") {
+        None => FEED_DEFAULT_LIMIT,
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if (1..=FEED_MAX_LIMIT).contains(&n) => n,
+            _ => {
+                errors.push(crate::error::FieldError::new(
+                    "limit",
+                    format!("must be an integer from 1 to {FEED_MAX_LIMIT}, got {v:?}"),
+                ));
+                0
+            }
+        },
+    };
+    if errors.is_empty() {
+        Ok(FeedQuery { after, limit })
+    } else {
+        Err(ApiError::InvalidQuery(errors))
+    }
+}
+
+fn feed(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("events")
+        .and(warp::get())
+        .and(request_id())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(with_state(state))
+        .and_then(|rid: String, params: HashMap<String, String>, state: State| async move {
+            answer(rid, "GET /events", async move {
+                let q = feed_query(&params)?;
+                let events = todos::feed(&state.pool, q.after, q.limit).await?;
+                let mut response = json_response(StatusCode::OK, &events);
+                if events.len() as i64 == q.limit {
+                    if let Some(last) = events.last() {
+                        let link = format!(
+                            "</events?after={}&limit={}>; rel=\"next\"",
+                            last.position, q.limit
+                        );
+                        if let Ok(v) = HeaderValue::from_str(&link) {
+                            response.headers_mut().insert(header::LINK, v);
+                        }
+                    }
+                }
+                Ok(response)
+            })
+            .await
+        })
+}
+
+fn health() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("health")
+        .and(warp::get())
+        .map(|| json_response(StatusCode::OK, &serde_json::json!({ "status": "ok" })))
+}
+
+fn ready(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("ready")
+        .and(warp::get())
+        .and(with_state(state))
+        .then(|state: State| async move {
+            let timeout = Duration::from_secs(2);
+            let postgres = tokio::time::timeout(timeout, todos::ping(&state.pool)).await;
+            let postgres_up = matches!(postgres, Ok(Ok(())));
+            let backlog = if postgres_up {
+                tokio::time::timeout(timeout, todos::outbox_backlog(&state.pool))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            } else {
+                None
+            };
+            let broker_up = state.relay.broker_connected.load(Ordering::Relaxed);
+            // Writes need PostgreSQL only: with RabbitMQ away they are still accepted and kept
+            // in the outbox, so the broker's state is reported but does not make us unready.
+            let status = if postgres_up {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json_response(
+                status,
+                &serde_json::json!({
+                    "status": if postgres_up { "ready" } else { "not ready" },
+                    "checks": {
+                        "postgres": if postgres_up { "up" } else { "down" },
+                        "rabbitmq": if broker_up { "up" } else { "down" },
+                        "outbox_backlog": backlog,
+                    }
+                }),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_match_forms() {
+        let cases: &[(&str, Option<Precondition>)] = &[
+            ("*", Some(Precondition::Any)),
+            ("\"3\"", Some(Precondition::Versions(vec![3]))),
+            ("W/\"3\"", Some(Precondition::Versions(vec![3]))),
+            ("\"1\", \"2\"", Some(Precondition::Versions(vec![1, 2]))),
+            ("\"abc\"", Some(Precondition::Versions(vec![]))),
+        ];
+        for (raw, expected) in cases {
+            assert_eq!(
+                &precondition(Some(raw.to_string())).expect(raw),
+                expected,
+                "If-Match: {raw}"
+            );
+        }
+        assert!(matches!(
+            precondition(Some("3".into())),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert_eq!(precondition(None).expect("absent"), None);
+    }
+
+    #[test]
+    fn json_content_types() {
+        for ct in ["application/json", "Application/JSON; charset=utf-8", "application/merge-patch+json"] {
+            assert!(is_json(ct), "{ct}");
+        }
+        for ct in ["text/plain", "application/x-www-form-urlencoded", "json"] {
+            assert!(!is_json(ct), "{ct}");
+        }
+    }
+
+    #[test]
+    fn feed_query_defaults_and_errors() {
+        let q = |pairs: &[(&str, &str)]| {
+            feed_query(
+                &pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        assert_eq!(q(&[]).expect("defaults"), FeedQuery { after: 0, limit: 100 });
+        assert_eq!(
+            q(&[("after", "7"), ("limit", "5")]).expect("given"),
+            FeedQuery { after: 7, limit: 5 }
+        );
+        for bad in [
+            vec![("after", "-1")],
+            vec![("after", "x")],
+            vec![("limit", "0")],
+            vec![("limit", "1001")],
+            vec![("cursor", "1")],
+        ] {
+            assert!(q(&bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! Request bodies: parsed from JSON and validated field by field, so a 422 names every
+//! offending field at once and a wrong type is reported as such (not as "malformed JSON").
+//!
+//! Rules (DESIGN.md): `title` required, trimmed, 1..=200 characters; `description` a string of
+//! at most 2000 characters or null; `completed` a boolean; unknown fields rejected.
+
+use crate::error::{ApiError, FieldError};
+use serde_json::{Map, Value};
+
+pub const TITLE_MAX: usize = 200;
+pub const DESCRIPTION_MAX: usize = 2000;
+const FIELDS: [&str; 3] = ["title", "description", "completed"];
+
+/// Full state given by `POST /todos` and `PUT /todos/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TodoInput {
+    pub title: String,
+    pub description: Option<String>,
+    pub completed: bool,
+}
+
+/// Partial change given by `PATCH /todos/{id}`: `None` leaves a field as it is;
+/// `description: Some(None)` clears the description.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TodoPatch {
+    pub title: Option<String>,
+    pub description: Option<Option<String>>,
+    pub completed: Option<bool>,
+}
+
+/// Parses a body as a JSON object: syntax errors are 400, anything but an object is 422.
+pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            ApiError::MalformedJson("the body is empty".into())
+        } else {
+            ApiError::MalformedJson(e.to_string())
+        }
+    })?;
+    match value {
+        Value::Object(map) => Ok(map),
+        other => Err(ApiError::Validation(vec![FieldError::new(
+            "body",
+            format!("must be a JSON object, got {}", kind(&other)),
+        )])),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn unknown_fields(map: &Map<String, Value>, errors: &mut Vec<FieldError>) {
+    for key in map.keys().filter(|k| !FIELDS.contains(&k.as_str())) {
+        errors.push(FieldError::new(key.clone(), "unknown field"));
+    }
+}
+
+fn title(value: &Value, errors: &mut Vec<FieldError>) -> Option<String> {
+    match value {
+        Value::String(s) => {
+            let trimmed = s.trim();
+            let len = trimmed.chars().count();
+            if len == 0 {
+                errors.push(FieldError::new("title", "must not be blank"));
+                None
+            } else if len > TITLE_MAX {
+                errors.push(FieldError::new(
+                    "title",
+                    format!("must be at most {TITLE_MAX} characters, got {len}"),
+                ));
+                None
+            } else {
+                Some(trimmed.to_string())
+            }
+        }
+        other => {
+            errors.push(FieldError::new(
+                "title",
+                format!("must be a string, got {}", kind(other)),
+            ));
+            None
+        }
+    }
+}
+
+fn description(value: &Value, errors: &mut Vec<FieldError>) -> Option<Option<String>> {
+    match value {
+        Value::Null => Some(None),
+        Value::String(s) => {
+            let len = s.chars().count();
+            if len > DESCRIPTION_MAX {
+                errors.push(FieldError::new(
+                    "description",
+                    format!("must be at most {DESCRIPTION_MAX} characters, got {len}"),
+                ));
+                None
+            } else {
+                Some(Some(s.clone()))
+            }
+        }
+        other => {
+            errors.push(FieldError::new(
+                "description",
+                format!("must be a string or null, got {}", kind(other)),
+            ));
+            None
+        }
+    }
+}
+
+fn completed(value: &Value, errors: &mut Vec<FieldError>) -> Option<bool> {
+    match value {
+        Value::Bool(b) => Some(*b),
+        other => {
+            errors.push(FieldError::new(
+                "completed",
+                format!("must be a boolean, got {}", kind(other)),
+            ));
+            None
+        }
+    }
+}
+
+/// Validates the body of `POST /todos` or `PUT /todos/{id}`: a whole todo. A missing
+/// `description` is null, a missing `completed` is false.
+pub fn todo_input(body: &[u8]) -> Result<TodoInput, ApiError> {
+    let map = parse_object(body)?;
+    let mut errors = Vec::new();
+    unknown_fields(&map, &mut errors);
+    let t = match map.get("title") {
+        Some(v) => title(v, &mut errors),
+        None => {
+            errors.push(FieldError::new("title", "is required"));
+            None
+        }
+    };
+    let d = match map.get("description") {
+        Some(v) => description(v, &mut errors),
+        None => Some(None),
+    };
+    let c = match map.get("completed") {
+        Some(v) => completed(v, &mut errors),
+        None => Some(false),
+    };
+    match (t, d, c) {
+        (Some(title), Some(description), Some(completed)) if errors.is_empty() => Ok(TodoInput {
+            title,
+            description,
+            completed,
+        }),
+        _ => Err(ApiError::Validation(errors)),
+    }
+}
+
+/// Validates the body of `PATCH /todos/{id}`: at least one known field.
+pub fn todo_patch(body: &[u8]) -> Result<TodoPatch, ApiError> {
+    let map = parse_object(body)?;
+    let mut errors = Vec::new();
+    unknown_fields(&map, &mut errors);
+    let patch = TodoPatch {
+        title: map.get("title").and_then(|v| title(v, &mut errors)),
+        description: map.get("description").and_then(|v| description(v, &mut errors)),
+        completed: map.get("completed").and_then(|v| completed(v, &mut errors)),
+    };
+    if errors.is_empty() && map.is_empty() {
+        errors.push(FieldError::new(
+            "body",
+            "must change at least one of title, description, completed",
+        ));
+    }
+    if errors.is_empty() {
+        Ok(patch)
+    } else {
+        Err(ApiError::Validation(errors))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(err: ApiError) -> Vec<String> {
+        match err {
+            ApiError::Validation(errors) => errors.into_iter().map(|e| e.field).collect(),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_valid_todo_is_trimmed_and_defaulted() {
+        let input = todo_input(br#"{"title":"  Learn CQRS  "}"#).expect("valid");
+        assert_eq!(
+            input,
+            TodoInput {
+                title: "Learn CQRS".into(),
+                description: None,
+                completed: false
+            }
+        );
+        let title_200 = format!(r#"{{"title":"{}","completed":true}}"#, "é".repeat(200));
+        assert!(todo_input(title_200.as_bytes()).is_ok(), "200 characters (not bytes) is fine");
+    }
+
+    #[test]
+    fn bad_todos_name_each_offending_field() {
+        let long_title = format!(r#"{{"title":"{}"}}"#, "x".repeat(201));
+        let long_description = format!(r#"{{"title":"t","description":"{}"}}"#, "d".repeat(2001));
+        let cases: Vec<(&str, String, Vec<&str>)> = vec![
+            ("missing title", "{}".into(), vec!["title"]),
+            ("blank title", r#"{"title":"   "}"#.into(), vec!["title"]),
+            ("201-character title", long_title, vec!["title"]),
+            ("number title", r#"{"title":5}"#.into(), vec!["title"]),
+            ("null title", r#"{"title":null}"#.into(), vec!["title"]),
+            ("2001-character description", long_description, vec!["description"]),
+            ("string completed", r#"{"title":"t","completed":"yes"}"#.into(), vec!["completed"]),
+            ("unknown field", r#"{"title":"t","priority":1}"#.into(), vec!["priority"]),
+            (
+                "several at once",
+                r#"{"title":"","completed":1,"x":0}"#.into(),
+                vec!["x", "title", "completed"],
+            ),
+            ("array body", "[1]".into(), vec!["body"]),
+        ];
+        for (why, body, expected) in cases {
+            let err = todo_input(body.as_bytes()).expect_err(why);
+            assert_eq!(fields(err), expected, "{why}");
+        }
+    }
+
+    #[test]
+    fn malformed_json_is_not_a_validation_error() {
+        for body in ["{", "", "{\"title\":}", "nope"] {
+            assert!(
+                matches!(todo_input(body.as_bytes()), Err(ApiError::MalformedJson(_))),
+                "{body:?} must be malformed JSON"
+            );
+        }
+    }
+
+    #[test]
+    fn patches_distinguish_absent_from_null() {
+        let p = todo_patch(br#"{"description":null}"#).expect("valid");
+        assert_eq!(p.description, Some(None));
+        assert_eq!(p.title, None);
+        let p = todo_patch(br#"{"completed":true}"#).expect("valid");
+        assert_eq!(p.completed, Some(true));
+        assert_eq!(p.description, None);
+        assert_eq!(fields(todo_patch(b"{}").expect_err("empty patch")), ["body"]);
+        assert_eq!(
+            fields(todo_patch(br#"{"completed":null}"#).expect_err("null completed")),
+            ["completed"]
+        );
+        assert_eq!(
+            fields(todo_patch(br#"{"title":null}"#).expect_err("null title")),
+            ["title"]
+        );
+    }
+}

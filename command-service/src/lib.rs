@@ -1,0 +1,105 @@
+//! command-service: the write side of the todo CQRS pair.
+//!
+//! A library with a thin `main`: settings → telemetry → [`Application::build`] →
+//! [`Application::run`]. Tests drive the same `build` the binary uses, on port 0.
+
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod input;
+pub mod relay;
+pub mod schema;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;
+pub mod todos;
+
+use anyhow::Context;
+use relay::{RelayConfig, RelayStatus};
+use settings::Settings;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// A built service: listener bound, database migrated, nothing running yet.
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    pool: db::PgPool,
+    settings: Settings,
+    relay_status: Arc<RelayStatus>,
+}
+
+impl Application {
+    /// Binds `HTTP_ADDR`, builds the pool and applies migrations (waiting for PostgreSQL up to
+    /// about a minute, so the service may start before its database).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = db::pool(
+            &settings.database_url,
+            settings.database_pool_size,
+            Duration::from_millis(settings.database_timeout_ms),
+        )?;
+        db::migrate(&pool, 20).await?;
+        let listener = TcpListener::bind(&settings.http_addr)
+            .await
+            .with_context(|| format!("cannot listen on HTTP_ADDR={}", settings.http_addr))?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            local_addr,
+            pool,
+            settings,
+            relay_status: Arc::default(),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves HTTP and runs the outbox relay until `signal` resolves, then stops accepting,
+    /// lets in-flight requests and the relay's batch finish, and returns.
+    pub async fn run(self, signal: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let (trigger, shutdown) = shutdown::channel();
+        let state = http::State {
+            pool: self.pool.clone(),
+            relay: self.relay_status.clone(),
+            max_body_bytes: self.settings.max_body_bytes,
+            idempotency_ttl_hours: self.settings.idempotency_ttl_hours,
+        };
+        let relay_config = RelayConfig {
+            database_url: self.settings.database_url.clone(),
+            amqp_url: self.settings.amqp_url.clone(),
+            exchange: self.settings.amqp_exchange.clone(),
+            batch_size: self.settings.relay_batch_size,
+            poll: Duration::from_millis(self.settings.relay_poll_ms),
+            max_backoff: Duration::from_millis(self.settings.relay_max_backoff_ms),
+            idempotency_ttl_hours: self.settings.idempotency_ttl_hours,
+        };
+        let relay = tokio::spawn(relay::run(
+            self.pool.clone(),
+            relay_config,
+            self.relay_status.clone(),
+            shutdown.clone(),
+        ));
+        tracing::info!(addr = %self.local_addr, "command-service listening");
+        let server_shutdown = shutdown.clone();
+        let server = warp::serve(http::routes(state))
+            .incoming(self.listener)
+            .graceful(async move { server_shutdown.triggered().await })
+            .run();
+        let server = tokio::spawn(server);
+        signal.await;
+        trigger.trigger();
+        server.await.context("HTTP server task failed")?;
+        relay.await.context("relay task failed")?;
+        tracing::info!("command-service stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,39 @@
+//! Diesel table definitions, matching `migrations/`.
+
+diesel::table! {
+    todos (id) {
+        id -> Int8,
+        title -> Text,
+        description -> Nullable<Text>,
+        completed -> Bool,
+        version -> Int8,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    events (position) {
+        position -> Int8,
+        event_id -> Uuid,
+        event_type -> Text,
+        todo_id -> Int8,
+        version -> Int8,
+        occurred_at -> Timestamptz,
+        correlation_id -> Text,
+        payload -> Jsonb,
+        published_at -> Nullable<Timestamptz>,
+        publish_attempts -> Int4,
+        last_error -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    idempotency_keys (key) {
+        key -> Text,
+        request_hash -> Text,
+        response_status -> Int4,
+        response_body -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}

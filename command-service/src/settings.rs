@@ -1,0 +1,176 @@
+//! Configuration: environment variables read by envy into one typed struct.
+//!
+//! Every field has a default that works against the local services `scripts/dev-services.sh`
+//! starts, so `cargo run -p command-service` needs no variable. A variable that is set but does
+//! not parse stops the service at start with the variable's name.
+
+use serde::Deserialize;
+use std::fmt;
+
+#[derive(Clone, Deserialize)]
+pub struct Settings {
+    /// `DATABASE_URL`: PostgreSQL holding todos, the event log (outbox) and idempotency keys.
+    #[serde(default = "default_database_url")]
+    pub database_url: String,
+    /// `DATABASE_POOL_SIZE`: connections kept by the pool.
+    #[serde(default = "default_pool_size")]
+    pub database_pool_size: usize,
+    /// `DATABASE_TIMEOUT_MS`: how long a request waits for a connection before answering 503.
+    #[serde(default = "default_database_timeout_ms")]
+    pub database_timeout_ms: u64,
+    /// `AMQP_URL`: RabbitMQ the relay publishes to.
+    #[serde(default = "default_amqp_url")]
+    pub amqp_url: String,
+    /// `AMQP_EXCHANGE`: topic exchange events are published to.
+    #[serde(default = "default_exchange")]
+    pub amqp_exchange: String,
+    /// `HTTP_ADDR`: address the HTTP API listens on.
+    #[serde(default = "default_http_addr")]
+    pub http_addr: String,
+    /// `MAX_BODY_BYTES`: request bodies over this size are answered 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// `RELAY_BATCH_SIZE`: events the relay publishes per round trip.
+    #[serde(default = "default_relay_batch_size")]
+    pub relay_batch_size: i64,
+    /// `RELAY_POLL_MS`: fallback poll period of the relay when no notification arrives.
+    #[serde(default = "default_relay_poll_ms")]
+    pub relay_poll_ms: u64,
+    /// `RELAY_MAX_BACKOFF_MS`: ceiling of the relay's retry backoff while RabbitMQ is away.
+    #[serde(default = "default_relay_max_backoff_ms")]
+    pub relay_max_backoff_ms: u64,
+    /// `IDEMPOTENCY_TTL_HOURS`: how long a stored `Idempotency-Key` response is replayed.
+    #[serde(default = "default_idempotency_ttl_hours")]
+    pub idempotency_ttl_hours: i64,
+    /// `LOG_FORMAT`: `pretty` (default) or `json`.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// `RUST_LOG`: tracing filter.
+    #[serde(default = "default_rust_log")]
+    pub rust_log: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+fn default_database_url() -> String {
+    "postgres://postgres:postgres@127.0.0.1:5432/todos".into()
+}
+fn default_pool_size() -> usize {
+    10
+}
+fn default_database_timeout_ms() -> u64 {
+    3_000
+}
+fn default_amqp_url() -> String {
+    "amqp://guest:guest@127.0.0.1:5672/%2f".into()
+}
+fn default_exchange() -> String {
+    events::EXCHANGE.into()
+}
+fn default_http_addr() -> String {
+    "0.0.0.0:5001".into()
+}
+fn default_max_body_bytes() -> u64 {
+    64 * 1024
+}
+fn default_relay_batch_size() -> i64 {
+    100
+}
+fn default_relay_poll_ms() -> u64 {
+    1_000
+}
+fn default_relay_max_backoff_ms() -> u64 {
+    10_000
+}
+fn default_idempotency_ttl_hours() -> i64 {
+    24
+}
+fn default_rust_log() -> String {
+    "info,command_service=info".into()
+}
+
+impl Settings {
+    /// Reads the settings from the process environment.
+    pub fn from_env() -> Result<Self, envy::Error> {
+        Self::from_iter(std::env::vars())
+    }
+
+    /// Reads the settings from the given variables (the tests pass their own).
+    pub fn from_iter(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, envy::Error> {
+        envy::from_iter(vars)
+    }
+}
+
+/// Secrets never reach the log: URLs are shown without their password.
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("database_url", &redact(&self.database_url))
+            .field("database_pool_size", &self.database_pool_size)
+            .field("amqp_url", &redact(&self.amqp_url))
+            .field("amqp_exchange", &self.amqp_exchange)
+            .field("http_addr", &self.http_addr)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("log_format", &self.log_format)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Replaces the password of a `scheme://user:password@host` URL with `***`.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_point_at_the_local_services() {
+        let s = Settings::from_iter(Vec::new()).expect("defaults");
+        assert_eq!(s.http_addr, "0.0.0.0:5001");
+        assert_eq!(s.database_url, "postgres://postgres:postgres@127.0.0.1:5432/todos");
+        assert_eq!(s.amqp_exchange, "todo.events");
+        assert_eq!(s.log_format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn an_unparsable_variable_is_named_in_the_error() {
+        let err = Settings::from_iter([("DATABASE_POOL_SIZE".to_string(), "many".to_string())])
+            .expect_err("must fail");
+        assert!(err.to_string().contains("database_pool_size"), "{err}");
+        let err = Settings::from_iter([("LOG_FORMAT".to_string(), "xml".to_string())])
+            .expect_err("must fail");
+        assert!(err.to_string().contains("xml"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_hides_passwords() {
+        let s = Settings::from_iter(Vec::new()).expect("defaults");
+        let shown = format!("{s:?}");
+        assert!(!shown.contains(":postgres@"), "{shown}");
+        assert!(!shown.contains(":guest@"), "{shown}");
+        assert_eq!(redact("amqp://u:secret@h:5672/%2f"), "amqp://u:***@h:5672/%2f");
+        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
+    }
+}

@@ -2,7 +2,9 @@
 //! classified (unavailable vs. a bug) for the one place that maps errors to HTTP.
 
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::{AsyncMigrationHarness, AsyncPgConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use std::time::Duration;
@@ -19,10 +21,8 @@ pub fn pool(database_url: &str, max_size: usize, timeout: Duration) -> anyhow::R
     // A test query on checkout finds connections PostgreSQL closed while they sat idle (a
     // restart), so a request gets a fresh connection instead of an error.
     config.recycling_method = RecyclingMethod::Verified;
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
-        database_url,
-        config,
-    );
+    let manager =
+        AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(database_url, config);
     Ok(Pool::builder(manager)
         .max_size(max_size)
         .runtime(deadpool::Runtime::Tokio1)

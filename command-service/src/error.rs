@@ -97,7 +97,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => {
                 ("/problems/unsupported-media-type", "Unsupported media type")
             }
-            ApiError::PayloadTooLarge { .. } => ("/problems/payload-too-large", "Payload too large"),
+            ApiError::PayloadTooLarge { .. } => {
+                ("/problems/payload-too-large", "Payload too large")
+            }
             ApiError::Validation(_) => ("/problems/validation", "Invalid request"),
             ApiError::InvalidQuery(_) => ("/problems/invalid-query", "Invalid query parameters"),
             ApiError::NotFound(_) => ("/problems/not-found", "Not found"),

@@ -59,9 +59,7 @@ fn request_id() -> impl Filter<Extract = (String,), Error = Rejection> + Clone {
     warp::header::optional::<String>(REQUEST_ID).map(|given: Option<String>| {
         given
             .filter(|id| {
-                !id.is_empty()
-                    && id.len() <= 128
-                    && id.bytes().all(|b| b.is_ascii_graphic())
+                !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
             })
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
     })
@@ -80,11 +78,13 @@ fn json_body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> +
     warp::header::optional::<String>("content-type")
         .and(warp::header::optional::<u64>("content-length"))
         .and(warp::body::stream())
-        .and_then(move |content_type: Option<String>, length: Option<u64>, body| async move {
-            read_json_body(content_type, length, body, limit)
-                .await
-                .map_err(warp::reject::custom)
-        })
+        .and_then(
+            move |content_type: Option<String>, length: Option<u64>, body| async move {
+                read_json_body(content_type, length, body, limit)
+                    .await
+                    .map_err(warp::reject::custom)
+            },
+        )
 }
 
 fn is_json(content_type: &str) -> bool {
@@ -94,7 +94,8 @@ fn is_json(content_type: &str) -> bool {
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 async fn read_json_body<S, B>(
@@ -179,7 +180,9 @@ fn todo_id(id: i64) -> Result<i64, ApiError> {
     if id > 0 {
         Ok(id)
     } else {
-        Err(ApiError::NotFound(format!("Todo {id} does not exist; ids are positive.")))
+        Err(ApiError::NotFound(format!(
+            "Todo {id} does not exist; ids are positive."
+        )))
     }
 }
 
@@ -209,7 +212,11 @@ pub fn precondition(raw: Option<String>) -> Result<Option<Precondition>, ApiErro
     Ok(Some(Precondition::Versions(versions)))
 }
 
-fn idempotency(raw: Option<String>, body: &[u8], ttl_hours: i64) -> Result<Option<Idempotency>, ApiError> {
+fn idempotency(
+    raw: Option<String>,
+    body: &[u8],
+    ttl_hours: i64,
+) -> Result<Option<Idempotency>, ApiError> {
     let Some(key) = raw else { return Ok(None) };
     if key.is_empty() || key.len() > 255 {
         return Err(ApiError::BadRequest(
@@ -236,35 +243,38 @@ fn create(state: State) -> impl Filter<Extract = (Response,), Error = Rejection>
         .and(warp::header::optional::<String>("idempotency-key"))
         .and(json_body(state.max_body_bytes))
         .and(with_state(state))
-        .and_then(|id: String, key: Option<String>, body: Bytes, state: State| async move {
-            let correlation = id.clone();
-            answer(id, "POST /todos", async move {
-                let input = input::todo_input(&body)?;
-                let idem = idempotency(key, &body, state.idempotency_ttl_hours)?;
-                match todos::create(&state.pool, input, idem, &correlation).await? {
-                    Created::New(todo) => {
-                        let mut response = todo_response(StatusCode::CREATED, &todo);
-                        location(&mut response, todo.id);
-                        Ok(response)
-                    }
-                    Created::Replayed { status, body } => {
-                        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
-                        let mut response = json_response(status, &body);
-                        if let Some(id) = body.get("id").and_then(|v| v.as_i64()) {
-                            location(&mut response, id);
+        .and_then(
+            |id: String, key: Option<String>, body: Bytes, state: State| async move {
+                let correlation = id.clone();
+                answer(id, "POST /todos", async move {
+                    let input = input::todo_input(&body)?;
+                    let idem = idempotency(key, &body, state.idempotency_ttl_hours)?;
+                    match todos::create(&state.pool, input, idem, &correlation).await? {
+                        Created::New(todo) => {
+                            let mut response = todo_response(StatusCode::CREATED, &todo);
+                            location(&mut response, todo.id);
+                            Ok(response)
                         }
-                        if let Some(v) = body.get("version").and_then(|v| v.as_i64()) {
-                            set_etag(&mut response, v);
+                        Created::Replayed { status, body } => {
+                            let status =
+                                StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
+                            let mut response = json_response(status, &body);
+                            if let Some(id) = body.get("id").and_then(|v| v.as_i64()) {
+                                location(&mut response, id);
+                            }
+                            if let Some(v) = body.get("version").and_then(|v| v.as_i64()) {
+                                set_etag(&mut response, v);
+                            }
+                            response
+                                .headers_mut()
+                                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+                            Ok(response)
                         }
-                        response
-                            .headers_mut()
-                            .insert("idempotent-replayed", HeaderValue::from_static("true"));
-                        Ok(response)
                     }
-                }
-            })
-            .await
-        })
+                })
+                .await
+            },
+        )
 }
 
 fn location(response: &mut Response, id: i64) {
@@ -316,18 +326,21 @@ fn delete(state: State) -> impl Filter<Extract = (Response,), Error = Rejection>
         .and(request_id())
         .and(warp::header::optional::<String>("if-match"))
         .and(with_state(state))
-        .and_then(|id: i64, rid: String, if_match: Option<String>, state: State| async move {
-            let correlation = rid.clone();
-            answer(rid, "DELETE /todos/{id}", async move {
-                let id = todo_id(id)?;
-                let precondition = precondition(if_match)?;
-                let version = todos::delete(&state.pool, id, precondition, &correlation).await?;
-                let mut response = StatusCode::NO_CONTENT.into_response();
-                set_etag(&mut response, version);
-                Ok(response)
-            })
-            .await
-        })
+        .and_then(
+            |id: i64, rid: String, if_match: Option<String>, state: State| async move {
+                let correlation = rid.clone();
+                answer(rid, "DELETE /todos/{id}", async move {
+                    let id = todo_id(id)?;
+                    let precondition = precondition(if_match)?;
+                    let version =
+                        todos::delete(&state.pool, id, precondition, &correlation).await?;
+                    let mut response = StatusCode::NO_CONTENT.into_response();
+                    set_etag(&mut response, version);
+                    Ok(response)
+                })
+                .await
+            },
+        )
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -339,7 +352,10 @@ struct FeedQuery {
 fn feed_query(params: &HashMap<String, String>) -> Result<FeedQuery, ApiError> {
     let mut errors = Vec::new();
     for key in params.keys().filter(|k| *k != "after" && *k != "limit") {
-        errors.push(crate::error::FieldError::new(key.clone(), "unknown query parameter"));
+        errors.push(crate::error::FieldError::new(
+            key.clone(),
+            "unknown query parameter",
+        ));
     }
     let after = match params.get("after") {
         None => 0,
@@ -380,26 +396,28 @@ fn feed(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> +
         .and(request_id())
         .and(warp::query::<HashMap<String, String>>())
         .and(with_state(state))
-        .and_then(|rid: String, params: HashMap<String, String>, state: State| async move {
-            answer(rid, "GET /events", async move {
-                let q = feed_query(&params)?;
-                let events = todos::feed(&state.pool, q.after, q.limit).await?;
-                let mut response = json_response(StatusCode::OK, &events);
-                if events.len() as i64 == q.limit {
-                    if let Some(last) = events.last() {
-                        let link = format!(
-                            "</events?after={}&limit={}>; rel=\"next\"",
-                            last.position, q.limit
-                        );
-                        if let Ok(v) = HeaderValue::from_str(&link) {
-                            response.headers_mut().insert(header::LINK, v);
+        .and_then(
+            |rid: String, params: HashMap<String, String>, state: State| async move {
+                answer(rid, "GET /events", async move {
+                    let q = feed_query(&params)?;
+                    let events = todos::feed(&state.pool, q.after, q.limit).await?;
+                    let mut response = json_response(StatusCode::OK, &events);
+                    if events.len() as i64 == q.limit {
+                        if let Some(last) = events.last() {
+                            let link = format!(
+                                "</events?after={}&limit={}>; rel=\"next\"",
+                                last.position, q.limit
+                            );
+                            if let Ok(v) = HeaderValue::from_str(&link) {
+                                response.headers_mut().insert(header::LINK, v);
+                            }
                         }
                     }
-                }
-                Ok(response)
-            })
-            .await
-        })
+                    Ok(response)
+                })
+                .await
+            },
+        )
 }
 
 fn health() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
@@ -475,7 +493,11 @@ mod tests {
 
     #[test]
     fn json_content_types() {
-        for ct in ["application/json", "Application/JSON; charset=utf-8", "application/merge-patch+json"] {
+        for ct in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/merge-patch+json",
+        ] {
             assert!(is_json(ct), "{ct}");
         }
         for ct in ["text/plain", "application/x-www-form-urlencoded", "json"] {
@@ -493,7 +515,13 @@ mod tests {
                     .collect(),
             )
         };
-        assert_eq!(q(&[]).expect("defaults"), FeedQuery { after: 0, limit: 100 });
+        assert_eq!(
+            q(&[]).expect("defaults"),
+            FeedQuery {
+                after: 0,
+                limit: 100
+            }
+        );
         assert_eq!(
             q(&[("after", "7"), ("limit", "5")]).expect("given"),
             FeedQuery { after: 7, limit: 5 }

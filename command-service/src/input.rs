@@ -167,7 +167,9 @@ pub fn todo_patch(body: &[u8]) -> Result<TodoPatch, ApiError> {
     unknown_fields(&map, &mut errors);
     let patch = TodoPatch {
         title: map.get("title").and_then(|v| title(v, &mut errors)),
-        description: map.get("description").and_then(|v| description(v, &mut errors)),
+        description: map
+            .get("description")
+            .and_then(|v| description(v, &mut errors)),
         completed: map.get("completed").and_then(|v| completed(v, &mut errors)),
     };
     if errors.is_empty() && map.is_empty() {
@@ -206,7 +208,10 @@ mod tests {
             }
         );
         let title_200 = format!(r#"{{"title":"{}","completed":true}}"#, "é".repeat(200));
-        assert!(todo_input(title_200.as_bytes()).is_ok(), "200 characters (not bytes) is fine");
+        assert!(
+            todo_input(title_200.as_bytes()).is_ok(),
+            "200 characters (not bytes) is fine"
+        );
     }
 
     #[test]
@@ -219,9 +224,21 @@ mod tests {
             ("201-character title", long_title, vec!["title"]),
             ("number title", r#"{"title":5}"#.into(), vec!["title"]),
             ("null title", r#"{"title":null}"#.into(), vec!["title"]),
-            ("2001-character description", long_description, vec!["description"]),
-            ("string completed", r#"{"title":"t","completed":"yes"}"#.into(), vec!["completed"]),
-            ("unknown field", r#"{"title":"t","priority":1}"#.into(), vec!["priority"]),
+            (
+                "2001-character description",
+                long_description,
+                vec!["description"],
+            ),
+            (
+                "string completed",
+                r#"{"title":"t","completed":"yes"}"#.into(),
+                vec!["completed"],
+            ),
+            (
+                "unknown field",
+                r#"{"title":"t","priority":1}"#.into(),
+                vec!["priority"],
+            ),
             (
                 "several at once",
                 r#"{"title":"","completed":1,"x":0}"#.into(),
@@ -253,7 +270,10 @@ mod tests {
         let p = todo_patch(br#"{"completed":true}"#).expect("valid");
         assert_eq!(p.completed, Some(true));
         assert_eq!(p.description, None);
-        assert_eq!(fields(todo_patch(b"{}").expect_err("empty patch")), ["body"]);
+        assert_eq!(
+            fields(todo_patch(b"{}").expect_err("empty patch")),
+            ["body"]
+        );
         assert_eq!(
             fields(todo_patch(br#"{"completed":null}"#).expect_err("null completed")),
             ["completed"]

@@ -65,7 +65,10 @@ impl Application {
 
     /// Serves HTTP and runs the outbox relay until `signal` resolves, then stops accepting,
     /// lets in-flight requests and the relay's batch finish, and returns.
-    pub async fn run(self, signal: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let (trigger, shutdown) = shutdown::channel();
         let state = http::State {
             pool: self.pool.clone(),

@@ -20,7 +20,9 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -246,7 +248,11 @@ struct Locked {
 
 /// Publishes one batch of unpublished events and marks the confirmed ones, in one transaction.
 #[tracing::instrument(skip_all)]
-async fn drain(pool: &PgPool, channel: &Channel, config: &RelayConfig) -> Result<Batch, DrainError> {
+async fn drain(
+    pool: &PgPool,
+    channel: &Channel,
+    config: &RelayConfig,
+) -> Result<Batch, DrainError> {
     let mut pooled = pool.get().await?;
     let conn: &mut AsyncPgConnection = &mut pooled;
     let batch = conn

@@ -79,7 +79,10 @@ pub struct Idempotency {
 #[derive(Debug)]
 pub enum Created {
     New(Todo),
-    Replayed { status: u16, body: serde_json::Value },
+    Replayed {
+        status: u16,
+        body: serde_json::Value,
+    },
 }
 
 /// Errors inside a transaction: an API error, or "another request with the same
@@ -276,7 +279,9 @@ pub async fn create(
             Some(idem) => stored_response(conn, idem).await?.ok_or_else(|| {
                 ApiError::Internal(anyhow::anyhow!("idempotency key vanished after conflict"))
             }),
-            None => Err(ApiError::Internal(anyhow::anyhow!("key conflict without a key"))),
+            None => Err(ApiError::Internal(anyhow::anyhow!(
+                "key conflict without a key"
+            ))),
         },
     }
 }

@@ -206,7 +206,10 @@ mod tests {
     fn literal_samples_of_each_type_parse() {
         let created = Envelope::from_json(CREATED.as_bytes()).expect("TodoCreated sample");
         assert_eq!(created.event_type, EventType::TodoCreated);
-        assert_eq!((created.todo_id, created.version, created.position), (42, 1, 1234));
+        assert_eq!(
+            (created.todo_id, created.version, created.position),
+            (42, 1, 1234)
+        );
         let data = created.data.as_ref().expect("created carries data");
         assert_eq!(data.title, "Learn CQRS");
         assert_eq!(data.description, None);
@@ -228,10 +231,12 @@ mod tests {
             let parsed = Envelope::from_json(sample.as_bytes()).expect("sample parses");
             let written: serde_json::Value =
                 serde_json::from_slice(&parsed.to_json()).expect("written JSON parses");
-            let original: serde_json::Value =
-                serde_json::from_str(sample).expect("sample is JSON");
+            let original: serde_json::Value = serde_json::from_str(sample).expect("sample is JSON");
             assert_eq!(written, original, "round trip changed the JSON of {sample}");
-            assert_eq!(Envelope::from_json(&parsed.to_json()).expect("reparse"), parsed);
+            assert_eq!(
+                Envelope::from_json(&parsed.to_json()).expect("reparse"),
+                parsed
+            );
         }
     }
 
@@ -288,7 +293,10 @@ mod tests {
             assert_eq!(t.as_str(), name);
             assert_eq!(t.routing_key(), key);
             assert_eq!(EventType::parse(name), Some(t));
-            assert_eq!(serde_json::to_string(&t).expect("json"), format!("\"{name}\""));
+            assert_eq!(
+                serde_json::to_string(&t).expect("json"),
+                format!("\"{name}\"")
+            );
         }
         assert_eq!(EventType::parse("TodoArchived"), None);
     }
@@ -297,24 +305,47 @@ mod tests {
     fn malformed_envelopes_are_rejected_with_a_reason() {
         let cases: &[(&str, String)] = &[
             ("not JSON at all", "{nope".to_string()),
-            ("unknown event type", CREATED.replace("TodoCreated", "TodoArchived")),
+            (
+                "unknown event type",
+                CREATED.replace("TodoCreated", "TodoArchived"),
+            ),
             (
                 "future schema version",
                 CREATED.replace("\"schema_version\": 1", "\"schema_version\": 2"),
             ),
             (
                 "created without data",
-                DELETED.replace("TodoDeleted", "TodoCreated").replace("\"version\": 4", "\"version\": 1"),
+                DELETED
+                    .replace("TodoDeleted", "TodoCreated")
+                    .replace("\"version\": 4", "\"version\": 1"),
             ),
             (
                 "delete with data",
                 UPDATED.replace("TodoUpdated", "TodoDeleted"),
             ),
-            ("zero version", UPDATED.replace("\"version\": 3", "\"version\": 0")),
-            ("negative todo id", UPDATED.replace("\"todo_id\": 42", "\"todo_id\": -1")),
-            ("created at version 2", CREATED.replace("\"version\": 1", "\"version\": 2")),
-            ("string todo id", UPDATED.replace("\"todo_id\": 42", "\"todo_id\": \"42\"")),
-            ("missing event_id", CREATED.replace("\"event_id\": \"0b8f6a52-3c39-4c6e-9a53-2f0a4a1d6f10\",", "")),
+            (
+                "zero version",
+                UPDATED.replace("\"version\": 3", "\"version\": 0"),
+            ),
+            (
+                "negative todo id",
+                UPDATED.replace("\"todo_id\": 42", "\"todo_id\": -1"),
+            ),
+            (
+                "created at version 2",
+                CREATED.replace("\"version\": 1", "\"version\": 2"),
+            ),
+            (
+                "string todo id",
+                UPDATED.replace("\"todo_id\": 42", "\"todo_id\": \"42\""),
+            ),
+            (
+                "missing event_id",
+                CREATED.replace(
+                    "\"event_id\": \"0b8f6a52-3c39-4c6e-9a53-2f0a4a1d6f10\",",
+                    "",
+                ),
+            ),
         ];
         for (why, body) in cases {
             assert!(

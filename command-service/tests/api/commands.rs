@@ -1,0 +1,297 @@
+use crate::helpers::*;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn create_patch_and_delete_follow_the_http_contract() {
+    let app = spawn_app().await;
+
+    let response = app.post_json("/todos", r#"{"title":"Learn CQRS"}"#).await;
+    assert_eq!(response.status(), 201);
+    let location = response.headers()["location"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    assert_eq!(response.headers()["etag"], "\"1\"");
+    let todo: Value = response.json().await.expect("json");
+    let id = todo["id"].as_i64().expect("id");
+    assert_eq!(location, format!("/todos/{id}"));
+    assert_eq!(todo["version"], 1);
+    assert_eq!(todo["title"], "Learn CQRS");
+    assert_eq!(todo["completed"], false);
+    assert_eq!(todo["description"], Value::Null);
+    assert!(todo["created_at"].is_string() && todo["updated_at"].is_string());
+
+    let response = app
+        .send(
+            "PATCH",
+            &format!("/todos/{id}"),
+            Some(r#"{"completed":true}"#),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["etag"], "\"2\"");
+    let todo: Value = response.json().await.expect("json");
+    assert_eq!(todo["version"], 2);
+    assert_eq!(todo["completed"], true);
+    assert_eq!(
+        todo["title"], "Learn CQRS",
+        "PATCH keeps fields it does not name"
+    );
+
+    let response = app
+        .client
+        .patch(app.url(&format!("/todos/{id}")))
+        .header("content-type", "application/json")
+        .header("if-match", "\"1\"")
+        .body(r#"{"title":"stale"}"#)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 412);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: Value = response.json().await.expect("json");
+    assert_eq!(problem["status"], 412);
+    assert_eq!(problem["current_version"], 2);
+
+    let response = app
+        .client
+        .delete(app.url(&format!("/todos/{id}")))
+        .header("if-match", "\"2\"")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 204);
+    let response = app.send("DELETE", &format!("/todos/{id}"), None).await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+
+    // Three accepted writes, three events, in order, with consecutive versions.
+    let events = app.events().await;
+    let kinds: Vec<(&str, i64)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["event_type"].as_str().expect("type"),
+                e["version"].as_i64().expect("v"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [("TodoCreated", 1), ("TodoUpdated", 2), ("TodoDeleted", 3)]
+    );
+    assert_eq!(events[1]["changed"], json!(["completed"]));
+    assert_eq!(events[2]["data"], Value::Null);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn put_replaces_the_whole_todo_and_a_no_op_change_writes_no_event() {
+    let app = spawn_app().await;
+    let todo = app.create("Write docs").await;
+    let id = todo["id"].as_i64().expect("id");
+
+    let response = app
+        .send(
+            "PATCH",
+            &format!("/todos/{id}"),
+            Some(r#"{"description":"README first","completed":true}"#),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+
+    // PUT without description and completed resets them to null and false.
+    let response = app
+        .send(
+            "PUT",
+            &format!("/todos/{id}"),
+            Some(r#"{"title":"Write the docs"}"#),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let todo: Value = response.json().await.expect("json");
+    assert_eq!(todo["version"], 3);
+    assert_eq!(todo["title"], "Write the docs");
+    assert_eq!(todo["description"], Value::Null);
+    assert_eq!(todo["completed"], false);
+
+    // The same state again: 200 with the current version, no new event.
+    let response = app
+        .send(
+            "PUT",
+            &format!("/todos/{id}"),
+            Some(r#"{"title":" Write the docs "}"#),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["etag"], "\"3\"");
+    let events = app.events().await;
+    assert_eq!(events.len(), 3);
+    assert_eq!(
+        events[2]["changed"],
+        json!(["title", "description", "completed"])
+    );
+
+    // If-Match: * matches any existing todo; a list matches if any tag does.
+    let response = app
+        .client
+        .patch(app.url(&format!("/todos/{id}")))
+        .header("content-type", "application/json")
+        .header("if-match", "\"1\", \"3\"")
+        .body(r#"{"completed":true}"#)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    let response = app
+        .client
+        .delete(app.url("/todos/999999"))
+        .header("if-match", "*")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 404);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_event_feed_pages_by_position() {
+    let app = spawn_app().await;
+    for i in 0..5 {
+        app.create(&format!("todo {i}")).await;
+    }
+    let response = app
+        .client
+        .get(app.url("/events?limit=2"))
+        .send()
+        .await
+        .expect("feed");
+    assert_eq!(response.status(), 200);
+    let next = response.headers()["link"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    let page: Vec<Value> = response.json().await.expect("json");
+    assert_eq!(page.len(), 2);
+    let last = page[1]["position"].as_i64().expect("position");
+    assert_eq!(
+        next,
+        format!("</events?after={last}&limit=2>; rel=\"next\"")
+    );
+
+    let rest: Vec<Value> = app
+        .client
+        .get(app.url(&format!("/events?after={last}&limit=10")))
+        .send()
+        .await
+        .expect("feed")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(rest.len(), 3);
+    let positions: Vec<i64> = page
+        .iter()
+        .chain(rest.iter())
+        .map(|e| e["position"].as_i64().expect("position"))
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "increasing: {positions:?}"
+    );
+
+    for bad in [
+        "/events?after=-1",
+        "/events?limit=0",
+        "/events?limit=abc",
+        "/events?cursor=1",
+    ] {
+        let response = app.client.get(app.url(bad)).send().await.expect("sent");
+        assert_eq!(response.status(), 400, "{bad}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{bad}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_readiness_report_the_stores() {
+    let app = spawn_app().await;
+    let health = app
+        .client
+        .get(app.url("/health"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(health.status(), 200);
+    let ready = app
+        .client
+        .get(app.url("/ready"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(ready.status(), 200);
+    let body: Value = ready.json().await.expect("json");
+    assert_eq!(body["checks"]["postgres"], "up");
+    assert_eq!(body["checks"]["outbox_backlog"], 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_request_id_is_echoed_and_stored_as_the_events_correlation_id() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .post(app.url("/todos"))
+        .header("content-type", "application/json")
+        .header("x-request-id", "abc-123")
+        .body(r#"{"title":"traced"}"#)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["x-request-id"], "abc-123");
+    let events = app.events().await;
+    assert_eq!(events[0]["correlation_id"], "abc-123");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_updates_of_one_todo_get_distinct_consecutive_versions() {
+    let app = spawn_app().await;
+    let id = app.create("contended").await["id"].as_i64().expect("id");
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let client = app.client.clone();
+        let url = app.url(&format!("/todos/{id}"));
+        tasks.push(tokio::spawn(async move {
+            let response = client
+                .patch(url)
+                .header("content-type", "application/json")
+                .body(json!({ "title": format!("title {i}") }).to_string())
+                .send()
+                .await
+                .expect("sent");
+            assert_eq!(response.status(), 200);
+            let todo: Value = response.json().await.expect("json");
+            todo["version"].as_i64().expect("version")
+        }));
+    }
+    let mut versions = Vec::new();
+    for t in tasks {
+        versions.push(t.await.expect("task"));
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, (2..=11).collect::<Vec<i64>>());
+    let events = app.events().await;
+    assert_eq!(events.len(), 11);
+    app.stop().await;
+}

@@ -1,0 +1,358 @@
+//! Test harness: every test gets its own PostgreSQL database, its own RabbitMQ exchange and an
+//! application on port 0, built by the same `Application::build` the binary uses. Nothing is
+//! mocked: the services are the local ones `scripts/dev-services.sh` starts.
+
+use command_service::settings::Settings;
+use command_service::Application;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use std::path::PathBuf;
+use std::sync::Once;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub fn admin_database_url() -> String {
+    std::env::var("TEST_ADMIN_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn init_logs() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        let filter = std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into());
+        command_service::telemetry::init(command_service::settings::LogFormat::Pretty, &filter);
+    });
+}
+
+/// A fresh database with a unique name; returns its URL.
+pub async fn create_database() -> (String, String) {
+    let name = format!("cs_test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = AsyncPgConnection::establish(&admin_database_url())
+        .await
+        .expect("PostgreSQL reachable (run scripts/dev-services.sh up)");
+    diesel::sql_query(format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+    let base = admin_database_url();
+    let url = format!(
+        "{}/{}",
+        &base[..base.rfind('/').expect("url has a path")],
+        name
+    );
+    (name, url)
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub database_url: String,
+    pub exchange: String,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+pub struct Options {
+    pub database_url: Option<String>,
+    pub exchange: Option<String>,
+    pub extra: Vec<(&'static str, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            database_url: None,
+            exchange: None,
+            extra: Vec::new(),
+        }
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Options::default()).await
+}
+
+pub async fn spawn_app_with(options: Options) -> TestApp {
+    init_logs();
+    let database_url = match options.database_url {
+        Some(url) => url,
+        None => create_database().await.1,
+    };
+    let exchange = options
+        .exchange
+        .unwrap_or_else(|| format!("test.{}", uuid::Uuid::new_v4().simple()));
+    let mut vars = vec![
+        ("DATABASE_URL".to_string(), database_url.clone()),
+        ("AMQP_URL".to_string(), amqp_url()),
+        ("AMQP_EXCHANGE".to_string(), exchange.clone()),
+        ("HTTP_ADDR".to_string(), "127.0.0.1:0".to_string()),
+        ("DATABASE_POOL_SIZE".to_string(), "5".to_string()),
+        ("DATABASE_TIMEOUT_MS".to_string(), "1500".to_string()),
+        ("RELAY_MAX_BACKOFF_MS".to_string(), "1000".to_string()),
+        ("RELAY_POLL_MS".to_string(), "500".to_string()),
+    ];
+    for (k, v) in options.extra {
+        vars.push((k.to_string(), v));
+    }
+    let settings = Settings::from_iter(vars).expect("test settings");
+    let app = Application::build(settings)
+        .await
+        .expect("application builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run(async move {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        address,
+        database_url,
+        exchange,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .expect("client"),
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn create(&self, title: &str) -> serde_json::Value {
+        let response = self
+            .post_json("/todos", &serde_json::json!({ "title": title }).to_string())
+            .await;
+        assert_eq!(response.status(), 201, "create {title}");
+        response.json().await.expect("todo JSON")
+    }
+
+    pub async fn send(&self, method: &str, path: &str, body: Option<&str>) -> reqwest::Response {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        request.send().await.expect("request sent")
+    }
+
+    pub async fn events(&self) -> Vec<serde_json::Value> {
+        let response = self
+            .client
+            .get(self.url("/events?after=0&limit=1000"))
+            .send()
+            .await
+            .expect("feed");
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("feed JSON")
+    }
+
+    pub async fn db(&self) -> AsyncPgConnection {
+        AsyncPgConnection::establish(&self.database_url)
+            .await
+            .expect("test database reachable")
+    }
+
+    /// Counts rows of a table in this app's database.
+    pub async fn count(&self, table: &str) -> i64 {
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut conn = self.db().await;
+        let n: N = diesel::sql_query(format!("SELECT count(*) AS n FROM {table}"))
+            .get_result(&mut conn)
+            .await
+            .expect("count");
+        n.n
+    }
+
+    /// Stops the service the way SIGTERM does and waits for it to drain.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let result = tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("service stops within 30 s");
+            result.expect("service task").expect("service ran cleanly");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A queue of the test's own, bound to an exchange with `todo.#`, to read back what was published.
+pub struct TestQueue {
+    pub name: String,
+    pub channel: Channel,
+    _conn: Connection,
+}
+
+pub async fn amqp_connect() -> Connection {
+    Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ reachable (run scripts/dev-services.sh up)")
+}
+
+pub async fn bind_queue(exchange: &str, durable: bool) -> TestQueue {
+    let conn = amqp_connect().await;
+    let channel = conn.create_channel().await.expect("channel");
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("exchange declared");
+    let name = format!("{exchange}.reader");
+    channel
+        .queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions {
+                durable,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue declared");
+    channel
+        .queue_bind(
+            name.as_str().into(),
+            exchange.into(),
+            events::BINDING_KEY.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue bound");
+    TestQueue {
+        name,
+        channel,
+        _conn: conn,
+    }
+}
+
+impl TestQueue {
+    /// Reads exactly `n` messages (acking them), failing after `within`; then checks that no
+    /// further message arrives for a short while.
+    pub async fn take(&self, n: usize, within: Duration) -> Vec<lapin::message::Delivery> {
+        let mut consumer = self
+            .channel
+            .basic_consume(
+                self.name.as_str().into(),
+                format!("reader-{}", uuid::Uuid::new_v4().simple())
+                    .as_str()
+                    .into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        let deadline = Instant::now() + within;
+        let mut got = Vec::new();
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, consumer.next()).await {
+                Ok(Some(Ok(delivery))) => {
+                    delivery.ack(BasicAckOptions::default()).await.expect("ack");
+                    got.push(delivery);
+                }
+                Ok(other) => panic!("consumer ended: {other:?}"),
+                Err(_) => panic!(
+                    "only {} of {n} messages arrived within {within:?}",
+                    got.len()
+                ),
+            }
+        }
+        if let Ok(Some(Ok(extra))) =
+            tokio::time::timeout(Duration::from_millis(1500), consumer.next()).await
+        {
+            panic!(
+                "more than {n} messages: extra {:?}",
+                String::from_utf8_lossy(&extra.data)
+            );
+        }
+        got
+    }
+
+    pub async fn delete(self) {
+        let _ = self
+            .channel
+            .queue_delete(self.name.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+}
+
+/// Runs `scripts/dev-services.sh <command>` (stop-rabbitmq, start-postgres, …).
+pub fn services(command: &str) {
+    let script: PathBuf = [
+        env!("CARGO_MANIFEST_DIR"),
+        "..",
+        "scripts",
+        "dev-services.sh",
+    ]
+    .iter()
+    .collect();
+    let status = std::process::Command::new("bash")
+        .arg(script)
+        .arg(command)
+        .status()
+        .expect("dev-services.sh runs");
+    assert!(status.success(), "dev-services.sh {command} failed");
+}
+
+/// Polls `check` every 100 ms until it returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests of command-service against real PostgreSQL and RabbitMQ.
+//! One binary for the whole crate (faster to build); tests whose names contain `outage` stop a
+//! shared service and run alone (see `.config/nextest.toml`).
+
+mod bad_input;
+mod commands;
+mod helpers;
+mod idempotency;
+mod outage;
+mod publishing;

@@ -1,0 +1,163 @@
+use crate::helpers::*;
+use lapin::types::AMQPValue;
+use serde_json::Value;
+use std::collections::HashSet;
+use std::time::Duration;
+
+fn header_i64(delivery: &lapin::message::Delivery, key: &str) -> Option<i64> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get(key)? {
+        AMQPValue::LongLongInt(v) => Some(*v),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn each_accepted_write_is_published_once_as_a_persistent_message() {
+    let exchange = format!("test.{}", uuid::Uuid::new_v4().simple());
+    let queue = bind_queue(&exchange, false).await;
+    let app = spawn_app_with(Options {
+        exchange: Some(exchange.clone()),
+        ..Options::default()
+    })
+    .await;
+
+    let id = app.create("publish me").await["id"].as_i64().expect("id");
+    let path = format!("/todos/{id}");
+    assert_eq!(
+        app.send("PATCH", &path, Some(r#"{"completed":true}"#))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(app.send("DELETE", &path, None).await.status(), 204);
+    // Rejected writes publish nothing.
+    assert_eq!(
+        app.send("PATCH", &path, Some(r#"{"completed":true}"#))
+            .await
+            .status(),
+        404
+    );
+
+    let feed = app.events().await;
+    assert_eq!(feed.len(), 3);
+    let messages = queue.take(3, Duration::from_secs(15)).await;
+    for (message, event) in messages.iter().zip(&feed) {
+        let props = &message.properties;
+        assert_eq!(
+            props.message_id().as_ref().map(|s| s.as_str().to_string()),
+            event["event_id"].as_str().map(str::to_string),
+            "message_id is the event id"
+        );
+        assert_eq!(*props.delivery_mode(), Some(2), "persistent");
+        assert_eq!(
+            props.content_type().as_ref().map(|s| s.as_str()),
+            Some("application/json")
+        );
+        assert_eq!(
+            props.kind().as_ref().map(|s| s.as_str()),
+            event["event_type"].as_str()
+        );
+        let body: Value = serde_json::from_slice(&message.data).expect("JSON body");
+        assert_eq!(&body, event, "the message body is the feed's envelope");
+        let envelope = events::Envelope::from_json(&message.data).expect("valid envelope");
+        assert_eq!(message.routing_key.as_str(), envelope.routing_key());
+        assert_eq!(header_i64(message, "todo_id"), Some(id));
+        assert_eq!(header_i64(message, "version"), Some(envelope.version));
+    }
+    let versions: Vec<i64> = messages
+        .iter()
+        .map(|m| header_i64(m, "version").expect("version header"))
+        .collect();
+    assert_eq!(versions, [1, 2, 3]);
+
+    // Everything confirmed is marked published.
+    eventually(Duration::from_secs(5), "outbox drained", || async {
+        let ready: Value = app
+            .client
+            .get(app.url("/ready"))
+            .send()
+            .await
+            .expect("ready")
+            .json()
+            .await
+            .expect("json");
+        ready["checks"]["outbox_backlog"] == 0 && ready["checks"]["rabbitmq"] == "up"
+    })
+    .await;
+    app.stop().await;
+    queue.delete().await;
+}
+
+#[tokio::test]
+async fn two_relays_on_one_database_publish_each_event_once() {
+    let exchange = format!("test.{}", uuid::Uuid::new_v4().simple());
+    let queue = bind_queue(&exchange, false).await;
+    let (_, database_url) = create_database().await;
+    let first = spawn_app_with(Options {
+        exchange: Some(exchange.clone()),
+        database_url: Some(database_url.clone()),
+        ..Options::default()
+    })
+    .await;
+    let second = spawn_app_with(Options {
+        exchange: Some(exchange.clone()),
+        database_url: Some(database_url),
+        ..Options::default()
+    })
+    .await;
+    let mut tasks = Vec::new();
+    for (i, app) in [&first, &second].into_iter().enumerate() {
+        for j in 0..20 {
+            let client = app.client.clone();
+            let url = app.url("/todos");
+            tasks.push(tokio::spawn(async move {
+                let response = client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(format!(r#"{{"title":"todo {i}-{j}"}}"#))
+                    .send()
+                    .await
+                    .expect("sent");
+                assert_eq!(response.status(), 201);
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let messages = queue.take(40, Duration::from_secs(20)).await;
+    let ids: HashSet<String> = messages
+        .iter()
+        .map(|m| m.properties.message_id().as_ref().expect("id").to_string())
+        .collect();
+    assert_eq!(ids.len(), 40, "40 distinct events, none twice");
+    first.stop().await;
+    second.stop().await;
+    queue.delete().await;
+}
+
+#[tokio::test]
+async fn an_event_with_no_queue_bound_stays_in_the_outbox_until_one_is() {
+    let app = spawn_app().await;
+    app.create("nobody listens yet").await;
+    // With no queue bound, RabbitMQ returns the mandatory message: it is not marked published.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ready: Value = app
+        .client
+        .get(app.url("/ready"))
+        .send()
+        .await
+        .expect("ready")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(ready["checks"]["outbox_backlog"], 1, "{ready}");
+
+    let queue = bind_queue(&app.exchange, false).await;
+    let messages = queue.take(1, Duration::from_secs(15)).await;
+    let envelope = events::Envelope::from_json(&messages[0].data).expect("envelope");
+    assert_eq!(envelope.version, 1);
+    app.stop().await;
+    queue.delete().await;
+}

@@ -18,6 +18,16 @@ pub const BINDING_KEY: &str = "todo.#";
 pub const DEAD_LETTER_EXCHANGE: &str = "todo.events.dlx";
 /// Queue that keeps dead-lettered messages for inspection and replay.
 pub const DEAD_LETTER_QUEUE: &str = "query-service.todo-events.dlq";
+/// Dead-letter exchange belonging to an events exchange: `<exchange>.dlx`.
+pub fn dead_letter_exchange(exchange: &str) -> String {
+    format!("{exchange}.dlx")
+}
+
+/// Dead-letter queue belonging to a consumer queue: `<queue>.dlq`.
+pub fn dead_letter_queue(queue: &str) -> String {
+    format!("{queue}.dlq")
+}
+
 /// Content type of every message body.
 pub const CONTENT_TYPE: &str = "application/json";
 /// AMQP header carrying the todo id.
@@ -284,6 +294,8 @@ mod tests {
         assert_eq!(EXCHANGE, "todo.events");
         assert_eq!(QUERY_QUEUE, "query-service.todo-events");
         assert_eq!(BINDING_KEY, "todo.#");
+        assert_eq!(dead_letter_exchange(EXCHANGE), DEAD_LETTER_EXCHANGE);
+        assert_eq!(dead_letter_queue(QUERY_QUEUE), DEAD_LETTER_QUEUE);
         let table = [
             (EventType::TodoCreated, "TodoCreated", "todo.created"),
             (EventType::TodoUpdated, "TodoUpdated", "todo.updated"),

@@ -1,0 +1,147 @@
+//! The one error policy of the read API: every failure is an [`ApiError`], answered as
+//! `application/problem+json` (RFC 9457) by [`ApiError::into_response`] alone. Bad query
+//! parameters are 400 and name each parameter; a store that cannot be reached is 503 with a
+//! generic body (the cause goes to the log).
+
+use serde::Serialize;
+use warp::http::{header, HeaderValue, StatusCode};
+use warp::reply::Response;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ParamError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ParamError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid query parameters")]
+    InvalidQuery(Vec<ParamError>),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("read model behind: has version {have:?}, asked for {want}")]
+    Behind { have: Option<i64>, want: i64 },
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<&'a [ParamError]>,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidQuery(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Behind { .. } | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::Unavailable(cause) = &self {
+            tracing::warn!(%cause, "read model store unavailable");
+        }
+        let (kind, title, detail) = match &self {
+            ApiError::InvalidQuery(errors) => (
+                "/problems/invalid-query",
+                "Invalid query parameters",
+                errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            ApiError::BadRequest(m) => ("/problems/bad-request", "Bad request", m.clone()),
+            ApiError::NotFound(m) => ("/problems/not-found", "Not found", m.clone()),
+            ApiError::MethodNotAllowed => (
+                "/problems/method-not-allowed",
+                "Method not allowed",
+                "This service serves reads only; writes go to command-service on port 5001."
+                    .into(),
+            ),
+            ApiError::Behind { have, want } => (
+                "/problems/read-model-behind",
+                "Read model not yet at the requested version",
+                match have {
+                    Some(h) => format!("The read model holds version {h}; version {want} has not arrived yet. Retry shortly."),
+                    None => format!("The read model does not hold this todo yet; version {want} has not arrived. Retry shortly."),
+                },
+            ),
+            ApiError::Unavailable(_) => (
+                "/problems/unavailable",
+                "Service unavailable",
+                "The read model store is unavailable. Retry later.".into(),
+            ),
+        };
+        let problem = Problem {
+            kind,
+            title,
+            status: status.as_u16(),
+            detail,
+            errors: match &self {
+                ApiError::InvalidQuery(e) => Some(e),
+                _ => None,
+            },
+        };
+        let mut response = Response::new(serde_json::to_vec(&problem).unwrap_or_default().into());
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<mongodb::error::Error> for ApiError {
+    fn from(err: mongodb::error::Error) -> Self {
+        ApiError::Unavailable(err.to_string())
+    }
+}
+
+/// Maps warp's own rejections (no route, wrong method, bad header) to problem responses.
+pub async fn handle_rejection(
+    rejection: warp::Rejection,
+) -> Result<Response, std::convert::Infallible> {
+    let error = if rejection.is_not_found() {
+        ApiError::NotFound("No such route.".into())
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::MethodNotAllowed
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
+        ApiError::BadRequest(e.to_string())
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {
+        ApiError::BadRequest(e.to_string())
+    } else {
+        tracing::error!(?rejection, "unhandled rejection");
+        ApiError::BadRequest("The request could not be handled.".into())
+    };
+    Ok(error.into_response())
+}

@@ -1,0 +1,446 @@
+//! The read API: one function per route returning a filter, state injected with `with_state`,
+//! errors answered by [`crate::error`]. Handlers never reject.
+
+use crate::consumer::ConsumerStatus;
+use crate::error::{handle_rejection, ApiError, ParamError};
+use crate::store::{Cursor, ListQuery, SortKey, Store, Stored, Todo};
+use base64::Engine;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+use warp::http::{header, HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+pub const REQUEST_ID: &str = "x-request-id";
+pub const DEFAULT_LIMIT: i64 = 50;
+pub const MAX_LIMIT: i64 = 200;
+
+#[derive(Clone)]
+pub struct State {
+    pub store: Store,
+    pub consumer: Arc<ConsumerStatus>,
+    pub min_version_wait: Duration,
+}
+
+fn with_state(state: State) -> impl Filter<Extract = (State,), Error = Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    list(state.clone())
+        .or(get(state.clone()))
+        .unify()
+        .or(stats(state.clone()))
+        .unify()
+        .or(health())
+        .unify()
+        .or(ready(state))
+        .unify()
+        .recover(handle_rejection)
+        .unify()
+}
+
+fn request_id() -> impl Filter<Extract = (String,), Error = Rejection> + Clone {
+    warp::header::optional::<String>(REQUEST_ID).map(|given: Option<String>| {
+        given
+            .filter(|id| {
+                !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
+            })
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+    })
+}
+
+fn query() -> impl Filter<Extract = (HashMap<String, String>,), Error = Rejection> + Clone {
+    warp::query::<HashMap<String, String>>()
+}
+
+async fn answer(
+    id: String,
+    route: &'static str,
+    work: impl std::future::Future<Output = Result<Response, ApiError>>,
+) -> Result<Response, Infallible> {
+    let span = tracing::info_span!("request", correlation_id = %id, route);
+    let mut response = async {
+        let response = work.await.unwrap_or_else(ApiError::into_response);
+        tracing::info!(status = response.status().as_u16(), "request answered");
+        response
+    }
+    .instrument(span)
+    .await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    Ok(response)
+}
+
+fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    let mut response = warp::reply::json(body).into_response();
+    *response.status_mut() = status;
+    response
+}
+
+fn unknown_params(params: &HashMap<String, String>, known: &[&str], errors: &mut Vec<ParamError>) {
+    let mut unknown: Vec<&String> = params
+        .keys()
+        .filter(|k| !known.contains(&k.as_str()))
+        .collect();
+    unknown.sort();
+    for key in unknown {
+        errors.push(ParamError::new(
+            key.clone(),
+            format!("unknown query parameter; known: {}", known.join(", ")),
+        ));
+    }
+}
+
+/// Parses `GET /todos` parameters: `completed=true|false`, `limit=1..=200`,
+/// `sort=id|-id|created_at|-created_at|updated_at|-updated_at`, `cursor` from a `Link` header.
+pub fn list_query(params: &HashMap<String, String>) -> Result<ListQuery, ApiError> {
+    let mut errors = Vec::new();
+    unknown_params(
+        params,
+        &["completed", "limit", "cursor", "sort"],
+        &mut errors,
+    );
+    let completed = match params.get("completed").map(String::as_str) {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(other) => {
+            errors.push(ParamError::new(
+                "completed",
+                format!("must be true or false, got {other:?}"),
+            ));
+            None
+        }
+    };
+    let limit = match params.get("limit") {
+        None => DEFAULT_LIMIT,
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            _ => {
+                errors.push(ParamError::new(
+                    "limit",
+                    format!("must be an integer from 1 to {MAX_LIMIT}, got {v:?}"),
+                ));
+                DEFAULT_LIMIT
+            }
+        },
+    };
+    let (sort, descending) = match params.get("sort").map(String::as_str) {
+        None | Some("id") => (SortKey::Id, false),
+        Some("-id") => (SortKey::Id, true),
+        Some("created_at") => (SortKey::CreatedAt, false),
+        Some("-created_at") => (SortKey::CreatedAt, true),
+        Some("updated_at") => (SortKey::UpdatedAt, false),
+        Some("-updated_at") => (SortKey::UpdatedAt, true),
+        Some(other) => {
+            errors.push(ParamError::new(
+                "sort",
+                format!("must be one of id, created_at, updated_at (prefix - for descending), got {other:?}"),
+            ));
+            (SortKey::Id, false)
+        }
+    };
+    let after = match params.get("cursor") {
+        None => None,
+        Some(raw) => match decode_cursor(raw) {
+            Some(c) => Some(c),
+            None => {
+                errors.push(ParamError::new(
+                    "cursor",
+                    "is not a cursor this service issued",
+                ));
+                None
+            }
+        },
+    };
+    if errors.is_empty() {
+        Ok(ListQuery {
+            completed,
+            sort,
+            descending,
+            limit,
+            after,
+        })
+    } else {
+        Err(ApiError::InvalidQuery(errors))
+    }
+}
+
+fn encode_cursor(c: &Cursor) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(c).unwrap_or_default())
+}
+
+fn decode_cursor(raw: &str) -> Option<Cursor> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(raw)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn next_link(q: &ListQuery, last: &Todo) -> String {
+    let v = match q.sort {
+        SortKey::Id => None,
+        SortKey::CreatedAt => Some(crate::store::timestamp(last.created_at)),
+        SortKey::UpdatedAt => Some(crate::store::timestamp(last.updated_at)),
+    };
+    let cursor = encode_cursor(&Cursor { v, id: last.id });
+    let sort = match (q.sort, q.descending) {
+        (SortKey::Id, false) => "id",
+        (SortKey::Id, true) => "-id",
+        (SortKey::CreatedAt, false) => "created_at",
+        (SortKey::CreatedAt, true) => "-created_at",
+        (SortKey::UpdatedAt, false) => "updated_at",
+        (SortKey::UpdatedAt, true) => "-updated_at",
+    };
+    let mut url = format!("/todos?limit={}&sort={sort}", q.limit);
+    if let Some(c) = q.completed {
+        url.push_str(&format!("&completed={c}"));
+    }
+    format!("<{url}&cursor={cursor}>; rel=\"next\"")
+}
+
+fn list(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("todos")
+        .and(warp::get())
+        .and(request_id())
+        .and(query())
+        .and(with_state(state))
+        .and_then(
+            |rid: String, params: HashMap<String, String>, state: State| async move {
+                answer(rid, "GET /todos", async move {
+                    let q = list_query(&params)?;
+                    let (todos, more) = state.store.list(&q).await?;
+                    let mut response = json_response(StatusCode::OK, &todos);
+                    if more {
+                        if let Some(last) = todos.last() {
+                            if let Ok(v) = HeaderValue::from_str(&next_link(&q, last)) {
+                                response.headers_mut().insert(header::LINK, v);
+                            }
+                        }
+                    }
+                    Ok(response)
+                })
+                .await
+            },
+        )
+}
+
+/// Parses `?min_version=N` for `GET /todos/{id}`.
+pub fn min_version(params: &HashMap<String, String>) -> Result<Option<i64>, ApiError> {
+    let mut errors = Vec::new();
+    unknown_params(params, &["min_version"], &mut errors);
+    let v = match params.get("min_version") {
+        None => None,
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if n >= 1 => Some(n),
+            _ => {
+                errors.push(ParamError::new(
+                    "min_version",
+                    format!("must be a positive integer, got {v:?}"),
+                ));
+                None
+            }
+        },
+    };
+    if errors.is_empty() {
+        Ok(v)
+    } else {
+        Err(ApiError::InvalidQuery(errors))
+    }
+}
+
+fn get(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("todos" / i64)
+        .and(warp::get())
+        .and(request_id())
+        .and(query())
+        .and(with_state(state))
+        .and_then(
+            |id: i64, rid: String, params: HashMap<String, String>, state: State| async move {
+                answer(rid, "GET /todos/{id}", async move {
+                    if id <= 0 {
+                        return Err(ApiError::NotFound(format!(
+                            "Todo {id} does not exist; ids are positive."
+                        )));
+                    }
+                    let want = min_version(&params)?;
+                    let stored = read_at_least(&state, id, want).await?;
+                    match stored {
+                        Some(Stored::Live(todo)) => {
+                            let mut response = json_response(StatusCode::OK, &todo);
+                            if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", todo.version)) {
+                                response.headers_mut().insert(header::ETAG, v);
+                            }
+                            Ok(response)
+                        }
+                        Some(Stored::Deleted { .. }) => {
+                            Err(ApiError::NotFound(format!("Todo {id} was deleted.")))
+                        }
+                        None => Err(ApiError::NotFound(format!("Todo {id} does not exist."))),
+                    }
+                })
+                .await
+            },
+        )
+}
+
+/// Reads a todo; with `want`, waits (bounded) until the read model holds that version or a
+/// later one. Never answers an older version in that case: it says the read model is behind.
+async fn read_at_least(
+    state: &State,
+    id: i64,
+    want: Option<i64>,
+) -> Result<Option<Stored>, ApiError> {
+    let deadline = Instant::now() + state.min_version_wait;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let stored = state.store.get(id).await?;
+        let Some(want) = want else { return Ok(stored) };
+        let have = stored.as_ref().map(Stored::version);
+        if have.is_some_and(|h| h >= want) {
+            return Ok(stored);
+        }
+        if Instant::now() >= deadline {
+            return Err(ApiError::Behind { have, want });
+        }
+        tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+fn stats(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("stats")
+        .and(warp::get())
+        .and(request_id())
+        .and(with_state(state))
+        .and_then(|rid: String, state: State| async move {
+            answer(rid, "GET /stats", async move {
+                let stats = state.store.stats().await?;
+                Ok(json_response(StatusCode::OK, &stats))
+            })
+            .await
+        })
+}
+
+fn health() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("health")
+        .and(warp::get())
+        .map(|| json_response(StatusCode::OK, &serde_json::json!({ "status": "ok" })))
+}
+
+fn ready(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("ready")
+        .and(warp::get())
+        .and(with_state(state))
+        .then(|state: State| async move {
+            let mongo_up = matches!(
+                tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await,
+                Ok(Ok(()))
+            );
+            let consumer_up = state.consumer.connected.load(Ordering::Relaxed);
+            // Reads need MongoDB only. Without RabbitMQ the answers grow stale but stay
+            // correct for the version they report, so the broker is reported, not required.
+            let status = if mongo_up {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json_response(
+                status,
+                &serde_json::json!({
+                    "status": if mongo_up { "ready" } else { "not ready" },
+                    "checks": {
+                        "mongodb": if mongo_up { "up" } else { "down" },
+                        "rabbitmq": if consumer_up { "up" } else { "down" },
+                    }
+                }),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn list_query_defaults() {
+        let q = list_query(&params(&[])).expect("defaults");
+        assert_eq!(q.limit, DEFAULT_LIMIT);
+        assert_eq!(
+            (q.sort, q.descending, q.completed),
+            (SortKey::Id, false, None)
+        );
+        let q = list_query(&params(&[
+            ("completed", "true"),
+            ("sort", "-created_at"),
+            ("limit", "5"),
+        ]))
+        .expect("given");
+        assert_eq!(
+            (q.sort, q.descending, q.completed, q.limit),
+            (SortKey::CreatedAt, true, Some(true), 5)
+        );
+    }
+
+    #[test]
+    fn bad_list_parameters_are_named() {
+        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+            (
+                "completed not a boolean",
+                &[("completed", "yes")],
+                "completed",
+            ),
+            ("limit zero", &[("limit", "0")], "limit"),
+            ("limit too large", &[("limit", "201")], "limit"),
+            ("limit not a number", &[("limit", "ten")], "limit"),
+            ("unknown sort", &[("sort", "title")], "sort"),
+            ("garbage cursor", &[("cursor", "%%%")], "cursor"),
+            ("unknown parameter", &[("page", "2")], "page"),
+        ];
+        for (why, pairs, field) in cases {
+            match list_query(&params(pairs)) {
+                Err(ApiError::InvalidQuery(errors)) => assert_eq!(errors[0].field, *field, "{why}"),
+                other => panic!("{why}: expected an invalid query, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip() {
+        let c = Cursor {
+            v: Some("2026-11-22T10:00:00.000000Z".into()),
+            id: 42,
+        };
+        assert_eq!(decode_cursor(&encode_cursor(&c)), Some(c));
+        assert_eq!(decode_cursor("bm90IGpzb24"), None);
+    }
+
+    #[test]
+    fn min_version_must_be_positive() {
+        assert_eq!(
+            min_version(&params(&[("min_version", "3")])).expect("ok"),
+            Some(3)
+        );
+        assert_eq!(min_version(&params(&[])).expect("ok"), None);
+        for bad in ["0", "-1", "x"] {
+            assert!(
+                min_version(&params(&[("min_version", bad)])).is_err(),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! query-service: the read side of the todo CQRS pair.
+//!
+//! A library with a thin `main`: settings → telemetry → [`Application::build`] →
+//! [`Application::run`]. Tests drive the same `build` the binary uses, on port 0.
+
+pub mod consumer;
+pub mod error;
+pub mod http;
+pub mod settings;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+
+use anyhow::Context;
+use consumer::{ConsumerConfig, ConsumerStatus};
+use settings::Settings;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use store::Store;
+use tokio::net::TcpListener;
+
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    store: Store,
+    settings: Settings,
+}
+
+impl Application {
+    /// Binds `HTTP_ADDR`, connects the MongoDB client and creates indexes (waiting for MongoDB
+    /// up to about a minute, so the service may start before its store).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let store = Store::connect(&settings.mongodb_uri, &settings.mongodb_db)
+            .await
+            .context("MONGODB_URI is not a usable MongoDB connection string")?;
+        let mut delay = Duration::from_millis(200);
+        for attempt in 1.. {
+            match store.ensure_indexes().await {
+                Ok(()) => break,
+                Err(err) if attempt < 20 => {
+                    tracing::warn!(error = %err, attempt, "MongoDB not reachable yet, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(err) => return Err(anyhow::Error::new(err).context("MongoDB not reachable")),
+            }
+        }
+        let listener = TcpListener::bind(&settings.http_addr)
+            .await
+            .with_context(|| format!("cannot listen on HTTP_ADDR={}", settings.http_addr))?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            local_addr,
+            store,
+            settings,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    /// Serves reads and runs the projection until `signal` resolves; then stops accepting,
+    /// finishes in-flight requests and the message in hand, and returns.
+    pub async fn run(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (trigger, shutdown) = shutdown::channel();
+        let status = Arc::new(ConsumerStatus::default());
+        let consumer = tokio::spawn(consumer::run(
+            self.store.clone(),
+            ConsumerConfig {
+                amqp_url: self.settings.amqp_url.clone(),
+                exchange: self.settings.amqp_exchange.clone(),
+                queue: self.settings.amqp_queue.clone(),
+                prefetch: self.settings.amqp_prefetch,
+                max_attempts: self.settings.max_delivery_attempts,
+                max_backoff: Duration::from_millis(self.settings.retry_max_backoff_ms),
+            },
+            status.clone(),
+            shutdown.clone(),
+        ));
+        let state = http::State {
+            store: self.store.clone(),
+            consumer: status,
+            min_version_wait: Duration::from_millis(self.settings.min_version_wait_ms),
+        };
+        tracing::info!(addr = %self.local_addr, "query-service listening");
+        let server_shutdown = shutdown.clone();
+        let server = tokio::spawn(
+            warp::serve(http::routes(state))
+                .incoming(self.listener)
+                .graceful(async move { server_shutdown.triggered().await })
+                .run(),
+        );
+        signal.await;
+        trigger.trigger();
+        server.await.context("HTTP server task failed")?;
+        consumer.await.context("consumer task failed")?;
+        tracing::info!("query-service stopped");
+        Ok(())
+    }
+}

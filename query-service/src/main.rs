@@ -1,0 +1,10 @@
+use query_service::{settings::Settings, shutdown, telemetry, Application};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::from_env().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    telemetry::init(settings.log_format, &settings.rust_log);
+    tracing::info!(?settings, "starting query-service");
+    let app = Application::build(settings).await?;
+    app.run(shutdown::signal()).await
+}

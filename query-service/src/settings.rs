@@ -1,0 +1,173 @@
+//! Configuration: environment variables read by envy into one typed struct.
+//!
+//! Every field has a default that works against the local services `scripts/dev-services.sh`
+//! starts, so `cargo run -p query-service` needs no variable. A variable that is set but does
+//! not parse stops the service at start with the variable's name.
+
+use serde::Deserialize;
+use std::fmt;
+
+#[derive(Clone, Deserialize)]
+pub struct Settings {
+    /// `MONGODB_URI`: the read model's MongoDB (or wire-compatible server).
+    #[serde(default = "default_mongodb_uri")]
+    pub mongodb_uri: String,
+    /// `MONGODB_DB`: database holding the `todos` collection.
+    #[serde(default = "default_mongodb_db")]
+    pub mongodb_db: String,
+    /// `AMQP_URL`: RabbitMQ to consume from.
+    #[serde(default = "default_amqp_url")]
+    pub amqp_url: String,
+    /// `AMQP_EXCHANGE`: topic exchange the command side publishes to.
+    #[serde(default = "default_exchange")]
+    pub amqp_exchange: String,
+    /// `AMQP_QUEUE`: this service's quorum queue; its dead-letter queue is `<AMQP_QUEUE>.dlq`.
+    #[serde(default = "default_queue")]
+    pub amqp_queue: String,
+    /// `AMQP_PREFETCH`: unacknowledged deliveries the consumer holds at once.
+    #[serde(default = "default_prefetch")]
+    pub amqp_prefetch: u16,
+    /// `MAX_DELIVERY_ATTEMPTS`: deliveries of a message that cannot be applied before it is
+    /// dead-lettered. Transient store errors do not count: they are retried in place.
+    #[serde(default = "default_max_attempts")]
+    pub max_delivery_attempts: u32,
+    /// `RETRY_MAX_BACKOFF_MS`: ceiling of the backoff between retries of a store or broker.
+    #[serde(default = "default_max_backoff_ms")]
+    pub retry_max_backoff_ms: u64,
+    /// `MIN_VERSION_WAIT_MS`: how long `GET /todos/{id}?min_version=N` waits for version N.
+    #[serde(default = "default_min_version_wait_ms")]
+    pub min_version_wait_ms: u64,
+    /// `HTTP_ADDR`: address the HTTP API listens on.
+    #[serde(default = "default_http_addr")]
+    pub http_addr: String,
+    /// `LOG_FORMAT`: `pretty` (default) or `json`.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// `RUST_LOG`: tracing filter.
+    #[serde(default = "default_rust_log")]
+    pub rust_log: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+fn default_mongodb_uri() -> String {
+    "mongodb://127.0.0.1:27017/?maxIdleTimeMS=60000".into()
+}
+fn default_mongodb_db() -> String {
+    "todo_read".into()
+}
+fn default_amqp_url() -> String {
+    "amqp://guest:guest@127.0.0.1:5672/%2f".into()
+}
+fn default_exchange() -> String {
+    events::EXCHANGE.into()
+}
+fn default_queue() -> String {
+    events::QUERY_QUEUE.into()
+}
+fn default_prefetch() -> u16 {
+    32
+}
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_max_backoff_ms() -> u64 {
+    5_000
+}
+fn default_min_version_wait_ms() -> u64 {
+    5_000
+}
+fn default_http_addr() -> String {
+    "0.0.0.0:5002".into()
+}
+fn default_rust_log() -> String {
+    "info,query_service=info".into()
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, envy::Error> {
+        Self::from_iter(std::env::vars())
+    }
+
+    pub fn from_iter(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, envy::Error> {
+        envy::from_iter(vars)
+    }
+}
+
+/// Secrets never reach the log: URLs are shown without their password.
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("mongodb_uri", &redact(&self.mongodb_uri))
+            .field("mongodb_db", &self.mongodb_db)
+            .field("amqp_url", &redact(&self.amqp_url))
+            .field("amqp_exchange", &self.amqp_exchange)
+            .field("amqp_queue", &self.amqp_queue)
+            .field("http_addr", &self.http_addr)
+            .field("log_format", &self.log_format)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Replaces the password of a `scheme://user:password@host` URL with `***`.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_point_at_the_local_services() {
+        let s = Settings::from_iter(Vec::new()).expect("defaults");
+        assert_eq!(s.http_addr, "0.0.0.0:5002");
+        assert_eq!(
+            s.mongodb_uri,
+            "mongodb://127.0.0.1:27017/?maxIdleTimeMS=60000"
+        );
+        assert_eq!(s.amqp_queue, "query-service.todo-events");
+        assert_eq!(s.amqp_exchange, "todo.events");
+    }
+
+    #[test]
+    fn an_unparsable_variable_is_named_in_the_error() {
+        let err = Settings::from_iter([("AMQP_PREFETCH".to_string(), "lots".to_string())])
+            .expect_err("must fail");
+        assert!(err.to_string().contains("AMQP_PREFETCH"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_hides_passwords() {
+        let s = Settings::from_iter([(
+            "MONGODB_URI".to_string(),
+            "mongodb://app:s3cret@db:27017/".to_string(),
+        )])
+        .expect("settings");
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(!shown.contains(":guest@"), "{shown}");
+    }
+}

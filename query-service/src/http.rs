@@ -304,7 +304,8 @@ async fn read_at_least(
         let stored = state.store.get(id).await?;
         let Some(want) = want else { return Ok(stored) };
         let have = stored.as_ref().map(Stored::version);
-        if have.is_some_and(|h| h >= want) {
+        // A delete is final: no later version can follow a tombstone.
+        if have.is_some_and(|h| h >= want) || matches!(stored, Some(Stored::Deleted { .. })) {
             return Ok(stored);
         }
         if Instant::now() >= deadline {

@@ -432,8 +432,8 @@ mod tests {
     #[test]
     fn timestamps_are_fixed_width_and_sort_as_text() {
         let a = parse_timestamp("2026-11-22T10:00:00Z").expect("a");
-        let b = parse_timestamp("2026-11-22T10:00:00.5Z").expect("b");
-        let c = parse_timestamp("2026-11-22T10:00:00.123456Z").expect("c");
+        let b = parse_timestamp("2026-11-22T10:00:00.123456Z").expect("b");
+        let c = parse_timestamp("2026-11-22T10:00:00.5Z").expect("c");
         let texts: Vec<String> = [a, b, c].into_iter().map(timestamp).collect();
         assert_eq!(texts[0], "2026-11-22T10:00:00.000000Z");
         assert!(texts.windows(2).all(|w| w[0] < w[1]), "{texts:?}");

@@ -1,0 +1,295 @@
+//! Test harness: each test gets its own MongoDB database, RabbitMQ exchange and queue, and
+//! (when it writes through command-service) its own PostgreSQL database. Services run on
+//! port 0, built by the same `Application::build` their binaries use, or as the real binary
+//! when a test must kill the process.
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions, ExchangeDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub fn mongodb_uri() -> String {
+    std::env::var("MONGODB_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?maxIdleTimeMS=60000".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+pub fn admin_database_url() -> String {
+    std::env::var("TEST_ADMIN_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn init_logs() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        let filter = std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into());
+        query_service::telemetry::init(query_service::settings::LogFormat::Pretty, &filter);
+    });
+}
+
+/// Names that keep one test's broker objects and databases apart from every other test's.
+#[derive(Clone, Debug)]
+pub struct Names {
+    pub exchange: String,
+    pub queue: String,
+    pub mongo_db: String,
+}
+
+impl Names {
+    pub fn new() -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        Self {
+            exchange: format!("test.{id}"),
+            queue: format!("test.{id}.query"),
+            mongo_db: format!("qs_test_{id}"),
+        }
+    }
+
+    pub fn dead_letter_queue(&self) -> String {
+        events::dead_letter_queue(&self.queue)
+    }
+
+    fn query_vars(&self) -> Vec<(String, String)> {
+        vec![
+            ("MONGODB_URI".into(), mongodb_uri()),
+            ("MONGODB_DB".into(), self.mongo_db.clone()),
+            ("AMQP_URL".into(), amqp_url()),
+            ("AMQP_EXCHANGE".into(), self.exchange.clone()),
+            ("AMQP_QUEUE".into(), self.queue.clone()),
+            ("RETRY_MAX_BACKOFF_MS".into(), "1000".into()),
+            ("MIN_VERSION_WAIT_MS".into(), "5000".into()),
+        ]
+    }
+
+    /// Deletes this test's queues and exchanges.
+    pub async fn cleanup(&self) {
+        if let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
+            if let Ok(ch) = conn.create_channel().await {
+                for q in [self.queue.clone(), self.dead_letter_queue()] {
+                    let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+                }
+                for x in [self.exchange.clone(), events::dead_letter_exchange(&self.exchange)] {
+                    let _ = ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()).await;
+                }
+            }
+            let _ = conn.close(200, "done".into()).await;
+        }
+    }
+}
+
+pub struct Running {
+    pub address: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("service stops within 30 s")
+                .expect("service task")
+                .expect("service ran cleanly");
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub async fn spawn_query(names: &Names) -> Running {
+    init_logs();
+    let mut vars = names.query_vars();
+    vars.push(("HTTP_ADDR".into(), "127.0.0.1:0".into()));
+    let settings = query_service::settings::Settings::from_iter(vars).expect("settings");
+    let app = query_service::Application::build(settings).await.expect("query-service builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run(async move {
+        let _ = stopped.await;
+    }));
+    let running = Running { address, stop: Some(stop), task: Some(task) };
+    wait_for_consumer(&running).await;
+    running
+}
+
+/// Waits until the consumer has declared its queue and subscribed (readiness shows it).
+pub async fn wait_for_consumer(running: &Running) {
+    let client = reqwest::Client::new();
+    eventually(Duration::from_secs(20), "consumer connected", || async {
+        match client.get(running.url("/ready")).send().await {
+            Ok(r) => r.json::<Value>().await.is_ok_and(|b| b["checks"]["rabbitmq"] == "up"),
+            Err(_) => false,
+        }
+    })
+    .await;
+}
+
+/// command-service in-process with its own database, publishing to the test's exchange.
+pub async fn spawn_command(names: &Names) -> (Running, String) {
+    init_logs();
+    let database_url = create_database().await;
+    let settings = command_service::settings::Settings::from_iter([
+        ("DATABASE_URL".to_string(), database_url.clone()),
+        ("AMQP_URL".to_string(), amqp_url()),
+        ("AMQP_EXCHANGE".to_string(), names.exchange.clone()),
+        ("HTTP_ADDR".to_string(), "127.0.0.1:0".to_string()),
+        ("RELAY_MAX_BACKOFF_MS".to_string(), "1000".to_string()),
+        ("RELAY_POLL_MS".to_string(), "500".to_string()),
+    ])
+    .expect("settings");
+    let app = command_service::Application::build(settings).await.expect("command-service builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run(async move {
+        let _ = stopped.await;
+    }));
+    (Running { address, stop: Some(stop), task: Some(task) }, database_url)
+}
+
+pub async fn create_database() -> String {
+    let name = format!("qs_test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = AsyncPgConnection::establish(&admin_database_url())
+        .await
+        .expect("PostgreSQL reachable (run scripts/dev-services.sh up)");
+    diesel::sql_query(format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+    let base = admin_database_url();
+    format!("{}/{}", &base[..base.rfind('/').expect("url has a path")], name)
+}
+
+/// query-service as a real process (for SIGKILL). Listens on a free port it is given.
+pub struct Process {
+    pub child: Child,
+    pub address: String,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub fn start_query_process(names: &Names, port: u16) -> Process {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_query-service"));
+    for (k, v) in names.query_vars() {
+        cmd.env(k, v);
+    }
+    cmd.env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let child = cmd.spawn().expect("query-service binary starts");
+    Process { child, address: format!("http://127.0.0.1:{port}") }
+}
+
+pub struct Publisher {
+    pub channel: Channel,
+    _conn: Connection,
+    exchange: String,
+}
+
+/// Publishes straight to the exchange, with confirms, as the relay does.
+pub async fn publisher(exchange: &str) -> Publisher {
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ reachable (run scripts/dev-services.sh up)");
+    let channel = conn.create_channel().await.expect("channel");
+    channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    Publisher { channel, _conn: conn, exchange: exchange.to_string() }
+}
+
+impl Publisher {
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
+        let confirm = self
+            .channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                routing_key.into(),
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                body,
+                BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into()),
+            )
+            .await
+            .expect("published")
+            .await
+            .expect("confirmed");
+        assert!(confirm.is_ack(), "broker acked");
+        assert!(confirm.take_message().is_none(), "message was routed to a queue");
+    }
+
+    pub async fn publish(&self, e: &events::Envelope) {
+        self.publish_raw(e.routing_key(), &e.to_json()).await;
+    }
+}
+
+pub fn services(command: &str) {
+    let script: PathBuf = [env!("CARGO_MANIFEST_DIR"), "..", "scripts", "dev-services.sh"].iter().collect();
+    let status = Command::new("bash").arg(script).arg(command).status().expect("dev-services.sh runs");
+    assert!(status.success(), "dev-services.sh {command} failed");
+}
+
+/// Restarts a service even if the test fails half-way, so later tests find it up.
+pub struct Restart(pub &'static str);
+
+impl Drop for Restart {
+    fn drop(&mut self) {
+        services(self.0);
+    }
+}
+
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Messages waiting in a queue (declares it passively).
+pub async fn queue_depth(queue: &str) -> u32 {
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await.expect("broker");
+    let ch = conn.create_channel().await.expect("channel");
+    let q = ch
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue exists");
+    let _ = conn.close(200, "done".into()).await;
+    q.message_count()
+}

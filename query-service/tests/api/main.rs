@@ -1,0 +1,10 @@
+//! Integration tests of query-service against real RabbitMQ, MongoDB-wire server and, for the
+//! end-to-end tests, command-service on real PostgreSQL. One binary for the crate; tests whose
+//! names contain `outage` stop or kill something and run alone (`.config/nextest.toml`).
+
+mod convergence;
+mod end_to_end;
+mod helpers;
+mod outage;
+mod projection;
+mod reads;

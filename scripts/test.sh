@@ -12,7 +12,7 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 # One build for every test binary; tests named *outage* run alone (.config/nextest.toml).
-cargo nextest run --workspace "$@"
+cargo nextest run --workspace --no-fail-fast "$@"
 
 # The walkthrough a person runs, against the services as binaries.
 bash scripts/demo.sh --start

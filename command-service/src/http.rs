@@ -4,6 +4,7 @@
 //! a malformed header or query string.
 
 use crate::error::{handle_rejection, ApiError};
+use crate::metrics::Metrics;
 use crate::relay::RelayStatus;
 use crate::todos::{self, Change, Created, Idempotency, Precondition, Todo};
 use crate::{db::PgPool, input};
@@ -16,6 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
+use warp::filters::BoxedFilter;
 use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
@@ -28,6 +30,7 @@ const FEED_MAX_LIMIT: i64 = 1000;
 pub struct State {
     pub pool: PgPool,
     pub relay: Arc<RelayStatus>,
+    pub metrics: Arc<Metrics>,
     pub max_body_bytes: u64,
     pub idempotency_ttl_hours: i64,
 }
@@ -36,22 +39,54 @@ fn with_state(state: State) -> impl Filter<Extract = (State,), Error = Infallibl
     warp::any().map(move || state.clone())
 }
 
-/// All routes, with rejections answered as problem+json and the request id echoed.
+/// One served route: its method, its path as the OpenAPI document writes it, its filter.
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub filter: BoxedFilter<(Response,)>,
+}
+
+/// Every route the service serves. `routes` serves exactly these, and the OpenAPI test checks
+/// this list against `openapi.json` both ways.
+pub fn route_table(state: State) -> Vec<Route> {
+    let route = |method, path, filter: BoxedFilter<(Response,)>| Route {
+        method,
+        path,
+        filter,
+    };
+    vec![
+        route("post", "/todos", create(state.clone()).boxed()),
+        route("patch", "/todos/{id}", patch(state.clone()).boxed()),
+        route("put", "/todos/{id}", put(state.clone()).boxed()),
+        route("delete", "/todos/{id}", delete(state.clone()).boxed()),
+        route("get", "/events", feed(state.clone()).boxed()),
+        route("get", "/health", health().boxed()),
+        route("get", "/ready", ready(state.clone()).boxed()),
+        route("get", "/metrics", metrics(state.clone()).boxed()),
+        route("get", "/openapi.json", openapi().boxed()),
+    ]
+}
+
+/// The OpenAPI 3 description of this service, served at `GET /openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// All routes, with rejections answered as problem+json.
 pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    let api = create(state.clone())
-        .or(patch(state.clone()))
-        .unify()
-        .or(put(state.clone()))
-        .unify()
-        .or(delete(state.clone()))
-        .unify()
-        .or(feed(state.clone()))
-        .unify()
-        .or(health())
-        .unify()
-        .or(ready(state))
-        .unify();
-    api.recover(handle_rejection).unify()
+    let metrics = state.metrics.clone();
+    let mut table = route_table(state).into_iter().map(|r| r.filter);
+    let first = table.next().expect("at least one route");
+    let api = table.fold(first, |all, next| all.or(next).unify().boxed());
+    api.recover(move |rejection| {
+        let metrics = metrics.clone();
+        async move {
+            let response = handle_rejection(rejection).await;
+            if let Ok(r) = &response {
+                metrics.observe_request("unmatched", r.status().as_u16(), Duration::ZERO);
+            }
+            response
+        }
+    })
+    .unify()
 }
 
 /// The request's correlation id: `X-Request-Id` if the client sent a usable one, else new.
@@ -159,12 +194,14 @@ fn set_etag(response: &mut Response, version: i64) {
     }
 }
 
-/// Answers a handler's result, errors included, with the request id attached.
+/// Answers a handler's result, errors included, with the request id attached, and counts it.
 async fn answer(
+    metrics: Arc<Metrics>,
     id: String,
     route: &'static str,
     work: impl std::future::Future<Output = Result<Response, ApiError>>,
 ) -> Result<Response, Infallible> {
+    let started = std::time::Instant::now();
     let span = tracing::info_span!("request", correlation_id = %id, route);
     let response = async {
         let response = work.await.unwrap_or_else(ApiError::into_response);
@@ -173,6 +210,7 @@ async fn answer(
     }
     .instrument(span)
     .await;
+    metrics.observe_request(route, response.status().as_u16(), started.elapsed());
     Ok(with_request_id(response, &id))
 }
 
@@ -246,7 +284,7 @@ fn create(state: State) -> impl Filter<Extract = (Response,), Error = Rejection>
         .and_then(
             |id: String, key: Option<String>, body: Bytes, state: State| async move {
                 let correlation = id.clone();
-                answer(id, "POST /todos", async move {
+                answer(state.metrics.clone(), id, "POST /todos", async move {
                     let input = input::todo_input(&body)?;
                     let idem = idempotency(key, &body, state.idempotency_ttl_hours)?;
                     match todos::create(&state.pool, input, idem, &correlation).await? {
@@ -297,7 +335,7 @@ fn update_route(
         .and(with_state(state))
         .and_then(move |id: i64, rid: String, if_match: Option<String>, body: Bytes, state: State| async move {
             let correlation = rid.clone();
-            answer(rid, route, async move {
+            answer(state.metrics.clone(), rid, route, async move {
                 let id = todo_id(id)?;
                 let change = parse(&body)?;
                 let precondition = precondition(if_match)?;
@@ -329,15 +367,20 @@ fn delete(state: State) -> impl Filter<Extract = (Response,), Error = Rejection>
         .and_then(
             |id: i64, rid: String, if_match: Option<String>, state: State| async move {
                 let correlation = rid.clone();
-                answer(rid, "DELETE /todos/{id}", async move {
-                    let id = todo_id(id)?;
-                    let precondition = precondition(if_match)?;
-                    let version =
-                        todos::delete(&state.pool, id, precondition, &correlation).await?;
-                    let mut response = StatusCode::NO_CONTENT.into_response();
-                    set_etag(&mut response, version);
-                    Ok(response)
-                })
+                answer(
+                    state.metrics.clone(),
+                    rid,
+                    "DELETE /todos/{id}",
+                    async move {
+                        let id = todo_id(id)?;
+                        let precondition = precondition(if_match)?;
+                        let version =
+                            todos::delete(&state.pool, id, precondition, &correlation).await?;
+                        let mut response = StatusCode::NO_CONTENT.into_response();
+                        set_etag(&mut response, version);
+                        Ok(response)
+                    },
+                )
                 .await
             },
         )
@@ -398,7 +441,7 @@ fn feed(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> +
         .and(with_state(state))
         .and_then(
             |rid: String, params: HashMap<String, String>, state: State| async move {
-                answer(rid, "GET /events", async move {
+                answer(state.metrics.clone(), rid, "GET /events", async move {
                     let q = feed_query(&params)?;
                     let events = todos::feed(&state.pool, q.after, q.limit).await?;
                     let mut response = json_response(StatusCode::OK, &events);
@@ -418,6 +461,39 @@ fn feed(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> +
                 .await
             },
         )
+}
+
+fn metrics(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("metrics")
+        .and(warp::get())
+        .and(with_state(state))
+        .then(|state: State| async move {
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_secs(2), todos::outbox_backlog(&state.pool))
+                    .await
+            {
+                state.metrics.outbox_backlog.set(n);
+            }
+            let mut response = state.metrics.render().into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        })
+}
+
+fn openapi() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("openapi.json").and(warp::get()).map(|| {
+        let mut response = OPENAPI.into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    })
 }
 
 fn health() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {

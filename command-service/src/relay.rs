@@ -11,6 +11,7 @@
 //! - Reconnects to RabbitMQ and PostgreSQL by itself; on shutdown it finishes the batch in flight.
 
 use crate::db::PgPool;
+use crate::metrics::Metrics;
 use crate::schema::events as ev;
 use crate::shutdown::Shutdown;
 use crate::todos::{to_envelope, OUTBOX_CHANNEL};
@@ -23,7 +24,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,12 +43,10 @@ pub struct RelayConfig {
     pub idempotency_ttl_hours: i64,
 }
 
-/// What `/ready` and `/metrics` read of the relay.
+/// What `/ready` reads of the relay; its counters are in [`Metrics`].
 #[derive(Debug, Default)]
 pub struct RelayStatus {
     pub broker_connected: AtomicBool,
-    pub published_total: AtomicU64,
-    pub failed_total: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +72,13 @@ struct Batch {
     refused: Option<String>,
 }
 
-pub async fn run(pool: PgPool, config: RelayConfig, status: Arc<RelayStatus>, shutdown: Shutdown) {
+pub async fn run(
+    pool: PgPool,
+    config: RelayConfig,
+    status: Arc<RelayStatus>,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+) {
     let base = Duration::from_millis(100);
     let mut backoff = base;
     let mut listener: Option<AsyncPgConnection> = None;
@@ -110,18 +115,16 @@ pub async fn run(pool: PgPool, config: RelayConfig, status: Arc<RelayStatus>, sh
 
         match drain(&pool, channel, &config).await {
             Ok(batch) => {
-                status
-                    .published_total
-                    .fetch_add(batch.published as u64, Ordering::Relaxed);
+                metrics.published.inc_by(batch.published as u64);
                 if let Some(err) = batch.broker_failed {
-                    status.failed_total.fetch_add(1, Ordering::Relaxed);
+                    metrics.publish_failures.inc();
                     tracing::warn!(error = %err, "publishing failed, reconnecting to RabbitMQ");
                     broker = None;
                     backoff = pause(backoff, config.max_backoff, &shutdown).await;
                     continue;
                 }
                 if let Some(reason) = batch.refused {
-                    status.failed_total.fetch_add(1, Ordering::Relaxed);
+                    metrics.publish_failures.inc();
                     tracing::warn!(%reason, retry_in_ms = backoff.as_millis() as u64, "broker did not take an event; it stays in the outbox");
                     backoff = pause(backoff, config.max_backoff, &shutdown).await;
                     continue;

@@ -12,6 +12,7 @@
 //! - On shutdown the consumer is cancelled, the message in hand is finished, and the
 //!   connection is closed; unacked prefetched messages go back to the queue.
 
+use crate::metrics::{EventOutcome, Metrics};
 use crate::shutdown::Shutdown;
 use crate::store::{Applied, Outcome, Store};
 use events::Envelope;
@@ -28,8 +29,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ConsumerConfig {
+    pub metrics: Arc<Metrics>,
     pub amqp_url: String,
     pub exchange: String,
     pub queue: String,
@@ -257,7 +259,7 @@ async fn handle(
             Ok(e) => e,
             Err(err) => {
                 tracing::warn!(error = %err, "message is not a valid event; dead-lettering it");
-                return dead_letter(store, &delivery).await;
+                return dead_letter(store, config, &delivery).await;
             }
         };
         let mut backoff = Duration::from_millis(100);
@@ -276,7 +278,7 @@ async fn handle(
                         outcome = ?outcome,
                         "event projected"
                     );
-                    count(store, outcome, Some(envelope.occurred_at)).await;
+                    count(store, config, outcome, Some(envelope.occurred_at)).await;
                     return Ok(());
                 }
                 Err(err) if crate::store::is_transient(&err) => {
@@ -295,7 +297,7 @@ async fn handle(
                     let attempt = previous_deliveries(&delivery) + 1;
                     if attempt >= config.max_attempts {
                         tracing::error!(error = %err, attempt, "event cannot be applied; dead-lettering it");
-                        return dead_letter(store, &delivery).await;
+                        return dead_letter(store, config, &delivery).await;
                     }
                     tracing::warn!(error = %err, attempt, "event cannot be applied; redelivering");
                     delivery
@@ -313,23 +315,38 @@ async fn handle(
     .await
 }
 
-async fn dead_letter(store: &Store, delivery: &Delivery) -> lapin::Result<()> {
+async fn dead_letter(
+    store: &Store,
+    config: &ConsumerConfig,
+    delivery: &Delivery,
+) -> lapin::Result<()> {
     delivery
         .nack(BasicNackOptions {
             requeue: false,
             ..BasicNackOptions::default()
         })
         .await?;
-    count(store, Outcome::DeadLettered, None).await;
+    count(store, config, Outcome::DeadLettered, None).await;
     Ok(())
 }
 
 /// Counters are best effort: a failure to count never holds up the queue.
 async fn count(
     store: &Store,
+    config: &ConsumerConfig,
     outcome: Outcome,
     occurred_at: Option<chrono::DateTime<chrono::Utc>>,
 ) {
+    let label = match outcome {
+        Outcome::Applied => EventOutcome::applied,
+        Outcome::Skipped => EventOutcome::skipped_duplicate,
+        Outcome::DeadLettered => EventOutcome::dead_lettered,
+    };
+    let lag = match (outcome, occurred_at) {
+        (Outcome::Applied, Some(at)) => Some(chrono::Utc::now() - at),
+        _ => None,
+    };
+    config.metrics.observe_event(label, lag);
     if let Err(err) = store.record(outcome, occurred_at).await {
         tracing::debug!(error = %err, "projection counter not updated");
     }

@@ -3,6 +3,7 @@
 
 use crate::consumer::ConsumerStatus;
 use crate::error::{handle_rejection, ApiError, ParamError};
+use crate::metrics::Metrics;
 use crate::store::{Cursor, ListQuery, SortKey, Store, Stored, Todo};
 use base64::Engine;
 use std::collections::HashMap;
@@ -11,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
+use warp::filters::BoxedFilter;
 use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
@@ -23,6 +25,7 @@ pub const MAX_LIMIT: i64 = 200;
 pub struct State {
     pub store: Store,
     pub consumer: Arc<ConsumerStatus>,
+    pub metrics: Arc<Metrics>,
     pub min_version_wait: Duration,
 }
 
@@ -30,18 +33,51 @@ fn with_state(state: State) -> impl Filter<Extract = (State,), Error = Infallibl
     warp::any().map(move || state.clone())
 }
 
+/// One served route: its method, its path as the OpenAPI document writes it, its filter.
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub filter: BoxedFilter<(Response,)>,
+}
+
+/// Every route the service serves. `routes` serves exactly these, and the OpenAPI test checks
+/// this list against `openapi.json` both ways.
+pub fn route_table(state: State) -> Vec<Route> {
+    let route = |method, path, filter: BoxedFilter<(Response,)>| Route {
+        method,
+        path,
+        filter,
+    };
+    vec![
+        route("get", "/todos", list(state.clone()).boxed()),
+        route("get", "/todos/{id}", get(state.clone()).boxed()),
+        route("get", "/stats", stats(state.clone()).boxed()),
+        route("get", "/health", health().boxed()),
+        route("get", "/ready", ready(state.clone()).boxed()),
+        route("get", "/metrics", metrics(state.clone()).boxed()),
+        route("get", "/openapi.json", openapi().boxed()),
+    ]
+}
+
+/// The OpenAPI 3 description of this service, served at `GET /openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
 pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    list(state.clone())
-        .or(get(state.clone()))
-        .unify()
-        .or(stats(state.clone()))
-        .unify()
-        .or(health())
-        .unify()
-        .or(ready(state))
-        .unify()
-        .recover(handle_rejection)
-        .unify()
+    let metrics = state.metrics.clone();
+    let mut table = route_table(state).into_iter().map(|r| r.filter);
+    let first = table.next().expect("at least one route");
+    let api = table.fold(first, |all, next| all.or(next).unify().boxed());
+    api.recover(move |rejection| {
+        let metrics = metrics.clone();
+        async move {
+            let response = handle_rejection(rejection).await;
+            if let Ok(r) = &response {
+                metrics.observe_request("unmatched", r.status().as_u16(), Duration::ZERO);
+            }
+            response
+        }
+    })
+    .unify()
 }
 
 fn request_id() -> impl Filter<Extract = (String,), Error = Rejection> + Clone {
@@ -59,10 +95,12 @@ fn query() -> impl Filter<Extract = (HashMap<String, String>,), Error = Rejectio
 }
 
 async fn answer(
+    metrics: Arc<Metrics>,
     id: String,
     route: &'static str,
     work: impl std::future::Future<Output = Result<Response, ApiError>>,
 ) -> Result<Response, Infallible> {
+    let started = Instant::now();
     let span = tracing::info_span!("request", correlation_id = %id, route);
     let mut response = async {
         let response = work.await.unwrap_or_else(ApiError::into_response);
@@ -71,6 +109,7 @@ async fn answer(
     }
     .instrument(span)
     .await;
+    metrics.observe_request(route, response.status().as_u16(), started.elapsed());
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, v);
     }
@@ -214,7 +253,7 @@ fn list(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> +
         .and(with_state(state))
         .and_then(
             |rid: String, params: HashMap<String, String>, state: State| async move {
-                answer(rid, "GET /todos", async move {
+                answer(state.metrics.clone(), rid, "GET /todos", async move {
                     let q = list_query(&params)?;
                     let (todos, more) = state.store.list(&q).await?;
                     let mut response = json_response(StatusCode::OK, &todos);
@@ -264,7 +303,7 @@ fn get(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + 
         .and(with_state(state))
         .and_then(
             |id: i64, rid: String, params: HashMap<String, String>, state: State| async move {
-                answer(rid, "GET /todos/{id}", async move {
+                answer(state.metrics.clone(), rid, "GET /todos/{id}", async move {
                     if id <= 0 {
                         return Err(ApiError::NotFound(format!(
                             "Todo {id} does not exist; ids are positive."
@@ -322,12 +361,39 @@ fn stats(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> 
         .and(request_id())
         .and(with_state(state))
         .and_then(|rid: String, state: State| async move {
-            answer(rid, "GET /stats", async move {
+            answer(state.metrics.clone(), rid, "GET /stats", async move {
                 let stats = state.store.stats().await?;
                 Ok(json_response(StatusCode::OK, &stats))
             })
             .await
         })
+}
+
+fn metrics(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("metrics")
+        .and(warp::get())
+        .and(with_state(state))
+        .map(|state: State| {
+            let mut response = state.metrics.render().into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        })
+}
+
+fn openapi() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("openapi.json").and(warp::get()).map(|| {
+        let mut response = OPENAPI.into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    })
 }
 
 fn health() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {

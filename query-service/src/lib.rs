@@ -6,6 +6,7 @@
 pub mod consumer;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod settings;
 pub mod shutdown;
 pub mod store;
@@ -71,9 +72,11 @@ impl Application {
     ) -> anyhow::Result<()> {
         let (trigger, shutdown) = shutdown::channel();
         let status = Arc::new(ConsumerStatus::default());
+        let metrics = Arc::new(metrics::Metrics::default());
         let consumer = tokio::spawn(consumer::run(
             self.store.clone(),
             ConsumerConfig {
+                metrics: metrics.clone(),
                 amqp_url: self.settings.amqp_url.clone(),
                 exchange: self.settings.amqp_exchange.clone(),
                 queue: self.settings.amqp_queue.clone(),
@@ -87,6 +90,7 @@ impl Application {
         let state = http::State {
             store: self.store.clone(),
             consumer: status,
+            metrics,
             min_version_wait: Duration::from_millis(self.settings.min_version_wait_ms),
         };
         tracing::info!(addr = %self.local_addr, "query-service listening");
@@ -103,5 +107,39 @@ impl Application {
         consumer.await.context("consumer task failed")?;
         tracing::info!("query-service stopped");
         Ok(())
+    }
+}
+
+/// `query-service healthcheck`: asks the running service's `/health` on `HTTP_ADDR`'s port
+/// over loopback; for container healthchecks, so the image needs no curl.
+pub async fn healthcheck(http_addr: &str) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = http_addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse::<u16>().ok())
+        .with_context(|| format!("HTTP_ADDR={http_addr} has no port"))?;
+    let check = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(3), check)
+        .await
+        .context("health check timed out")??;
+    if answer.starts_with(b"HTTP/1.1 200") {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "unhealthy: {}",
+            String::from_utf8_lossy(&answer)
+                .lines()
+                .next()
+                .unwrap_or("")
+        )
     }
 }

@@ -35,36 +35,59 @@ struct Last {
 /// Differences between PostgreSQL (the write model) and MongoDB (the read model); empty when
 /// they agree on every todo, live or deleted.
 pub async fn differences(database_url: &str, mongodb_uri: &str, mongo_db: &str) -> Vec<String> {
-    let mut pg = AsyncPgConnection::establish(database_url).await.expect("PostgreSQL");
+    let mut pg = AsyncPgConnection::establish(database_url)
+        .await
+        .expect("PostgreSQL");
     let rows: Vec<Row> = diesel::sql_query(
         "SELECT id, title, description, completed, version, created_at, updated_at FROM todos",
     )
     .load(&mut pg)
     .await
     .expect("todos");
-    let last: Vec<Last> = diesel::sql_query(
-        "SELECT todo_id, max(version) AS version FROM events GROUP BY todo_id",
-    )
-    .load(&mut pg)
-    .await
-    .expect("events");
+    let last: Vec<Last> =
+        diesel::sql_query("SELECT todo_id, max(version) AS version FROM events GROUP BY todo_id")
+            .load(&mut pg)
+            .await
+            .expect("events");
     let live: BTreeMap<i64, Row> = rows.into_iter().map(|r| (r.id, r)).collect();
-    let store = Store::connect(mongodb_uri, mongo_db).await.expect("MongoDB");
+    let store = Store::connect(mongodb_uri, mongo_db)
+        .await
+        .expect("MongoDB");
     let mut diffs = Vec::new();
     for Last { todo_id, version } in last {
         let stored = store.get(todo_id).await.expect("read model");
         match (live.get(&todo_id), stored) {
             (Some(row), Some(Stored::Live(t))) => {
-                let pg = (&row.title, &row.description, row.completed, row.version, row.created_at, row.updated_at);
-                let mongo = (&t.title, &t.description, t.completed, t.version, t.created_at, t.updated_at);
+                let pg = (
+                    &row.title,
+                    &row.description,
+                    row.completed,
+                    row.version,
+                    row.created_at,
+                    row.updated_at,
+                );
+                let mongo = (
+                    &t.title,
+                    &t.description,
+                    t.completed,
+                    t.version,
+                    t.created_at,
+                    t.updated_at,
+                );
                 if pg != mongo {
-                    diffs.push(format!("todo {todo_id}: PostgreSQL {pg:?} vs MongoDB {mongo:?}"));
+                    diffs.push(format!(
+                        "todo {todo_id}: PostgreSQL {pg:?} vs MongoDB {mongo:?}"
+                    ));
                 }
             }
             (None, Some(Stored::Deleted { version: v })) if v == version => {}
             (expected, got) => diffs.push(format!(
                 "todo {todo_id}: PostgreSQL {} (last version {version}) vs MongoDB {got:?}",
-                if expected.is_some() { "live" } else { "deleted" }
+                if expected.is_some() {
+                    "live"
+                } else {
+                    "deleted"
+                }
             )),
         }
     }

@@ -3,8 +3,16 @@ use crate::helpers::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-async fn write(client: &reqwest::Client, method: &str, url: String, body: Option<Value>) -> reqwest::Response {
-    let mut request = client.request(reqwest::Method::from_bytes(method.as_bytes()).expect("method"), url);
+async fn write(
+    client: &reqwest::Client,
+    method: &str,
+    url: String,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut request = client.request(
+        reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
+        url,
+    );
     if let Some(body) = body {
         request = request.json(&body);
     }
@@ -19,11 +27,16 @@ async fn writes_on_the_command_side_become_reads_on_the_query_side() {
     let client = reqwest::Client::new();
 
     // Create, then read your write with the version the write returned.
-    let created: Value = write(&client, "POST", command.url("/todos"), Some(json!({"title": "Learn CQRS", "description": "outbox first"})))
-        .await
-        .json()
-        .await
-        .expect("json");
+    let created: Value = write(
+        &client,
+        "POST",
+        command.url("/todos"),
+        Some(json!({"title": "Learn CQRS", "description": "outbox first"})),
+    )
+    .await
+    .json()
+    .await
+    .expect("json");
     let id = created["id"].as_i64().expect("id");
     let response = client
         .get(query.url(&format!("/todos/{id}?min_version=1")))
@@ -33,15 +46,26 @@ async fn writes_on_the_command_side_become_reads_on_the_query_side() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["etag"], "\"1\"");
     let read: Value = response.json().await.expect("json");
-    assert_eq!(read, created, "the read model answers what the write side returned");
+    assert_eq!(
+        read, created,
+        "the read model answers what the write side returned"
+    );
 
     // Update and complete: each read with min_version sees at least that version.
-    for (body, expect_version) in [(json!({"title": "Learn CQRS well"}), 2), (json!({"completed": true}), 3)] {
-        let written: Value = write(&client, "PATCH", command.url(&format!("/todos/{id}")), Some(body))
-            .await
-            .json()
-            .await
-            .expect("json");
+    for (body, expect_version) in [
+        (json!({"title": "Learn CQRS well"}), 2),
+        (json!({"completed": true}), 3),
+    ] {
+        let written: Value = write(
+            &client,
+            "PATCH",
+            command.url(&format!("/todos/{id}")),
+            Some(body),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
         assert_eq!(written["version"], expect_version);
         let read: Value = client
             .get(query.url(&format!("/todos/{id}?min_version={expect_version}")))
@@ -56,25 +80,83 @@ async fn writes_on_the_command_side_become_reads_on_the_query_side() {
     }
 
     // The list and the stats show it.
-    let list: Vec<Value> = client.get(query.url("/todos?completed=true")).send().await.expect("list").json().await.expect("json");
+    let list: Vec<Value> = client
+        .get(query.url("/todos?completed=true"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["id"], id);
-    let stats: Value = client.get(query.url("/stats")).send().await.expect("stats").json().await.expect("json");
-    assert_eq!((stats["total"].as_i64(), stats["completed"].as_i64(), stats["pending"].as_i64()), (Some(1), Some(1), Some(0)));
+    let stats: Value = client
+        .get(query.url("/stats"))
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        (
+            stats["total"].as_i64(),
+            stats["completed"].as_i64(),
+            stats["pending"].as_i64()
+        ),
+        (Some(1), Some(1), Some(0))
+    );
     assert_eq!(stats["projection"]["applied"], 3);
 
     // Delete: gone from reads, and a read asking for the delete's version says 404, not stale.
-    assert_eq!(write(&client, "DELETE", command.url(&format!("/todos/{id}")), None).await.status(), 204);
-    let response = client.get(query.url(&format!("/todos/{id}?min_version=4"))).send().await.expect("read");
+    assert_eq!(
+        write(
+            &client,
+            "DELETE",
+            command.url(&format!("/todos/{id}")),
+            None
+        )
+        .await
+        .status(),
+        204
+    );
+    let response = client
+        .get(query.url(&format!("/todos/{id}?min_version=4")))
+        .send()
+        .await
+        .expect("read");
     assert_eq!(response.status(), 404);
-    assert_eq!(response.headers()["content-type"], "application/problem+json");
-    let list: Vec<Value> = client.get(query.url("/todos")).send().await.expect("list").json().await.expect("json");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let list: Vec<Value> = client
+        .get(query.url("/todos"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
     assert!(list.is_empty(), "tombstones are never listed: {list:?}");
 
     // A version that will never come: a bounded wait, then 503 saying the read model is behind.
-    let response = client.get(query.url(&format!("/todos/{id}?min_version=99"))).send().await.expect("read");
+    let response = client
+        .get(query.url(&format!("/todos/{id}?min_version=99")))
+        .send()
+        .await
+        .expect("read");
     assert_eq!(response.status(), 404, "a deleted todo stays deleted");
-    let other: Value = write(&client, "POST", command.url("/todos"), Some(json!({"title": "other"}))).await.json().await.expect("json");
+    let other: Value = write(
+        &client,
+        "POST",
+        command.url("/todos"),
+        Some(json!({"title": "other"})),
+    )
+    .await
+    .json()
+    .await
+    .expect("json");
     let response = client
         .get(query.url(&format!("/todos/{}?min_version=7", other["id"])))
         .send()
@@ -85,7 +167,9 @@ async fn writes_on_the_command_side_become_reads_on_the_query_side() {
     assert_eq!(problem["type"], "/problems/read-model-behind");
 
     eventually(Duration::from_secs(10), "read model converged", || async {
-        differences(&database_url, &mongodb_uri(), &names.mongo_db).await.is_empty()
+        differences(&database_url, &mongodb_uri(), &names.mongo_db)
+            .await
+            .is_empty()
     })
     .await;
     command.stop().await;

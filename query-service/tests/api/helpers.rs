@@ -4,7 +4,9 @@
 //! when a test must kill the process.
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions, ExchangeDeleteOptions};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value;
@@ -16,7 +18,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub fn mongodb_uri() -> String {
-    std::env::var("MONGODB_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?maxIdleTimeMS=60000".into())
+    std::env::var("MONGODB_URI")
+        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?maxIdleTimeMS=60000".into())
 }
 
 pub fn amqp_url() -> String {
@@ -75,10 +78,17 @@ impl Names {
         if let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
             if let Ok(ch) = conn.create_channel().await {
                 for q in [self.queue.clone(), self.dead_letter_queue()] {
-                    let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+                    let _ = ch
+                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                        .await;
                 }
-                for x in [self.exchange.clone(), events::dead_letter_exchange(&self.exchange)] {
-                    let _ = ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()).await;
+                for x in [
+                    self.exchange.clone(),
+                    events::dead_letter_exchange(&self.exchange),
+                ] {
+                    let _ = ch
+                        .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                        .await;
                 }
             }
             let _ = conn.close(200, "done".into()).await;
@@ -124,13 +134,19 @@ pub async fn spawn_query(names: &Names) -> Running {
     let mut vars = names.query_vars();
     vars.push(("HTTP_ADDR".into(), "127.0.0.1:0".into()));
     let settings = query_service::settings::Settings::from_iter(vars).expect("settings");
-    let app = query_service::Application::build(settings).await.expect("query-service builds");
+    let app = query_service::Application::build(settings)
+        .await
+        .expect("query-service builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run(async move {
         let _ = stopped.await;
     }));
-    let running = Running { address, stop: Some(stop), task: Some(task) };
+    let running = Running {
+        address,
+        stop: Some(stop),
+        task: Some(task),
+    };
     wait_for_consumer(&running).await;
     running
 }
@@ -140,7 +156,10 @@ pub async fn wait_for_consumer(running: &Running) {
     let client = reqwest::Client::new();
     eventually(Duration::from_secs(20), "consumer connected", || async {
         match client.get(running.url("/ready")).send().await {
-            Ok(r) => r.json::<Value>().await.is_ok_and(|b| b["checks"]["rabbitmq"] == "up"),
+            Ok(r) => r
+                .json::<Value>()
+                .await
+                .is_ok_and(|b| b["checks"]["rabbitmq"] == "up"),
             Err(_) => false,
         }
     })
@@ -160,13 +179,22 @@ pub async fn spawn_command(names: &Names) -> (Running, String) {
         ("RELAY_POLL_MS".to_string(), "500".to_string()),
     ])
     .expect("settings");
-    let app = command_service::Application::build(settings).await.expect("command-service builds");
+    let app = command_service::Application::build(settings)
+        .await
+        .expect("command-service builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run(async move {
         let _ = stopped.await;
     }));
-    (Running { address, stop: Some(stop), task: Some(task) }, database_url)
+    (
+        Running {
+            address,
+            stop: Some(stop),
+            task: Some(task),
+        },
+        database_url,
+    )
 }
 
 pub async fn create_database() -> String {
@@ -179,7 +207,11 @@ pub async fn create_database() -> String {
         .await
         .expect("create test database");
     let base = admin_database_url();
-    format!("{}/{}", &base[..base.rfind('/').expect("url has a path")], name)
+    format!(
+        "{}/{}",
+        &base[..base.rfind('/').expect("url has a path")],
+        name
+    )
 }
 
 /// query-service as a real process (for SIGKILL). Listens on a free port it is given.
@@ -201,11 +233,17 @@ pub fn start_query_process(names: &Names, port: u16) -> Process {
         cmd.env(k, v);
     }
     cmd.env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     let child = cmd.spawn().expect("query-service binary starts");
-    Process { child, address: format!("http://127.0.0.1:{port}") }
+    Process {
+        child,
+        address: format!("http://127.0.0.1:{port}"),
+    }
 }
 
 pub struct Publisher {
@@ -220,8 +258,15 @@ pub async fn publisher(exchange: &str) -> Publisher {
         .await
         .expect("RabbitMQ reachable (run scripts/dev-services.sh up)");
     let channel = conn.create_channel().await.expect("channel");
-    channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
-    Publisher { channel, _conn: conn, exchange: exchange.to_string() }
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    Publisher {
+        channel,
+        _conn: conn,
+        exchange: exchange.to_string(),
+    }
 }
 
 impl Publisher {
@@ -231,16 +276,24 @@ impl Publisher {
             .basic_publish(
                 self.exchange.as_str().into(),
                 routing_key.into(),
-                BasicPublishOptions { mandatory: true, ..Default::default() },
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
                 body,
-                BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into()),
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into()),
             )
             .await
             .expect("published")
             .await
             .expect("confirmed");
         assert!(confirm.is_ack(), "broker acked");
-        assert!(confirm.take_message().is_none(), "message was routed to a queue");
+        assert!(
+            confirm.take_message().is_none(),
+            "message was routed to a queue"
+        );
     }
 
     pub async fn publish(&self, e: &events::Envelope) {
@@ -249,8 +302,19 @@ impl Publisher {
 }
 
 pub fn services(command: &str) {
-    let script: PathBuf = [env!("CARGO_MANIFEST_DIR"), "..", "scripts", "dev-services.sh"].iter().collect();
-    let status = Command::new("bash").arg(script).arg(command).status().expect("dev-services.sh runs");
+    let script: PathBuf = [
+        env!("CARGO_MANIFEST_DIR"),
+        "..",
+        "scripts",
+        "dev-services.sh",
+    ]
+    .iter()
+    .collect();
+    let status = Command::new("bash")
+        .arg(script)
+        .arg(command)
+        .status()
+        .expect("dev-services.sh runs");
     assert!(status.success(), "dev-services.sh {command} failed");
 }
 
@@ -280,12 +344,17 @@ where
 
 /// Messages waiting in a queue (declares it passively).
 pub async fn queue_depth(queue: &str) -> u32 {
-    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await.expect("broker");
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("broker");
     let ch = conn.create_channel().await.expect("channel");
     let q = ch
         .queue_declare(
             queue.into(),
-            lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await

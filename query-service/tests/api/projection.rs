@@ -7,7 +7,10 @@ use serde_json::Value;
 use std::time::Duration;
 
 fn event(todo_id: i64, version: i64, kind: EventType, title: &str, completed: bool) -> Envelope {
-    let base = Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).single().expect("time");
+    let base = Utc
+        .with_ymd_and_hms(2026, 11, 22, 10, 0, 0)
+        .single()
+        .expect("time");
     let at = base + Span::seconds(todo_id * 100 + version);
     Envelope {
         event_id: uuid::Uuid::new_v4(),
@@ -25,12 +28,23 @@ fn event(todo_id: i64, version: i64, kind: EventType, title: &str, completed: bo
             created_at: base + Span::seconds(todo_id * 100 + 1),
             updated_at: at,
         }),
-        changed: if kind == EventType::TodoUpdated { vec![Field::Title, Field::Completed] } else { Vec::new() },
+        changed: if kind == EventType::TodoUpdated {
+            vec![Field::Title, Field::Completed]
+        } else {
+            Vec::new()
+        },
     }
 }
 
 async fn stats(client: &reqwest::Client, query: &Running) -> Value {
-    client.get(query.url("/stats")).send().await.expect("stats").json().await.expect("json")
+    client
+        .get(query.url("/stats"))
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("json")
 }
 
 #[tokio::test]
@@ -44,9 +58,21 @@ async fn duplicated_and_shuffled_events_end_at_each_todos_last_version() {
     let mut last = Vec::new();
     for id in 1..=20_i64 {
         let updates = 1 + id % 4;
-        all.push(event(id, 1, EventType::TodoCreated, &format!("todo {id} v1"), false));
+        all.push(event(
+            id,
+            1,
+            EventType::TodoCreated,
+            &format!("todo {id} v1"),
+            false,
+        ));
         for v in 2..=(1 + updates) {
-            all.push(event(id, v, EventType::TodoUpdated, &format!("todo {id} v{v}"), v % 2 == 0));
+            all.push(event(
+                id,
+                v,
+                EventType::TodoUpdated,
+                &format!("todo {id} v{v}"),
+                v % 2 == 0,
+            ));
         }
         let mut final_version = 1 + updates;
         let deleted = id % 4 == 0;
@@ -64,19 +90,38 @@ async fn duplicated_and_shuffled_events_end_at_each_todos_last_version() {
 
     let client = reqwest::Client::new();
     let total = deliveries.len() as i64;
-    eventually(Duration::from_secs(30), "every delivery settled", || async {
-        let s = stats(&client, &query).await;
-        s["projection"]["applied"].as_i64().unwrap_or(0) + s["projection"]["skipped_duplicates"].as_i64().unwrap_or(0) == total
-    })
+    eventually(
+        Duration::from_secs(30),
+        "every delivery settled",
+        || async {
+            let s = stats(&client, &query).await;
+            s["projection"]["applied"].as_i64().unwrap_or(0)
+                + s["projection"]["skipped_duplicates"].as_i64().unwrap_or(0)
+                == total
+        },
+    )
     .await;
 
-    let store = Store::connect(&mongodb_uri(), &names.mongo_db).await.expect("store");
+    let store = Store::connect(&mongodb_uri(), &names.mongo_db)
+        .await
+        .expect("store");
     for (id, version, deleted) in last {
         let stored = store.get(id).await.expect("read").expect("document exists");
-        assert_eq!(stored.version(), version, "todo {id} ends at its last version");
-        let response = client.get(query.url(&format!("/todos/{id}"))).send().await.expect("get");
+        assert_eq!(
+            stored.version(),
+            version,
+            "todo {id} ends at its last version"
+        );
+        let response = client
+            .get(query.url(&format!("/todos/{id}")))
+            .send()
+            .await
+            .expect("get");
         if deleted {
-            assert!(matches!(stored, Stored::Deleted { .. }), "todo {id} stays deleted");
+            assert!(
+                matches!(stored, Stored::Deleted { .. }),
+                "todo {id} stays deleted"
+            );
             assert_eq!(response.status(), 404, "todo {id}");
         } else {
             assert_eq!(response.status(), 200, "todo {id}");
@@ -88,7 +133,10 @@ async fn duplicated_and_shuffled_events_end_at_each_todos_last_version() {
     let s = stats(&client, &query).await;
     assert_eq!(s["total"], 15, "{s}");
     assert_eq!(s["projection"]["dead_lettered"], 0, "{s}");
-    assert!(s["projection"]["skipped_duplicates"].as_i64().expect("n") >= all.len() as i64, "every second copy is skipped: {s}");
+    assert!(
+        s["projection"]["skipped_duplicates"].as_i64().expect("n") >= all.len() as i64,
+        "every second copy is skipped: {s}"
+    );
     query.stop().await;
     names.cleanup().await;
 }
@@ -119,13 +167,19 @@ async fn a_malformed_message_is_dead_lettered_and_the_next_good_one_applied() {
             .is_ok_and(|r| r.status() == 200)
     })
     .await;
-    eventually(Duration::from_secs(10), "poison in the dead-letter queue", || async {
-        queue_depth(&names.dead_letter_queue()).await == 3
-    })
+    eventually(
+        Duration::from_secs(10),
+        "poison in the dead-letter queue",
+        || async { queue_depth(&names.dead_letter_queue()).await == 3 },
+    )
     .await;
     let s = stats(&client, &query).await;
     assert_eq!(s["projection"]["dead_lettered"], 3, "{s}");
-    assert_eq!(queue_depth(&names.queue).await, 0, "nothing left blocking the queue");
+    assert_eq!(
+        queue_depth(&names.queue).await,
+        0,
+        "nothing left blocking the queue"
+    );
     query.stop().await;
     names.cleanup().await;
 }

@@ -5,7 +5,10 @@ use serde_json::Value;
 use std::time::Duration;
 
 fn created(todo_id: i64, completed: bool) -> Envelope {
-    let base = Utc.with_ymd_and_hms(2026, 11, 22, 9, 0, 0).single().expect("time");
+    let base = Utc
+        .with_ymd_and_hms(2026, 11, 22, 9, 0, 0)
+        .single()
+        .expect("time");
     // created_at runs backwards with the id, so sorting by it differs from sorting by id.
     let at = base + Span::seconds(1000 - todo_id);
     Envelope {
@@ -17,7 +20,13 @@ fn created(todo_id: i64, completed: bool) -> Envelope {
         position: todo_id,
         occurred_at: at,
         correlation_id: "reads".into(),
-        data: Some(TodoState { title: format!("todo {todo_id}"), description: None, completed, created_at: at, updated_at: at }),
+        data: Some(TodoState {
+            title: format!("todo {todo_id}"),
+            description: None,
+            completed,
+            created_at: at,
+            updated_at: at,
+        }),
         changed: Vec::new(),
     }
 }
@@ -56,7 +65,14 @@ async fn lists_filter_sort_and_paginate_with_link_headers() {
     }
     let client = reqwest::Client::new();
     eventually(Duration::from_secs(20), "all 25 projected", || async {
-        let s: Value = client.get(query.url("/stats")).send().await.expect("stats").json().await.expect("json");
+        let s: Value = client
+            .get(query.url("/stats"))
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("json");
         s["total"] == 25
     })
     .await;
@@ -88,14 +104,24 @@ async fn bad_reads_get_problem_json() {
     let query = spawn_query(&names).await;
     let client = reqwest::Client::new();
     let cases: &[(&str, &str, &str, u16)] = &[
-        ("completed not a boolean", "GET", "/todos?completed=maybe", 400),
+        (
+            "completed not a boolean",
+            "GET",
+            "/todos?completed=maybe",
+            400,
+        ),
         ("limit zero", "GET", "/todos?limit=0", 400),
         ("limit too large", "GET", "/todos?limit=1000", 400),
         ("unknown sort", "GET", "/todos?sort=priority", 400),
         ("forged cursor", "GET", "/todos?cursor=abc", 400),
         ("unknown parameter", "GET", "/todos?page=2", 400),
         ("min_version zero", "GET", "/todos/1?min_version=0", 400),
-        ("min_version not a number", "GET", "/todos/1?min_version=x", 400),
+        (
+            "min_version not a number",
+            "GET",
+            "/todos/1?min_version=x",
+            400,
+        ),
         ("unknown todo", "GET", "/todos/424242", 404),
         ("non-numeric id", "GET", "/todos/abc", 404),
         ("zero id", "GET", "/todos/0", 404),
@@ -105,15 +131,27 @@ async fn bad_reads_get_problem_json() {
     ];
     for (why, method, path, status) in cases {
         let response = client
-            .request(reqwest::Method::from_bytes(method.as_bytes()).expect("method"), query.url(path))
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
+                query.url(path),
+            )
             .send()
             .await
             .expect("sent");
         assert_eq!(response.status().as_u16(), *status, "{why}");
-        assert_eq!(response.headers()["content-type"], "application/problem+json", "{why}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{why}"
+        );
         let problem: Value = response.json().await.expect("json");
         assert_eq!(problem["status"], *status, "{why}");
-        assert!(problem["title"].is_string() && problem["detail"].is_string() && problem["type"].is_string(), "{why}");
+        assert!(
+            problem["title"].is_string()
+                && problem["detail"].is_string()
+                && problem["type"].is_string(),
+            "{why}"
+        );
     }
     query.stop().await;
     names.cleanup().await;

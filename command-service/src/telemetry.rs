@@ -6,8 +6,17 @@ use tracing_subscriber::{fmt, EnvFilter};
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing), so
 /// tests that build several applications in one process can all call it.
 pub fn init(format: LogFormat, filter: &str) {
+    init_with_writer(format, filter, std::io::stdout);
+}
+
+/// Like [`init`], writing to `writer` (tests capture the log this way).
+pub fn init_with_writer<W>(format: LogFormat, filter: &str, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = fmt()
+        .with_writer(writer)
         .with_env_filter(filter)
         .with_target(true)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));

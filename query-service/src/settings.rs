@@ -4,10 +4,10 @@
 //! starts, so `cargo run -p query-service` needs no variable. A variable that is set but does
 //! not parse stops the service at start with the variable's name.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 pub struct Settings {
     /// `MONGODB_URI`: the read model's MongoDB (or wire-compatible server).
     #[serde(default = "default_mongodb_uri")]
@@ -48,7 +48,7 @@ pub struct Settings {
     pub rust_log: String,
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -93,6 +93,20 @@ fn default_rust_log() -> String {
 impl Settings {
     pub fn from_env() -> Result<Self, envy::Error> {
         Self::from_iter(std::env::vars())
+    }
+
+    /// Every environment variable the service reads, derived from the struct's fields (envy
+    /// maps `FIELD_NAME` to `field_name`), so the list cannot drift from what is read.
+    pub fn variables() -> Vec<String> {
+        let defaults = Self::from_iter(Vec::new()).ok();
+        let value = defaults.and_then(|d| serde_json::to_value(d).ok());
+        let mut names: Vec<String> = value
+            .as_ref()
+            .and_then(|v| v.as_object())
+            .map(|o| o.keys().map(|k| k.to_uppercase()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
     }
 
     pub fn from_iter(
@@ -157,6 +171,24 @@ mod tests {
         let err = Settings::from_iter([("AMQP_PREFETCH".to_string(), "lots".to_string())])
             .expect_err("must fail");
         assert!(err.to_string().contains("AMQP_PREFETCH"), "{err}");
+    }
+
+    #[test]
+    fn every_listed_variable_is_read() {
+        let names = Settings::variables();
+        assert!(names.contains(&"HTTP_ADDR".to_string()), "{names:?}");
+        for name in &names {
+            // A value no field accepts except a string; string fields accept it, others fail
+            // naming the variable. Either way the variable must be one envy maps to a field.
+            let garbage = [(name.clone(), "\u{1}not-a-value".to_string())];
+            match Settings::from_iter(garbage) {
+                Ok(s) => {
+                    let v = serde_json::to_value(s).expect("serializes");
+                    assert_eq!(v[name.to_lowercase()], "\u{1}not-a-value", "{name} is read");
+                }
+                Err(err) => assert!(err.to_string().contains(name.as_str()), "{name}: {err}"),
+            }
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! names contain `outage` stop or kill something and run alone (`.config/nextest.toml`).
 
 mod convergence;
+mod deploy;
 mod end_to_end;
 mod helpers;
 mod outage;

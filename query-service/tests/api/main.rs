@@ -6,6 +6,7 @@ mod convergence;
 mod deploy;
 mod end_to_end;
 mod helpers;
+mod observability;
 mod outage;
 mod projection;
 mod reads;

@@ -1,0 +1,194 @@
+//! One request followed across both services' logs, and the metrics both expose.
+
+use crate::helpers::*;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A log sink shared by both in-process services.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn lines(&self) -> Vec<Value> {
+        let bytes = self.0.lock().expect("log buffer").clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+/// The JSON log line (LOG_FORMAT=json) of `target_prefix` whose message is `message` and that
+/// carries `request_id` in its span.
+fn find(lines: &[Value], target_prefix: &str, message: &str, request_id: &str) -> Option<Value> {
+    lines
+        .iter()
+        .find(|l| {
+            l["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with(target_prefix))
+                && l["message"] == message
+                && l.to_string().contains(request_id)
+        })
+        .cloned()
+}
+
+// nextest runs each test in its own process, so this test's global log subscriber is its own.
+#[tokio::test]
+async fn a_request_id_is_followed_from_the_write_to_the_projection() {
+    let captured = Captured::default();
+    let sink = captured.clone();
+    query_service::telemetry::init_with_writer(
+        query_service::settings::LogFormat::Json,
+        "info",
+        move || sink.clone(),
+    );
+    let names = Names::new();
+    let query = spawn_query(&names).await;
+    let (command, _) = spawn_command(&names).await;
+    let client = reqwest::Client::new();
+    let request_id = format!("abc-{}", uuid::Uuid::new_v4().simple());
+
+    let response = client
+        .post(command.url("/todos"))
+        .header("x-request-id", &request_id)
+        .json(&json!({"title": "traced"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["x-request-id"], request_id.as_str());
+    let id = response.json::<Value>().await.expect("json")["id"]
+        .as_i64()
+        .expect("id");
+    let read = client
+        .get(query.url(&format!("/todos/{id}?min_version=1")))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(read.status(), 200);
+
+    eventually(
+        Duration::from_secs(10),
+        "both log lines written",
+        || async {
+            let lines = captured.lines();
+            find(&lines, "command_service", "todo created", &request_id).is_some()
+                && find(&lines, "query_service", "event projected", &request_id).is_some()
+        },
+    )
+    .await;
+    let lines = captured.lines();
+    let write = find(&lines, "command_service", "todo created", &request_id).expect("write line");
+    let apply = find(&lines, "query_service", "event projected", &request_id).expect("apply line");
+    assert_eq!(write["todo_id"], id, "{write}");
+    assert_eq!(apply["todo_id"], id, "{apply}");
+    assert_eq!(
+        apply["span"]["correlation_id"],
+        request_id.as_str(),
+        "the consumer's span: {apply}"
+    );
+    command.stop().await;
+    query.stop().await;
+    names.cleanup().await;
+}
+
+fn sample(metrics: &str, name_and_labels: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_show_the_write_the_outbox_and_the_projection() {
+    let names = Names::new();
+    let query = spawn_query(&names).await;
+    let (command, _) = spawn_command(&names).await;
+    let client = reqwest::Client::new();
+    let todo: Value = client
+        .post(command.url("/todos"))
+        .json(&json!({"title": "measured"}))
+        .send()
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("json");
+    let id = todo["id"].as_i64().expect("id");
+    let read = client
+        .get(query.url(&format!("/todos/{id}?min_version=1")))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(read.status(), 200);
+
+    let text = |url: String| {
+        let client = client.clone();
+        async move {
+            let r = client.get(url).send().await.expect("metrics");
+            assert_eq!(r.status(), 200);
+            assert!(r.headers()["content-type"]
+                .to_str()
+                .expect("ascii")
+                .starts_with("application/openmetrics-text"));
+            r.text().await.expect("text")
+        }
+    };
+    eventually(Duration::from_secs(10), "outbox counters moved", || async {
+        let m = text(command.url("/metrics")).await;
+        sample(&m, "outbox_published_total").is_some_and(|v| v >= 1.0)
+    })
+    .await;
+    let m = text(command.url("/metrics")).await;
+    assert_eq!(
+        sample(
+            &m,
+            r#"http_requests_total{route="POST /todos",status="201"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"http_request_duration_seconds_count{route="POST /todos",status="201"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(sample(&m, "outbox_backlog"), Some(0.0), "{m}");
+    assert!(m.contains("outbox_publish_failures_total"), "{m}");
+
+    let q = text(query.url("/metrics")).await;
+    assert_eq!(
+        sample(&q, r#"projection_events_total{outcome="applied"}"#),
+        Some(1.0),
+        "{q}"
+    );
+    assert_eq!(sample(&q, "projection_lag_seconds_count"), Some(1.0), "{q}");
+    assert_eq!(
+        sample(
+            &q,
+            r#"http_requests_total{route="GET /todos/{id}",status="200"}"#
+        ),
+        Some(1.0),
+        "{q}"
+    );
+    command.stop().await;
+    query.stop().await;
+    names.cleanup().await;
+}

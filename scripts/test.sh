@@ -11,6 +11,12 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
+# Style gates: formatting and lints (warnings are errors).
+if cargo fmt --version >/dev/null 2>&1; then cargo fmt --all --check; fi
+if cargo clippy --version >/dev/null 2>&1; then
+  cargo clippy --workspace --all-targets --quiet -- -D warnings
+fi
+
 # One build for every test binary; tests named *outage* run alone (.config/nextest.toml).
 cargo nextest run --workspace --no-fail-fast "$@"
 

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Advisory lock that makes one relay drain at a time.
-const RELAY_LOCK: i64 = 0x7265_6c61_79; // "relay"
+const RELAY_LOCK: i64 = 0x0072_656c_6179; // "relay"
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]

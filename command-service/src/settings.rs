@@ -98,14 +98,14 @@ fn default_rust_log() -> String {
 impl Settings {
     /// Reads the settings from the process environment.
     pub fn from_env() -> Result<Self, envy::Error> {
-        Self::from_iter(std::env::vars())
+        Self::from_vars(std::env::vars())
     }
 
     /// Reads the settings from the given variables (the tests pass their own).
     /// Every environment variable the service reads, derived from the struct's fields (envy
     /// maps `FIELD_NAME` to `field_name`), so the list cannot drift from what is read.
     pub fn variables() -> Vec<String> {
-        let defaults = Self::from_iter(Vec::new()).ok();
+        let defaults = Self::from_vars(Vec::new()).ok();
         let value = defaults.and_then(|d| serde_json::to_value(d).ok());
         let mut names: Vec<String> = value
             .as_ref()
@@ -116,7 +116,7 @@ impl Settings {
         names
     }
 
-    pub fn from_iter(
+    pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, envy::Error> {
         envy::from_iter(vars)
@@ -163,7 +163,7 @@ mod tests {
 
     #[test]
     fn defaults_point_at_the_local_services() {
-        let s = Settings::from_iter(Vec::new()).expect("defaults");
+        let s = Settings::from_vars(Vec::new()).expect("defaults");
         assert_eq!(s.http_addr, "0.0.0.0:5001");
         assert_eq!(
             s.database_url,
@@ -175,10 +175,10 @@ mod tests {
 
     #[test]
     fn an_unparsable_variable_is_named_in_the_error() {
-        let err = Settings::from_iter([("DATABASE_POOL_SIZE".to_string(), "many".to_string())])
+        let err = Settings::from_vars([("DATABASE_POOL_SIZE".to_string(), "many".to_string())])
             .expect_err("must fail");
         assert!(err.to_string().contains("DATABASE_POOL_SIZE"), "{err}");
-        let err = Settings::from_iter([("LOG_FORMAT".to_string(), "xml".to_string())])
+        let err = Settings::from_vars([("LOG_FORMAT".to_string(), "xml".to_string())])
             .expect_err("must fail");
         assert!(err.to_string().contains("xml"), "{err}");
     }
@@ -191,7 +191,7 @@ mod tests {
             // A value no field accepts except a string; string fields accept it, others fail
             // naming the variable. Either way the variable must be one envy maps to a field.
             let garbage = [(name.clone(), "\u{1}not-a-value".to_string())];
-            match Settings::from_iter(garbage) {
+            match Settings::from_vars(garbage) {
                 Ok(s) => {
                     let v = serde_json::to_value(s).expect("serializes");
                     assert_eq!(v[name.to_lowercase()], "\u{1}not-a-value", "{name} is read");
@@ -203,7 +203,7 @@ mod tests {
 
     #[test]
     fn debug_output_hides_passwords() {
-        let s = Settings::from_iter(Vec::new()).expect("defaults");
+        let s = Settings::from_vars(Vec::new()).expect("defaults");
         let shown = format!("{s:?}");
         assert!(!shown.contains(":postgres@"), "{shown}");
         assert!(!shown.contains(":guest@"), "{shown}");

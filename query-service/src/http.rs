@@ -528,7 +528,8 @@ mod tests {
 
     #[test]
     fn bad_list_parameters_are_named() {
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             (
                 "completed not a boolean",
                 &[("completed", "yes")],

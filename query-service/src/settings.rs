@@ -92,13 +92,13 @@ fn default_rust_log() -> String {
 
 impl Settings {
     pub fn from_env() -> Result<Self, envy::Error> {
-        Self::from_iter(std::env::vars())
+        Self::from_vars(std::env::vars())
     }
 
     /// Every environment variable the service reads, derived from the struct's fields (envy
     /// maps `FIELD_NAME` to `field_name`), so the list cannot drift from what is read.
     pub fn variables() -> Vec<String> {
-        let defaults = Self::from_iter(Vec::new()).ok();
+        let defaults = Self::from_vars(Vec::new()).ok();
         let value = defaults.and_then(|d| serde_json::to_value(d).ok());
         let mut names: Vec<String> = value
             .as_ref()
@@ -109,7 +109,7 @@ impl Settings {
         names
     }
 
-    pub fn from_iter(
+    pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, envy::Error> {
         envy::from_iter(vars)
@@ -156,7 +156,7 @@ mod tests {
 
     #[test]
     fn defaults_point_at_the_local_services() {
-        let s = Settings::from_iter(Vec::new()).expect("defaults");
+        let s = Settings::from_vars(Vec::new()).expect("defaults");
         assert_eq!(s.http_addr, "0.0.0.0:5002");
         assert_eq!(
             s.mongodb_uri,
@@ -168,7 +168,7 @@ mod tests {
 
     #[test]
     fn an_unparsable_variable_is_named_in_the_error() {
-        let err = Settings::from_iter([("AMQP_PREFETCH".to_string(), "lots".to_string())])
+        let err = Settings::from_vars([("AMQP_PREFETCH".to_string(), "lots".to_string())])
             .expect_err("must fail");
         assert!(err.to_string().contains("AMQP_PREFETCH"), "{err}");
     }
@@ -181,7 +181,7 @@ mod tests {
             // A value no field accepts except a string; string fields accept it, others fail
             // naming the variable. Either way the variable must be one envy maps to a field.
             let garbage = [(name.clone(), "\u{1}not-a-value".to_string())];
-            match Settings::from_iter(garbage) {
+            match Settings::from_vars(garbage) {
                 Ok(s) => {
                     let v = serde_json::to_value(s).expect("serializes");
                     assert_eq!(v[name.to_lowercase()], "\u{1}not-a-value", "{name} is read");
@@ -193,7 +193,7 @@ mod tests {
 
     #[test]
     fn debug_output_hides_passwords() {
-        let s = Settings::from_iter([(
+        let s = Settings::from_vars([(
             "MONGODB_URI".to_string(),
             "mongodb://app:s3cret@db:27017/".to_string(),
         )])

@@ -63,20 +63,11 @@ pub struct TestApp {
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
+#[derive(Default)]
 pub struct Options {
     pub database_url: Option<String>,
     pub exchange: Option<String>,
     pub extra: Vec<(&'static str, String)>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            database_url: None,
-            exchange: None,
-            extra: Vec::new(),
-        }
-    }
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -105,7 +96,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     for (k, v) in options.extra {
         vars.push((k.to_string(), v));
     }
-    let settings = Settings::from_iter(vars).expect("test settings");
+    let settings = Settings::from_vars(vars).expect("test settings");
     let app = Application::build(settings)
         .await
         .expect("application builds");

@@ -110,7 +110,7 @@ fn docker_compose_matches_what_the_services_read() {
         assert_eq!(port_of(&addr), port, "{service} listens on {port}");
         match service {
             "command-service" => {
-                let s = command_service::settings::Settings::from_iter(vars.clone())
+                let s = command_service::settings::Settings::from_vars(vars.clone())
                     .expect("command settings parse");
                 assert!(
                     s.database_url.contains("@postgres:5432/"),
@@ -121,7 +121,7 @@ fn docker_compose_matches_what_the_services_read() {
                 assert_eq!(s.amqp_exchange, events::EXCHANGE);
             }
             _ => {
-                let s = query_service::settings::Settings::from_iter(vars.clone())
+                let s = query_service::settings::Settings::from_vars(vars.clone())
                     .expect("query settings parse");
                 assert!(
                     s.mongodb_uri.starts_with("mongodb://mongo:27017/"),

@@ -133,7 +133,7 @@ pub async fn spawn_query(names: &Names) -> Running {
     init_logs();
     let mut vars = names.query_vars();
     vars.push(("HTTP_ADDR".into(), "127.0.0.1:0".into()));
-    let settings = query_service::settings::Settings::from_iter(vars).expect("settings");
+    let settings = query_service::settings::Settings::from_vars(vars).expect("settings");
     let app = query_service::Application::build(settings)
         .await
         .expect("query-service builds");
@@ -170,7 +170,7 @@ pub async fn wait_for_consumer(running: &Running) {
 pub async fn spawn_command(names: &Names) -> (Running, String) {
     init_logs();
     let database_url = create_database().await;
-    let settings = command_service::settings::Settings::from_iter([
+    let settings = command_service::settings::Settings::from_vars([
         ("DATABASE_URL".to_string(), database_url.clone()),
         ("AMQP_URL".to_string(), amqp_url()),
         ("AMQP_EXCHANGE".to_string(), names.exchange.clone()),

@@ -48,12 +48,27 @@ pub struct Settings {
     pub rust_log: String,
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
     Pretty,
     Json,
+}
+
+/// Read by hand so that a wrong value names the variable (envy does not for enums), and so
+/// that `JSON` works as well as `json`.
+impl<'de> Deserialize<'de> for LogFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = String::deserialize(deserializer)?;
+        match value.trim().to_ascii_lowercase().as_str() {
+            "pretty" | "" => Ok(Self::Pretty),
+            "json" => Ok(Self::Json),
+            _ => Err(serde::de::Error::custom(format!(
+                "LOG_FORMAT must be `pretty` or `json`, not {value:?}"
+            ))),
+        }
+    }
 }
 
 fn default_mongodb_uri() -> String {
@@ -189,6 +204,16 @@ mod tests {
                 Err(err) => assert!(err.to_string().contains(name.as_str()), "{name}: {err}"),
             }
         }
+    }
+
+    #[test]
+    fn log_format_is_read_in_any_case_and_a_wrong_one_is_named() {
+        let s = Settings::from_vars([("LOG_FORMAT".to_string(), "JSON".to_string())])
+            .expect("settings");
+        assert_eq!(s.log_format, LogFormat::Json);
+        let err = Settings::from_vars([("LOG_FORMAT".to_string(), "xml".to_string())])
+            .expect_err("must fail");
+        assert!(err.to_string().contains("LOG_FORMAT"), "{err}");
     }
 
     #[test]

@@ -8,25 +8,11 @@
 //! - Anything else is 500 with a generic body; the cause chain goes to the log, never to the
 //!   client.
 
-use serde::Serialize;
-use warp::http::{header, HeaderValue, StatusCode};
+use warp::http::StatusCode;
 use warp::reply::Response;
 
-/// One invalid field of a request body.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
+pub use events::service::problem::FieldError;
+use events::service::problem::Problem;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -57,19 +43,6 @@ pub enum ApiError {
 }
 
 impl warp::reject::Reject for ApiError {}
-
-#[derive(Serialize)]
-struct Problem<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    title: &'a str,
-    status: u16,
-    detail: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    errors: Option<&'a [FieldError]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    current_version: Option<i64>,
-}
 
 impl ApiError {
     pub fn status(&self) -> StatusCode {
@@ -155,33 +128,14 @@ impl ApiError {
             _ => {}
         }
         let (kind, title) = self.type_and_title();
-        let problem = Problem {
-            kind,
-            title,
-            status: status.as_u16(),
-            detail: self.detail(),
-            errors: match &self {
-                ApiError::Validation(errors) | ApiError::InvalidQuery(errors) => Some(errors),
-                _ => None,
-            },
-            current_version: match &self {
-                ApiError::PreconditionFailed { current } => Some(*current),
-                _ => None,
-            },
-        };
-        let body = serde_json::to_vec(&problem).unwrap_or_default();
-        let mut response = Response::new(body.into());
-        *response.status_mut() = status;
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let mut problem = Problem::new(kind, title, self.detail());
+        if let ApiError::Validation(errors) | ApiError::InvalidQuery(errors) = &self {
+            problem.errors = Some(errors);
         }
-        response
+        if let ApiError::PreconditionFailed { current } = &self {
+            problem.current_version = Some(*current);
+        }
+        problem.into_response(status)
     }
 }
 

@@ -9,6 +9,7 @@ use crate::relay::RelayStatus;
 use crate::todos::{self, Change, Created, Idempotency, Precondition, Todo};
 use crate::{db::PgPool, input};
 use bytes::{Buf, Bytes, BytesMut};
+use events::service::http::{self, request_id, Route};
 use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -16,13 +17,10 @@ use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::Instrument;
-use warp::filters::BoxedFilter;
 use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-pub const REQUEST_ID: &str = "x-request-id";
 const FEED_DEFAULT_LIMIT: i64 = 100;
 const FEED_MAX_LIMIT: i64 = 1000;
 
@@ -39,21 +37,10 @@ fn with_state(state: State) -> impl Filter<Extract = (State,), Error = Infallibl
     warp::any().map(move || state.clone())
 }
 
-/// One served route: its method, its path as the OpenAPI document writes it, its filter.
-pub struct Route {
-    pub method: &'static str,
-    pub path: &'static str,
-    pub filter: BoxedFilter<(Response,)>,
-}
-
 /// Every route the service serves. `routes` serves exactly these, and the OpenAPI test checks
 /// this list against `openapi.json` both ways.
 pub fn route_table(state: State) -> Vec<Route> {
-    let route = |method, path, filter: BoxedFilter<(Response,)>| Route {
-        method,
-        path,
-        filter,
-    };
+    let route = Route::new;
     vec![
         route("post", "/todos", create(state.clone()).boxed()),
         route("patch", "/todos/{id}", patch(state.clone()).boxed()),
@@ -72,39 +59,8 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 
 /// All routes, with rejections answered as problem+json.
 pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    let metrics = state.metrics.clone();
-    let mut table = route_table(state).into_iter().map(|r| r.filter);
-    let first = table.next().expect("at least one route");
-    let api = table.fold(first, |all, next| all.or(next).unify().boxed());
-    api.recover(move |rejection| {
-        let metrics = metrics.clone();
-        async move {
-            let response = handle_rejection(rejection).await;
-            if let Ok(r) = &response {
-                metrics.observe_request("unmatched", r.status().as_u16(), Duration::ZERO);
-            }
-            response
-        }
-    })
-    .unify()
-}
-
-/// The request's correlation id: `X-Request-Id` if the client sent a usable one, else new.
-fn request_id() -> impl Filter<Extract = (String,), Error = Rejection> + Clone {
-    warp::header::optional::<String>(REQUEST_ID).map(|given: Option<String>| {
-        given
-            .filter(|id| {
-                !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
-            })
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
-    })
-}
-
-fn with_request_id(mut response: Response, id: &str) -> Response {
-    if let Ok(value) = HeaderValue::from_str(id) {
-        response.headers_mut().insert(REQUEST_ID, value);
-    }
-    response
+    let metrics = state.metrics.http.clone();
+    http::serve(route_table(state), metrics, handle_rejection)
 }
 
 /// Reads a JSON request body: 415 unless the content type is JSON, 413 past the limit (by
@@ -201,17 +157,8 @@ async fn answer(
     route: &'static str,
     work: impl std::future::Future<Output = Result<Response, ApiError>>,
 ) -> Result<Response, Infallible> {
-    let started = std::time::Instant::now();
-    let span = tracing::info_span!("request", correlation_id = %id, route);
-    let response = async {
-        let response = work.await.unwrap_or_else(ApiError::into_response);
-        tracing::info!(status = response.status().as_u16(), "request answered");
-        response
-    }
-    .instrument(span)
-    .await;
-    metrics.observe_request(route, response.status().as_u16(), started.elapsed());
-    Ok(with_request_id(response, &id))
+    let work = async { work.await.unwrap_or_else(ApiError::into_response) };
+    http::answer(&metrics.http, id, route, work).await
 }
 
 fn todo_id(id: i64) -> Result<i64, ApiError> {

@@ -4,6 +4,9 @@
 //! RabbitMQ names, so neither side can drift from the other. The tests at the bottom pin the
 //! JSON shape with literal samples: changing a field name or an event name breaks them.
 
+#[cfg(feature = "service")]
+pub mod service;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

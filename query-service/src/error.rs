@@ -3,29 +3,16 @@
 //! parameters are 400 and name each parameter; a store that cannot be reached is 503 with a
 //! generic body (the cause goes to the log).
 
-use serde::Serialize;
-use warp::http::{header, HeaderValue, StatusCode};
+use warp::http::StatusCode;
 use warp::reply::Response;
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct ParamError {
-    pub field: String,
-    pub message: String,
-}
-
-impl ParamError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
+pub use events::service::problem::FieldError;
+use events::service::problem::Problem;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("invalid query parameters")]
-    InvalidQuery(Vec<ParamError>),
+    InvalidQuery(Vec<FieldError>),
     #[error("bad request: {0}")]
     BadRequest(String),
     #[error("not found: {0}")]
@@ -36,17 +23,6 @@ pub enum ApiError {
     Behind { have: Option<i64>, want: i64 },
     #[error("store unavailable: {0}")]
     Unavailable(String),
-}
-
-#[derive(Serialize)]
-struct Problem<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    title: &'a str,
-    status: u16,
-    detail: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    errors: Option<&'a [ParamError]>,
 }
 
 impl ApiError {
@@ -96,28 +72,11 @@ impl ApiError {
                 "The read model store is unavailable. Retry later.".into(),
             ),
         };
-        let problem = Problem {
-            kind,
-            title,
-            status: status.as_u16(),
-            detail,
-            errors: match &self {
-                ApiError::InvalidQuery(e) => Some(e),
-                _ => None,
-            },
-        };
-        let mut response = Response::new(serde_json::to_vec(&problem).unwrap_or_default().into());
-        *response.status_mut() = status;
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let mut problem = Problem::new(kind, title, detail);
+        if let ApiError::InvalidQuery(errors) = &self {
+            problem.errors = Some(errors);
         }
-        response
+        problem.into_response(status)
     }
 }
 

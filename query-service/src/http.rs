@@ -2,22 +2,20 @@
 //! errors answered by [`crate::error`]. Handlers never reject.
 
 use crate::consumer::ConsumerStatus;
-use crate::error::{handle_rejection, ApiError, ParamError};
+use crate::error::{handle_rejection, ApiError, FieldError};
 use crate::metrics::Metrics;
 use crate::store::{Cursor, ListQuery, SortKey, Store, Stored, Todo};
 use base64::Engine;
+use events::service::http::{self, request_id, Route};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::Instrument;
-use warp::filters::BoxedFilter;
 use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-pub const REQUEST_ID: &str = "x-request-id";
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 200;
 
@@ -33,21 +31,10 @@ fn with_state(state: State) -> impl Filter<Extract = (State,), Error = Infallibl
     warp::any().map(move || state.clone())
 }
 
-/// One served route: its method, its path as the OpenAPI document writes it, its filter.
-pub struct Route {
-    pub method: &'static str,
-    pub path: &'static str,
-    pub filter: BoxedFilter<(Response,)>,
-}
-
 /// Every route the service serves. `routes` serves exactly these, and the OpenAPI test checks
 /// this list against `openapi.json` both ways.
 pub fn route_table(state: State) -> Vec<Route> {
-    let route = |method, path, filter: BoxedFilter<(Response,)>| Route {
-        method,
-        path,
-        filter,
-    };
+    let route = Route::new;
     vec![
         route("get", "/todos", list(state.clone()).boxed()),
         route("get", "/todos/{id}", get(state.clone()).boxed()),
@@ -63,31 +50,8 @@ pub fn route_table(state: State) -> Vec<Route> {
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
 pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    let metrics = state.metrics.clone();
-    let mut table = route_table(state).into_iter().map(|r| r.filter);
-    let first = table.next().expect("at least one route");
-    let api = table.fold(first, |all, next| all.or(next).unify().boxed());
-    api.recover(move |rejection| {
-        let metrics = metrics.clone();
-        async move {
-            let response = handle_rejection(rejection).await;
-            if let Ok(r) = &response {
-                metrics.observe_request("unmatched", r.status().as_u16(), Duration::ZERO);
-            }
-            response
-        }
-    })
-    .unify()
-}
-
-fn request_id() -> impl Filter<Extract = (String,), Error = Rejection> + Clone {
-    warp::header::optional::<String>(REQUEST_ID).map(|given: Option<String>| {
-        given
-            .filter(|id| {
-                !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
-            })
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
-    })
+    let metrics = state.metrics.http.clone();
+    http::serve(route_table(state), metrics, handle_rejection)
 }
 
 fn query() -> impl Filter<Extract = (HashMap<String, String>,), Error = Rejection> + Clone {
@@ -100,20 +64,8 @@ async fn answer(
     route: &'static str,
     work: impl std::future::Future<Output = Result<Response, ApiError>>,
 ) -> Result<Response, Infallible> {
-    let started = Instant::now();
-    let span = tracing::info_span!("request", correlation_id = %id, route);
-    let mut response = async {
-        let response = work.await.unwrap_or_else(ApiError::into_response);
-        tracing::info!(status = response.status().as_u16(), "request answered");
-        response
-    }
-    .instrument(span)
-    .await;
-    metrics.observe_request(route, response.status().as_u16(), started.elapsed());
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(REQUEST_ID, v);
-    }
-    Ok(response)
+    let work = async { work.await.unwrap_or_else(ApiError::into_response) };
+    http::answer(&metrics.http, id, route, work).await
 }
 
 fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
@@ -122,14 +74,14 @@ fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response 
     response
 }
 
-fn unknown_params(params: &HashMap<String, String>, known: &[&str], errors: &mut Vec<ParamError>) {
+fn unknown_params(params: &HashMap<String, String>, known: &[&str], errors: &mut Vec<FieldError>) {
     let mut unknown: Vec<&String> = params
         .keys()
         .filter(|k| !known.contains(&k.as_str()))
         .collect();
     unknown.sort();
     for key in unknown {
-        errors.push(ParamError::new(
+        errors.push(FieldError::new(
             key.clone(),
             format!("unknown query parameter; known: {}", known.join(", ")),
         ));
@@ -150,7 +102,7 @@ pub fn list_query(params: &HashMap<String, String>) -> Result<ListQuery, ApiErro
         Some("true") => Some(true),
         Some("false") => Some(false),
         Some(other) => {
-            errors.push(ParamError::new(
+            errors.push(FieldError::new(
                 "completed",
                 format!("must be true or false, got {other:?}"),
             ));
@@ -162,7 +114,7 @@ pub fn list_query(params: &HashMap<String, String>) -> Result<ListQuery, ApiErro
         Some(v) => match v.parse::<i64>() {
             Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
             _ => {
-                errors.push(ParamError::new(
+                errors.push(FieldError::new(
                     "limit",
                     format!("must be an integer from 1 to {MAX_LIMIT}, got {v:?}"),
                 ));
@@ -178,7 +130,7 @@ pub fn list_query(params: &HashMap<String, String>) -> Result<ListQuery, ApiErro
         Some("updated_at") => (SortKey::UpdatedAt, false),
         Some("-updated_at") => (SortKey::UpdatedAt, true),
         Some(other) => {
-            errors.push(ParamError::new(
+            errors.push(FieldError::new(
                 "sort",
                 format!("must be one of id, created_at, updated_at (prefix - for descending), got {other:?}"),
             ));
@@ -190,7 +142,7 @@ pub fn list_query(params: &HashMap<String, String>) -> Result<ListQuery, ApiErro
         Some(raw) => match decode_cursor(raw) {
             Some(c) => Some(c),
             None => {
-                errors.push(ParamError::new(
+                errors.push(FieldError::new(
                     "cursor",
                     "is not a cursor this service issued",
                 ));
@@ -280,7 +232,7 @@ pub fn min_version(params: &HashMap<String, String>) -> Result<Option<i64>, ApiE
         Some(v) => match v.parse::<i64>() {
             Ok(n) if n >= 1 => Some(n),
             _ => {
-                errors.push(ParamError::new(
+                errors.push(FieldError::new(
                     "min_version",
                     format!("must be a positive integer, got {v:?}"),
                 ));

@@ -8,9 +8,9 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod settings;
-pub mod shutdown;
 pub mod store;
-pub mod telemetry;
+
+pub use events::service::{healthcheck, shutdown, telemetry};
 
 use anyhow::Context;
 use consumer::{ConsumerConfig, ConsumerStatus};
@@ -107,39 +107,5 @@ impl Application {
         consumer.await.context("consumer task failed")?;
         tracing::info!("query-service stopped");
         Ok(())
-    }
-}
-
-/// `query-service healthcheck`: asks the running service's `/health` on `HTTP_ADDR`'s port
-/// over loopback; for container healthchecks, so the image needs no curl.
-pub async fn healthcheck(http_addr: &str) -> anyhow::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let port = http_addr
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse::<u16>().ok())
-        .with_context(|| format!("HTTP_ADDR={http_addr} has no port"))?;
-    let check = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        stream
-            .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .await?;
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await?;
-        Ok::<_, std::io::Error>(answer)
-    };
-    let answer = tokio::time::timeout(Duration::from_secs(3), check)
-        .await
-        .context("health check timed out")??;
-    if answer.starts_with(b"HTTP/1.1 200") {
-        Ok(())
-    } else {
-        anyhow::bail!(
-            "unhealthy: {}",
-            String::from_utf8_lossy(&answer)
-                .lines()
-                .next()
-                .unwrap_or("")
-        )
     }
 }

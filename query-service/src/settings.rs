@@ -4,6 +4,8 @@
 //! starts, so `cargo run -p query-service` needs no variable. A variable that is set but does
 //! not parse stops the service at start with the variable's name.
 
+use events::service::redact;
+pub use events::service::telemetry::LogFormat;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -48,29 +50,6 @@ pub struct Settings {
     pub rust_log: String,
 }
 
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Pretty,
-    Json,
-}
-
-/// Read by hand so that a wrong value names the variable (envy does not for enums), and so
-/// that `JSON` works as well as `json`.
-impl<'de> Deserialize<'de> for LogFormat {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let value = String::deserialize(deserializer)?;
-        match value.trim().to_ascii_lowercase().as_str() {
-            "pretty" | "" => Ok(Self::Pretty),
-            "json" => Ok(Self::Json),
-            _ => Err(serde::de::Error::custom(format!(
-                "LOG_FORMAT must be `pretty` or `json`, not {value:?}"
-            ))),
-        }
-    }
-}
-
 fn default_mongodb_uri() -> String {
     "mongodb://127.0.0.1:27017/?maxIdleTimeMS=60000".into()
 }
@@ -106,24 +85,18 @@ fn default_rust_log() -> String {
 }
 
 impl Settings {
+    /// Reads the settings from the process environment.
     pub fn from_env() -> Result<Self, envy::Error> {
         Self::from_vars(std::env::vars())
     }
 
-    /// Every environment variable the service reads, derived from the struct's fields (envy
-    /// maps `FIELD_NAME` to `field_name`), so the list cannot drift from what is read.
+    /// Every environment variable the service reads, derived from the struct's fields, so the
+    /// list cannot drift from what is read.
     pub fn variables() -> Vec<String> {
-        let defaults = Self::from_vars(Vec::new()).ok();
-        let value = defaults.and_then(|d| serde_json::to_value(d).ok());
-        let mut names: Vec<String> = value
-            .as_ref()
-            .and_then(|v| v.as_object())
-            .map(|o| o.keys().map(|k| k.to_uppercase()).collect())
-            .unwrap_or_default();
-        names.sort();
-        names
+        events::service::variables::<Self>()
     }
 
+    /// Reads the settings from the given variables (the tests pass their own).
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, envy::Error> {
@@ -143,25 +116,6 @@ impl fmt::Debug for Settings {
             .field("http_addr", &self.http_addr)
             .field("log_format", &self.log_format)
             .finish_non_exhaustive()
-    }
-}
-
-/// Replaces the password of a `scheme://user:password@host` URL with `***`.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &userinfo[..colon],
-                    &url[at..]
-                ),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
     }
 }
 
@@ -204,16 +158,6 @@ mod tests {
                 Err(err) => assert!(err.to_string().contains(name.as_str()), "{name}: {err}"),
             }
         }
-    }
-
-    #[test]
-    fn log_format_is_read_in_any_case_and_a_wrong_one_is_named() {
-        let s = Settings::from_vars([("LOG_FORMAT".to_string(), "JSON".to_string())])
-            .expect("settings");
-        assert_eq!(s.log_format, LogFormat::Json);
-        let err = Settings::from_vars([("LOG_FORMAT".to_string(), "xml".to_string())])
-            .expect_err("must fail");
-        assert!(err.to_string().contains("LOG_FORMAT"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,31 @@
-//! Logging: `tracing` to stdout, human-readable or one JSON object per line.
+//! Logging: `tracing` to stdout, human-readable or one JSON object per line (`LOG_FORMAT`).
 
-use crate::settings::LogFormat;
+use serde::{Deserialize, Serialize};
 use tracing_subscriber::{fmt, EnvFilter};
+
+/// `LOG_FORMAT`: `pretty` (default) or `json`.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+/// Read by hand so that a wrong value names the variable (envy does not for enums), and so
+/// that `JSON` works as well as `json`.
+impl<'de> Deserialize<'de> for LogFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = String::deserialize(deserializer)?;
+        match value.trim().to_ascii_lowercase().as_str() {
+            "pretty" | "" => Ok(Self::Pretty),
+            "json" => Ok(Self::Json),
+            _ => Err(serde::de::Error::custom(format!(
+                "LOG_FORMAT must be `pretty` or `json`, not {value:?}"
+            ))),
+        }
+    }
+}
 
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing), so
 /// tests that build several applications in one process can all call it.

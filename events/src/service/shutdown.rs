@@ -1,7 +1,8 @@
 //! Graceful shutdown: one signal shared by every long-running task.
 //!
-//! The HTTP server stops accepting and drains open requests; the relay finishes the batch it
-//! is publishing and marks what the broker confirmed before it returns.
+//! The HTTP server stops accepting and drains open requests; command-service's relay finishes
+//! the batch it is publishing and marks what the broker confirmed; query-service's consumer
+//! settles the message in hand and cancels its subscription. Each returns after that.
 
 use tokio::sync::watch;
 

@@ -67,37 +67,20 @@ async fn writes_on_the_command_side_become_reads_on_the_query_side() {
         .await
         .expect("json");
         assert_eq!(written["version"], expect_version);
-        let read: Value = client
-            .get(query.url(&format!("/todos/{id}?min_version={expect_version}")))
-            .send()
-            .await
-            .expect("read")
-            .json()
-            .await
-            .expect("json");
+        let read: Value = get_json(
+            &client,
+            &query.url(&format!("/todos/{id}?min_version={expect_version}")),
+        )
+        .await;
         assert!(read["version"].as_i64().expect("version") >= expect_version);
         assert_eq!(read, written);
     }
 
     // The list and the stats show it.
-    let list: Vec<Value> = client
-        .get(query.url("/todos?completed=true"))
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let list: Vec<Value> = get_json(&client, &query.url("/todos?completed=true")).await;
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["id"], id);
-    let stats: Value = client
-        .get(query.url("/stats"))
-        .send()
-        .await
-        .expect("stats")
-        .json()
-        .await
-        .expect("json");
+    let stats: Value = get_json(&client, &query.url("/stats")).await;
     assert_eq!(
         (
             stats["total"].as_i64(),
@@ -130,14 +113,7 @@ async fn writes_on_the_command_side_become_reads_on_the_query_side() {
         response.headers()["content-type"],
         "application/problem+json"
     );
-    let list: Vec<Value> = client
-        .get(query.url("/todos"))
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let list: Vec<Value> = get_json(&client, &query.url("/todos")).await;
     assert!(list.is_empty(), "tombstones are never listed: {list:?}");
 
     // A version that will never come: a bounded wait, then 503 saying the read model is behind.

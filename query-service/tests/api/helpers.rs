@@ -342,6 +342,13 @@ where
     }
 }
 
+/// `GET url`, answered 200 with a JSON body of type `T`.
+pub async fn get_json<T: serde::de::DeserializeOwned>(client: &reqwest::Client, url: &str) -> T {
+    let response = client.get(url).send().await.expect("request sent");
+    assert_eq!(response.status(), 200, "GET {url}");
+    response.json().await.expect("JSON body")
+}
+
 /// Messages waiting in a queue (declares it passively).
 pub async fn queue_depth(queue: &str) -> u32 {
     let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())

@@ -73,14 +73,7 @@ async fn outage_of_mongodb_during_writes_loses_nothing_and_dead_letters_nothing(
         },
     )
     .await;
-    let stats: Value = client
-        .get(query.url("/stats"))
-        .send()
-        .await
-        .expect("stats")
-        .json()
-        .await
-        .expect("json");
+    let stats: Value = get_json(&client, &query.url("/stats")).await;
     assert_eq!(stats["projection"]["dead_lettered"], 0, "{stats}");
     assert_eq!(queue_depth(&names.dead_letter_queue()).await, 0);
     assert_eq!(stats["total"], 29, "{stats}");

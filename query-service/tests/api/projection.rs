@@ -37,14 +37,7 @@ fn event(todo_id: i64, version: i64, kind: EventType, title: &str, completed: bo
 }
 
 async fn stats(client: &reqwest::Client, query: &Running) -> Value {
-    client
-        .get(query.url("/stats"))
-        .send()
-        .await
-        .expect("stats")
-        .json()
-        .await
-        .expect("json")
+    get_json(client, &query.url("/stats")).await
 }
 
 #[tokio::test]

@@ -65,14 +65,7 @@ async fn lists_filter_sort_and_paginate_with_link_headers() {
     }
     let client = reqwest::Client::new();
     eventually(Duration::from_secs(20), "all 25 projected", || async {
-        let s: Value = client
-            .get(query.url("/stats"))
-            .send()
-            .await
-            .expect("stats")
-            .json()
-            .await
-            .expect("json");
+        let s: Value = get_json(&client, &query.url("/stats")).await;
         s["total"] == 25
     })
     .await;

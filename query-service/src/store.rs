@@ -271,9 +271,24 @@ impl Store {
         update.insert("$set", set);
         update.insert("$inc", doc! { "applied_events": 1_i64 });
         let filter = doc! { "_id": e.todo_id, "version": { "$lt": e.version } };
-        match self.todos.update_one(filter, update).upsert(true).await {
+        // A duplicate key means the document existed when the upsert tried to insert it, and
+        // did not match the filter then. Once more settles why: if it now matches, another
+        // consumer (a replica) inserted an older version between our filter and our insert,
+        // and this newer version must still land; if not, what is stored is this version or
+        // newer, and the event is a duplicate. Documents are never removed (deletes leave
+        // tombstones), so the second try cannot meet a missing document again.
+        let upsert = || {
+            self.todos
+                .update_one(filter.clone(), update.clone())
+                .upsert(true)
+        };
+        match upsert().await {
             Ok(_) => Ok(Applied::Applied),
-            Err(err) if is_duplicate_key(&err) => Ok(Applied::Skipped),
+            Err(err) if is_duplicate_key(&err) => match upsert().await {
+                Ok(_) => Ok(Applied::Applied),
+                Err(err) if is_duplicate_key(&err) => Ok(Applied::Skipped),
+                Err(err) => Err(err),
+            },
             Err(err) => Err(err),
         }
     }

@@ -1,10 +1,37 @@
-use query_service::{settings::Settings, shutdown, telemetry, Application};
+use anyhow::Context;
+use query_service::{settings::Settings, shutdown, store::Store, telemetry, Application};
 
+/// `query-service` serves; `query-service healthcheck` probes a running one;
+/// `query-service replay [COMMAND_URL]` rebuilds or repairs the read model from
+/// command-service's event log (default `http://127.0.0.1:5001`).
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
-    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
-        return query_service::healthcheck(&settings.http_addr).await;
+    let mut args = std::env::args().skip(1);
+    match args.next().as_deref() {
+        Some("healthcheck") => return query_service::healthcheck(&settings.http_addr).await,
+        Some("replay") => {
+            telemetry::init(settings.log_format, &settings.rust_log);
+            let command_url = args.next().unwrap_or_else(|| "http://127.0.0.1:5001".into());
+            let store = Store::connect(&settings.mongodb_uri, &settings.mongodb_db)
+                .await
+                .context("MONGODB_URI is not a usable MongoDB connection string")?;
+            store.ensure_indexes().await.context("MongoDB not reachable")?;
+            let report = query_service::replay::replay(&store, &command_url).await?;
+            tracing::info!(
+                command_url,
+                read = report.read,
+                applied = report.applied,
+                skipped = report.skipped,
+                position = report.last_position,
+                "replay finished"
+            );
+            return Ok(());
+        }
+        Some(other) => anyhow::bail!(
+            "unknown command {other:?}: use no argument (serve), `healthcheck`, or `replay [COMMAND_URL]`"
+        ),
+        None => {}
     }
     telemetry::init(settings.log_format, &settings.rust_log);
     tracing::info!(?settings, "starting query-service");

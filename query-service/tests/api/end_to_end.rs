@@ -3,22 +3,6 @@ use crate::helpers::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-async fn write(
-    client: &reqwest::Client,
-    method: &str,
-    url: String,
-    body: Option<Value>,
-) -> reqwest::Response {
-    let mut request = client.request(
-        reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
-        url,
-    );
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    request.send().await.expect("sent")
-}
-
 #[tokio::test]
 async fn writes_on_the_command_side_become_reads_on_the_query_side() {
     let names = Names::new();

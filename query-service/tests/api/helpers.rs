@@ -342,6 +342,23 @@ where
     }
 }
 
+/// Sends a write (`POST`, `PATCH`, `PUT`, `DELETE`) with an optional JSON body.
+pub async fn write(
+    client: &reqwest::Client,
+    method: &str,
+    url: String,
+    body: Option<serde_json::Value>,
+) -> reqwest::Response {
+    let mut request = client.request(
+        reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
+        url,
+    );
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request.send().await.expect("sent")
+}
+
 /// `GET url`, answered 200 with a JSON body of type `T`.
 pub async fn get_json<T: serde::de::DeserializeOwned>(client: &reqwest::Client, url: &str) -> T {
     let response = client.get(url).send().await.expect("request sent");

@@ -10,3 +10,4 @@ mod observability;
 mod outage;
 mod projection;
 mod reads;
+mod replay;

@@ -1,0 +1,94 @@
+//! `query-service replay [COMMAND_URL]`: rebuilds or repairs the read model from the event log
+//! command-service keeps and serves at `GET /events` (DESIGN.md, guarantee 4).
+//!
+//! It reads the log oldest first, page by page, and applies every event through the same
+//! version-guarded upsert the consumer uses, so it is safe at any time: into an empty
+//! database (a rebuild), into one with gaps (a repair), and beside running consumers (what is
+//! already there is skipped, and nothing older can overwrite anything newer). Running it twice
+//! changes nothing the second time. It stops at the first error, MongoDB's or
+//! command-service's, with the position it got to; running it again starts over safely.
+
+use crate::store::{Applied, Outcome, Store};
+use anyhow::Context;
+use events::Envelope;
+use std::time::Duration;
+
+/// Events per `GET /events` page (command-service's largest).
+pub const PAGE: i64 = 1000;
+
+/// What one replay did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    /// Events read from the log.
+    pub read: u64,
+    /// Events the read model did not have yet.
+    pub applied: u64,
+    /// Events the read model already had (this version or a newer one).
+    pub skipped: u64,
+    /// Position of the last event read (0 for an empty log).
+    pub last_position: i64,
+}
+
+/// Replays the whole log of the command-service at `command_url` into `store`.
+pub async fn replay(store: &Store, command_url: &str) -> anyhow::Result<Report> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("HTTP client")?;
+    let base = command_url.trim_end_matches('/');
+    let mut report = Report::default();
+    loop {
+        let url = format!("{base}/events?after={}&limit={PAGE}", report.last_position);
+        let response = client
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        if !status.is_success() {
+            anyhow::bail!(
+                "GET {url} answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        let page: Vec<Envelope> = serde_json::from_slice(&body)
+            .with_context(|| format!("GET {url}: not an array of events"))?;
+        for event in &page {
+            event.validate().with_context(|| {
+                format!(
+                    "GET {url}: the event at position {} is malformed",
+                    event.position
+                )
+            })?;
+            let outcome = match store.apply(event).await.with_context(|| {
+                format!("applying event at position {} to MongoDB", event.position)
+            })? {
+                Applied::Applied => Outcome::Applied,
+                Applied::Skipped => Outcome::Skipped,
+            };
+            match outcome {
+                Outcome::Applied => report.applied += 1,
+                _ => report.skipped += 1,
+            }
+            if let Err(err) = store.record(outcome, Some(event.occurred_at)).await {
+                tracing::debug!(error = %err, "projection counter not updated");
+            }
+            report.read += 1;
+            report.last_position = event.position;
+        }
+        tracing::info!(
+            read = report.read,
+            applied = report.applied,
+            skipped = report.skipped,
+            position = report.last_position,
+            "replay page done"
+        );
+        if (page.len() as i64) < PAGE {
+            return Ok(report);
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! `query-service replay` rebuilds the read model from command-service's event log, repairs a
+//! gap, and changes nothing when run again.
+
+use crate::convergence::differences;
+use crate::helpers::*;
+use serde_json::{json, Value};
+
+/// Runs `query-service replay <command_url>` as an operator would, with the test's MongoDB
+/// database. Off the runtime's thread: command-service answers from this test's runtime.
+async fn run_replay(names: &Names, command_url: &str) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_query-service"));
+    command
+        .arg("replay")
+        .arg(command_url)
+        .env("MONGODB_URI", mongodb_uri())
+        .env("MONGODB_DB", &names.mongo_db)
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info");
+    tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("joined")
+        .expect("query-service replay runs")
+}
+
+/// The (read, applied, skipped) figures of a successful replay's final log line.
+async fn replay(names: &Names, command_url: &str) -> (i64, i64, i64) {
+    let output = run_replay(names, command_url).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "replay failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let done: Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["message"] == "replay finished")
+        .unwrap_or_else(|| panic!("no 'replay finished' line in {stdout}"));
+    let n = |k: &str| done[k].as_i64().unwrap_or_else(|| panic!("{k} in {done}"));
+    (n("read"), n("applied"), n("skipped"))
+}
+
+#[tokio::test]
+async fn replay_rebuilds_the_read_model_from_the_log_and_repairs_a_gap() {
+    let names = Names::new();
+    // No query-service consumes: the read model starts empty and only replay fills it.
+    let (command, database_url) = spawn_command(&names).await;
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for title in ["one", "two", "three", "four"] {
+        let created: Value = write(
+            &client,
+            "POST",
+            command.url("/todos"),
+            Some(json!({ "title": title })),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+        ids.push(created["id"].as_i64().expect("id"));
+    }
+    let todo = |i: usize| command.url(&format!("/todos/{}", ids[i]));
+    for (method, url, body) in [
+        ("PATCH", todo(0), Some(json!({ "title": "one, renamed" }))),
+        ("PATCH", todo(0), Some(json!({ "completed": true }))),
+        ("PATCH", todo(1), Some(json!({ "completed": true }))),
+        ("DELETE", todo(2), None),
+    ] {
+        let status = write(&client, method, url, body).await.status();
+        assert!(status.is_success(), "{method}: {status}");
+    }
+    let events = 8;
+
+    let rebuilt = replay(&names, &command.address).await;
+    assert_eq!(
+        rebuilt,
+        (events, events, 0),
+        "a rebuild applies every event"
+    );
+    let diffs = differences(&database_url, &mongodb_uri(), &names.mongo_db).await;
+    assert!(diffs.is_empty(), "rebuilt read model differs: {diffs:#?}");
+
+    let again = replay(&names, &command.address).await;
+    assert_eq!(
+        again,
+        (events, 0, events),
+        "a second replay changes nothing"
+    );
+
+    // A gap: the read model lost todo one (three events). Replay puts it back, alone.
+    let mongo = mongodb::Client::with_uri_str(mongodb_uri())
+        .await
+        .expect("MongoDB");
+    mongo
+        .database(&names.mongo_db)
+        .collection::<mongodb::bson::Document>("todos")
+        .delete_one(mongodb::bson::doc! { "_id": ids[0] })
+        .await
+        .expect("delete");
+    let repaired = replay(&names, &command.address).await;
+    assert_eq!(
+        repaired,
+        (events, 3, events - 3),
+        "only the missing todo is applied"
+    );
+    let diffs = differences(&database_url, &mongodb_uri(), &names.mongo_db).await;
+    assert!(diffs.is_empty(), "repaired read model differs: {diffs:#?}");
+
+    let unreachable = run_replay(&names, &format!("http://127.0.0.1:{}", free_port())).await;
+    assert!(
+        !unreachable.status.success(),
+        "replay from an unreachable command-service must fail"
+    );
+
+    command.stop().await;
+    names.cleanup().await;
+}

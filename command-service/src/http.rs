@@ -4,10 +4,10 @@
 //! a malformed header or query string.
 
 use crate::error::{handle_rejection, ApiError};
+use crate::input;
 use crate::metrics::Metrics;
 use crate::relay::RelayStatus;
-use crate::todos::{self, Change, Created, Idempotency, Precondition, Todo};
-use crate::{db::PgPool, input};
+use crate::todos::{Change, Commands, Created, Idempotency, Precondition, Todo};
 use bytes::{Buf, Bytes, BytesMut};
 use events::service::http::{self, request_id, Route};
 use futures_util::{Stream, StreamExt};
@@ -26,11 +26,10 @@ const FEED_MAX_LIMIT: i64 = 1000;
 
 #[derive(Clone)]
 pub struct State {
-    pub pool: PgPool,
+    pub commands: Commands,
     pub relay: Arc<RelayStatus>,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: u64,
-    pub idempotency_ttl_hours: i64,
 }
 
 fn with_state(state: State) -> impl Filter<Extract = (State,), Error = Infallible> + Clone {
@@ -197,11 +196,7 @@ pub fn precondition(raw: Option<String>) -> Result<Option<Precondition>, ApiErro
     Ok(Some(Precondition::Versions(versions)))
 }
 
-fn idempotency(
-    raw: Option<String>,
-    body: &[u8],
-    ttl_hours: i64,
-) -> Result<Option<Idempotency>, ApiError> {
+fn idempotency(raw: Option<String>, body: &[u8]) -> Result<Option<Idempotency>, ApiError> {
     let Some(key) = raw else { return Ok(None) };
     if key.is_empty() || key.len() > 255 {
         return Err(ApiError::BadRequest(
@@ -217,7 +212,6 @@ fn idempotency(
     Ok(Some(Idempotency {
         key,
         request_hash: hash.iter().map(|b| format!("{b:02x}")).collect(),
-        ttl_hours,
     }))
 }
 
@@ -233,8 +227,8 @@ fn create(state: State) -> impl Filter<Extract = (Response,), Error = Rejection>
                 let correlation = id.clone();
                 answer(state.metrics.clone(), id, "POST /todos", async move {
                     let input = input::todo_input(&body)?;
-                    let idem = idempotency(key, &body, state.idempotency_ttl_hours)?;
-                    match todos::create(&state.pool, input, idem, &correlation).await? {
+                    let idem = idempotency(key, &body)?;
+                    match state.commands.create(input, idem, &correlation).await? {
                         Created::New(todo) => {
                             let mut response = todo_response(StatusCode::CREATED, &todo);
                             location(&mut response, todo.id);
@@ -286,7 +280,7 @@ fn update_route(
                 let id = todo_id(id)?;
                 let change = parse(&body)?;
                 let precondition = precondition(if_match)?;
-                let todo = todos::update(&state.pool, id, change, precondition, &correlation).await?;
+                let todo = state.commands.update(id, change, precondition, &correlation).await?;
                 Ok(todo_response(StatusCode::OK, &todo))
             })
             .await
@@ -321,8 +315,10 @@ fn delete(state: State) -> impl Filter<Extract = (Response,), Error = Rejection>
                     async move {
                         let id = todo_id(id)?;
                         let precondition = precondition(if_match)?;
-                        let version =
-                            todos::delete(&state.pool, id, precondition, &correlation).await?;
+                        let version = state
+                            .commands
+                            .delete(id, precondition, &correlation)
+                            .await?;
                         let mut response = StatusCode::NO_CONTENT.into_response();
                         set_etag(&mut response, version);
                         Ok(response)
@@ -390,7 +386,7 @@ fn feed(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> +
             |rid: String, params: HashMap<String, String>, state: State| async move {
                 answer(state.metrics.clone(), rid, "GET /events", async move {
                     let q = feed_query(&params)?;
-                    let events = todos::feed(&state.pool, q.after, q.limit).await?;
+                    let events = state.commands.feed(q.after, q.limit).await?;
                     let mut response = json_response(StatusCode::OK, &events);
                     if events.len() as i64 == q.limit {
                         if let Some(last) = events.last() {
@@ -416,8 +412,7 @@ fn metrics(state: State) -> impl Filter<Extract = (Response,), Error = Rejection
         .and(with_state(state))
         .then(|state: State| async move {
             if let Ok(Ok(n)) =
-                tokio::time::timeout(Duration::from_secs(2), todos::outbox_backlog(&state.pool))
-                    .await
+                tokio::time::timeout(Duration::from_secs(2), state.commands.outbox_backlog()).await
             {
                 state.metrics.outbox_backlog.set(n);
             }
@@ -455,10 +450,10 @@ fn ready(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> 
         .and(with_state(state))
         .then(|state: State| async move {
             let timeout = Duration::from_secs(2);
-            let postgres = tokio::time::timeout(timeout, todos::ping(&state.pool)).await;
+            let postgres = tokio::time::timeout(timeout, state.commands.ping()).await;
             let postgres_up = matches!(postgres, Ok(Ok(())));
             let backlog = if postgres_up {
-                tokio::time::timeout(timeout, todos::outbox_backlog(&state.pool))
+                tokio::time::timeout(timeout, state.commands.outbox_backlog())
                     .await
                     .ok()
                     .and_then(Result::ok)
@@ -494,16 +489,19 @@ mod tests {
     /// State whose database cannot be reached: routing and error mapping work without it.
     fn offline_state() -> State {
         State {
-            pool: crate::db::pool(
-                "postgres://nobody:none@127.0.0.1:9/none",
-                1,
-                Duration::from_millis(200),
-            )
-            .expect("pool"),
+            commands: Commands::new(
+                crate::db::pool(
+                    "postgres://nobody:none@127.0.0.1:9/none",
+                    1,
+                    Duration::from_millis(200),
+                )
+                .expect("pool"),
+                Arc::default(),
+                24,
+            ),
             relay: Arc::default(),
             metrics: Arc::default(),
             max_body_bytes: 1024,
-            idempotency_ttl_hours: 24,
         }
     }
 

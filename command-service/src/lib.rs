@@ -5,11 +5,13 @@
 
 pub mod db;
 pub mod error;
+pub mod event_log;
 pub mod http;
 pub mod input;
 pub mod metrics;
 pub mod relay;
 pub mod schema;
+pub mod sequencer;
 pub mod settings;
 pub mod todos;
 
@@ -17,12 +19,14 @@ pub use events::service::{healthcheck, shutdown, telemetry};
 
 use anyhow::Context;
 use relay::{RelayConfig, RelayStatus};
+use sequencer::SequencerConfig;
 use settings::Settings;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 /// A built service: listener bound, database migrated, nothing running yet.
 pub struct Application {
@@ -64,7 +68,7 @@ impl Application {
         self.local_addr
     }
 
-    /// Serves HTTP and runs the outbox relay until `signal` resolves, then stops accepting,
+    /// Serves HTTP and runs the sequencer and the outbox relay until `signal` resolves, then stops accepting,
     /// lets in-flight requests and the relay's batch finish, and returns.
     pub async fn run(
         self,
@@ -72,24 +76,40 @@ impl Application {
     ) -> anyhow::Result<()> {
         let (trigger, shutdown) = shutdown::channel();
         let metrics = Arc::new(metrics::Metrics::default());
+        let appended = Arc::new(Notify::new());
+        let stamped = Arc::new(Notify::new());
+        let commands = todos::Commands::new(
+            self.pool.clone(),
+            appended.clone(),
+            self.settings.idempotency_ttl_hours,
+        );
         let state = http::State {
-            pool: self.pool.clone(),
+            commands,
             relay: self.relay_status.clone(),
             metrics: metrics.clone(),
             max_body_bytes: self.settings.max_body_bytes,
-            idempotency_ttl_hours: self.settings.idempotency_ttl_hours,
         };
+        let poll = Duration::from_millis(self.settings.relay_poll_ms);
+        let max_backoff = Duration::from_millis(self.settings.relay_max_backoff_ms);
+        let sequencer = tokio::spawn(sequencer::run(
+            self.pool.clone(),
+            appended,
+            stamped.clone(),
+            SequencerConfig { poll, max_backoff },
+            metrics.clone(),
+            shutdown.clone(),
+        ));
         let relay_config = RelayConfig {
-            database_url: self.settings.database_url.clone(),
             amqp_url: self.settings.amqp_url.clone(),
             exchange: self.settings.amqp_exchange.clone(),
             batch_size: self.settings.relay_batch_size,
-            poll: Duration::from_millis(self.settings.relay_poll_ms),
-            max_backoff: Duration::from_millis(self.settings.relay_max_backoff_ms),
+            poll,
+            max_backoff,
             idempotency_ttl_hours: self.settings.idempotency_ttl_hours,
         };
         let relay = tokio::spawn(relay::run(
             self.pool.clone(),
+            stamped,
             relay_config,
             self.relay_status.clone(),
             metrics.clone(),
@@ -105,6 +125,7 @@ impl Application {
         signal.await;
         trigger.trigger();
         server.await.context("HTTP server task failed")?;
+        sequencer.await.context("sequencer task failed")?;
         relay.await.context("relay task failed")?;
         tracing::info!("command-service stopped");
         Ok(())

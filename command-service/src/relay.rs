@@ -1,24 +1,26 @@
-//! The outbox relay: publishes committed events to RabbitMQ, oldest first, and marks each one
-//! published only after the broker confirmed it.
+//! The outbox relay: publishes stamped events to RabbitMQ, oldest first, and moves the
+//! published cursor only past what the broker confirmed.
 //!
-//! - Woken by `NOTIFY todo_outbox` (sent by every append, delivered at commit), with a slow
-//!   fallback poll in case a notification is missed (the listening connection was down).
-//! - One batch at a time inside a transaction that holds an advisory lock: when several
-//!   command-service processes run, one drains while the others wait, so an event is not
-//!   published twice in the normal case and order is kept.
+//! - Woken in-process by the sequencer after it stamped events, with a fallback poll.
+//! - One round at a time inside a transaction that holds an advisory lock: when several
+//!   command-service processes run, one publishes while the others wait, so an event is not
+//!   published twice in the normal case and order is kept. A relay that finds the lock taken
+//!   looks again a few milliseconds later.
 //! - `mandatory` publishing with publisher confirms: a nack, a returned (unroutable) message,
-//!   a timeout or a lost connection leaves the event unpublished; it is retried with backoff.
-//! - Reconnects to RabbitMQ and PostgreSQL by itself; on shutdown it finishes the batch in flight.
+//!   a timeout or a lost connection stops the round; the cursor moves past the confirmed
+//!   prefix only, and the rest is retried with backoff.
+//! - The cursor update commits with `synchronous_commit = off`: a crash can lose the last
+//!   advance, which publishes those events again, and the consumer's version guard absorbs
+//!   duplicates. It saves a disk flush per round.
+//! - Reconnects to RabbitMQ and PostgreSQL by itself; on shutdown it finishes the round in
+//!   flight.
 
 use crate::db::PgPool;
+use crate::event_log::{self, try_lock, Locked, RELAY_LOCK};
 use crate::metrics::Metrics;
-use crate::schema::events as ev;
 use crate::shutdown::Shutdown;
-use crate::todos::{to_envelope, OUTBOX_CHANNEL};
-use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Bool};
+use diesel::sql_types::BigInt;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{
@@ -27,14 +29,14 @@ use lapin::{
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 
-/// Advisory lock that makes one relay drain at a time.
-const RELAY_LOCK: i64 = 0x0072_656c_6179; // "relay"
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// How soon a relay that found another one publishing looks again.
+const BUSY_RETRY: Duration = Duration::from_millis(5);
 
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
-    pub database_url: String,
     pub amqp_url: String,
     pub exchange: String,
     pub batch_size: i64,
@@ -50,30 +52,38 @@ pub struct RelayStatus {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum DrainError {
+enum RoundError {
     #[error("database: {0}")]
     Db(#[from] diesel::result::Error),
+    #[error("event log: {0}")]
+    Log(#[from] event_log::LogError),
     #[error("database pool: {0}")]
     Pool(#[from] diesel_async::pooled_connection::deadpool::PoolError),
 }
 
-/// Result of one batch.
-#[derive(Debug, Default)]
-struct Batch {
-    /// Another relay holds the lock.
-    busy: bool,
-    /// Rows seen.
-    seen: usize,
-    /// Rows confirmed and marked.
-    published: usize,
-    /// The broker connection failed mid-batch: reconnect.
-    broker_failed: Option<String>,
+/// Why a round stopped before publishing all it read.
+#[derive(Debug)]
+enum Failure {
+    /// The connection or channel failed: reconnect.
+    Broker(String),
     /// The broker refused or could not route a message: back off and retry.
-    refused: Option<String>,
+    Refused(String),
+}
+
+/// What one round did.
+#[derive(Debug)]
+enum Round {
+    /// Another relay holds the lock.
+    Busy,
+    /// Every event read (`read`) was confirmed.
+    Done { read: usize },
+    /// The first `published` events were confirmed, then publishing failed.
+    Stopped { published: usize, failure: Failure },
 }
 
 pub async fn run(
     pool: PgPool,
+    stamped: Arc<Notify>,
     config: RelayConfig,
     status: Arc<RelayStatus>,
     metrics: Arc<Metrics>,
@@ -81,15 +91,11 @@ pub async fn run(
 ) {
     let base = Duration::from_millis(100);
     let mut backoff = base;
-    let mut listener: Option<AsyncPgConnection> = None;
     let mut broker: Option<(Connection, Channel)> = None;
     let mut last_cleanup = tokio::time::Instant::now();
     tracing::info!(exchange = %config.exchange, "outbox relay started");
 
     while !shutdown.is_triggered() {
-        if listener.is_none() {
-            listener = listen(&config.database_url).await;
-        }
         let connected = broker
             .as_ref()
             .is_some_and(|(c, ch)| c.status().connected() && ch.status().connected());
@@ -113,34 +119,43 @@ pub async fn run(
             continue;
         };
 
-        match drain(&pool, channel, &config).await {
-            Ok(batch) => {
-                metrics.published.inc_by(batch.published as u64);
-                if let Some(err) = batch.broker_failed {
-                    metrics.publish_failures.inc();
-                    tracing::warn!(error = %err, "publishing failed, reconnecting to RabbitMQ");
-                    broker = None;
-                    backoff = pause(backoff, config.max_backoff, &shutdown).await;
-                    continue;
+        match publish_round(&pool, channel, &config).await {
+            Ok(Round::Busy) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(BUSY_RETRY) => {}
+                    _ = shutdown.triggered() => {}
                 }
-                if let Some(reason) = batch.refused {
-                    metrics.publish_failures.inc();
-                    tracing::warn!(%reason, retry_in_ms = backoff.as_millis() as u64, "broker did not take an event; it stays in the outbox");
-                    backoff = pause(backoff, config.max_backoff, &shutdown).await;
-                    continue;
-                }
+                continue;
+            }
+            Ok(Round::Done { read }) => {
+                metrics.published.inc_by(read as u64);
                 backoff = base;
-                if !batch.busy && batch.seen as i64 == config.batch_size {
+                if read as i64 == config.batch_size {
                     continue; // more waiting
                 }
-                if batch.busy {
-                    // Another relay drains; look again soon in case it stops.
-                    tokio::select! {
-                        _ = tokio::time::sleep(config.poll) => {}
-                        _ = shutdown.triggered() => {}
+            }
+            Ok(Round::Stopped { published, failure }) => {
+                metrics.published.inc_by(published as u64);
+                metrics.publish_failures.inc();
+                match failure {
+                    Failure::Broker(err) => {
+                        tracing::warn!(error = %err, "publishing failed, reconnecting to RabbitMQ");
                     }
-                    continue;
+                    Failure::Refused(reason) => {
+                        tracing::warn!(%reason, retry_in_ms = backoff.as_millis() as u64, "broker did not take an event; it stays in the outbox");
+                    }
                 }
+                // A fresh channel: the failed one may still hold confirms of the messages
+                // published after the failure, which nobody will wait for.
+                if let Some((conn, _)) = broker.take() {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        conn.close(200, "republishing".into()),
+                    )
+                    .await;
+                }
+                backoff = pause(backoff, config.max_backoff, &shutdown).await;
+                continue;
             }
             Err(err) => {
                 tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "outbox unreadable, PostgreSQL unavailable?");
@@ -154,8 +169,12 @@ pub async fn run(
             cleanup_idempotency_keys(&pool, config.idempotency_ttl_hours).await;
         }
 
-        // Idle: wait for a commit's notification, the fallback poll, or shutdown.
-        wait(&mut listener, config.poll, &shutdown).await;
+        // Idle: wait for the sequencer, the fallback poll, or shutdown.
+        tokio::select! {
+            _ = stamped.notified() => {}
+            _ = tokio::time::sleep(config.poll) => {}
+            _ = shutdown.triggered() => {}
+        }
     }
     if let Some((conn, _)) = broker {
         let _ = conn.close(200, "shutdown".into()).await;
@@ -171,49 +190,6 @@ async fn pause(backoff: Duration, max: Duration, shutdown: &Shutdown) -> Duratio
         _ = shutdown.triggered() => {}
     }
     (backoff * 2).min(max)
-}
-
-async fn listen(database_url: &str) -> Option<AsyncPgConnection> {
-    let result = async {
-        let mut conn = AsyncPgConnection::establish(database_url).await?;
-        diesel::sql_query(format!("LISTEN {OUTBOX_CHANNEL}"))
-            .execute(&mut conn)
-            .await?;
-        Ok::<_, anyhow::Error>(conn)
-    }
-    .await;
-    match result {
-        Ok(conn) => Some(conn),
-        Err(err) => {
-            tracing::debug!(error = %err, "cannot LISTEN yet; polling");
-            None
-        }
-    }
-}
-
-async fn wait(listener: &mut Option<AsyncPgConnection>, poll: Duration, shutdown: &Shutdown) {
-    let Some(conn) = listener.as_mut() else {
-        tokio::select! {
-            _ = tokio::time::sleep(poll) => {}
-            _ = shutdown.triggered() => {}
-        }
-        return;
-    };
-    let timed_out = {
-        let mut notifications = std::pin::pin!(conn.notifications_stream());
-        let timed_out = tokio::select! {
-            n = notifications.next() => !matches!(n, Some(Ok(_))),
-            _ = tokio::time::sleep(poll) => true,
-            _ = shutdown.triggered() => return,
-        };
-        // Many commits may have notified: one drain serves them all.
-        while let Some(Some(Ok(_))) = futures_util::FutureExt::now_or_never(notifications.next()) {}
-        timed_out
-    };
-    // A listening connection that died would never notify again: check it when idle.
-    if timed_out && diesel::sql_query("SELECT 1").execute(conn).await.is_err() {
-        *listener = None;
-    }
 }
 
 async fn connect(config: &RelayConfig) -> anyhow::Result<(Connection, Channel)> {
@@ -243,113 +219,90 @@ async fn connect(config: &RelayConfig) -> anyhow::Result<(Connection, Channel)> 
     Ok((conn, channel))
 }
 
-#[derive(QueryableByName)]
-struct Locked {
-    #[diesel(sql_type = Bool)]
-    locked: bool,
-}
-
-/// Publishes one batch of unpublished events and marks the confirmed ones, in one transaction.
+/// Publishes the events after the cursor (at most a batch) and moves the cursor past the
+/// confirmed prefix, in one transaction.
 #[tracing::instrument(skip_all)]
-async fn drain(
+async fn publish_round(
     pool: &PgPool,
     channel: &Channel,
     config: &RelayConfig,
-) -> Result<Batch, DrainError> {
+) -> Result<Round, RoundError> {
     let mut pooled = pool.get().await?;
     let conn: &mut AsyncPgConnection = &mut pooled;
-    let batch = conn
-        .transaction::<_, DrainError, _>(async |conn| {
-            let lock: Locked = diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS locked")
-                .bind::<BigInt, _>(RELAY_LOCK)
-                .get_result(conn)
-                .await?;
+    let round = conn
+        .transaction::<_, RoundError, _>(async |conn| {
+            let lock: Locked = try_lock(RELAY_LOCK).get_result(conn).await?;
             if !lock.locked {
-                return Ok(Batch {
-                    busy: true,
-                    ..Batch::default()
-                });
+                return Ok(Round::Busy);
             }
-            let rows: Vec<(i64, serde_json::Value)> = ev::table
-                .filter(ev::published_at.is_null())
-                .order(ev::position.asc())
-                .limit(config.batch_size)
-                .select((ev::position, ev::payload))
-                .load(conn)
+            diesel::sql_query("SET LOCAL synchronous_commit = off")
+                .execute(conn)
                 .await?;
-            let mut batch = Batch {
-                seen: rows.len(),
-                ..Batch::default()
-            };
-            let mut pending = Vec::with_capacity(rows.len());
-            for (position, payload) in rows {
-                let envelope = match to_envelope(position, payload) {
-                    Ok(e) => e,
+            let cursor = event_log::published_up_to(conn).await?;
+            let batch = event_log::read_after(conn, cursor, config.batch_size).await?;
+            let read = batch.len();
+            let mut pending = Vec::with_capacity(read);
+            let mut failure = None;
+            for envelope in &batch {
+                match publish(channel, &config.exchange, envelope).await {
+                    Ok(confirm) => pending.push((envelope.position, confirm)),
                     Err(err) => {
-                        // Cannot happen for rows this service wrote; keep it visible and stop.
-                        batch.refused = Some(format!("event at position {position}: {err}"));
-                        break;
-                    }
-                };
-                match publish(channel, &config.exchange, &envelope).await {
-                    Ok(confirm) => pending.push((position, confirm)),
-                    Err(err) => {
-                        batch.broker_failed = Some(err.to_string());
+                        failure = Some(Failure::Broker(err.to_string()));
                         break;
                     }
                 }
             }
-            // Confirms arrive in publish order; stop marking at the first failure so the
-            // outbox never has a published event after an unpublished one of the same batch.
-            let mut confirmed = Vec::with_capacity(pending.len());
-            let mut failed_at = None;
+            // Confirms arrive in publish order; the cursor moves past the confirmed prefix.
+            let mut confirmed: Option<i64> = None;
+            let mut published = 0;
             for (position, confirm) in pending {
-                if batch.broker_failed.is_some() || batch.refused.is_some() {
+                if failure.is_some() {
                     break;
                 }
                 match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
-                    Ok(Ok(Confirmation::Ack(None))) => confirmed.push(position),
+                    Ok(Ok(Confirmation::Ack(None))) => {
+                        confirmed = Some(position);
+                        published += 1;
+                    }
                     Ok(Ok(Confirmation::Ack(Some(returned)))) => {
-                        batch.refused = Some(format!(
+                        failure = Some(Failure::Refused(format!(
                             "event at position {position} unroutable: {} {} (no queue bound to exchange {})",
                             returned.reply_code, returned.reply_text, config.exchange
-                        ));
-                        failed_at = Some(position);
+                        )));
                     }
                     Ok(Ok(Confirmation::Nack(_))) => {
-                        batch.refused = Some(format!("event at position {position} nacked by the broker"));
-                        failed_at = Some(position);
+                        failure = Some(Failure::Refused(format!(
+                            "event at position {position} nacked by the broker"
+                        )));
                     }
                     Ok(Ok(Confirmation::NotRequested)) => {
-                        batch.broker_failed = Some("channel is not in confirm mode".into());
+                        failure = Some(Failure::Broker("channel is not in confirm mode".into()));
                     }
-                    Ok(Err(err)) => batch.broker_failed = Some(err.to_string()),
-                    Err(_) => batch.broker_failed = Some("publisher confirm timed out".into()),
+                    Ok(Err(err)) => failure = Some(Failure::Broker(err.to_string())),
+                    Err(_) => {
+                        failure = Some(Failure::Broker("publisher confirm timed out".into()))
+                    }
                 }
             }
-            if !confirmed.is_empty() {
-                diesel::update(ev::table.filter(ev::position.eq_any(&confirmed)))
-                    .set(ev::published_at.eq(diesel::dsl::now))
-                    .execute(conn)
-                    .await?;
+            if let Some(position) = confirmed {
+                event_log::mark_published(conn, position).await?;
             }
-            if let (Some(position), Some(reason)) = (failed_at, batch.refused.as_ref()) {
-                diesel::update(ev::table.find(position))
-                    .set((
-                        ev::publish_attempts.eq(ev::publish_attempts + 1),
-                        ev::last_error.eq(reason),
-                    ))
-                    .execute(conn)
-                    .await?;
-            }
-            batch.published = confirmed.len();
-            Ok(batch)
+            Ok(match failure {
+                None => Round::Done { read },
+                Some(failure) => {
+                    let (Failure::Broker(reason) | Failure::Refused(reason)) = &failure;
+                    event_log::publish_failed(conn, reason).await?;
+                    Round::Stopped { published, failure }
+                }
+            })
         })
         .await?;
-    if batch.published > 0 {
-        tracing::debug!(published = batch.published, "events published");
+    if let Round::Done { read } = round {
+        if read > 0 {
+            tracing::debug!(published = read, "events published");
+        }
     }
-    Ok(batch)
+    Ok(round)
 }
 
 async fn publish(

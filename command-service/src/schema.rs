@@ -13,18 +13,27 @@ diesel::table! {
 }
 
 diesel::table! {
-    events (position) {
-        position -> Int8,
+    events (seq) {
+        seq -> Int8,
+        position -> Nullable<Int8>,
         event_id -> Uuid,
         event_type -> Text,
         todo_id -> Int8,
         version -> Int8,
         occurred_at -> Timestamptz,
         correlation_id -> Text,
-        payload -> Jsonb,
-        published_at -> Nullable<Timestamptz>,
+        data -> Nullable<Jsonb>,
+        changed -> Jsonb,
+    }
+}
+
+diesel::table! {
+    relay_cursor (singleton) {
+        singleton -> Bool,
+        position -> Int8,
         publish_attempts -> Int4,
         last_error -> Nullable<Text>,
+        updated_at -> Timestamptz,
     }
 }
 

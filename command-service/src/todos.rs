@@ -1,25 +1,62 @@
-//! The commands. Each runs in one PostgreSQL transaction that changes the todo row and appends
-//! its event to `events` (the transactional outbox), so a todo never changes without its event
-//! and no event exists for a change that did not commit.
+//! The commands. Each changes the todo row and appends its event to `events` (the
+//! transactional outbox) in one statement or one transaction, so a todo never changes without
+//! its event and no event exists for a change that did not commit. Writers share no lock: see
+//! [`crate::event_log`] for how events get their position afterwards.
 
-use crate::db::{PgPool, PooledConn};
+use crate::db::{bind, prepared, PgPool, PooledConn};
 use crate::error::ApiError;
+use crate::event_log::{self, LogError};
 use crate::input::{TodoInput, TodoPatch};
-use crate::schema::{events as ev, todos};
+use crate::schema::todos;
 use chrono::{DateTime, SubsecRound, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Bool, Integer, Jsonb, Text};
+use diesel::sql_types::{
+    BigInt, Bool, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use events::{Envelope, EventType, Field, TodoState, SCHEMA_VERSION};
+use events::{Envelope, Field, TodoState};
 use serde::Serialize;
+use std::sync::Arc;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
-/// Advisory lock key that serializes event appends, so `position` order is commit order.
-const APPEND_LOCK: i64 = 0x746f_646f_6576; // "todoev"
-/// Channel the relay LISTENs on; every append NOTIFYs it, delivered at commit.
-pub const OUTBOX_CHANNEL: &str = "todo_outbox";
+/// The write side's entry point: the pool, and the wake-up every committed write gives the
+/// sequencer (in-process: no `NOTIFY`, which would serialize the commits of all writers).
+#[derive(Clone)]
+pub struct Commands {
+    pool: PgPool,
+    appended: Arc<Notify>,
+    idempotency_ttl_hours: i64,
+}
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Queryable, Selectable)]
+impl Commands {
+    pub fn new(pool: PgPool, appended: Arc<Notify>, idempotency_ttl_hours: i64) -> Self {
+        Self {
+            pool,
+            appended,
+            idempotency_ttl_hours,
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn appended(&self) {
+        self.appended.notify_one();
+    }
+}
+
+impl From<LogError> for ApiError {
+    fn from(err: LogError) -> Self {
+        match err {
+            LogError::Db(e) => e.into(),
+            corrupt @ LogError::Corrupt { .. } => ApiError::Internal(corrupt.into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Queryable, Selectable, QueryableByName)]
 #[diesel(table_name = todos)]
 pub struct Todo {
     pub id: i64,
@@ -31,16 +68,22 @@ pub struct Todo {
     pub updated_at: DateTime<Utc>,
 }
 
-impl Todo {
-    fn state(&self) -> TodoState {
-        TodoState {
-            title: self.title.clone(),
-            description: self.description.clone(),
-            completed: self.completed,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-        }
-    }
+/// The JSON of an event's `data`: the todo's full state after the change.
+fn state_json(
+    title: &str,
+    description: &Option<String>,
+    completed: bool,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+) -> Result<serde_json::Value, ApiError> {
+    serde_json::to_value(TodoState {
+        title: title.to_string(),
+        description: description.clone(),
+        completed,
+        created_at,
+        updated_at,
+    })
+    .map_err(|e| ApiError::Internal(anyhow::Error::new(e)))
 }
 
 /// Which of the two update routes a change came from.
@@ -72,7 +115,6 @@ impl Precondition {
 pub struct Idempotency {
     pub key: String,
     pub request_hash: String,
-    pub ttl_hours: i64,
 }
 
 /// What `create` answers: a new todo, or the stored response of an earlier identical request.
@@ -126,13 +168,14 @@ struct StoredResponse {
 async fn stored_response(
     conn: &mut AsyncPgConnection,
     idem: &Idempotency,
+    ttl_hours: i64,
 ) -> Result<Option<Created>, ApiError> {
     let stored: Option<StoredResponse> = diesel::sql_query(
         "SELECT request_hash, response_status, response_body FROM idempotency_keys \
          WHERE key = $1 AND created_at > now() - make_interval(hours => $2::int)",
     )
     .bind::<Text, _>(&idem.key)
-    .bind::<BigInt, _>(idem.ttl_hours)
+    .bind::<BigInt, _>(ttl_hours)
     .get_result(conn)
     .await
     .optional()?;
@@ -146,103 +189,95 @@ async fn stored_response(
     }
 }
 
-/// Appends one event to the log in the caller's transaction and wakes the relay at commit.
-#[tracing::instrument(skip_all, fields(todo_id = envelope.todo_id, version = envelope.version, event_type = %envelope.event_type))]
-async fn append(
+/// Inserts the todo and its `TodoCreated` in one statement: one round trip, and on its own an
+/// implicit transaction.
+const CREATE: &str = "\
+WITH todo AS ( \
+  INSERT INTO todos (title, description, completed, version, created_at, updated_at) \
+  VALUES ($1, $2, $3, 1, $4, $4) \
+  RETURNING id, title, description, completed, version, created_at, updated_at \
+), event AS ( \
+  INSERT INTO events (event_id, event_type, todo_id, version, occurred_at, correlation_id, data) \
+  SELECT $5, 'TodoCreated', id, 1, $4, $6, $7 FROM todo \
+) \
+SELECT id, title, description, completed, version, created_at, updated_at FROM todo";
+
+/// Sets the new state and appends its `TodoUpdated` in one statement (after `locked`).
+const UPDATE: &str = "\
+WITH todo AS ( \
+  UPDATE todos SET title = $2, description = $3, completed = $4, version = version + 1, \
+                   updated_at = $5 \
+  WHERE id = $1 \
+  RETURNING id, title, description, completed, version, created_at, updated_at \
+), event AS ( \
+  INSERT INTO events (event_id, event_type, todo_id, version, occurred_at, correlation_id, \
+                      data, changed) \
+  SELECT $6, 'TodoUpdated', id, version, $5, $7, $8, $9 FROM todo \
+) \
+SELECT id, title, description, completed, version, created_at, updated_at FROM todo";
+
+/// Removes the row and appends its `TodoDeleted` (the next version) in one statement.
+const DELETE: &str = "\
+WITH gone AS ( \
+  DELETE FROM todos WHERE id = $1 RETURNING id, version + 1 AS version \
+), event AS ( \
+  INSERT INTO events (event_id, event_type, todo_id, version, occurred_at, correlation_id) \
+  SELECT $2, 'TodoDeleted', id, version, $3, $4 FROM gone \
+) \
+SELECT version AS n FROM gone";
+
+#[derive(QueryableByName)]
+struct Version {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+async fn insert_todo(
     conn: &mut AsyncPgConnection,
-    envelope: &Envelope,
-) -> Result<i64, diesel::result::Error> {
-    // Held to commit: appends commit one at a time, in position order.
-    diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
-        .bind::<BigInt, _>(APPEND_LOCK)
-        .execute(conn)
-        .await?;
-    let payload = serde_json::to_value(envelope)
-        .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
-    let position: i64 = diesel::insert_into(ev::table)
-        .values((
-            ev::event_id.eq(envelope.event_id),
-            ev::event_type.eq(envelope.event_type.as_str()),
-            ev::todo_id.eq(envelope.todo_id),
-            ev::version.eq(envelope.version),
-            ev::occurred_at.eq(envelope.occurred_at),
-            ev::correlation_id.eq(&envelope.correlation_id),
-            ev::payload.eq(payload),
-        ))
-        .returning(ev::position)
-        .get_result(conn)
-        .await?;
-    diesel::sql_query(format!("NOTIFY {OUTBOX_CHANNEL}"))
-        .execute(conn)
-        .await?;
-    Ok(position)
+    input: &TodoInput,
+    correlation_id: &str,
+) -> Result<Todo, ApiError> {
+    let at = now();
+    let data = state_json(&input.title, &input.description, input.completed, at, at)?;
+    let statement = prepared(
+        CREATE,
+        (
+            bind::<Text, _>(&input.title),
+            bind::<Nullable<Text>, _>(&input.description),
+            bind::<Bool, _>(input.completed),
+            bind::<Timestamptz, _>(at),
+            bind::<SqlUuid, _>(Uuid::now_v7()),
+            bind::<Text, _>(correlation_id),
+            bind::<Jsonb, _>(data),
+        ),
+    );
+    Ok(statement.get_result(conn).await?)
 }
 
-fn envelope(
-    event_type: EventType,
-    todo_id: i64,
-    version: i64,
-    occurred_at: DateTime<Utc>,
-    correlation_id: &str,
-    data: Option<TodoState>,
-    changed: Vec<Field>,
-) -> Envelope {
-    Envelope {
-        event_id: Uuid::now_v7(),
-        event_type,
-        schema_version: SCHEMA_VERSION,
-        todo_id,
-        version,
-        position: 0,
-        occurred_at,
-        correlation_id: correlation_id.to_string(),
-        data,
-        changed,
-    }
-}
-
-/// `POST /todos`.
-#[tracing::instrument(skip_all, fields(correlation_id))]
-pub async fn create(
-    pool: &PgPool,
-    input: TodoInput,
-    idempotency: Option<Idempotency>,
-    correlation_id: &str,
-) -> Result<Created, ApiError> {
-    let mut pooled = conn(pool).await?;
-    let conn: &mut AsyncPgConnection = &mut pooled;
-    if let Some(idem) = &idempotency {
-        if let Some(replay) = stored_response(conn, idem).await? {
+impl Commands {
+    /// `POST /todos`.
+    #[tracing::instrument(skip_all, fields(correlation_id))]
+    pub async fn create(
+        &self,
+        input: TodoInput,
+        idempotency: Option<Idempotency>,
+        correlation_id: &str,
+    ) -> Result<Created, ApiError> {
+        let mut pooled = conn(&self.pool).await?;
+        let conn: &mut AsyncPgConnection = &mut pooled;
+        let Some(idem) = idempotency else {
+            let todo = insert_todo(conn, &input, correlation_id).await?;
+            self.appended();
+            tracing::info!(todo_id = todo.id, version = todo.version, "todo created");
+            return Ok(Created::New(todo));
+        };
+        let ttl_hours = self.idempotency_ttl_hours;
+        if let Some(replay) = stored_response(conn, &idem, ttl_hours).await? {
             return Ok(replay);
         }
-    }
-    let idem = idempotency.clone();
-    let result = conn
-        .transaction::<_, TxError, _>(async |conn| {
-            let at = now();
-            let todo: Todo = diesel::insert_into(todos::table)
-                .values((
-                    todos::title.eq(&input.title),
-                    todos::description.eq(&input.description),
-                    todos::completed.eq(input.completed),
-                    todos::version.eq(1_i64),
-                    todos::created_at.eq(at),
-                    todos::updated_at.eq(at),
-                ))
-                .returning(Todo::as_returning())
-                .get_result(conn)
-                .await?;
-            let event = envelope(
-                EventType::TodoCreated,
-                todo.id,
-                1,
-                at,
-                correlation_id,
-                Some(todo.state()),
-                Vec::new(),
-            );
-            append(conn, &event).await?;
-            if let Some(idem) = &idem {
+        let result = conn
+            .transaction::<_, TxError, _>(async |conn| {
+                let todo = insert_todo(conn, &input, correlation_id).await?;
                 let body = serde_json::to_value(&todo)
                     .map_err(|e| ApiError::Internal(anyhow::Error::new(e)))?;
                 // Takes the key unless a live entry holds it; an expired one is replaced.
@@ -257,33 +292,190 @@ pub async fn create(
                 .bind::<Text, _>(&idem.key)
                 .bind::<Text, _>(&idem.request_hash)
                 .bind::<Jsonb, _>(body)
-                .bind::<BigInt, _>(idem.ttl_hours)
+                .bind::<BigInt, _>(ttl_hours)
                 .execute(conn)
                 .await?;
                 if taken == 0 {
                     return Err(TxError::KeyTaken);
                 }
+                Ok(todo)
+            })
+            .await;
+        match result {
+            Ok(todo) => {
+                self.appended();
+                tracing::info!(todo_id = todo.id, version = todo.version, "todo created");
+                Ok(Created::New(todo))
             }
-            Ok(todo)
-        })
-        .await;
-    match result {
-        Ok(todo) => {
-            tracing::info!(todo_id = todo.id, version = todo.version, "todo created");
-            Ok(Created::New(todo))
+            Err(TxError::Api(e)) => Err(e),
+            // A concurrent request with the same key committed while we worked: our
+            // transaction rolled back, so answer with what it stored.
+            Err(TxError::KeyTaken) => {
+                stored_response(conn, &idem, ttl_hours)
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::Internal(anyhow::anyhow!(
+                            "idempotency key vanished after conflict"
+                        ))
+                    })
+            }
         }
-        Err(TxError::Api(e)) => Err(e),
-        // A concurrent request with the same key committed while we worked: our transaction
-        // rolled back, so answer with what it stored.
-        Err(TxError::KeyTaken) => match &idempotency {
-            Some(idem) => stored_response(conn, idem).await?.ok_or_else(|| {
-                ApiError::Internal(anyhow::anyhow!("idempotency key vanished after conflict"))
-            }),
-            None => Err(ApiError::Internal(anyhow::anyhow!(
-                "key conflict without a key"
-            ))),
-        },
     }
+
+    /// `PATCH` and `PUT /todos/{id}`. A change that leaves every field as it is answers the
+    /// current state and writes no event.
+    #[tracing::instrument(skip_all, fields(todo_id = id, correlation_id))]
+    pub async fn update(
+        &self,
+        id: i64,
+        change: Change,
+        precondition: Option<Precondition>,
+        correlation_id: &str,
+    ) -> Result<Todo, ApiError> {
+        let mut pooled = conn(&self.pool).await?;
+        let (todo, written) = (&mut *pooled as &mut AsyncPgConnection)
+            .transaction::<_, ApiError, _>(async |conn| {
+                let current = locked(conn, id).await?;
+                if let Some(p) = &precondition {
+                    p.check(current.version)?;
+                }
+                let (title, description, completed) = match &change {
+                    Change::Put(input) => (
+                        input.title.clone(),
+                        input.description.clone(),
+                        input.completed,
+                    ),
+                    Change::Patch(p) => (
+                        p.title.clone().unwrap_or_else(|| current.title.clone()),
+                        p.description
+                            .clone()
+                            .unwrap_or_else(|| current.description.clone()),
+                        p.completed.unwrap_or(current.completed),
+                    ),
+                };
+                let mut changed = Vec::new();
+                if title != current.title {
+                    changed.push(Field::Title);
+                }
+                if description != current.description {
+                    changed.push(Field::Description);
+                }
+                if completed != current.completed {
+                    changed.push(Field::Completed);
+                }
+                if changed.is_empty() {
+                    return Ok((current, false));
+                }
+                let at = now();
+                let data = state_json(&title, &description, completed, current.created_at, at)?;
+                let changed = serde_json::to_value(&changed)
+                    .map_err(|e| ApiError::Internal(anyhow::Error::new(e)))?;
+                let statement = prepared(
+                    UPDATE,
+                    (
+                        bind::<BigInt, _>(id),
+                        bind::<Text, _>(&title),
+                        bind::<Nullable<Text>, _>(&description),
+                        bind::<Bool, _>(completed),
+                        bind::<Timestamptz, _>(at),
+                        bind::<SqlUuid, _>(Uuid::now_v7()),
+                        bind::<Text, _>(correlation_id),
+                        bind::<Jsonb, _>(data),
+                        bind::<Jsonb, _>(changed),
+                    ),
+                );
+                let todo: Todo = statement.get_result(conn).await?;
+                Ok((todo, true))
+            })
+            .await?;
+        if written {
+            self.appended();
+            tracing::info!(todo_id = id, version = todo.version, "todo updated");
+        }
+        Ok(todo)
+    }
+
+    /// `DELETE /todos/{id}`: removes the row and appends `TodoDeleted` with the next version.
+    /// Returns that version.
+    #[tracing::instrument(skip_all, fields(todo_id = id, correlation_id))]
+    pub async fn delete(
+        &self,
+        id: i64,
+        precondition: Option<Precondition>,
+        correlation_id: &str,
+    ) -> Result<i64, ApiError> {
+        let mut pooled = conn(&self.pool).await?;
+        let conn: &mut AsyncPgConnection = &mut pooled;
+        let not_found = || ApiError::NotFound(format!("Todo {id} does not exist."));
+        let version = match &precondition {
+            // No precondition: one statement.
+            None => delete_row(conn, id, correlation_id)
+                .await?
+                .ok_or_else(not_found)?,
+            Some(p) => {
+                conn.transaction::<_, ApiError, _>(async |conn| {
+                    let current = locked(conn, id).await?;
+                    p.check(current.version)?;
+                    delete_row(conn, id, correlation_id)
+                        .await?
+                        .ok_or_else(not_found)
+                })
+                .await?
+            }
+        };
+        self.appended();
+        tracing::info!(todo_id = id, version, "todo deleted");
+        Ok(version)
+    }
+
+    /// `GET /events?after=&limit=`: committed events after `after`, oldest first.
+    pub async fn feed(&self, after: i64, limit: i64) -> Result<Vec<Envelope>, ApiError> {
+        let mut conn = conn(&self.pool).await?;
+        Ok(event_log::feed(&mut conn, after, limit).await?)
+    }
+
+    /// Events committed but not yet confirmed by RabbitMQ.
+    pub async fn outbox_backlog(&self) -> Result<i64, ApiError> {
+        let mut conn = conn(&self.pool).await?;
+        Ok(event_log::backlog(&mut conn).await?)
+    }
+
+    /// Whether PostgreSQL answers.
+    pub async fn ping(&self) -> Result<(), ApiError> {
+        #[derive(QueryableByName)]
+        struct One {
+            #[diesel(sql_type = Bool)]
+            #[allow(dead_code)]
+            ok: bool,
+        }
+        let mut conn = conn(&self.pool).await?;
+        let _: One = diesel::sql_query("SELECT true AS ok")
+            .get_result(&mut conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Deletes the row and appends its event; `None` when there was no such todo.
+async fn delete_row(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    correlation_id: &str,
+) -> Result<Option<i64>, diesel::result::Error> {
+    let statement = prepared(
+        DELETE,
+        (
+            bind::<BigInt, _>(id),
+            bind::<SqlUuid, _>(Uuid::now_v7()),
+            bind::<Timestamptz, _>(now()),
+            bind::<Text, _>(correlation_id),
+        ),
+    );
+    Ok(statement
+        .get_result::<Version>(conn)
+        .await
+        .optional()?
+        .map(|v| v.n))
 }
 
 async fn locked(conn: &mut AsyncPgConnection, id: i64) -> Result<Todo, ApiError> {
@@ -295,166 +487,4 @@ async fn locked(conn: &mut AsyncPgConnection, id: i64) -> Result<Todo, ApiError>
         .await
         .optional()?
         .ok_or_else(|| ApiError::NotFound(format!("Todo {id} does not exist.")))
-}
-
-/// `PATCH` and `PUT /todos/{id}`. A change that leaves every field as it is answers the current
-/// state and writes no event.
-#[tracing::instrument(skip_all, fields(todo_id = id, correlation_id))]
-pub async fn update(
-    pool: &PgPool,
-    id: i64,
-    change: Change,
-    precondition: Option<Precondition>,
-    correlation_id: &str,
-) -> Result<Todo, ApiError> {
-    let mut pooled = conn(pool).await?;
-    let todo = (&mut *pooled as &mut AsyncPgConnection)
-        .transaction::<_, ApiError, _>(async |conn| {
-            let current = locked(conn, id).await?;
-            if let Some(p) = &precondition {
-                p.check(current.version)?;
-            }
-            let (title, description, completed) = match &change {
-                Change::Put(input) => (
-                    input.title.clone(),
-                    input.description.clone(),
-                    input.completed,
-                ),
-                Change::Patch(p) => (
-                    p.title.clone().unwrap_or_else(|| current.title.clone()),
-                    p.description
-                        .clone()
-                        .unwrap_or_else(|| current.description.clone()),
-                    p.completed.unwrap_or(current.completed),
-                ),
-            };
-            let mut changed = Vec::new();
-            if title != current.title {
-                changed.push(Field::Title);
-            }
-            if description != current.description {
-                changed.push(Field::Description);
-            }
-            if completed != current.completed {
-                changed.push(Field::Completed);
-            }
-            if changed.is_empty() {
-                return Ok(current);
-            }
-            let at = now();
-            let todo: Todo = diesel::update(todos::table.find(id))
-                .set((
-                    todos::title.eq(title),
-                    todos::description.eq(description),
-                    todos::completed.eq(completed),
-                    todos::version.eq(current.version + 1),
-                    todos::updated_at.eq(at),
-                ))
-                .returning(Todo::as_returning())
-                .get_result(conn)
-                .await?;
-            let event = envelope(
-                EventType::TodoUpdated,
-                id,
-                todo.version,
-                at,
-                correlation_id,
-                Some(todo.state()),
-                changed,
-            );
-            append(conn, &event).await?;
-            Ok(todo)
-        })
-        .await?;
-    tracing::info!(todo_id = id, version = todo.version, "todo updated");
-    Ok(todo)
-}
-
-/// `DELETE /todos/{id}`: removes the row and appends `TodoDeleted` with the next version.
-/// Returns that version.
-#[tracing::instrument(skip_all, fields(todo_id = id, correlation_id))]
-pub async fn delete(
-    pool: &PgPool,
-    id: i64,
-    precondition: Option<Precondition>,
-    correlation_id: &str,
-) -> Result<i64, ApiError> {
-    let mut pooled = conn(pool).await?;
-    let version = (&mut *pooled as &mut AsyncPgConnection)
-        .transaction::<_, ApiError, _>(async |conn| {
-            let current = locked(conn, id).await?;
-            if let Some(p) = &precondition {
-                p.check(current.version)?;
-            }
-            diesel::delete(todos::table.find(id)).execute(conn).await?;
-            let version = current.version + 1;
-            let event = envelope(
-                EventType::TodoDeleted,
-                id,
-                version,
-                now(),
-                correlation_id,
-                None,
-                Vec::new(),
-            );
-            append(conn, &event).await?;
-            Ok(version)
-        })
-        .await?;
-    tracing::info!(todo_id = id, version, "todo deleted");
-    Ok(version)
-}
-
-/// `GET /events?after=&limit=`: committed events after `after`, oldest first.
-pub async fn feed(pool: &PgPool, after: i64, limit: i64) -> Result<Vec<Envelope>, ApiError> {
-    let mut conn = conn(pool).await?;
-    let rows: Vec<(i64, serde_json::Value)> = ev::table
-        .filter(ev::position.gt(after))
-        .order(ev::position.asc())
-        .limit(limit)
-        .select((ev::position, ev::payload))
-        .load(&mut conn)
-        .await?;
-    rows.into_iter().map(|(p, v)| to_envelope(p, v)).collect()
-}
-
-/// Rebuilds the envelope of a stored row; the payload is written without its position, which
-/// the database assigns on insert.
-pub fn to_envelope(position: i64, payload: serde_json::Value) -> Result<Envelope, ApiError> {
-    let mut envelope: Envelope = serde_json::from_value(payload).map_err(|e| {
-        ApiError::Internal(anyhow::Error::new(e).context(format!("event {position} unreadable")))
-    })?;
-    envelope.position = position;
-    Ok(envelope)
-}
-
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
-/// Events committed but not yet confirmed by RabbitMQ.
-pub async fn outbox_backlog(pool: &PgPool) -> Result<i64, ApiError> {
-    let mut conn = conn(pool).await?;
-    let count: Count =
-        diesel::sql_query("SELECT count(*) AS n FROM events WHERE published_at IS NULL")
-            .get_result(&mut conn)
-            .await?;
-    Ok(count.n)
-}
-
-/// Whether PostgreSQL answers.
-pub async fn ping(pool: &PgPool) -> Result<(), ApiError> {
-    #[derive(QueryableByName)]
-    struct One {
-        #[diesel(sql_type = Bool)]
-        #[allow(dead_code)]
-        ok: bool,
-    }
-    let mut conn = conn(pool).await?;
-    let _: One = diesel::sql_query("SELECT true AS ok")
-        .get_result(&mut conn)
-        .await?;
-    Ok(())
 }

@@ -4,19 +4,23 @@
 //!   quorum queue bound with `todo.#`, and a dead-letter exchange and queue.
 //! - Manual acknowledgements with a prefetch: a message is acked only after MongoDB has the
 //!   change (or already had it: duplicates and late events are acked as skipped).
+//! - Batches: the consumer takes whatever has arrived (up to the prefetch, never waiting for
+//!   more) and applies it as one bulk write ([`Store::apply_batch`]), then settles it with one
+//!   `multiple` ack and one update of the shared counters. One info line per batch; each
+//!   event's line (with its correlation id) is at debug.
 //! - A body that is not a valid event is dead-lettered at once (it cannot get better); an event
 //!   MongoDB refuses is redelivered up to `MAX_DELIVERY_ATTEMPTS` times, then dead-lettered.
 //! - A transient MongoDB error (server away, restarting) is retried in place with backoff and
 //!   never dead-lettered; the message stays unacked meanwhile, so nothing is lost.
 //! - lapin does not reconnect by itself: the loop here reconnects with backoff.
-//! - On shutdown the consumer is cancelled, the message in hand is finished, and the
+//! - On shutdown the consumer is cancelled, the batch in hand is finished, and the
 //!   connection is closed; unacked prefetched messages go back to the queue.
 
-use crate::metrics::{EventOutcome, Metrics};
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::store::{Applied, Outcome, Store};
+use crate::store::{BatchResult, Counts, Outcome, Refused, Store};
 use events::Envelope;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
@@ -27,7 +31,6 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::Instrument;
 
 #[derive(Clone)]
 pub struct ConsumerConfig {
@@ -38,7 +41,13 @@ pub struct ConsumerConfig {
     pub prefetch: u16,
     pub max_attempts: u32,
     pub max_backoff: Duration,
+    /// Told the `(todo_id, version)` of every event settled into the store, batch by batch
+    /// (`?min_version=` waiters listen).
+    pub applied: tokio::sync::broadcast::Sender<Applied>,
 }
+
+/// The `(todo_id, version)` pairs the read model holds after a batch.
+pub type Applied = Arc<Vec<(i64, i64)>>;
 
 /// What `/ready` reads of the consumer.
 #[derive(Debug, Default)]
@@ -197,6 +206,7 @@ async fn consume(
             FieldTable::default(),
         )
         .await?;
+    let most = usize::from(config.prefetch.max(1));
     loop {
         let next = tokio::select! {
             next = consumer.next() => next,
@@ -205,11 +215,21 @@ async fn consume(
                 return Ok(());
             }
         };
-        match next {
-            Some(Ok(delivery)) => handle(store, config, delivery, shutdown).await?,
+        let mut batch = match next {
+            Some(Ok(delivery)) => vec![delivery],
             Some(Err(err)) => return Err(err.into()),
             None => return Err(anyhow::anyhow!("consumer stream ended")),
+        };
+        // Whatever else has already arrived (at most the prefetch) joins the batch; nothing
+        // waits for more.
+        while batch.len() < most {
+            match consumer.next().now_or_never() {
+                Some(Some(Ok(delivery))) => batch.push(delivery),
+                Some(Some(Err(err))) => return Err(err.into()),
+                Some(None) | None => break,
+            }
         }
+        handle_batch(store, config, batch, shutdown).await?;
     }
 }
 
@@ -240,114 +260,206 @@ fn correlation_id(delivery: &Delivery) -> String {
     }
 }
 
-/// Applies one delivery and settles it. Returns an error only when the broker connection
-/// failed (the caller reconnects; the unsettled message is redelivered).
-async fn handle(
+/// Applies a batch of deliveries and settles each: see the module header. Returns an error
+/// only when the broker connection failed (the caller reconnects; unsettled messages are
+/// redelivered).
+async fn handle_batch(
     store: &Store,
     config: &ConsumerConfig,
-    delivery: Delivery,
+    deliveries: Vec<Delivery>,
     shutdown: &Shutdown,
 ) -> lapin::Result<()> {
-    let span = tracing::info_span!(
-        "event",
-        correlation_id = %correlation_id(&delivery),
-        message_id = delivery.properties.message_id().as_ref().map(|s| s.as_str()).unwrap_or(""),
-        routing_key = delivery.routing_key.as_str(),
-    );
-    async {
-        let envelope = match Envelope::from_json(&delivery.data) {
-            Ok(e) => e,
-            Err(err) => {
-                tracing::warn!(error = %err, "message is not a valid event; dead-lettering it");
-                return dead_letter(store, config, &delivery).await;
+    let started = std::time::Instant::now();
+    let mut counts = Counts::default();
+    let mut events = Vec::with_capacity(deliveries.len());
+    // `owner[k]` is the delivery event `k` came in.
+    let mut owner = Vec::with_capacity(deliveries.len());
+    for (i, delivery) in deliveries.iter().enumerate() {
+        match Envelope::from_json(&delivery.data) {
+            Ok(e) => {
+                events.push(e);
+                owner.push(i);
             }
-        };
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match store.apply(&envelope).await {
-                Ok(result) => {
-                    delivery.ack(BasicAckOptions::default()).await?;
-                    let outcome = match result {
-                        Applied::Applied => Outcome::Applied,
-                        Applied::Skipped => Outcome::Skipped,
-                    };
-                    tracing::info!(
-                        todo_id = envelope.todo_id,
-                        version = envelope.version,
-                        event_type = %envelope.event_type,
-                        outcome = ?outcome,
+            Err(err) => {
+                event_span(delivery).in_scope(|| {
+                    tracing::warn!(error = %err, "message is not a valid event; dead-lettering it")
+                });
+                dead_letter(delivery).await?;
+                counts.add(Outcome::DeadLettered);
+                config.metrics.observe_event(Outcome::DeadLettered, None);
+            }
+        }
+    }
+    let Some(results) = apply(store, config, &events, shutdown).await else {
+        // Shutting down with the store away: leave the batch unacked; it is redelivered.
+        return Ok(());
+    };
+
+    let mut to_ack: Vec<&Delivery> = Vec::with_capacity(events.len());
+    let mut applied = Vec::with_capacity(events.len());
+    let mut newest_event = None;
+    for ((event, result), &i) in events.iter().zip(results).zip(&owner) {
+        let delivery = &deliveries[i];
+        let span = event_span(delivery);
+        match result {
+            Ok(outcome) => {
+                span.in_scope(|| {
+                    tracing::debug!(
+                        todo_id = event.todo_id,
+                        version = event.version,
+                        event_type = %event.event_type,
+                        ?outcome,
                         "event projected"
-                    );
-                    count(store, config, outcome, Some(envelope.occurred_at)).await;
-                    return Ok(());
+                    )
+                });
+                counts.add(outcome);
+                let lag =
+                    (outcome == Outcome::Applied).then(|| chrono::Utc::now() - event.occurred_at);
+                config.metrics.observe_event(outcome, lag);
+                if outcome == Outcome::Applied {
+                    newest_event = newest_event.max(Some(event.occurred_at));
                 }
-                Err(err) if crate::store::is_transient(&err) => {
-                    if shutdown.is_triggered() {
-                        // Leave it unacked: it goes back to the queue with the channel.
-                        return Ok(());
-                    }
-                    tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "MongoDB unavailable; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.triggered() => {}
-                    }
-                    backoff = (backoff * 2).min(config.max_backoff);
-                }
-                Err(err) => {
-                    let attempt = previous_deliveries(&delivery) + 1;
-                    if attempt >= config.max_attempts {
-                        tracing::error!(error = %err, attempt, "event cannot be applied; dead-lettering it");
-                        return dead_letter(store, config, &delivery).await;
-                    }
-                    tracing::warn!(error = %err, attempt, "event cannot be applied; redelivering");
+                applied.push((event.todo_id, event.version));
+                to_ack.push(delivery);
+            }
+            Err(refused) => {
+                let attempt = previous_deliveries(delivery) + 1;
+                if attempt >= config.max_attempts {
+                    span.in_scope(|| {
+                        tracing::error!(error = %refused, attempt, "event cannot be applied; dead-lettering it")
+                    });
+                    dead_letter(delivery).await?;
+                    counts.add(Outcome::DeadLettered);
+                    config.metrics.observe_event(Outcome::DeadLettered, None);
+                } else {
+                    span.in_scope(|| {
+                        tracing::warn!(error = %refused, attempt, "event cannot be applied; redelivering")
+                    });
                     delivery
                         .nack(BasicNackOptions {
                             requeue: true,
                             ..BasicNackOptions::default()
                         })
                         .await?;
-                    return Ok(());
                 }
             }
         }
     }
-    .instrument(span)
-    .await
+    // Every other delivery of the batch is settled by now, and every earlier batch was: one
+    // `multiple` ack on the highest tag acks exactly these.
+    if let Some(last) = to_ack.iter().max_by_key(|d| d.delivery_tag) {
+        last.ack(BasicAckOptions { multiple: true }).await?;
+    }
+    if !applied.is_empty() {
+        // Nobody listening is fine.
+        let _ = config.applied.send(Arc::new(applied));
+    }
+    tracing::info!(
+        size = deliveries.len(),
+        applied = counts.applied,
+        duplicates = counts.duplicates,
+        superseded = counts.superseded,
+        dead_lettered = counts.dead_lettered,
+        took_ms = started.elapsed().as_millis() as u64,
+        "batch projected"
+    );
+    // Counters are best effort: a failure to count never holds up the queue.
+    if let Err(err) = store.record(counts, newest_event).await {
+        tracing::debug!(error = %err, "projection counters not updated");
+    }
+    Ok(())
 }
 
-async fn dead_letter(
+/// Applies `events` as one batch. A transient failure of the whole batch, or of single
+/// events, is retried in place with backoff; a batch the store refuses for another reason is
+/// applied one event at a time, so one bad event costs no other its place. `None` when
+/// shutdown came while the store was away.
+async fn apply(
     store: &Store,
     config: &ConsumerConfig,
-    delivery: &Delivery,
-) -> lapin::Result<()> {
+    events: &[Envelope],
+    shutdown: &Shutdown,
+) -> Option<BatchResult> {
+    let mut results: Vec<Option<Result<Outcome, Refused>>> = vec![None; events.len()];
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let open: Vec<usize> = (0..events.len())
+            .filter(|&k| results[k].is_none())
+            .collect();
+        if open.is_empty() {
+            return Some(results.into_iter().flatten().collect());
+        }
+        let subset: Vec<Envelope> = open.iter().map(|&k| events[k].clone()).collect();
+        let outcome = match store.apply_batch(&subset).await {
+            Ok(batch) => batch,
+            Err(err) if crate::store::is_transient(&err) => {
+                tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "MongoDB unavailable; retrying");
+                if !pause(&mut backoff, config.max_backoff, shutdown).await {
+                    return None;
+                }
+                continue;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, events = subset.len(), "bulk write refused; applying one event at a time");
+                let mut one_by_one = Vec::with_capacity(subset.len());
+                for e in &subset {
+                    one_by_one.push(loop {
+                        match store.apply(e).await {
+                            Ok(outcome) => break Ok(outcome),
+                            Err(err) if crate::store::is_transient(&err) => {
+                                if !pause(&mut backoff, config.max_backoff, shutdown).await {
+                                    return None;
+                                }
+                            }
+                            Err(err) => break Err(Refused::from(&err)),
+                        }
+                    });
+                }
+                one_by_one
+            }
+        };
+        let mut transient = false;
+        for (&k, result) in open.iter().zip(outcome) {
+            match result {
+                Err(refused) if refused.is_transient() => transient = true,
+                settled => results[k] = Some(settled),
+            }
+        }
+        if transient && !pause(&mut backoff, config.max_backoff, shutdown).await {
+            return None;
+        }
+    }
+}
+
+/// Sleeps for `backoff` (doubling it up to `max`); false when shutdown came first.
+async fn pause(backoff: &mut Duration, max: Duration, shutdown: &Shutdown) -> bool {
+    if shutdown.is_triggered() {
+        return false;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(*backoff) => {}
+        _ = shutdown.triggered() => return false,
+    }
+    *backoff = (*backoff * 2).min(max);
+    true
+}
+
+/// The span one message is logged in: its correlation id, message id and routing key.
+fn event_span(delivery: &Delivery) -> tracing::Span {
+    tracing::info_span!(
+        "event",
+        correlation_id = %correlation_id(delivery),
+        message_id = delivery.properties.message_id().as_ref().map(|s| s.as_str()).unwrap_or(""),
+        routing_key = delivery.routing_key.as_str(),
+    )
+}
+
+async fn dead_letter(delivery: &Delivery) -> lapin::Result<()> {
     delivery
         .nack(BasicNackOptions {
             requeue: false,
             ..BasicNackOptions::default()
         })
-        .await?;
-    count(store, config, Outcome::DeadLettered, None).await;
-    Ok(())
-}
-
-/// Counters are best effort: a failure to count never holds up the queue.
-async fn count(
-    store: &Store,
-    config: &ConsumerConfig,
-    outcome: Outcome,
-    occurred_at: Option<chrono::DateTime<chrono::Utc>>,
-) {
-    let label = match outcome {
-        Outcome::Applied => EventOutcome::applied,
-        Outcome::Skipped => EventOutcome::skipped_duplicate,
-        Outcome::DeadLettered => EventOutcome::dead_lettered,
-    };
-    let lag = match (outcome, occurred_at) {
-        (Outcome::Applied, Some(at)) => Some(chrono::Utc::now() - at),
-        _ => None,
-    };
-    config.metrics.observe_event(label, lag);
-    if let Err(err) = store.record(outcome, occurred_at).await {
-        tracing::debug!(error = %err, "projection counter not updated");
-    }
+        .await
+        .map(|_| ())
 }

@@ -25,6 +25,8 @@ pub struct State {
     pub consumer: Arc<ConsumerStatus>,
     pub metrics: Arc<Metrics>,
     pub min_version_wait: Duration,
+    /// What this process's consumer applied, batch by batch.
+    pub applied: tokio::sync::broadcast::Sender<crate::consumer::Applied>,
 }
 
 fn with_state(state: State) -> impl Filter<Extract = (State,), Error = Infallible> + Clone {
@@ -282,15 +284,22 @@ fn get(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + 
         )
 }
 
+/// How often a `?min_version=` waiter reads again when this process's consumer said nothing
+/// about its todo: another replica's consumer may have applied it.
+const MIN_VERSION_POLL: Duration = Duration::from_millis(100);
+
 /// Reads a todo; with `want`, waits (bounded) until the read model holds that version or a
 /// later one. Never answers an older version in that case: it says the read model is behind.
+/// The waiter reads again as soon as this process's consumer applied a batch holding its todo
+/// at that version or later, and every [`MIN_VERSION_POLL`] in case another replica did.
 async fn read_at_least(
     state: &State,
     id: i64,
     want: Option<i64>,
 ) -> Result<Option<Stored>, ApiError> {
     let deadline = Instant::now() + state.min_version_wait;
-    let mut pause = Duration::from_millis(10);
+    // Subscribed before the first read, so no batch applied after it goes unseen.
+    let mut applied = state.applied.subscribe();
     loop {
         let stored = state.store.get(id).await?;
         let Some(want) = want else { return Ok(stored) };
@@ -299,11 +308,27 @@ async fn read_at_least(
         if have.is_some_and(|h| h >= want) || matches!(stored, Some(Stored::Deleted { .. })) {
             return Ok(stored);
         }
+        let poll =
+            tokio::time::sleep_until((Instant::now() + MIN_VERSION_POLL).min(deadline).into());
+        tokio::pin!(poll);
+        loop {
+            tokio::select! {
+                batch = applied.recv() => match batch {
+                    Ok(batch) if !batch.iter().any(|&(t, v)| t == id && v >= want) => continue,
+                    // Ours, or missed batches (lagged): read again.
+                    _ => break,
+                },
+                _ = &mut poll => break,
+            }
+        }
         if Instant::now() >= deadline {
+            let stored = state.store.get(id).await?;
+            let have = stored.as_ref().map(Stored::version);
+            if have.is_some_and(|h| h >= want) || matches!(stored, Some(Stored::Deleted { .. })) {
+                return Ok(stored);
+            }
             return Err(ApiError::Behind { have, want });
         }
-        tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
-        pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
 
@@ -402,6 +427,7 @@ mod tests {
             consumer: Arc::default(),
             metrics: Arc::default(),
             min_version_wait: Duration::from_millis(100),
+            applied: tokio::sync::broadcast::channel(1).0,
         }
     }
 

@@ -74,6 +74,8 @@ impl Application {
         let (trigger, shutdown) = shutdown::channel();
         let status = Arc::new(ConsumerStatus::default());
         let metrics = Arc::new(metrics::Metrics::default());
+        // Batches applied, for `?min_version=` waiters; a waiter that falls behind re-reads.
+        let (applied, _) = tokio::sync::broadcast::channel(256);
         let consumer = tokio::spawn(consumer::run(
             self.store.clone(),
             ConsumerConfig {
@@ -84,6 +86,7 @@ impl Application {
                 prefetch: self.settings.amqp_prefetch,
                 max_attempts: self.settings.max_delivery_attempts,
                 max_backoff: Duration::from_millis(self.settings.retry_max_backoff_ms),
+                applied: applied.clone(),
             },
             status.clone(),
             shutdown.clone(),
@@ -93,6 +96,7 @@ impl Application {
             consumer: status,
             metrics,
             min_version_wait: Duration::from_millis(self.settings.min_version_wait_ms),
+            applied,
         };
         tracing::info!(addr = %self.local_addr, "query-service listening");
         let server_shutdown = shutdown.clone();

@@ -2,9 +2,10 @@
 //!
 //! - `http_requests_total{route,status}` and `http_request_duration_seconds{route,status}`
 //!   ([`events::service::metrics::HttpMetrics`], as command-service has them)
-//! - `projection_events_total{outcome="applied|skipped_duplicate|dead_lettered"}`
+//! - `projection_events_total{outcome="applied|skipped_duplicate|superseded|dead_lettered"}`
 //! - `projection_lag_seconds`: time from an event's `occurred_at` to its application (histogram)
 
+use crate::store::Outcome;
 use events::service::metrics::{render, HttpMetrics};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -12,17 +13,30 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+/// The `outcome` label's values.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum EventOutcome {
+enum EventOutcome {
     applied,
     skipped_duplicate,
+    superseded,
     dead_lettered,
 }
 
+impl From<Outcome> for EventOutcome {
+    fn from(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Applied => EventOutcome::applied,
+            Outcome::Duplicate => EventOutcome::skipped_duplicate,
+            Outcome::Superseded => EventOutcome::superseded,
+            Outcome::DeadLettered => EventOutcome::dead_lettered,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EventLabels {
-    pub outcome: EventOutcome,
+struct EventLabels {
+    outcome: EventOutcome,
 }
 
 pub struct Metrics {
@@ -59,8 +73,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn observe_event(&self, outcome: EventOutcome, lag: Option<chrono::TimeDelta>) {
-        self.events.get_or_create(&EventLabels { outcome }).inc();
+    pub fn observe_event(&self, outcome: Outcome, lag: Option<chrono::TimeDelta>) {
+        self.events
+            .get_or_create(&EventLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
         if let Some(lag) = lag {
             self.lag
                 .observe(lag.num_microseconds().unwrap_or(i64::MAX).max(0) as f64 / 1e6);

@@ -8,20 +8,23 @@
 //! changes nothing the second time. It stops at the first error, MongoDB's or
 //! command-service's, with the position it got to; running it again starts over safely.
 
-use crate::store::{Applied, Outcome, Store};
+use crate::store::{Counts, Outcome, Store};
 use anyhow::Context;
 use events::Envelope;
 use std::time::Duration;
 
 /// Events per `GET /events` page (command-service's largest).
 pub const PAGE: i64 = 1000;
+/// Events per bulk write into MongoDB.
+const BULK: usize = 200;
 
 /// What one replay did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Report {
     /// Events read from the log.
     pub read: u64,
-    /// Events the read model did not have yet.
+    /// Events the read model did not have yet (written, or folded into a newer event of the
+    /// same todo that was).
     pub applied: u64,
     /// Events the read model already had (this version or a newer one).
     pub skipped: u64,
@@ -64,21 +67,32 @@ pub async fn replay(store: &Store, command_url: &str) -> anyhow::Result<Report> 
                     event.position
                 )
             })?;
-            let outcome = match store.apply(event).await.with_context(|| {
-                format!("applying event at position {} to MongoDB", event.position)
-            })? {
-                Applied::Applied => Outcome::Applied,
-                Applied::Skipped => Outcome::Skipped,
-            };
-            match outcome {
-                Outcome::Applied => report.applied += 1,
-                _ => report.skipped += 1,
+        }
+        for chunk in page.chunks(BULK) {
+            let outcomes = store.apply_batch(chunk).await.with_context(|| {
+                format!(
+                    "applying events at positions {} to {} to MongoDB",
+                    chunk[0].position,
+                    chunk[chunk.len() - 1].position
+                )
+            })?;
+            let mut counts = Counts::default();
+            for (event, outcome) in chunk.iter().zip(outcomes) {
+                let outcome = outcome.with_context(|| {
+                    format!("applying event at position {} to MongoDB", event.position)
+                })?;
+                counts.add(outcome);
+                match outcome {
+                    Outcome::Applied | Outcome::Superseded => report.applied += 1,
+                    Outcome::Duplicate | Outcome::DeadLettered => report.skipped += 1,
+                }
             }
-            if let Err(err) = store.record(outcome, Some(event.occurred_at)).await {
-                tracing::debug!(error = %err, "projection counter not updated");
+            let newest = chunk.iter().map(|e| e.occurred_at).max();
+            if let Err(err) = store.record(counts, newest).await {
+                tracing::debug!(error = %err, "projection counters not updated");
             }
-            report.read += 1;
-            report.last_position = event.position;
+            report.read += chunk.len() as u64;
+            report.last_position = chunk[chunk.len() - 1].position;
         }
         tracing::info!(
             read = report.read,

@@ -2,7 +2,7 @@
 //!
 //! `todos` holds one document per todo, `_id` = the todo id:
 //! `{ _id, version, title, description, completed, created_at, updated_at, deleted,
-//!    deleted_at?, last_event_id, last_position, applied_events, projected_at }`.
+//!    deleted_at?, last_event_id, last_position, projected_at }`.
 //! Timestamps are stored as fixed-width RFC 3339 strings with microseconds, so they sort as
 //! text and read back exactly as the command side wrote them.
 //!
@@ -12,7 +12,12 @@
 //! duplicate or late event is recognised and skipped. A delete keeps the document as a
 //! tombstone with its version, so nothing older can bring the todo back.
 //!
-//! `projection_stats` holds one document of counters shared by every replica.
+//! [`Store::apply_batch`] applies many events in one unordered bulk `update` command: per todo
+//! only the newest event of the batch is written (each event carries the todo's full state, so
+//! the newest alone gives the same document), through the same guard.
+//!
+//! `projection_stats` holds one document of counters shared by every replica, updated once per
+//! batch.
 
 use bson::{doc, Bson, Document};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -22,6 +27,7 @@ use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, IndexModel};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::time::Duration;
 
 const STATS_ID: &str = "todos";
@@ -31,16 +37,79 @@ const DUPLICATE_KEY: i32 = 11000;
 #[derive(Clone)]
 pub struct Store {
     client: Client,
+    db: mongodb::Database,
     todos: Collection<Document>,
     stats: Collection<Document>,
 }
 
-/// What applying an event did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Applied {
+/// What the projection did with one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The read model now holds this event's version.
     Applied,
-    /// The read model already had this version or a newer one.
-    Skipped,
+    /// The read model already had this version or a newer one: skipped.
+    Duplicate,
+    /// A newer event of the same todo in the same batch was applied instead; the read model
+    /// holds the newer state, which includes this one's.
+    Superseded,
+    /// The message could never be applied; it went to the dead-letter queue.
+    DeadLettered,
+}
+
+/// Why MongoDB refused to write one event of a batch (a write error of the bulk command).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("MongoDB refused the write (code {code}): {message}")]
+pub struct Refused {
+    pub code: i32,
+    pub message: String,
+}
+
+impl From<&mongodb::error::Error> for Refused {
+    fn from(err: &mongodb::error::Error) -> Self {
+        let code = match err.kind.as_ref() {
+            ErrorKind::Command(c) => c.code,
+            ErrorKind::Write(WriteFailure::WriteError(w)) => w.code,
+            _ => -1,
+        };
+        Refused {
+            code,
+            message: err.to_string(),
+        }
+    }
+}
+
+impl Refused {
+    /// A refusal that goes away by itself (see [`is_transient`]).
+    pub fn is_transient(&self) -> bool {
+        TRANSIENT_CODES.contains(&self.code)
+    }
+}
+
+/// The outcome of each event of a batch, in the batch's order.
+pub type BatchResult = Vec<Result<Outcome, Refused>>;
+
+/// How many events of each outcome a batch had, for the shared counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub applied: i64,
+    pub duplicates: i64,
+    pub superseded: i64,
+    pub dead_lettered: i64,
+}
+
+impl Counts {
+    pub fn add(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Applied => self.applied += 1,
+            Outcome::Duplicate => self.duplicates += 1,
+            Outcome::Superseded => self.superseded += 1,
+            Outcome::DeadLettered => self.dead_lettered += 1,
+        }
+    }
+
+    pub fn total(&self) -> i64 {
+        self.applied + self.duplicates + self.superseded + self.dead_lettered
+    }
 }
 
 /// A todo as the read API serves it: the same shape the command side answers with.
@@ -117,6 +186,8 @@ pub struct Stats {
 pub struct ProjectionStats {
     pub applied: i64,
     pub skipped_duplicates: i64,
+    /// Events folded into a newer event of the same todo in the same batch.
+    pub superseded: i64,
     pub dead_lettered: i64,
     /// `occurred_at` of the newest event applied.
     pub last_event_at: Option<String>,
@@ -137,12 +208,15 @@ fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
+/// Server error codes that go away by themselves (a node restarting, stepping down, out of
+/// reach).
+const TRANSIENT_CODES: &[i32] = &[
+    6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 63, 150, 234, 133,
+];
+
 /// Whether an error is the kind that goes away by itself (the server is restarting or out of
 /// reach): retried with backoff, never a reason to dead-letter a message.
 pub fn is_transient(err: &mongodb::error::Error) -> bool {
-    const TRANSIENT_CODES: &[i32] = &[
-        6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 63, 150, 234, 133,
-    ];
     if err.contains_label("RetryableWriteError")
         || err.contains_label("TransientTransactionError")
         || err.contains_label("NetworkError")
@@ -190,6 +264,7 @@ impl Store {
         Ok(Self {
             todos: db.collection("todos"),
             stats: db.collection("projection_stats"),
+            db,
             client,
         })
     }
@@ -235,42 +310,8 @@ impl Store {
 
     /// Applies one event with the version guard described in the module header.
     #[tracing::instrument(skip_all, fields(todo_id = e.todo_id, version = e.version, event_type = %e.event_type))]
-    pub async fn apply(&self, e: &Envelope) -> mongodb::error::Result<Applied> {
-        let now = timestamp(Utc::now());
-        let mut set = doc! {
-            "version": e.version,
-            "last_event_id": e.event_id.to_string(),
-            "last_position": e.position,
-            "projected_at": &now,
-        };
-        let mut update = Document::new();
-        match (&e.event_type, &e.data) {
-            (EventType::TodoCreated | EventType::TodoUpdated, Some(data)) => {
-                set.insert("title", &data.title);
-                set.insert(
-                    "description",
-                    data.description
-                        .clone()
-                        .map(Bson::String)
-                        .unwrap_or(Bson::Null),
-                );
-                set.insert("completed", data.completed);
-                set.insert("created_at", timestamp(data.created_at));
-                set.insert("updated_at", timestamp(data.updated_at));
-                set.insert("deleted", false);
-            }
-            _ => {
-                set.insert("deleted", true);
-                set.insert("deleted_at", timestamp(e.occurred_at));
-                update.insert(
-                    "$unset",
-                    doc! { "title": "", "description": "", "completed": "" },
-                );
-            }
-        }
-        update.insert("$set", set);
-        update.insert("$inc", doc! { "applied_events": 1_i64 });
-        let filter = doc! { "_id": e.todo_id, "version": { "$lt": e.version } };
+    pub async fn apply(&self, e: &Envelope) -> mongodb::error::Result<Outcome> {
+        let (filter, update) = guarded_upsert(e);
         // A duplicate key means the document existed when the upsert tried to insert it, and
         // did not match the filter then. Once more settles why: if it now matches, another
         // consumer (a replica) inserted an older version between our filter and our insert,
@@ -283,29 +324,141 @@ impl Store {
                 .upsert(true)
         };
         match upsert().await {
-            Ok(_) => Ok(Applied::Applied),
+            Ok(_) => Ok(Outcome::Applied),
             Err(err) if is_duplicate_key(&err) => match upsert().await {
-                Ok(_) => Ok(Applied::Applied),
-                Err(err) if is_duplicate_key(&err) => Ok(Applied::Skipped),
+                Ok(_) => Ok(Outcome::Applied),
+                Err(err) if is_duplicate_key(&err) => Ok(Outcome::Duplicate),
                 Err(err) => Err(err),
             },
             Err(err) => Err(err),
         }
     }
 
-    /// Counts an outcome in the shared projection counters.
+    /// Applies a batch of events in one bulk command (see the module header). The result has
+    /// one entry per event, in order. An error is the whole command failing (nothing can be
+    /// said of any event); a [`Refused`] entry is MongoDB refusing that event's write, and
+    /// older events of the same todo in the batch share it.
+    pub async fn apply_batch(&self, events: &[Envelope]) -> mongodb::error::Result<BatchResult> {
+        // The newest event of each todo is written; the others follow its fate.
+        let mut newest: HashMap<i64, usize> = HashMap::new();
+        for (i, e) in events.iter().enumerate() {
+            let slot = newest.entry(e.todo_id).or_insert(i);
+            if e.version > events[*slot].version {
+                *slot = i;
+            }
+        }
+        let mut written: Vec<usize> = newest.into_values().collect();
+        written.sort_unstable();
+        let mut results: HashMap<usize, Result<Outcome, Refused>> = HashMap::new();
+        let mut pending = written;
+        // A duplicate key is tried once more, for the reason `apply` gives.
+        for attempt in 0..2 {
+            if pending.is_empty() {
+                break;
+            }
+            let errors = self
+                .bulk_upsert(pending.iter().map(|&i| &events[i]))
+                .await?;
+            let mut again = Vec::new();
+            for (k, &i) in pending.iter().enumerate() {
+                match errors.get(&k) {
+                    None => {
+                        results.insert(i, Ok(Outcome::Applied));
+                    }
+                    Some(r) if r.code == DUPLICATE_KEY && attempt == 0 => again.push(i),
+                    Some(r) if r.code == DUPLICATE_KEY => {
+                        results.insert(i, Ok(Outcome::Duplicate));
+                    }
+                    Some(r) => {
+                        results.insert(i, Err(r.clone()));
+                    }
+                }
+            }
+            pending = again;
+        }
+        Ok(events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                if let Some(result) = results.get(&i) {
+                    return result.clone();
+                }
+                // Not written itself: the written event of its todo decides.
+                let (j, _) = results
+                    .iter()
+                    .find(|(j, _)| events[**j].todo_id == e.todo_id)
+                    .expect("every todo of the batch has a written event");
+                match &results[j] {
+                    Ok(Outcome::Applied) if events[*j].version > e.version => {
+                        Ok(Outcome::Superseded)
+                    }
+                    Ok(_) => Ok(Outcome::Duplicate),
+                    Err(refused) => Err(refused.clone()),
+                }
+            })
+            .collect())
+    }
+
+    /// One unordered `update` command of version-guarded upserts. Returns the write errors by
+    /// the index of the event in `events`.
+    async fn bulk_upsert<'a>(
+        &self,
+        events: impl Iterator<Item = &'a Envelope>,
+    ) -> mongodb::error::Result<HashMap<usize, Refused>> {
+        let updates: Vec<Document> = events
+            .map(|e| {
+                let (q, u) = guarded_upsert(e);
+                doc! { "q": q, "u": u, "upsert": true }
+            })
+            .collect();
+        let reply = self
+            .db
+            .run_command(doc! {
+                "update": self.todos.name(),
+                "updates": updates,
+                "ordered": false,
+            })
+            .await?;
+        let mut errors = HashMap::new();
+        if let Ok(list) = reply.get_array("writeErrors") {
+            for item in list {
+                let Some(e) = item.as_document() else {
+                    continue;
+                };
+                let index = e
+                    .get("index")
+                    .and_then(|v| v.as_i32().or_else(|| v.as_i64().map(|n| n as i32)))
+                    .unwrap_or(-1);
+                let code = e
+                    .get("code")
+                    .and_then(|v| v.as_i32().or_else(|| v.as_i64().map(|n| n as i32)))
+                    .unwrap_or(-1);
+                let message = e.get_str("errmsg").unwrap_or("").to_string();
+                errors.insert(index.max(0) as usize, Refused { code, message });
+            }
+        }
+        if let Ok(wce) = reply.get_document("writeConcernError") {
+            // The writes may not be durable: the caller retries the whole batch.
+            return Err(mongodb::error::Error::custom(format!(
+                "write concern error: {wce}"
+            )));
+        }
+        Ok(errors)
+    }
+
+    /// Adds a batch's outcomes to the shared projection counters (one update).
     pub async fn record(
         &self,
-        outcome: Outcome,
-        occurred_at: Option<DateTime<Utc>>,
+        counts: Counts,
+        newest_event: Option<DateTime<Utc>>,
     ) -> mongodb::error::Result<()> {
-        let field = match outcome {
-            Outcome::Applied => "applied",
-            Outcome::Skipped => "skipped_duplicates",
-            Outcome::DeadLettered => "dead_lettered",
-        };
-        let mut update = doc! { "$inc": { field: 1_i64 } };
-        if let (Outcome::Applied, Some(at)) = (outcome, occurred_at) {
+        let mut update = doc! { "$inc": {
+            "applied": counts.applied,
+            "skipped_duplicates": counts.duplicates,
+            "superseded": counts.superseded,
+            "dead_lettered": counts.dead_lettered,
+        } };
+        if let (true, Some(at)) = (counts.applied > 0, newest_event) {
             let now = Utc::now();
             update.insert(
                 "$set",
@@ -407,6 +560,7 @@ impl Store {
             projection: ProjectionStats {
                 applied: int("applied"),
                 skipped_duplicates: int("skipped_duplicates"),
+                superseded: int("superseded"),
                 dead_lettered: int("dead_lettered"),
                 last_event_at: text("last_event_at"),
                 last_applied_at: text("last_applied_at"),
@@ -416,11 +570,43 @@ impl Store {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Applied,
-    Skipped,
-    DeadLettered,
+/// The version-guarded upsert of one event: its filter and its update.
+fn guarded_upsert(e: &Envelope) -> (Document, Document) {
+    let now = timestamp(Utc::now());
+    let mut set = doc! {
+        "version": e.version,
+        "last_event_id": e.event_id.to_string(),
+        "last_position": e.position,
+        "projected_at": &now,
+    };
+    let mut update = Document::new();
+    match (&e.event_type, &e.data) {
+        (EventType::TodoCreated | EventType::TodoUpdated, Some(data)) => {
+            set.insert("title", &data.title);
+            set.insert(
+                "description",
+                data.description
+                    .clone()
+                    .map(Bson::String)
+                    .unwrap_or(Bson::Null),
+            );
+            set.insert("completed", data.completed);
+            set.insert("created_at", timestamp(data.created_at));
+            set.insert("updated_at", timestamp(data.updated_at));
+            set.insert("deleted", false);
+        }
+        _ => {
+            set.insert("deleted", true);
+            set.insert("deleted_at", timestamp(e.occurred_at));
+            update.insert(
+                "$unset",
+                doc! { "title": "", "description": "", "completed": "" },
+            );
+        }
+    }
+    update.insert("$set", set);
+    let filter = doc! { "_id": e.todo_id, "version": { "$lt": e.version } };
+    (filter, update)
 }
 
 fn from_document(d: &Document) -> Option<Stored> {

@@ -93,6 +93,8 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         ("RELAY_MAX_BACKOFF_MS".to_string(), "1000".to_string()),
         ("RELAY_POLL_MS".to_string(), "500".to_string()),
     ];
+    // A variable given in `extra` replaces the default above.
+    vars.retain(|(k, _)| !options.extra.iter().any(|(name, _)| name == k));
     for (k, v) in options.extra {
         vars.push((k.to_string(), v));
     }

@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod commands;
+mod feed;
 mod helpers;
 mod idempotency;
 mod outage;

@@ -50,9 +50,10 @@ fn find(lines: &[Value], target_prefix: &str, message: &str, request_id: &str) -
 async fn a_request_id_is_followed_from_the_write_to_the_projection() {
     let captured = Captured::default();
     let sink = captured.clone();
+    // Each projected event is logged at debug (one info line per batch).
     query_service::telemetry::init_with_writer(
         query_service::settings::LogFormat::Json,
-        "info",
+        "info,query_service::consumer=debug",
         move || sink.clone(),
     );
     let names = Names::new();

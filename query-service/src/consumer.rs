@@ -298,6 +298,7 @@ async fn handle_batch(
     let mut to_ack: Vec<&Delivery> = Vec::with_capacity(events.len());
     let mut applied = Vec::with_capacity(events.len());
     let mut newest_event = None;
+    let mut max_todo_id = 0;
     for ((event, result), &i) in events.iter().zip(results).zip(&owner) {
         let delivery = &deliveries[i];
         let span = event_span(delivery);
@@ -320,6 +321,7 @@ async fn handle_batch(
                     newest_event = newest_event.max(Some(event.occurred_at));
                 }
                 applied.push((event.todo_id, event.version));
+                max_todo_id = max_todo_id.max(event.todo_id);
                 to_ack.push(delivery);
             }
             Err(refused) => {
@@ -345,6 +347,23 @@ async fn handle_batch(
             }
         }
     }
+    // Before the ack: lists in id order walk up to the highest todo id recorded here.
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match store.record(counts, newest_event, max_todo_id).await {
+            Ok(()) => break,
+            Err(err) if crate::store::is_transient(&err) => {
+                tracing::warn!(error = %err, "projection counters not updated; retrying");
+                if !pause(&mut backoff, config.max_backoff, shutdown).await {
+                    return Ok(());
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "projection counters not updated");
+                break;
+            }
+        }
+    }
     // Every other delivery of the batch is settled by now, and every earlier batch was: one
     // `multiple` ack on the highest tag acks exactly these.
     if let Some(last) = to_ack.iter().max_by_key(|d| d.delivery_tag) {
@@ -363,10 +382,6 @@ async fn handle_batch(
         took_ms = started.elapsed().as_millis() as u64,
         "batch projected"
     );
-    // Counters are best effort: a failure to count never holds up the queue.
-    if let Err(err) = store.record(counts, newest_event).await {
-        tracing::debug!(error = %err, "projection counters not updated");
-    }
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 use crate::consumer::ConsumerStatus;
 use crate::error::{handle_rejection, ApiError, FieldError};
 use crate::metrics::Metrics;
-use crate::store::{Cursor, ListQuery, SortKey, Store, Stored, Todo};
+use crate::store::{Cursor, ListQuery, SortKey, Store, Stored};
 use base64::Engine;
 use events::service::http::{self, request_id, Route};
 use std::collections::HashMap;
@@ -177,13 +177,8 @@ fn decode_cursor(raw: &str) -> Option<Cursor> {
     serde_json::from_slice(&bytes).ok()
 }
 
-fn next_link(q: &ListQuery, last: &Todo) -> String {
-    let v = match q.sort {
-        SortKey::Id => None,
-        SortKey::CreatedAt => Some(crate::store::timestamp(last.created_at)),
-        SortKey::UpdatedAt => Some(crate::store::timestamp(last.updated_at)),
-    };
-    let cursor = encode_cursor(&Cursor { v, id: last.id });
+fn next_link(q: &ListQuery, cursor: &Cursor) -> String {
+    let cursor = encode_cursor(cursor);
     let sort = match (q.sort, q.descending) {
         (SortKey::Id, false) => "id",
         (SortKey::Id, true) => "-id",
@@ -209,13 +204,11 @@ fn list(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> +
             |rid: String, params: HashMap<String, String>, state: State| async move {
                 answer(state.metrics.clone(), rid, "GET /todos", async move {
                     let q = list_query(&params)?;
-                    let (todos, more) = state.store.list(&q).await?;
+                    let (todos, next) = state.store.list(&q).await?;
                     let mut response = json_response(StatusCode::OK, &todos);
-                    if more {
-                        if let Some(last) = todos.last() {
-                            if let Ok(v) = HeaderValue::from_str(&next_link(&q, last)) {
-                                response.headers_mut().insert(header::LINK, v);
-                            }
+                    if let Some(cursor) = next {
+                        if let Ok(v) = HeaderValue::from_str(&next_link(&q, &cursor)) {
+                            response.headers_mut().insert(header::LINK, v);
                         }
                     }
                     Ok(response)

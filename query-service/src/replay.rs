@@ -88,9 +88,11 @@ pub async fn replay(store: &Store, command_url: &str) -> anyhow::Result<Report> 
                 }
             }
             let newest = chunk.iter().map(|e| e.occurred_at).max();
-            if let Err(err) = store.record(counts, newest).await {
-                tracing::debug!(error = %err, "projection counters not updated");
-            }
+            let max_todo_id = chunk.iter().map(|e| e.todo_id).max().unwrap_or(0);
+            store
+                .record(counts, newest, max_todo_id)
+                .await
+                .context("recording the projection counters in MongoDB")?;
             report.read += chunk.len() as u64;
             report.last_position = chunk[chunk.len() - 1].position;
         }

@@ -31,6 +31,48 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 const STATS_ID: &str = "todos";
+/// The secondary indexes of `todos`, by name: what the lists sorted by time need to walk an
+/// index in the requested order (with and without `completed`), each led by `deleted` so
+/// tombstones stay out of the walk. Lists in id order need none: they read by `_id`. The
+/// `/stats` counts use the prefixes `deleted` and `deleted, completed`. Each costs write
+/// throughput; `scripts/bench.sh` prints the store's upsert rate with each.
+pub const INDEXES: &[(&str, &[&str])] = &[
+    ("live_created_at_id", &["deleted", "created_at", "_id"]),
+    ("live_updated_at_id", &["deleted", "updated_at", "_id"]),
+    (
+        "live_completed_created_at_id",
+        &["deleted", "completed", "created_at", "_id"],
+    ),
+    (
+        "live_completed_updated_at_id",
+        &["deleted", "completed", "updated_at", "_id"],
+    ),
+];
+
+/// Index models for `indexes` (ascending keys).
+pub fn index_models(indexes: &[(&str, &[&str])]) -> Vec<IndexModel> {
+    indexes
+        .iter()
+        .map(|(name, keys)| {
+            let mut spec = Document::new();
+            for key in *keys {
+                spec.insert(*key, 1);
+            }
+            IndexModel::builder()
+                .keys(spec)
+                .options(IndexOptions::builder().name(name.to_string()).build())
+                .build()
+        })
+        .collect()
+}
+
+/// An index earlier versions created and this one drops.
+const RETIRED_INDEX: &str = "live_completed_id";
+/// MongoDB's "index not found" error.
+const INDEX_NOT_FOUND: i32 = 27;
+
+/// Most ids one page in id order reads (see [`Store::list`]).
+pub const ID_SCAN_LIMIT: usize = 2_000;
 /// MongoDB's duplicate key error.
 const DUPLICATE_KEY: i32 = 11000;
 
@@ -269,34 +311,16 @@ impl Store {
         })
     }
 
-    /// Creates the indexes the list queries use (idempotent).
+    /// Creates the indexes the list queries use (idempotent); see [`INDEXES`].
     pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
-        let index = |keys: Document, name: &str| {
-            IndexModel::builder()
-                .keys(keys)
-                .options(IndexOptions::builder().name(name.to_string()).build())
-                .build()
-        };
-        self.todos
-            .create_indexes([
-                index(
-                    doc! { "deleted": 1, "completed": 1, "_id": 1 },
-                    "live_completed_id",
-                ),
-                index(
-                    doc! { "deleted": 1, "created_at": 1, "_id": 1 },
-                    "live_created_at_id",
-                ),
-                index(
-                    doc! { "deleted": 1, "updated_at": 1, "_id": 1 },
-                    "live_updated_at_id",
-                ),
-                index(
-                    doc! { "deleted": 1, "completed": 1, "created_at": 1, "_id": 1 },
-                    "live_completed_created_at_id",
-                ),
-            ])
-            .await?;
+        self.todos.create_indexes(index_models(INDEXES)).await?;
+        // Kept by earlier versions for lists in id order, which now read by `_id`; it only
+        // cost writes. Absent on new read models.
+        if let Err(err) = self.todos.drop_index(RETIRED_INDEX).await {
+            if !matches!(err.kind.as_ref(), ErrorKind::Command(c) if c.code == INDEX_NOT_FOUND) {
+                tracing::debug!(error = %err, index = RETIRED_INDEX, "retired index not dropped");
+            }
+        }
         Ok(())
     }
 
@@ -446,12 +470,15 @@ impl Store {
         Ok(errors)
     }
 
-    /// Adds a batch's outcomes to the shared projection counters (one update).
+    /// Adds a batch's outcomes to the shared projection counters and raises the highest todo
+    /// id seen, which lists in id order walk up to (one update).
     pub async fn record(
         &self,
         counts: Counts,
         newest_event: Option<DateTime<Utc>>,
+        max_todo_id: i64,
     ) -> mongodb::error::Result<()> {
+        let mut max = doc! { "max_todo_id": max_todo_id };
         let mut update = doc! { "$inc": {
             "applied": counts.applied,
             "skipped_duplicates": counts.duplicates,
@@ -467,8 +494,9 @@ impl Store {
                     "lag_ms": (now - at).num_milliseconds(),
                 },
             );
-            update.insert("$max", doc! { "last_event_at": timestamp(at) });
+            max.insert("last_event_at", timestamp(at));
         }
+        update.insert("$max", max);
         self.stats
             .update_one(doc! { "_id": STATS_ID }, update)
             .upsert(true)
@@ -484,8 +512,11 @@ impl Store {
             .and_then(|d| from_document(&d)))
     }
 
-    /// One page of live todos and whether more follow.
-    pub async fn list(&self, q: &ListQuery) -> mongodb::error::Result<(Vec<Todo>, bool)> {
+    /// One page of live todos, and the cursor of the next page when more may follow.
+    pub async fn list(&self, q: &ListQuery) -> mongodb::error::Result<(Vec<Todo>, Option<Cursor>)> {
+        if q.sort == SortKey::Id {
+            return self.list_by_id(q).await;
+        }
         let mut filter = doc! { "deleted": false };
         if let Some(c) = q.completed {
             filter.insert("completed", c);
@@ -525,7 +556,7 @@ impl Store {
             .try_collect()
             .await?;
         let more = docs.len() as i64 > q.limit;
-        let todos = docs
+        let todos: Vec<Todo> = docs
             .iter()
             .take(q.limit as usize)
             .filter_map(from_document)
@@ -534,7 +565,128 @@ impl Store {
                 Stored::Deleted { .. } => None,
             })
             .collect();
-        Ok((todos, more))
+        let next = match todos.last() {
+            Some(last) if more => Some(Cursor {
+                v: Some(timestamp(match q.sort {
+                    SortKey::UpdatedAt => last.updated_at,
+                    _ => last.created_at,
+                })),
+                id: last.id,
+            }),
+            _ => None,
+        };
+        Ok((todos, next))
+    }
+
+    /// A page in id order, read by id: todo ids are PostgreSQL's dense identity, so the next
+    /// page is among the next ids. Each round reads a window of ids with one `_id: {$in: …}`
+    /// lookup (a point read per id on any store, and in `_id` order without a sort), and
+    /// filters out tombstones and other `completed` values. Windows start at `limit + 1` ids
+    /// and double while they come back short, up to [`ID_SCAN_LIMIT`] ids per page; a page
+    /// that stopped there may be short (even empty) and still have a next link.
+    async fn list_by_id(
+        &self,
+        q: &ListQuery,
+    ) -> mongodb::error::Result<(Vec<Todo>, Option<Cursor>)> {
+        let limit = q.limit as usize;
+        let desc = q.descending;
+        // Ids lie in 1..=max; `max` is read only when a walk must know where the ids end.
+        let mut max: Option<i64> = None;
+        let mut position = match (&q.after, desc) {
+            (Some(c), _) => c.id,
+            (None, false) => 0,
+            (None, true) => *max.insert(self.max_todo_id().await?) + 1,
+        };
+        let mut found: Vec<Todo> = Vec::with_capacity(limit + 1);
+        let mut window = limit as i64 + 1;
+        let mut scanned = 0;
+        let exhausted = loop {
+            let ids: Vec<i64> = if desc {
+                ((position - window).max(1)..position).rev().collect()
+            } else {
+                (position + 1..=position.saturating_add(window)).collect()
+            };
+            let Some(&last) = ids.last() else {
+                break true;
+            };
+            scanned += ids.len();
+            let docs: Vec<Document> = self
+                .todos
+                .find(doc! { "_id": { "$in": &ids } })
+                .sort(doc! { "_id": if desc { -1 } else { 1 } })
+                .await?
+                .try_collect()
+                .await?;
+            for stored in docs.iter().filter_map(from_document) {
+                if let Stored::Live(t) = stored {
+                    if q.completed.is_none_or(|c| c == t.completed) && found.len() <= limit {
+                        found.push(t);
+                    }
+                }
+            }
+            position = last;
+            if found.len() > limit {
+                break false;
+            }
+            let beyond = if desc {
+                position > 1
+            } else {
+                let max = match max {
+                    Some(m) => m,
+                    None => *max.insert(self.max_todo_id().await?),
+                };
+                position < max
+            };
+            if !beyond {
+                break true;
+            }
+            if scanned >= ID_SCAN_LIMIT {
+                break false;
+            }
+            window = (window * 2).min((ID_SCAN_LIMIT - scanned) as i64);
+        };
+        let next = if found.len() > limit {
+            found.truncate(limit);
+            found.last().map(|t| Cursor { v: None, id: t.id })
+        } else if exhausted {
+            None
+        } else {
+            Some(Cursor {
+                v: None,
+                id: position,
+            })
+        };
+        Ok((found, next))
+    }
+
+    /// The highest todo id the read model has seen (0 for none). A read model projected before
+    /// this figure was kept gets it once from the collection itself.
+    pub async fn max_todo_id(&self) -> mongodb::error::Result<i64> {
+        let kept = self
+            .stats
+            .find_one(doc! { "_id": STATS_ID })
+            .projection(doc! { "max_todo_id": 1 })
+            .await?
+            .and_then(|d| d.get("max_todo_id").and_then(Bson::as_i64));
+        if let Some(max) = kept {
+            return Ok(max);
+        }
+        let newest = self
+            .todos
+            .find_one(doc! {})
+            .sort(doc! { "_id": -1 })
+            .projection(doc! { "_id": 1 })
+            .await?
+            .and_then(|d| d.get_i64("_id").ok())
+            .unwrap_or(0);
+        self.stats
+            .update_one(
+                doc! { "_id": STATS_ID },
+                doc! { "$max": { "max_todo_id": newest } },
+            )
+            .upsert(true)
+            .await?;
+        Ok(newest)
     }
 
     pub async fn stats(&self) -> mongodb::error::Result<Stats> {

@@ -91,6 +91,54 @@ async fn lists_filter_sort_and_paginate_with_link_headers() {
     names.cleanup().await;
 }
 
+fn deleted(todo_id: i64) -> Envelope {
+    let mut e = created(todo_id, false);
+    e.event_id = uuid::Uuid::new_v4();
+    e.event_type = EventType::TodoDeleted;
+    e.version = 2;
+    e.data = None;
+    e
+}
+
+#[tokio::test]
+async fn lists_in_id_order_skip_deleted_todos_and_page_past_long_gaps() {
+    let names = Names::new();
+    let query = spawn_query(&names).await;
+    let publisher = publisher(&names.exchange).await;
+    for id in 1..=60 {
+        publisher.publish(&created(id, id % 7 == 0)).await;
+    }
+    // A run of 40 deleted todos: longer than several windows of a small page.
+    for id in 11..=50 {
+        publisher.publish(&deleted(id)).await;
+    }
+    let client = reqwest::Client::new();
+    eventually(
+        Duration::from_secs(20),
+        "all 100 events projected",
+        || async {
+            let s: Value = get_json(&client, &query.url("/stats")).await;
+            s["total"] == 20 && s["projection"]["applied"].as_i64().unwrap_or(0) > 0
+        },
+    )
+    .await;
+    let live: Vec<i64> = (1..=10).chain(51..=60).collect();
+
+    let (ids, pages) = walk(&client, &query, "/todos?limit=4").await;
+    assert_eq!(ids, live);
+    assert_eq!(pages, 5, "full pages; the last one knows nothing follows");
+    let (ids, _) = walk(&client, &query, "/todos?limit=4&sort=-id").await;
+    assert_eq!(ids, live.iter().rev().copied().collect::<Vec<i64>>());
+    let (ids, _) = walk(&client, &query, "/todos?completed=true&limit=2").await;
+    assert_eq!(ids, vec![7, 56]);
+    let (ids, _) = walk(&client, &query, "/todos?completed=true&limit=2&sort=-id").await;
+    assert_eq!(ids, vec![56, 7]);
+    let (ids, pages) = walk(&client, &query, "/todos?limit=200").await;
+    assert_eq!((ids, pages), (live, 1));
+    query.stop().await;
+    names.cleanup().await;
+}
+
 #[tokio::test]
 async fn bad_reads_get_problem_json() {
     let names = Names::new();

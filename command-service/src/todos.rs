@@ -190,8 +190,8 @@ async fn stored_response(
 }
 
 /// Inserts the todo and its `TodoCreated` in one statement: one round trip, and on its own an
-/// implicit transaction.
-const CREATE: &str = "\
+/// implicit transaction. `scripts/bench.sh` runs this very statement under pgbench.
+pub const CREATE: &str = "\
 WITH todo AS ( \
   INSERT INTO todos (title, description, completed, version, created_at, updated_at) \
   VALUES ($1, $2, $3, 1, $4, $4) \

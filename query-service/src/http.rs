@@ -27,6 +27,53 @@ pub struct State {
     pub min_version_wait: Duration,
     /// What this process's consumer applied, batch by batch.
     pub applied: tokio::sync::broadcast::Sender<crate::consumer::Applied>,
+    /// `/stats` counts, recomputed at most every [`COUNTS_MAX_AGE`].
+    pub counts: CountsCache,
+}
+
+/// How old the counts `/stats` answers may be. Counting reads every live todo's index entry,
+/// so a client polling `/stats` must not make the store count at its own pace.
+pub const COUNTS_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// When counts were taken, and the counts of live and of completed todos.
+type Counted = (Instant, (u64, u64));
+
+/// The last counts of live and completed todos, and when they were taken. One request
+/// recounts at a time; the others meanwhile answer what was last counted.
+#[derive(Clone, Default)]
+pub struct CountsCache {
+    last: Arc<std::sync::Mutex<Option<Counted>>>,
+    recount: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl CountsCache {
+    fn last(&self) -> Option<Counted> {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn get(&self, store: &Store) -> Result<(u64, u64), ApiError> {
+        loop {
+            let last = self.last();
+            if let Some((at, counts)) = last {
+                if at.elapsed() < COUNTS_MAX_AGE {
+                    return Ok(counts);
+                }
+            }
+            match self.recount.try_lock() {
+                Ok(_recounting) => {
+                    let counts = store.counts().await?;
+                    *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some((Instant::now(), counts));
+                    return Ok(counts);
+                }
+                // Another request is recounting: its last counts will do.
+                Err(_) => match last {
+                    Some((_, counts)) => return Ok(counts),
+                    None => drop(self.recount.lock().await),
+                },
+            }
+        }
+    }
 }
 
 fn with_state(state: State) -> impl Filter<Extract = (State,), Error = Infallible> + Clone {
@@ -165,7 +212,8 @@ pub fn list_query(params: &HashMap<String, String>) -> Result<ListQuery, ApiErro
     }
 }
 
-fn encode_cursor(c: &Cursor) -> String {
+/// The `cursor` parameter of a next link.
+pub fn encode_cursor(c: &Cursor) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(serde_json::to_vec(c).unwrap_or_default())
 }
@@ -332,7 +380,14 @@ fn stats(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> 
         .and(with_state(state))
         .and_then(|rid: String, state: State| async move {
             answer(state.metrics.clone(), rid, "GET /stats", async move {
-                let stats = state.store.stats().await?;
+                let projection = state.store.projection_stats().await?;
+                let (total, completed) = state.counts.get(&state.store).await?;
+                let stats = crate::store::Stats {
+                    total,
+                    completed,
+                    pending: total.saturating_sub(completed),
+                    projection,
+                };
                 Ok(json_response(StatusCode::OK, &stats))
             })
             .await
@@ -421,6 +476,7 @@ mod tests {
             metrics: Arc::default(),
             min_version_wait: Duration::from_millis(100),
             applied: tokio::sync::broadcast::channel(1).0,
+            counts: CountsCache::default(),
         }
     }
 

@@ -97,6 +97,7 @@ impl Application {
             metrics,
             min_version_wait: Duration::from_millis(self.settings.min_version_wait_ms),
             applied,
+            counts: http::CountsCache::default(),
         };
         tracing::info!(addr = %self.local_addr, "query-service listening");
         let server_shutdown = shutdown.clone();

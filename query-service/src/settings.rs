@@ -66,7 +66,7 @@ fn default_queue() -> String {
     events::QUERY_QUEUE.into()
 }
 fn default_prefetch() -> u16 {
-    32
+    100
 }
 fn default_max_attempts() -> u32 {
     5

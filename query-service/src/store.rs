@@ -429,19 +429,9 @@ impl Store {
         &self,
         events: impl Iterator<Item = &'a Envelope>,
     ) -> mongodb::error::Result<HashMap<usize, Refused>> {
-        let updates: Vec<Document> = events
-            .map(|e| {
-                let (q, u) = guarded_upsert(e);
-                doc! { "q": q, "u": u, "upsert": true }
-            })
-            .collect();
         let reply = self
             .db
-            .run_command(doc! {
-                "update": self.todos.name(),
-                "updates": updates,
-                "ordered": false,
-            })
+            .run_command(bulk_upsert_command(self.todos.name(), events))
             .await?;
         let mut errors = HashMap::new();
         if let Ok(list) = reply.get_array("writeErrors") {
@@ -689,7 +679,9 @@ impl Store {
         Ok(newest)
     }
 
-    pub async fn stats(&self) -> mongodb::error::Result<Stats> {
+    /// How many live todos there are, and how many of them are completed. Counting reads
+    /// every live todo's index entry (every document, on a store that scans): callers cache it.
+    pub async fn counts(&self) -> mongodb::error::Result<(u64, u64)> {
         let total = self
             .todos
             .count_documents(doc! { "deleted": false })
@@ -698,6 +690,11 @@ impl Store {
             .todos
             .count_documents(doc! { "deleted": false, "completed": true })
             .await?;
+        Ok((total, completed))
+    }
+
+    /// The shared projection counters (one point read).
+    pub async fn projection_stats(&self) -> mongodb::error::Result<ProjectionStats> {
         let p = self
             .stats
             .find_one(doc! { "_id": STATS_ID })
@@ -705,21 +702,32 @@ impl Store {
             .unwrap_or_default();
         let int = |k: &str| p.get(k).and_then(Bson::as_i64).unwrap_or(0);
         let text = |k: &str| p.get_str(k).ok().map(str::to_string);
-        Ok(Stats {
-            total,
-            completed,
-            pending: total.saturating_sub(completed),
-            projection: ProjectionStats {
-                applied: int("applied"),
-                skipped_duplicates: int("skipped_duplicates"),
-                superseded: int("superseded"),
-                dead_lettered: int("dead_lettered"),
-                last_event_at: text("last_event_at"),
-                last_applied_at: text("last_applied_at"),
-                lag_ms: p.get("lag_ms").and_then(Bson::as_i64),
-            },
+        Ok(ProjectionStats {
+            applied: int("applied"),
+            skipped_duplicates: int("skipped_duplicates"),
+            superseded: int("superseded"),
+            dead_lettered: int("dead_lettered"),
+            last_event_at: text("last_event_at"),
+            last_applied_at: text("last_applied_at"),
+            lag_ms: p.get("lag_ms").and_then(Bson::as_i64),
         })
     }
+}
+
+/// The unordered bulk `update` command of the version-guarded upserts of `events` (what
+/// [`Store::apply_batch`] sends; `scripts/bench.sh` sends it straight to the store for the
+/// store's own rate).
+pub fn bulk_upsert_command<'a>(
+    collection: &str,
+    events: impl Iterator<Item = &'a Envelope>,
+) -> Document {
+    let updates: Vec<Document> = events
+        .map(|e| {
+            let (q, u) = guarded_upsert(e);
+            doc! { "q": q, "u": u, "upsert": true }
+        })
+        .collect();
+    doc! { "update": collection, "updates": updates, "ordered": false }
 }
 
 /// The version-guarded upsert of one event: its filter and its update.

@@ -1,0 +1,276 @@
+//! Load on the running services: wrk for closed loops, an open-loop generator of its own, and
+//! the small HTTP helpers the phases wait with.
+
+use crate::Config;
+use anyhow::{bail, Context};
+use serde_json::Value;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A closed loop's figures (latencies in seconds).
+pub struct Wrk {
+    pub rate: f64,
+    pub p99: f64,
+    pub errors: u64,
+}
+
+pub fn ms(seconds: f64) -> String {
+    format!("{:.1} ms", seconds * 1000.0)
+}
+
+fn seconds(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (value, unit) = text.split_at(split);
+    let value: f64 = value.parse().ok()?;
+    Some(match unit {
+        "us" => value / 1e6,
+        "ms" => value / 1e3,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return None,
+    })
+}
+
+async fn wrk(config: &Config, url: &str, clients: u32, script: &str) -> anyhow::Result<Wrk> {
+    let lua = config
+        .work
+        .join(format!("wrk-{}.lua", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&lua, script)?;
+    let threads = clients.clamp(1, 2);
+    let mut command = Command::new("wrk");
+    command.args([
+        format!("-t{threads}"),
+        format!("-c{clients}"),
+        format!("-d{}s", config.seconds),
+        "--latency".into(),
+        "-s".into(),
+        lua.display().to_string(),
+        url.into(),
+    ]);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await?
+        .context("running wrk (scripts/bench.sh installs it)")?;
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    if !output.status.success() {
+        bail!(
+            "wrk failed: {text} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let field = |prefix: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .map(|l| l.trim_start()[prefix.len()..].trim().to_string())
+    };
+    let rate = field("Requests/sec:")
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no rate in wrk's output: {text}"))?;
+    let p99 = field("99%").and_then(|v| seconds(&v)).unwrap_or(f64::NAN);
+    let mut errors = field("Non-2xx or 3xx responses:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if let Some(socket) = field("Socket errors:") {
+        errors += socket
+            .split(',')
+            .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Ok(Wrk { rate, p99, errors })
+}
+
+/// `POST /todos` with a small JSON body, as fast as `clients` connections go.
+pub async fn wrk_post(config: &Config, base: &str, clients: u32) -> anyhow::Result<Wrk> {
+    let script = r#"
+wrk.method = "POST"
+wrk.body = '{"title":"bench todo","description":"written by scripts/bench.sh"}'
+wrk.headers["Content-Type"] = "application/json"
+"#;
+    wrk(config, &format!("{base}/todos"), clients, script).await
+}
+
+/// `GET /todos/{id}` for random ids among the first `max_id`, 16 connections.
+pub async fn wrk_get_by_id(config: &Config, base: &str, max_id: i64) -> anyhow::Result<Wrk> {
+    let script = format!(
+        r#"
+math.randomseed(os.time())
+request = function()
+  return wrk.format("GET", "/todos/" .. math.random(1, {max_id}))
+end
+"#
+    );
+    wrk(config, &format!("{base}/todos"), 16, &script).await
+}
+
+/// `GET path`, as fast as `clients` connections go.
+pub async fn wrk_get(config: &Config, base: &str, path: &str, clients: u32) -> anyhow::Result<Wrk> {
+    wrk(config, &format!("{base}{path}"), clients, "").await
+}
+
+async fn get_json(client: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
+    Ok(client.get(url).send().await?.json().await?)
+}
+
+/// Creates `n` todos over `concurrency` connections.
+pub async fn create_todos(base: &str, n: usize, concurrency: usize) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, next, url) = (client.clone(), next.clone(), format!("{base}/todos"));
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                let r = client
+                    .post(&url)
+                    .json(&serde_json::json!({"title": "bench burst"}))
+                    .send()
+                    .await?;
+                if r.status() != 201 {
+                    bail!("POST /todos answered {}", r.status());
+                }
+            }
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+/// Waits until command-service's relay published everything.
+pub async fn wait_for_outbox(base: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let ready = get_json(&client, &format!("{base}/ready")).await?;
+        if ready["checks"]["outbox_backlog"] == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("outbox not drained within 600 s: {ready}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Events query-service settled so far (every outcome), from its in-memory metrics, so that
+/// watching the projection costs the store nothing.
+pub async fn settled(base: &str) -> anyhow::Result<i64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("projection_events_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as i64)
+}
+
+pub async fn wait_for_settled(base: &str, n: i64, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let done = settled(base).await?;
+        if done >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("query-service settled {done} of {n} events within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An open loop's figures (seconds).
+pub struct Open {
+    pub sent_rate: f64,
+    pub post_p99: f64,
+    pub readable_p50: f64,
+    pub readable_p99: f64,
+    pub readable_max: f64,
+    pub failed: usize,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let k = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[k.min(sorted.len() - 1)]
+}
+
+/// Sends `per_second` writes a second for `duration`, each at its scheduled time whatever the
+/// earlier ones are doing. A write's latency counts from when it was due; once it answered,
+/// `GET /todos/{id}?min_version=<its version>` times when the read side has it. The largest
+/// of those times is the most the read model was behind a write.
+pub async fn open_loop(
+    command: &str,
+    query: &str,
+    per_second: u32,
+    duration: Duration,
+) -> anyhow::Result<Open> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .timeout(Duration::from_secs(15))
+        .build()?;
+    let total = (per_second as f64 * duration.as_secs_f64()) as usize;
+    let interval = Duration::from_secs_f64(1.0 / per_second as f64);
+    let started = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        let due = started + interval * i as u32;
+        tokio::time::sleep_until(due).await;
+        let (client, command, query) = (client.clone(), command.to_string(), query.to_string());
+        tasks.push(tokio::spawn(async move {
+            let response = client
+                .post(format!("{command}/todos"))
+                .json(&serde_json::json!({"title": "open loop"}))
+                .send()
+                .await
+                .ok()?;
+            let answered = tokio::time::Instant::now();
+            if response.status() != 201 {
+                return None;
+            }
+            let todo: Value = response.json().await.ok()?;
+            let (id, version) = (todo["id"].as_i64()?, todo["version"].as_i64()?);
+            let read = client
+                .get(format!("{query}/todos/{id}?min_version={version}"))
+                .send()
+                .await
+                .ok()?;
+            let readable = tokio::time::Instant::now();
+            (read.status() == 200).then(|| {
+                (
+                    (answered - due).as_secs_f64(),
+                    (readable - answered).as_secs_f64(),
+                )
+            })
+        }));
+    }
+    let sent = started.elapsed().as_secs_f64();
+    let mut posts = Vec::with_capacity(total);
+    let mut readable = Vec::with_capacity(total);
+    let mut failed = 0;
+    for t in tasks {
+        match t.await? {
+            Some((p, r)) => {
+                posts.push(p);
+                readable.push(r);
+            }
+            None => failed += 1,
+        }
+    }
+    posts.sort_by(f64::total_cmp);
+    readable.sort_by(f64::total_cmp);
+    Ok(Open {
+        sent_rate: total as f64 / sent,
+        post_p99: percentile(&posts, 99.0),
+        readable_p50: percentile(&readable, 50.0),
+        readable_p99: percentile(&readable, 99.0),
+        readable_max: readable.last().copied().unwrap_or(f64::NAN),
+        failed,
+    })
+}

@@ -1,0 +1,483 @@
+//! `scripts/bench.sh`: the pair measured against the limits of its own stores, in one run on
+//! one machine, printed as one table of figures, limits and their ratios.
+//!
+//! Every figure is taken beside the limit it is compared with, in the same run, because a
+//! shared machine's absolute numbers say little on their own:
+//!
+//! - writes: pgbench running command-service's own write statement (`todos::CREATE`) vs
+//!   `POST /todos` under wrk, at 1 and 16 connections, with command-service alone and then
+//!   with query-service running;
+//! - projection: the store's rate for the projection's own bulk command (same indexes, same
+//!   bulk size) vs the rate query-service drains a queued burst at; and the store's rate with
+//!   each secondary index alone, to show what each costs;
+//! - reads: the store's find-by-id rate vs `GET /todos/{id}` at 16 connections; a list page at
+//!   1,000 and 20,000 todos vs the store's rate for the query that returns its documents, and
+//!   the store's `explain` of it;
+//! - open loop: writes sent at a fixed rate whatever the answers do (so slow answers show as
+//!   latency, not as a lower rate), each followed by `GET /todos/{id}?min_version=` to time
+//!   when the read side has it.
+//!
+//! Each phase also prints where the CPU went (PostgreSQL, RabbitMQ, MongoDB, the services, the
+//! load generator). It asserts nothing about speed.
+//!
+//! Everything it creates is its own: PostgreSQL databases `bench_*`, MongoDB databases
+//! `bench_*`, RabbitMQ exchange and queues `bench.*` (removed at the end), services on ports
+//! `BENCH_PORT` (5201) and up.
+
+mod cpu;
+mod load;
+mod stores;
+
+use anyhow::{bail, Context};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What the run measures, from the environment (all optional).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `BENCH_SECONDS`: length of each closed-loop measurement (default 10).
+    pub seconds: u64,
+    /// `BENCH_OPEN_SECONDS`: length of each open-loop rate (default 30).
+    pub open_seconds: u64,
+    /// `BENCH_RATES`: open-loop write rates per second (default `100,200,400`).
+    pub rates: Vec<u32>,
+    /// `BENCH_BURST`: events queued before the projection's drain is timed (default 10000).
+    pub burst: usize,
+    /// `BENCH_PORT`: first of three ports for the services (default 5201).
+    pub port: u16,
+    pub admin_database_url: String,
+    pub amqp_url: String,
+    pub mongodb_uri: String,
+    /// Where logs and generated scripts go.
+    pub work: PathBuf,
+    pub run: String,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{name}={v} does not parse")),
+        Err(_) => Ok(default),
+    }
+}
+
+impl Config {
+    fn from_env() -> anyhow::Result<Self> {
+        let root = std::env::current_dir()?;
+        let run = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
+        let rates = std::env::var("BENCH_RATES").unwrap_or_else(|_| "100,200,400".into());
+        Ok(Self {
+            seconds: env_or("BENCH_SECONDS", 10)?,
+            open_seconds: env_or("BENCH_OPEN_SECONDS", 30)?,
+            rates: rates
+                .split(',')
+                .map(|r| r.trim().parse::<u32>())
+                .collect::<Result<_, _>>()
+                .context("BENCH_RATES")?,
+            burst: env_or("BENCH_BURST", 10_000)?,
+            port: env_or("BENCH_PORT", 5201)?,
+            admin_database_url: std::env::var("TEST_ADMIN_DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into()),
+            amqp_url: std::env::var("AMQP_URL")
+                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            mongodb_uri: std::env::var("MONGODB_URI")
+                .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?maxIdleTimeMS=60000".into()),
+            work: root.join("target").join("bench").join(&run),
+            run,
+        })
+    }
+
+    fn database_url(&self, name: &str) -> String {
+        let base = &self.admin_database_url;
+        let cut = base.rfind('/').unwrap_or(base.len());
+        format!("{}/{name}", &base[..cut])
+    }
+
+    fn exchange(&self) -> String {
+        format!("bench.{}", self.run)
+    }
+
+    fn queue(&self) -> String {
+        format!("bench.{}.projection", self.run)
+    }
+}
+
+/// One line of the result table.
+pub struct Row {
+    pub what: String,
+    pub figure: String,
+    pub limit: String,
+    pub ratio: Option<f64>,
+}
+
+pub struct Report {
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+impl Report {
+    fn row(&mut self, what: impl Into<String>, figure: String, limit: String, ratio: Option<f64>) {
+        let row = Row {
+            what: what.into(),
+            figure,
+            limit,
+            ratio,
+        };
+        eprintln!(
+            "[bench] {:<44} {:<34} {:<30} {}",
+            row.what,
+            row.figure,
+            row.limit,
+            row.ratio.map(|r| format!("{r:.2}x")).unwrap_or_default()
+        );
+        self.rows.push(row);
+    }
+
+    fn note(&mut self, note: impl Into<String>) {
+        let note = note.into();
+        eprintln!("[bench] {note}");
+        self.notes.push(note);
+    }
+
+    fn print(&self) {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "\n| measured | figure | limit (same run) | ratio |\n|---|---|---|---|"
+        );
+        for r in &self.rows {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                r.what,
+                r.figure,
+                r.limit,
+                r.ratio.map(|x| format!("{x:.2}x")).unwrap_or_default()
+            );
+        }
+        for n in &self.notes {
+            let _ = writeln!(out, "\n{n}");
+        }
+        println!("{out}");
+    }
+}
+
+/// A service started from its release binary, stopped with SIGTERM.
+struct Service {
+    name: &'static str,
+    child: Child,
+    pub base: String,
+}
+
+impl Service {
+    async fn start(
+        config: &Config,
+        name: &'static str,
+        port: u16,
+        vars: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        let binary = Path::new("target/release").join(name);
+        if !binary.exists() {
+            bail!(
+                "{} is missing: build with cargo build --release",
+                binary.display()
+            );
+        }
+        let log = std::fs::File::create(config.work.join(format!("{name}-{port}.log")))?;
+        let mut command = Command::new(&binary);
+        command
+            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("AMQP_URL", &config.amqp_url)
+            .env("AMQP_EXCHANGE", config.exchange())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log));
+        for (k, v) in vars {
+            command.env(k, v);
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let service = Self {
+            name,
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = client.get(format!("{}/ready", service.base)).send().await {
+                if r.status().is_success() {
+                    return Ok(service);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("{name} on port {port} not ready within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    eprintln!("[bench] {} exited with {status}", self.name);
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.child.kill()?;
+                bail!("{} did not stop within 30 s of SIGTERM", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn ratio(figure: f64, limit: f64) -> Option<f64> {
+    (limit > 0.0).then(|| figure / limit)
+}
+
+fn rate(x: f64) -> String {
+    format!("{x:.0}/s")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::from_env()?;
+    std::fs::create_dir_all(&config.work)?;
+    eprintln!(
+        "[bench] run {} (logs in {}); {} s per closed loop, {} s per open-loop rate",
+        config.run,
+        config.work.display(),
+        config.seconds,
+        config.open_seconds
+    );
+    let mut report = Report {
+        rows: Vec::new(),
+        notes: Vec::new(),
+    };
+    let result = run(&config, &mut report).await;
+    let cleanup = stores::cleanup(&config).await;
+    report.print();
+    if let Err(err) = &cleanup {
+        eprintln!("[bench] cleanup: {err:#}");
+    }
+    result
+}
+
+async fn run(config: &Config, report: &mut Report) -> anyhow::Result<()> {
+    report.note(format!(
+        "Machine: {} cores, {}; PostgreSQL {}, MongoDB-wire server: {}.",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu::model(),
+        stores::postgres_version(config).await.unwrap_or_default(),
+        stores::mongo_server(config).await.unwrap_or_default(),
+    ));
+
+    // ------------------------------------------------------------------ writes, alone
+    let pg_db = format!("bench_pg_{}", config.run);
+    let cs_db = format!("bench_{}", config.run);
+    stores::create_database(config, &pg_db).await?;
+    stores::create_database(config, &cs_db).await?;
+    stores::migrate(&config.database_url(&pg_db)).await?;
+    // The projection's queue exists before the first write, so every event is routed and a
+    // burst builds up for the drain below.
+    stores::declare_queue(config).await?;
+    let pgbench_script = stores::pgbench_script(config)?;
+    let mut pgbench = Vec::new();
+    for clients in [1u32, 16] {
+        let cpu = cpu::Sampler::start();
+        let tps = stores::pgbench(config, &pg_db, &pgbench_script, clients).await?;
+        eprintln!(
+            "[bench] pgbench c={clients}: {tps:.0} tps; cpu {}",
+            cpu.stop()
+        );
+        pgbench.push((clients, tps));
+    }
+
+    let mongo_db = format!("bench_{}", config.run);
+    let command_vars = vec![
+        ("DATABASE_URL", config.database_url(&cs_db)),
+        ("DATABASE_POOL_SIZE", "16".to_string()),
+        ("RUST_LOG", "warn".to_string()),
+    ];
+    let command = Service::start(config, "command-service", config.port, &command_vars).await?;
+    for &(clients, tps) in &pgbench {
+        let cpu = cpu::Sampler::start();
+        let w = load::wrk_post(config, &command.base, clients).await?;
+        report.row(
+            format!("POST /todos, {clients} connection(s), command-service alone"),
+            format!("{} (p99 {})", rate(w.rate), load::ms(w.p99)),
+            format!("pgbench c={clients}: {}", rate(tps)),
+            ratio(w.rate, tps),
+        );
+        eprintln!("[bench]   cpu: {}", cpu.stop());
+        if w.errors > 0 {
+            report.note(format!(
+                "POST c={clients}: {} answers were not 2xx",
+                w.errors
+            ));
+        }
+    }
+    // Make sure the burst is at least BENCH_BURST events, then let the relay publish it.
+    let queued = stores::queue_depth(config).await?;
+    if queued < config.burst {
+        load::create_todos(&command.base, config.burst - queued, 16).await?;
+    }
+    load::wait_for_outbox(&command.base).await?;
+    let burst = stores::queue_depth(config).await?;
+
+    // ------------------------------------------------------------------ projection
+    let (bulk, bulk_rate) = stores::store_bulk_rate(config, burst).await?;
+    let query_vars = vec![
+        ("MONGODB_URI", config.mongodb_uri.clone()),
+        ("MONGODB_DB", mongo_db.clone()),
+        ("AMQP_QUEUE", config.queue()),
+        ("AMQP_PREFETCH", bulk.to_string()),
+        ("RUST_LOG", "warn".to_string()),
+    ];
+    let cpu = cpu::Sampler::start();
+    let query = Service::start(config, "query-service", config.port + 1, &query_vars).await?;
+    let started = Instant::now();
+    load::wait_for_settled(&query.base, burst as i64, Duration::from_secs(600)).await?;
+    let drain = burst as f64 / started.elapsed().as_secs_f64();
+    eprintln!("[bench]   cpu: {}", cpu.stop());
+    report.row(
+        format!("projection drains a queued burst of {burst} events"),
+        format!("{} (bulks of up to {bulk})", rate(drain)),
+        format!("store bulk upserts: {}", rate(bulk_rate)),
+        ratio(drain, bulk_rate),
+    );
+    for (indexes, upserts) in stores::index_costs(config, bulk).await? {
+        report.row(
+            format!("store bulk upserts, indexes: {indexes}"),
+            rate(upserts),
+            String::new(),
+            None,
+        );
+    }
+
+    // ------------------------------------------------------------------ writes, pair running
+    for &(clients, tps) in &pgbench {
+        let w = load::wrk_post(config, &command.base, clients).await?;
+        report.row(
+            format!("POST /todos, {clients} connection(s), query-service running"),
+            format!("{} (p99 {})", rate(w.rate), load::ms(w.p99)),
+            format!("pgbench c={clients}: {}", rate(tps)),
+            ratio(w.rate, tps),
+        );
+    }
+    load::wait_for_outbox(&command.base).await?;
+    let (events, _) = stores::log_size(config, &cs_db).await?;
+    load::wait_for_settled(&query.base, events, Duration::from_secs(600)).await?;
+
+    // ------------------------------------------------------------------ open loop
+    for &per_second in &config.rates {
+        let cpu = cpu::Sampler::start();
+        let o = load::open_loop(
+            &command.base,
+            &query.base,
+            per_second,
+            Duration::from_secs(config.open_seconds),
+        )
+        .await?;
+        eprintln!("[bench]   cpu: {}", cpu.stop());
+        report.row(
+            format!(
+                "open loop {per_second} writes/s for {} s",
+                config.open_seconds
+            ),
+            format!(
+                "sent {:.0}/s, POST p99 {}, {} failed",
+                o.sent_rate,
+                load::ms(o.post_p99),
+                o.failed
+            ),
+            String::new(),
+            None,
+        );
+        report.row(
+            format!("  write-to-readable at {per_second}/s"),
+            format!(
+                "p50 {} p99 {} max (largest lag) {}",
+                load::ms(o.readable_p50),
+                load::ms(o.readable_p99),
+                load::ms(o.readable_max)
+            ),
+            String::new(),
+            None,
+        );
+    }
+
+    // ------------------------------------------------------------------ reads
+    let (_, max_id) = stores::log_size(config, &cs_db).await?;
+    let finds = stores::find_by_id_rate(config, &mongo_db, max_id, 16).await?;
+    let w = load::wrk_get_by_id(config, &query.base, max_id).await?;
+    report.row(
+        format!("GET /todos/{{id}}, 16 connections, {max_id} todos"),
+        format!("{} (p99 {})", rate(w.rate), load::ms(w.p99)),
+        format!("store find by _id: {}", rate(finds)),
+        ratio(w.rate, finds),
+    );
+    command.stop().await?;
+    query.stop().await?;
+
+    // ------------------------------------------------------------------ list pages
+    let list_db = format!("bench_list_{}", config.run);
+    let list_vars = vec![
+        ("MONGODB_URI", config.mongodb_uri.clone()),
+        ("MONGODB_DB", list_db.clone()),
+        ("AMQP_QUEUE", format!("{}.lists", config.queue())),
+        ("RUST_LOG", "warn".to_string()),
+    ];
+    let lists = Service::start(config, "query-service", config.port + 2, &list_vars).await?;
+    let mut have = 0;
+    for size in [1_000usize, 20_000] {
+        stores::fill_read_model(config, &list_db, have, size).await?;
+        have = size;
+        let middle = (size / 2) as i64;
+        let path = format!(
+            "/todos?limit=50&cursor={}",
+            query_service::http::encode_cursor(&query_service::store::Cursor {
+                v: None,
+                id: middle
+            })
+        );
+        let store = stores::page_rate(config, &list_db, middle, 50, 4).await?;
+        let w = load::wrk_get(config, &lists.base, &path, 4).await?;
+        report.row(
+            format!("GET /todos?limit=50 (a middle page), {size} todos, 4 connections"),
+            format!("{} (p99 {})", rate(w.rate), load::ms(w.p99)),
+            format!("store find _id $in [50 ids]: {}", rate(store)),
+            ratio(w.rate, store),
+        );
+        let (plan, sorted) = stores::explain_page(config, &list_db, middle, 50).await?;
+        report.note(format!(
+            "explain of the page query at {size} todos: {plan}; {}",
+            if sorted {
+                "a SORT stage: the store sorts in memory"
+            } else {
+                "no SORT stage"
+            }
+        ));
+    }
+    let time_page =
+        load::wrk_get(config, &lists.base, "/todos?limit=50&sort=-updated_at", 1).await?;
+    let time_store = stores::time_page_rate(config, &list_db, 50).await?;
+    report.row(
+        "GET /todos?limit=50&sort=-updated_at, 20000 todos, 1 connection",
+        format!("{} (p99 {})", rate(time_page.rate), load::ms(time_page.p99)),
+        format!("store, same keyset query: {}", rate(time_store)),
+        ratio(time_page.rate, time_store),
+    );
+    lists.stop().await?;
+    Ok(())
+}

@@ -1,0 +1,503 @@
+//! The stores themselves: what PostgreSQL (pgbench), MongoDB and RabbitMQ do without the
+//! services, and the set-up and clean-up of what the run creates.
+
+use crate::Config;
+use anyhow::{bail, Context};
+use bson::{doc, Document};
+use chrono::{TimeZone, Utc};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use events::{Envelope, EventType, TodoState, SCHEMA_VERSION};
+use futures_util::TryStreamExt;
+use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use mongodb::Client;
+use query_service::store::{self, Counts, Store};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+async fn admin(config: &Config) -> anyhow::Result<AsyncPgConnection> {
+    AsyncPgConnection::establish(&config.admin_database_url)
+        .await
+        .context("PostgreSQL reachable (scripts/dev-services.sh up)")
+}
+
+#[derive(diesel::QueryableByName)]
+struct Text {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    t: String,
+}
+
+#[derive(diesel::QueryableByName)]
+struct Pair {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    a: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    b: i64,
+}
+
+pub async fn postgres_version(config: &Config) -> anyhow::Result<String> {
+    let mut conn = admin(config).await?;
+    let v: Text = diesel::sql_query("SELECT current_setting('server_version') AS t")
+        .get_result(&mut conn)
+        .await?;
+    Ok(v.t)
+}
+
+pub async fn mongo_server(config: &Config) -> anyhow::Result<String> {
+    let client = Client::with_uri_str(&config.mongodb_uri).await?;
+    let info = client
+        .database("admin")
+        .run_command(doc! { "buildInfo": 1 })
+        .await?;
+    let version = info.get_str("version").unwrap_or("?");
+    Ok(
+        if std::process::Command::new("sh")
+            .args(["-c", "command -v mongod"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            format!("mongod {version}")
+        } else {
+            format!("secantusdb (reports MongoDB {version})")
+        },
+    )
+}
+
+pub async fn create_database(config: &Config, name: &str) -> anyhow::Result<()> {
+    let mut conn = admin(config).await?;
+    diesel::sql_query(format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .with_context(|| format!("CREATE DATABASE {name}"))?;
+    Ok(())
+}
+
+/// command-service's own migrations, so pgbench runs against the same schema.
+pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
+    let pool = command_service::db::pool(database_url, 1, Duration::from_secs(10))?;
+    command_service::db::migrate(&pool, 3).await
+}
+
+/// Events in a command-service database's log, and its highest todo id.
+pub async fn log_size(config: &Config, database: &str) -> anyhow::Result<(i64, i64)> {
+    let mut conn = AsyncPgConnection::establish(&config.database_url(database)).await?;
+    let p: Pair = diesel::sql_query(
+        "SELECT (SELECT count(*) FROM events) AS a, (SELECT coalesce(max(id), 0) FROM todos) AS b",
+    )
+    .get_result(&mut conn)
+    .await?;
+    Ok((p.a, p.b))
+}
+
+/// command-service's `todos::CREATE` with its placeholders replaced by values pgbench sends
+/// (a fresh event id each time, `now()` for the time), as a pgbench script.
+pub fn pgbench_script(config: &Config) -> anyhow::Result<PathBuf> {
+    let data = r#"'{"title": "bench todo", "description": "written by pgbench", "completed": false, "created_at": "2026-11-25T00:00:00Z", "updated_at": "2026-11-25T00:00:00Z"}'::jsonb"#;
+    let values = [
+        ("$7", data),
+        ("$6", "'pgbench'"),
+        ("$5", "gen_random_uuid()"),
+        ("$4", "now()"),
+        ("$3", "false"),
+        ("$2", "'written by pgbench'"),
+        ("$1", "'bench todo'"),
+    ];
+    let mut sql = command_service::todos::CREATE.to_string();
+    for (placeholder, value) in values {
+        sql = sql.replace(placeholder, value);
+    }
+    if sql.contains('$') {
+        bail!("todos::CREATE has a placeholder this script does not fill: {sql}");
+    }
+    let path = config.work.join("pgbench-create.sql");
+    std::fs::write(&path, format!("{sql};\n"))?;
+    Ok(path)
+}
+
+/// Parts of a `postgres://user:password@host:port/db` URL.
+fn url_parts(url: &str) -> (String, String, String, String) {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    let (auth, hostpart) = rest.rsplit_once('@').unwrap_or(("postgres", rest));
+    let (user, password) = auth.split_once(':').unwrap_or((auth, ""));
+    let host = hostpart.split('/').next().unwrap_or("127.0.0.1:5432");
+    let (host, port) = host.split_once(':').unwrap_or((host, "5432"));
+    (user.into(), password.into(), host.into(), port.into())
+}
+
+/// Transactions per second pgbench reaches with `script` at `clients` clients.
+pub async fn pgbench(
+    config: &Config,
+    database: &str,
+    script: &std::path::Path,
+    clients: u32,
+) -> anyhow::Result<f64> {
+    let (user, password, host, port) = url_parts(&config.admin_database_url);
+    let mut command = Command::new("pgbench");
+    command.env("PGPASSWORD", password).args([
+        "-h",
+        &host,
+        "-p",
+        &port,
+        "-U",
+        &user,
+        "-n",
+        "-M",
+        "prepared",
+        "-c",
+        &clients.to_string(),
+        "-j",
+        &clients.min(2).to_string(),
+        "-T",
+        &config.seconds.to_string(),
+        "-f",
+        &script.display().to_string(),
+        database,
+    ]);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await?
+        .context("running pgbench")?;
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    if !output.status.success() {
+        bail!(
+            "pgbench failed: {text} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    text.lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l[6..].split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no tps in pgbench's output: {text}"))
+}
+
+async fn amqp(config: &Config) -> anyhow::Result<Connection> {
+    Ok(Connection::connect(&config.amqp_url, ConnectionProperties::default()).await?)
+}
+
+/// The run's exchange and the projection's queue, as query-service declares them.
+pub async fn declare_queue(config: &Config) -> anyhow::Result<()> {
+    let conn = amqp(config).await?;
+    let channel = conn.create_channel().await?;
+    query_service::consumer::declare_topology(&channel, &config.exchange(), &config.queue())
+        .await?;
+    conn.close(200, "done".into()).await?;
+    Ok(())
+}
+
+/// Messages ready in the projection's queue.
+pub async fn queue_depth(config: &Config) -> anyhow::Result<usize> {
+    let conn = amqp(config).await?;
+    let channel = conn.create_channel().await?;
+    let queue = channel
+        .queue_declare(
+            config.queue().as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let n = queue.message_count() as usize;
+    conn.close(200, "done".into()).await?;
+    Ok(n)
+}
+
+fn created(todo_id: i64) -> Envelope {
+    let at = Utc
+        .with_ymd_and_hms(2026, 11, 25, 0, 0, 0)
+        .single()
+        .expect("a valid time")
+        + chrono::Duration::milliseconds(todo_id);
+    Envelope {
+        event_id: uuid::Uuid::new_v4(),
+        event_type: EventType::TodoCreated,
+        schema_version: SCHEMA_VERSION,
+        todo_id,
+        version: 1,
+        position: todo_id,
+        occurred_at: at,
+        correlation_id: "bench".into(),
+        data: Some(TodoState {
+            title: format!("bench todo {todo_id}"),
+            description: Some("written by scripts/bench.sh".into()),
+            completed: todo_id % 3 == 0,
+            created_at: at,
+            updated_at: at,
+        }),
+        changed: Vec::new(),
+    }
+}
+
+/// Bulk upserts of `n` new todos per second, through the projection's own command, in bulks
+/// of `bulk`, into a collection with `indexes`.
+async fn upsert_rate(
+    config: &Config,
+    database: &str,
+    indexes: &[(&str, &[&str])],
+    n: usize,
+    bulk: usize,
+) -> anyhow::Result<f64> {
+    let client = Client::with_uri_str(&config.mongodb_uri).await?;
+    let db = client.database(database);
+    let todos = db.collection::<Document>("todos");
+    if !indexes.is_empty() {
+        todos.create_indexes(store::index_models(indexes)).await?;
+    }
+    let events: Vec<Envelope> = (1..=n as i64).map(created).collect();
+    let started = Instant::now();
+    for chunk in events.chunks(bulk) {
+        let reply = db
+            .run_command(store::bulk_upsert_command("todos", chunk.iter()))
+            .await?;
+        if reply.get_array("writeErrors").is_ok_and(|e| !e.is_empty()) {
+            bail!("the store refused upserts: {reply}");
+        }
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The bulk size the projection uses when a burst is queued (its prefetch), and the store's
+/// rate for `n` upserts in such bulks with the service's indexes.
+pub async fn store_bulk_rate(config: &Config, n: usize) -> anyhow::Result<(usize, f64)> {
+    let bulk = usize::from(query_service::settings::Settings::from_vars(Vec::new())?.amqp_prefetch);
+    let rate = upsert_rate(
+        config,
+        &format!("bench_store_{}", config.run),
+        store::INDEXES,
+        n,
+        bulk,
+    )
+    .await?;
+    Ok((bulk, rate))
+}
+
+/// The store's upsert rate with no secondary index, with each one alone, and with all.
+pub async fn index_costs(config: &Config, bulk: usize) -> anyhow::Result<Vec<(String, f64)>> {
+    let n = 3_000;
+    let mut sets: Vec<(String, Vec<(&str, &[&str])>)> = vec![("_id only".into(), Vec::new())];
+    for index in store::INDEXES {
+        sets.push((format!("_id + {}", index.0), vec![*index]));
+    }
+    sets.push((
+        format!("_id + all {} (the service's)", store::INDEXES.len()),
+        store::INDEXES.to_vec(),
+    ));
+    let mut rates = Vec::new();
+    for (k, (label, indexes)) in sets.into_iter().enumerate() {
+        let database = format!("bench_idx_{}_{k}", config.run);
+        let rate = upsert_rate(config, &database, &indexes, n, bulk).await?;
+        rates.push((format!("{label} ({n} new todos)"), rate));
+    }
+    Ok(rates)
+}
+
+/// `find_one({_id})` per second for random ids, `concurrency` at a time.
+pub async fn find_by_id_rate(
+    config: &Config,
+    database: &str,
+    max_id: i64,
+    concurrency: usize,
+) -> anyhow::Result<f64> {
+    let client = Client::with_uri_str(&config.mongodb_uri).await?;
+    let todos = client.database(database).collection::<Document>("todos");
+    timed(config, concurrency, move || {
+        let todos = todos.clone();
+        async move {
+            let id = rand::random_range(1..=max_id.max(1));
+            todos.find_one(doc! { "_id": id }).await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Runs `op` from `concurrency` tasks for `BENCH_SECONDS`; operations per second.
+async fn timed<F, Fut>(config: &Config, concurrency: usize, op: F) -> anyhow::Result<f64>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let until = Instant::now() + Duration::from_secs(config.seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < until {
+                op().await?;
+                n += 1;
+            }
+            Ok::<_, anyhow::Error>(n)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Grows the read model of `database` from `from` to `to` todos through the projection's own
+/// code (bulk writes and counters), as the consumer would have.
+pub async fn fill_read_model(
+    config: &Config,
+    database: &str,
+    from: usize,
+    to: usize,
+) -> anyhow::Result<()> {
+    let store = Store::connect(&config.mongodb_uri, database).await?;
+    store.ensure_indexes().await?;
+    let events: Vec<Envelope> = (from as i64 + 1..=to as i64).map(created).collect();
+    for chunk in events.chunks(500) {
+        store.apply_batch(chunk).await?;
+    }
+    let counts = Counts {
+        applied: events.len() as i64,
+        ..Counts::default()
+    };
+    store.record(counts, None, to as i64).await?;
+    Ok(())
+}
+
+fn page_ids(after: i64, n: i64) -> Vec<i64> {
+    (after + 1..=after + n).collect()
+}
+
+/// `find({_id: {$in: [limit ids]}})` per second: the cheapest query that returns a page's
+/// documents on a store that answers it with point reads.
+pub async fn page_rate(
+    config: &Config,
+    database: &str,
+    after: i64,
+    limit: i64,
+    concurrency: usize,
+) -> anyhow::Result<f64> {
+    let client = Client::with_uri_str(&config.mongodb_uri).await?;
+    let todos = client.database(database).collection::<Document>("todos");
+    let ids = page_ids(after, limit);
+    timed(config, concurrency, move || {
+        let (todos, ids) = (todos.clone(), ids.clone());
+        async move {
+            let docs: Vec<Document> = todos
+                .find(doc! { "_id": { "$in": ids } })
+                .await?
+                .try_collect()
+                .await?;
+            if docs.is_empty() {
+                bail!("the page is empty");
+            }
+            Ok(())
+        }
+    })
+    .await
+}
+
+fn stages(plan: &Document, out: &mut Vec<String>) {
+    if let Ok(stage) = plan.get_str("stage") {
+        out.push(stage.to_string());
+    }
+    if let Ok(input) = plan.get_document("inputStage") {
+        stages(input, out);
+    }
+    if let Ok(inputs) = plan.get_array("inputStages") {
+        for i in inputs {
+            if let Some(d) = i.as_document() {
+                stages(d, out);
+            }
+        }
+    }
+}
+
+/// The store's winning plan for the query a page in id order sends (as query-service sends
+/// it: the window of ids and the sort), and whether it sorts in memory.
+pub async fn explain_page(
+    config: &Config,
+    database: &str,
+    after: i64,
+    limit: i64,
+) -> anyhow::Result<(String, bool)> {
+    let client = Client::with_uri_str(&config.mongodb_uri).await?;
+    let reply = client
+        .database(database)
+        .run_command(doc! {
+            "explain": {
+                "find": "todos",
+                "filter": { "_id": { "$in": page_ids(after, limit + 1) } },
+                "sort": { "_id": 1 },
+            },
+            "verbosity": "queryPlanner",
+        })
+        .await?;
+    let plan = reply
+        .get_document("queryPlanner")
+        .and_then(|q| q.get_document("winningPlan"))
+        .with_context(|| format!("no winning plan in {reply}"))?;
+    let mut names = Vec::new();
+    stages(plan, &mut names);
+    let sorted = names.iter().any(|s| s == "SORT");
+    Ok((names.join(" <- "), sorted))
+}
+
+/// The first page sorted by `-updated_at` as query-service asks the store for it, per second.
+pub async fn time_page_rate(config: &Config, database: &str, limit: i64) -> anyhow::Result<f64> {
+    let client = Client::with_uri_str(&config.mongodb_uri).await?;
+    let todos = client.database(database).collection::<Document>("todos");
+    timed(config, 1, move || {
+        let todos = todos.clone();
+        async move {
+            let _: Vec<Document> = todos
+                .find(doc! { "deleted": false })
+                .sort(doc! { "updated_at": -1, "_id": -1 })
+                .limit(limit + 1)
+                .await?
+                .try_collect()
+                .await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Removes every database, queue and exchange of this run.
+pub async fn cleanup(config: &Config) -> anyhow::Result<()> {
+    let mut conn = admin(config).await?;
+    for db in [
+        format!("bench_pg_{}", config.run),
+        format!("bench_{}", config.run),
+    ] {
+        diesel::sql_query(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await?;
+    }
+    let client = Client::with_uri_str(&config.mongodb_uri).await?;
+    for name in client.list_database_names().await? {
+        if name.starts_with("bench_") && name.contains(&config.run) {
+            client.database(&name).drop().await?;
+        }
+    }
+    let amqp = amqp(config).await?;
+    let channel = amqp.create_channel().await?;
+    let queues = [config.queue(), format!("{}.lists", config.queue())];
+    for q in &queues {
+        for name in [q.clone(), events::dead_letter_queue(q)] {
+            channel
+                .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                .await?;
+        }
+    }
+    for name in [
+        config.exchange(),
+        events::dead_letter_exchange(&config.exchange()),
+    ] {
+        channel
+            .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
+            .await?;
+    }
+    let _ = amqp.close(200, "done".into()).await;
+    Ok(())
+}

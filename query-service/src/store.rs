@@ -36,7 +36,7 @@ const STATS_ID: &str = "todos";
 /// tombstones stay out of the walk. Lists in id order need none: they read by `_id`. The
 /// `/stats` counts use the prefixes `deleted` and `deleted, completed`. Each costs write
 /// throughput; `scripts/bench.sh` prints the store's upsert rate with each.
-pub const INDEXES: &[(&str, &[&str])] = &[
+pub const INDEXES: &[IndexSpec] = &[
     ("live_created_at_id", &["deleted", "created_at", "_id"]),
     ("live_updated_at_id", &["deleted", "updated_at", "_id"]),
     (
@@ -49,8 +49,11 @@ pub const INDEXES: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// An index: its name and its keys (ascending).
+pub type IndexSpec = (&'static str, &'static [&'static str]);
+
 /// Index models for `indexes` (ascending keys).
-pub fn index_models(indexes: &[(&str, &[&str])]) -> Vec<IndexModel> {
+pub fn index_models(indexes: &[IndexSpec]) -> Vec<IndexModel> {
     indexes
         .iter()
         .map(|(name, keys)| {

@@ -236,7 +236,7 @@ fn created(todo_id: i64) -> Envelope {
 async fn upsert_rate(
     config: &Config,
     database: &str,
-    indexes: &[(&str, &[&str])],
+    indexes: &[store::IndexSpec],
     n: usize,
     bulk: usize,
 ) -> anyhow::Result<f64> {
@@ -277,7 +277,7 @@ pub async fn store_bulk_rate(config: &Config, n: usize) -> anyhow::Result<(usize
 /// The store's upsert rate with no secondary index, with each one alone, and with all.
 pub async fn index_costs(config: &Config, bulk: usize) -> anyhow::Result<Vec<(String, f64)>> {
     let n = 3_000;
-    let mut sets: Vec<(String, Vec<(&str, &[&str])>)> = vec![("_id only".into(), Vec::new())];
+    let mut sets: Vec<(String, Vec<store::IndexSpec>)> = vec![("_id only".into(), Vec::new())];
     for index in store::INDEXES {
         sets.push((format!("_id + {}", index.0), vec![*index]));
     }

@@ -10,7 +10,7 @@
 # apt-get if it is missing, builds release binaries (both services and scripts/bench), then
 # runs scripts/bench (see its src/main.rs for each phase). What it changes: it creates
 # PostgreSQL databases and MongoDB databases named bench_*, a RabbitMQ exchange and queues
-# named bench.*, and starts the services on ports BENCH_PORT (5201) to BENCH_PORT+2; it
+# named bench.*, and starts the services on ports BENCH_PORT (5201) to BENCH_PORT+3; it
 # removes them all at the end. Logs stay in target/bench/<run>/.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -90,13 +90,14 @@ wrk.headers["Content-Type"] = "application/json"
     wrk(config, &format!("{base}/todos"), clients, script).await
 }
 
-/// `GET /todos/{id}` for random ids among the first `max_id`, 16 connections.
-pub async fn wrk_get_by_id(config: &Config, base: &str, max_id: i64) -> anyhow::Result<Wrk> {
+/// `GET /todos/{id}` for random ids of the range `ids`, 16 connections.
+pub async fn wrk_get_by_id(config: &Config, base: &str, ids: (i64, i64)) -> anyhow::Result<Wrk> {
+    let (first, last) = ids;
     let script = format!(
         r#"
 math.randomseed(os.time())
 request = function()
-  return wrk.format("GET", "/todos/" .. math.random(1, {max_id}))
+  return wrk.format("GET", "/todos/" .. math.random({first}, {last}))
 end
 "#
     );
@@ -180,6 +181,23 @@ pub async fn wait_for_settled(base: &str, n: i64, within: Duration) -> anyhow::R
             bail!("query-service settled {done} of {n} events within {within:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the projection settled nothing new for a second.
+pub async fn wait_for_idle(base: &str) -> anyhow::Result<()> {
+    let mut last = settled(base).await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = settled(base).await?;
+        if now == last {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the projection is still busy after 120 s");
+        }
+        last = now;
     }
 }
 

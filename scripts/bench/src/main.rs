@@ -22,7 +22,7 @@
 //!
 //! Everything it creates is its own: PostgreSQL databases `bench_*`, MongoDB databases
 //! `bench_*`, RabbitMQ exchange and queues `bench.*` (removed at the end), services on ports
-//! `BENCH_PORT` (5201) and up.
+//! `BENCH_PORT` (5201) to `BENCH_PORT + 3`.
 
 mod cpu;
 mod load;
@@ -43,9 +43,10 @@ pub struct Config {
     pub open_seconds: u64,
     /// `BENCH_RATES`: open-loop write rates per second (default `100,200,400`).
     pub rates: Vec<u32>,
-    /// `BENCH_BURST`: events queued before the projection's drain is timed (default 10000).
+    /// `BENCH_BURST`: todos created, and their events queued, before the projection's drain is
+    /// timed (default 10000).
     pub burst: usize,
-    /// `BENCH_PORT`: first of three ports for the services (default 5201).
+    /// `BENCH_PORT`: first of four ports for the services (default 5201).
     pub port: u16,
     pub admin_database_url: String,
     pub amqp_url: String,
@@ -140,6 +141,11 @@ impl Report {
         let note = note.into();
         eprintln!("[bench] {note}");
         self.notes.push(note);
+    }
+
+    /// Where the CPU went during `phase` (a note under the table).
+    fn cpu(&mut self, phase: impl std::fmt::Display, sampler: cpu::Sampler) {
+        self.note(format!("CPU, {phase}: {}", sampler.stop()));
     }
 
     fn print(&self) {
@@ -264,7 +270,10 @@ async fn main() -> anyhow::Result<()> {
         rows: Vec::new(),
         notes: Vec::new(),
     };
-    let result = run(&config, &mut report).await;
+    let result = tokio::select! {
+        result = run(&config, &mut report) => result,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
     let cleanup = stores::cleanup(&config).await;
     report.print();
     if let Err(err) = &cleanup {
@@ -296,17 +305,13 @@ async fn run(config: &Config, report: &mut Report) -> anyhow::Result<()> {
     for clients in [1u32, 16] {
         let cpu = cpu::Sampler::start();
         let tps = stores::pgbench(config, &pg_db, &pgbench_script, clients).await?;
-        eprintln!(
-            "[bench] pgbench c={clients}: {tps:.0} tps; cpu {}",
-            cpu.stop()
-        );
+        report.cpu(format!("pgbench c={clients} ({tps:.0} tps)"), cpu);
         pgbench.push((clients, tps));
     }
 
     let mongo_db = format!("bench_{}", config.run);
     let command_vars = vec![
         ("DATABASE_URL", config.database_url(&cs_db)),
-        ("DATABASE_POOL_SIZE", "16".to_string()),
         ("RUST_LOG", "warn".to_string()),
     ];
     let command = Service::start(config, "command-service", config.port, &command_vars).await?;
@@ -319,7 +324,7 @@ async fn run(config: &Config, report: &mut Report) -> anyhow::Result<()> {
             format!("pgbench c={clients}: {}", rate(tps)),
             ratio(w.rate, tps),
         );
-        eprintln!("[bench]   cpu: {}", cpu.stop());
+        report.cpu(format!("POST c={clients}, command-service alone"), cpu);
         if w.errors > 0 {
             report.note(format!(
                 "POST c={clients}: {} answers were not 2xx",
@@ -327,13 +332,39 @@ async fn run(config: &Config, report: &mut Report) -> anyhow::Result<()> {
             ));
         }
     }
-    // Make sure the burst is at least BENCH_BURST events, then let the relay publish it.
-    let queued = stores::queue_depth(config).await?;
-    if queued < config.burst {
-        load::create_todos(&command.base, config.burst - queued, 16).await?;
-    }
+    // A second replica on the same database: both take half the connections at once.
+    let second = Service::start(config, "command-service", config.port + 3, &command_vars).await?;
+    let cpu = cpu::Sampler::start();
+    let (a, b) = tokio::join!(
+        load::wrk_post(config, &command.base, 8),
+        load::wrk_post(config, &second.base, 8)
+    );
+    let (a, b) = (a?, b?);
+    report.cpu("POST, 2 replicas x 8 connections", cpu);
+    let tps16 = pgbench.last().map_or(0.0, |p| p.1);
+    report.row(
+        "POST /todos, 2 replicas x 8 connections, one database",
+        format!(
+            "{} ({} + {})",
+            rate(a.rate + b.rate),
+            rate(a.rate),
+            rate(b.rate)
+        ),
+        format!("pgbench c=16: {}", rate(tps16)),
+        ratio(a.rate + b.rate, tps16),
+    );
+    second.stop().await?;
+    // The events of those closed loops are not the drain's burst: drop them, then queue a
+    // burst of BENCH_BURST new todos.
     load::wait_for_outbox(&command.base).await?;
+    stores::purge_queue(config).await?;
+    let (_, before) = stores::log_size(config, &cs_db).await?;
+    load::create_todos(&command.base, config.burst, 16).await?;
+    load::wait_for_outbox(&command.base).await?;
+    let (_, after) = stores::log_size(config, &cs_db).await?;
     let burst = stores::queue_depth(config).await?;
+    // Ids of the todos the read model will hold, for the reads below.
+    let ids = (before + 1, after);
 
     // ------------------------------------------------------------------ projection
     let (bulk, bulk_rate) = stores::store_bulk_rate(config, burst).await?;
@@ -341,7 +372,6 @@ async fn run(config: &Config, report: &mut Report) -> anyhow::Result<()> {
         ("MONGODB_URI", config.mongodb_uri.clone()),
         ("MONGODB_DB", mongo_db.clone()),
         ("AMQP_QUEUE", config.queue()),
-        ("AMQP_PREFETCH", bulk.to_string()),
         ("RUST_LOG", "warn".to_string()),
     ];
     let cpu = cpu::Sampler::start();
@@ -349,7 +379,7 @@ async fn run(config: &Config, report: &mut Report) -> anyhow::Result<()> {
     let started = Instant::now();
     load::wait_for_settled(&query.base, burst as i64, Duration::from_secs(600)).await?;
     let drain = burst as f64 / started.elapsed().as_secs_f64();
-    eprintln!("[bench]   cpu: {}", cpu.stop());
+    report.cpu("projection drain", cpu);
     report.row(
         format!("projection drains a queued burst of {burst} events"),
         format!("{} (bulks of up to {bulk})", rate(drain)),
@@ -367,7 +397,9 @@ async fn run(config: &Config, report: &mut Report) -> anyhow::Result<()> {
 
     // ------------------------------------------------------------------ writes, pair running
     for &(clients, tps) in &pgbench {
+        let cpu = cpu::Sampler::start();
         let w = load::wrk_post(config, &command.base, clients).await?;
+        report.cpu(format!("POST c={clients}, query-service running"), cpu);
         report.row(
             format!("POST /todos, {clients} connection(s), query-service running"),
             format!("{} (p99 {})", rate(w.rate), load::ms(w.p99)),
@@ -375,9 +407,11 @@ async fn run(config: &Config, report: &mut Report) -> anyhow::Result<()> {
             ratio(w.rate, tps),
         );
     }
+    // Those writes outrun the store; what is still queued is dropped so the open loop starts
+    // from a read model that is caught up.
     load::wait_for_outbox(&command.base).await?;
-    let (events, _) = stores::log_size(config, &cs_db).await?;
-    load::wait_for_settled(&query.base, events, Duration::from_secs(600)).await?;
+    stores::purge_queue(config).await?;
+    load::wait_for_idle(&query.base).await?;
 
     // ------------------------------------------------------------------ open loop
     for &per_second in &config.rates {
@@ -389,7 +423,7 @@ async fn run(config: &Config, report: &mut Report) -> anyhow::Result<()> {
             Duration::from_secs(config.open_seconds),
         )
         .await?;
-        eprintln!("[bench]   cpu: {}", cpu.stop());
+        report.cpu(format!("open loop {per_second}/s"), cpu);
         report.row(
             format!(
                 "open loop {per_second} writes/s for {} s",
@@ -418,11 +452,13 @@ async fn run(config: &Config, report: &mut Report) -> anyhow::Result<()> {
     }
 
     // ------------------------------------------------------------------ reads
-    let (_, max_id) = stores::log_size(config, &cs_db).await?;
-    let finds = stores::find_by_id_rate(config, &mongo_db, max_id, 16).await?;
-    let w = load::wrk_get_by_id(config, &query.base, max_id).await?;
+    let finds = stores::find_by_id_rate(config, &mongo_db, ids, 16).await?;
+    let w = load::wrk_get_by_id(config, &query.base, ids).await?;
     report.row(
-        format!("GET /todos/{{id}}, 16 connections, {max_id} todos"),
+        format!(
+            "GET /todos/{{id}}, 16 connections, ids {}..={} of the burst",
+            ids.0, ids.1
+        ),
         format!("{} (p99 {})", rate(w.rate), load::ms(w.p99)),
         format!("store find by _id: {}", rate(finds)),
         ratio(w.rate, finds),

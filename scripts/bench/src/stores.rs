@@ -186,6 +186,20 @@ pub async fn declare_queue(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Drops the messages ready in the projection's queue.
+pub async fn purge_queue(config: &Config) -> anyhow::Result<()> {
+    let conn = amqp(config).await?;
+    let channel = conn.create_channel().await?;
+    channel
+        .queue_purge(
+            config.queue().as_str().into(),
+            lapin::options::QueuePurgeOptions::default(),
+        )
+        .await?;
+    conn.close(200, "done".into()).await?;
+    Ok(())
+}
+
 /// Messages ready in the projection's queue.
 pub async fn queue_depth(config: &Config) -> anyhow::Result<usize> {
     let conn = amqp(config).await?;
@@ -294,11 +308,11 @@ pub async fn index_costs(config: &Config, bulk: usize) -> anyhow::Result<Vec<(St
     Ok(rates)
 }
 
-/// `find_one({_id})` per second for random ids, `concurrency` at a time.
+/// `find_one({_id})` per second for random ids of the range `ids`, `concurrency` at a time.
 pub async fn find_by_id_rate(
     config: &Config,
     database: &str,
-    max_id: i64,
+    ids: (i64, i64),
     concurrency: usize,
 ) -> anyhow::Result<f64> {
     let client = Client::with_uri_str(&config.mongodb_uri).await?;
@@ -306,7 +320,7 @@ pub async fn find_by_id_rate(
     timed(config, concurrency, move || {
         let todos = todos.clone();
         async move {
-            let id = rand::random_range(1..=max_id.max(1));
+            let id = rand::random_range(ids.0..=ids.1.max(ids.0));
             todos.find_one(doc! { "_id": id }).await?;
             Ok(())
         }

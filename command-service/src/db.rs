@@ -91,7 +91,9 @@ pub fn is_unavailable(err: &diesel::result::Error) -> bool {
 ///
 /// diesel's `sql_query` is never cached: every run would prepare its statement again (an extra
 /// round trip, and a parse and plan in PostgreSQL). The write path is one statement per write,
-/// so that would double its round trips. A placeholder may appear more than once.
+/// so that would double its round trips. A placeholder may appear more than once. Every `$` of
+/// the text must start a placeholder (`$1` and up): the text may hold no `$` in a string
+/// literal or a dollar-quoted string.
 pub struct Prepared<B> {
     sql: &'static str,
     binds: B,
@@ -186,7 +188,12 @@ impl<B: Binds> diesel::query_builder::QueryFragment<diesel::pg::Pg> for Prepared
                     format!("`$` without a placeholder number in: {}", self.sql).into(),
                 )
             })?;
-            self.binds.push(number.wrapping_sub(1), &mut out)?;
+            let index = number.checked_sub(1).ok_or_else(|| {
+                diesel::result::Error::QueryBuilderError(
+                    format!("placeholders start at $1, not $0, in: {}", self.sql).into(),
+                )
+            })?;
+            self.binds.push(index, &mut out)?;
             rest = &rest[at + 1 + digits..];
         }
         out.push_sql(rest);

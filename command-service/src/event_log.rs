@@ -23,7 +23,7 @@ use crate::schema::{events as ev, relay_cursor};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use events::{Envelope, EventType, Field, TodoState, SCHEMA_VERSION};
 use uuid::Uuid;
 
@@ -85,12 +85,13 @@ impl EventRow {
     }
 }
 
-/// Stamped events after `after`, oldest first, at most `limit`.
+/// Stamped events after `after`, oldest first, at most `limit`. A row that does not make an
+/// envelope (never written by this service) ends the list: the events before it, and why.
 pub async fn read_after(
     conn: &mut AsyncPgConnection,
     after: i64,
     limit: i64,
-) -> Result<Vec<Envelope>, LogError> {
+) -> Result<(Vec<Envelope>, Option<LogError>), LogError> {
     let rows: Vec<EventRow> = ev::table
         .filter(ev::position.gt(after))
         .order(ev::position.asc())
@@ -98,22 +99,46 @@ pub async fn read_after(
         .select(EventRow::as_select())
         .load(conn)
         .await?;
-    rows.into_iter().map(EventRow::into_envelope).collect()
+    let mut envelopes = Vec::with_capacity(rows.len());
+    for row in rows {
+        match row.into_envelope() {
+            Ok(e) => envelopes.push(e),
+            Err(err) => return Ok((envelopes, Some(err))),
+        }
+    }
+    Ok((envelopes, None))
 }
 
 /// `GET /events`: stamps whatever committed before the request (waiting for a running
-/// sequencer round to finish rather than skipping), then reads.
+/// sequencer round to finish rather than skipping), then reads. Returns the events and how
+/// many it stamped itself.
 pub async fn feed(
     conn: &mut AsyncPgConnection,
     after: i64,
     limit: i64,
-) -> Result<Vec<Envelope>, LogError> {
-    while let Stamp::Stamped(n) = stamp(conn, Lock::Wait, STAMP_BATCH).await? {
-        if n < STAMP_BATCH {
-            break;
+) -> Result<(Vec<Envelope>, i64), LogError> {
+    let stamped = stamp_all(conn, Lock::Wait).await?.unwrap_or(0);
+    match read_after(conn, after, limit).await? {
+        (events, None) => Ok((events, stamped)),
+        (_, Some(err)) => Err(err),
+    }
+}
+
+/// Stamps rounds until nothing is pending. `None` when another sequencer held the lock (only
+/// with [`Lock::Try`]); else how many events got positions.
+pub async fn stamp_all(conn: &mut AsyncPgConnection, lock: Lock) -> Result<Option<i64>, LogError> {
+    let mut total = 0;
+    loop {
+        match stamp(conn, lock, STAMP_BATCH).await? {
+            Stamp::Busy => return Ok((total > 0).then_some(total)),
+            Stamp::Stamped(n) => {
+                total += n;
+                if n < STAMP_BATCH {
+                    return Ok(Some(total));
+                }
+            }
         }
     }
-    read_after(conn, after, limit).await
 }
 
 /// Events one stamping round takes at most.
@@ -152,14 +177,22 @@ pub(crate) fn try_lock(key: i64) -> Prepared<(Bind<BigInt, i64>,)> {
     )
 }
 
-/// One stamping round (see the module header), in its own transaction.
+/// One stamping round (see the module header), in its own transaction. It runs at READ
+/// COMMITTED (each statement sees every round committed before it took the lock) and commits
+/// synchronously whatever the server's default: a stamp lost in a crash after a reader saw it
+/// would hand its positions out again, and that reader would skip the events they go to.
 pub async fn stamp(
     conn: &mut AsyncPgConnection,
     lock: Lock,
     batch: i64,
 ) -> Result<Stamp, LogError> {
     let stamp = conn
-        .transaction::<_, diesel::result::Error, _>(async |conn| {
+        .build_transaction()
+        .read_committed()
+        .run::<_, diesel::result::Error, _>(async |conn| {
+            prepared("SET LOCAL synchronous_commit = on", ())
+                .execute(conn)
+                .await?;
             match lock {
                 Lock::Try => {
                     let got: Locked = try_lock(SEQUENCER_LOCK).get_result(conn).await?;
@@ -195,23 +228,31 @@ pub async fn stamp(
     Ok(stamp)
 }
 
-/// Events committed but not yet confirmed by RabbitMQ: unstamped ones and stamped ones past
-/// the relay's cursor.
-pub async fn backlog(conn: &mut AsyncPgConnection) -> Result<i64, LogError> {
-    #[derive(QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = BigInt)]
-        n: i64,
-    }
-    let count: Count = prepared(
+/// The outbox as `/ready` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName, serde::Serialize)]
+pub struct Outbox {
+    /// Events committed but not yet confirmed by RabbitMQ: unstamped ones and stamped ones
+    /// past the relay's cursor.
+    #[diesel(sql_type = BigInt)]
+    pub backlog: i64,
+    /// Rounds in a row that failed to publish the event after the cursor.
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub publish_attempts: i32,
+    /// Why the last of them failed.
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub last_error: Option<String>,
+}
+
+pub async fn outbox(conn: &mut AsyncPgConnection) -> Result<Outbox, LogError> {
+    Ok(prepared(
         "SELECT (SELECT count(*) FROM events WHERE position IS NULL) \
-              + (SELECT count(*) FROM events \
-                 WHERE position > (SELECT position FROM relay_cursor)) AS n",
+              + (SELECT count(*) FROM events WHERE position > c.position) AS backlog, \
+                c.publish_attempts, c.last_error \
+         FROM relay_cursor c",
         (),
     )
     .get_result(conn)
-    .await?;
-    Ok(count.n)
+    .await?)
 }
 
 /// The position up to which RabbitMQ confirmed every event.

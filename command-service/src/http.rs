@@ -411,10 +411,10 @@ fn metrics(state: State) -> impl Filter<Extract = (Response,), Error = Rejection
         .and(warp::get())
         .and(with_state(state))
         .then(|state: State| async move {
-            if let Ok(Ok(n)) =
-                tokio::time::timeout(Duration::from_secs(2), state.commands.outbox_backlog()).await
+            if let Ok(Ok(outbox)) =
+                tokio::time::timeout(Duration::from_secs(2), state.commands.outbox()).await
             {
-                state.metrics.outbox_backlog.set(n);
+                state.metrics.outbox_backlog.set(outbox.backlog);
             }
             let mut response = state.metrics.render().into_response();
             response.headers_mut().insert(
@@ -452,8 +452,8 @@ fn ready(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> 
             let timeout = Duration::from_secs(2);
             let postgres = tokio::time::timeout(timeout, state.commands.ping()).await;
             let postgres_up = matches!(postgres, Ok(Ok(())));
-            let backlog = if postgres_up {
-                tokio::time::timeout(timeout, state.commands.outbox_backlog())
+            let outbox = if postgres_up {
+                tokio::time::timeout(timeout, state.commands.outbox())
                     .await
                     .ok()
                     .and_then(Result::ok)
@@ -475,7 +475,9 @@ fn ready(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> 
                     "checks": {
                         "postgres": if postgres_up { "up" } else { "down" },
                         "rabbitmq": if broker_up { "up" } else { "down" },
-                        "outbox_backlog": backlog,
+                        "outbox_backlog": outbox.as_ref().map(|o| o.backlog),
+                        "relay_failed_rounds": outbox.as_ref().map(|o| o.publish_attempts),
+                        "relay_last_error": outbox.as_ref().and_then(|o| o.last_error.clone()),
                     }
                 }),
             )
@@ -496,7 +498,7 @@ mod tests {
                     Duration::from_millis(200),
                 )
                 .expect("pool"),
-                Arc::default(),
+                crate::todos::Wake::default(),
                 24,
             ),
             relay: Arc::default(),

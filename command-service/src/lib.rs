@@ -26,7 +26,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+
+/// Connections of the sequencer and the relay (one each, and one for the relay's idle work).
+const BACKGROUND_CONNECTIONS: usize = 3;
 
 /// A built service: listener bound, database migrated, nothing running yet.
 pub struct Application {
@@ -76,13 +78,19 @@ impl Application {
     ) -> anyhow::Result<()> {
         let (trigger, shutdown) = shutdown::channel();
         let metrics = Arc::new(metrics::Metrics::default());
-        let appended = Arc::new(Notify::new());
-        let stamped = Arc::new(Notify::new());
+        let wake = todos::Wake::default();
         let commands = todos::Commands::new(
             self.pool.clone(),
-            appended.clone(),
+            wake.clone(),
             self.settings.idempotency_ttl_hours,
         );
+        // The sequencer and the relay have connections of their own: a burst of requests
+        // waiting for the pool never delays them.
+        let background = db::pool(
+            &self.settings.database_url,
+            BACKGROUND_CONNECTIONS,
+            Duration::from_millis(self.settings.database_timeout_ms),
+        )?;
         let state = http::State {
             commands,
             relay: self.relay_status.clone(),
@@ -92,9 +100,9 @@ impl Application {
         let poll = Duration::from_millis(self.settings.relay_poll_ms);
         let max_backoff = Duration::from_millis(self.settings.relay_max_backoff_ms);
         let sequencer = tokio::spawn(sequencer::run(
-            self.pool.clone(),
-            appended,
-            stamped.clone(),
+            background.clone(),
+            wake.appended.clone(),
+            wake.stamped.clone(),
             SequencerConfig { poll, max_backoff },
             metrics.clone(),
             shutdown.clone(),
@@ -108,8 +116,8 @@ impl Application {
             idempotency_ttl_hours: self.settings.idempotency_ttl_hours,
         };
         let relay = tokio::spawn(relay::run(
-            self.pool.clone(),
-            stamped,
+            background,
+            wake.stamped,
             relay_config,
             self.relay_status.clone(),
             metrics.clone(),

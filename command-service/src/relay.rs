@@ -239,7 +239,8 @@ async fn publish_round(
                 .execute(conn)
                 .await?;
             let cursor = event_log::published_up_to(conn).await?;
-            let batch = event_log::read_after(conn, cursor, config.batch_size).await?;
+            let (batch, unreadable) =
+                event_log::read_after(conn, cursor, config.batch_size).await?;
             let read = batch.len();
             let mut pending = Vec::with_capacity(read);
             let mut failure = None;
@@ -253,36 +254,38 @@ async fn publish_round(
                 }
             }
             // Confirms arrive in publish order; the cursor moves past the confirmed prefix.
+            // After a failed publish the confirms of what went out before it still count.
             let mut confirmed: Option<i64> = None;
             let mut published = 0;
             for (position, confirm) in pending {
-                if failure.is_some() {
-                    break;
-                }
-                match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+                let refused = match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
                     Ok(Ok(Confirmation::Ack(None))) => {
                         confirmed = Some(position);
                         published += 1;
+                        continue;
                     }
-                    Ok(Ok(Confirmation::Ack(Some(returned)))) => {
-                        failure = Some(Failure::Refused(format!(
-                            "event at position {position} unroutable: {} {} (no queue bound to exchange {})",
-                            returned.reply_code, returned.reply_text, config.exchange
-                        )));
-                    }
-                    Ok(Ok(Confirmation::Nack(_))) => {
-                        failure = Some(Failure::Refused(format!(
-                            "event at position {position} nacked by the broker"
-                        )));
-                    }
+                    Ok(Ok(Confirmation::Ack(Some(returned)))) => Failure::Refused(format!(
+                        "event at position {position} unroutable: {} {} (no queue bound to exchange {})",
+                        returned.reply_code, returned.reply_text, config.exchange
+                    )),
+                    Ok(Ok(Confirmation::Nack(_))) => Failure::Refused(format!(
+                        "event at position {position} nacked by the broker"
+                    )),
                     Ok(Ok(Confirmation::NotRequested)) => {
-                        failure = Some(Failure::Broker("channel is not in confirm mode".into()));
+                        Failure::Broker("channel is not in confirm mode".into())
                     }
-                    Ok(Err(err)) => failure = Some(Failure::Broker(err.to_string())),
-                    Err(_) => {
-                        failure = Some(Failure::Broker("publisher confirm timed out".into()))
-                    }
-                }
+                    Ok(Err(err)) => Failure::Broker(err.to_string()),
+                    Err(_) => Failure::Broker("publisher confirm timed out".into()),
+                };
+                // The first failure is the one to report; nothing after it is marked.
+                failure.get_or_insert(refused);
+                break;
+            }
+            if let (None, Some(err)) = (&failure, unreadable) {
+                // Never written by this service: it stays at the head of the outbox, where
+                // `/ready` and the log show it, until someone repairs the row.
+                tracing::error!(error = %err, "an event in the outbox cannot be read");
+                failure = Some(Failure::Refused(err.to_string()));
             }
             if let Some(position) = confirmed {
                 event_log::mark_published(conn, position).await?;

@@ -13,7 +13,7 @@
 //!   current.
 
 use crate::db::PgPool;
-use crate::event_log::{self, Lock, Stamp, STAMP_BATCH};
+use crate::event_log::{self, Lock};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use std::sync::Arc;
@@ -51,9 +51,6 @@ pub async fn run(
                 if n > 0 {
                     metrics.stamped.inc_by(n as u64);
                     stamped.notify_one();
-                }
-                if n == STAMP_BATCH {
-                    continue; // more are waiting
                 }
             }
             Ok(None) => {
@@ -94,13 +91,9 @@ pub async fn run(
 /// One round: `Some(stamped)`, or `None` when another sequencer holds the lock.
 async fn round(pool: &PgPool) -> anyhow::Result<Option<i64>> {
     let mut conn = pool.get().await?;
-    match event_log::stamp(&mut conn, Lock::Try, STAMP_BATCH).await? {
-        Stamp::Busy => Ok(None),
-        Stamp::Stamped(n) => {
-            if n > 0 {
-                tracing::debug!(stamped = n, "events stamped");
-            }
-            Ok(Some(n))
-        }
+    let stamped = event_log::stamp_all(&mut conn, Lock::Try).await?;
+    if let Some(n @ 1..) = stamped {
+        tracing::debug!(stamped = n, "events stamped");
     }
+    Ok(stamped)
 }

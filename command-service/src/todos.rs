@@ -25,15 +25,24 @@ use uuid::Uuid;
 #[derive(Clone)]
 pub struct Commands {
     pool: PgPool,
-    appended: Arc<Notify>,
+    wake: Wake,
     idempotency_ttl_hours: i64,
 }
 
+/// The in-process wake-ups between the writers, the sequencer and the relay.
+#[derive(Clone, Default)]
+pub struct Wake {
+    /// A write committed: the sequencer has events to stamp.
+    pub appended: Arc<Notify>,
+    /// Events got positions: the relay has events to publish.
+    pub stamped: Arc<Notify>,
+}
+
 impl Commands {
-    pub fn new(pool: PgPool, appended: Arc<Notify>, idempotency_ttl_hours: i64) -> Self {
+    pub fn new(pool: PgPool, wake: Wake, idempotency_ttl_hours: i64) -> Self {
         Self {
             pool,
-            appended,
+            wake,
             idempotency_ttl_hours,
         }
     }
@@ -43,7 +52,7 @@ impl Commands {
     }
 
     fn appended(&self) {
-        self.appended.notify_one();
+        self.wake.appended.notify_one();
     }
 }
 
@@ -428,16 +437,21 @@ impl Commands {
         Ok(version)
     }
 
-    /// `GET /events?after=&limit=`: committed events after `after`, oldest first.
+    /// `GET /events?after=&limit=`: committed events after `after`, oldest first. Stamps what
+    /// is pending first (see [`event_log::feed`]), and wakes the relay for what it stamped.
     pub async fn feed(&self, after: i64, limit: i64) -> Result<Vec<Envelope>, ApiError> {
         let mut conn = conn(&self.pool).await?;
-        Ok(event_log::feed(&mut conn, after, limit).await?)
+        let (events, stamped) = event_log::feed(&mut conn, after, limit).await?;
+        if stamped > 0 {
+            self.wake.stamped.notify_one();
+        }
+        Ok(events)
     }
 
-    /// Events committed but not yet confirmed by RabbitMQ.
-    pub async fn outbox_backlog(&self) -> Result<i64, ApiError> {
+    /// Events committed but not yet confirmed by RabbitMQ, and why the last publish failed.
+    pub async fn outbox(&self) -> Result<event_log::Outbox, ApiError> {
         let mut conn = conn(&self.pool).await?;
-        Ok(event_log::backlog(&mut conn).await?)
+        Ok(event_log::outbox(&mut conn).await?)
     }
 
     /// Whether PostgreSQL answers.

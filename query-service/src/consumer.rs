@@ -209,11 +209,13 @@ async fn consume(
     let most = usize::from(config.prefetch.max(1));
     loop {
         let next = tokio::select! {
-            next = consumer.next() => next,
+            // Shutdown first: a stopping consumer takes no new batch.
+            biased;
             _ = shutdown.triggered() => {
                 let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
                 return Ok(());
             }
+            next = consumer.next() => next,
         };
         let mut batch = match next {
             Some(Ok(delivery)) => vec![delivery],
@@ -229,8 +231,24 @@ async fn consume(
                 Some(None) | None => break,
             }
         }
-        handle_batch(store, config, batch, shutdown).await?;
+        if handle_batch(store, config, batch, shutdown).await? == Settled::Stopped {
+            // The batch is unacked and goes back to the queue with the channel; acking a
+            // later batch with `multiple` would ack it too.
+            let _ = channel
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await;
+            return Ok(());
+        }
     }
+}
+
+/// How a batch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    /// Every delivery was acked or nacked.
+    All,
+    /// Shutdown came while the store was away: nothing of the batch was acked.
+    Stopped,
 }
 
 fn header<'a>(delivery: &'a Delivery, key: &str) -> Option<&'a AMQPValue> {
@@ -268,7 +286,7 @@ async fn handle_batch(
     config: &ConsumerConfig,
     deliveries: Vec<Delivery>,
     shutdown: &Shutdown,
-) -> lapin::Result<()> {
+) -> lapin::Result<Settled> {
     let started = std::time::Instant::now();
     let mut counts = Counts::default();
     let mut events = Vec::with_capacity(deliveries.len());
@@ -292,7 +310,7 @@ async fn handle_batch(
     }
     let Some(results) = apply(store, config, &events, shutdown).await else {
         // Shutting down with the store away: leave the batch unacked; it is redelivered.
-        return Ok(());
+        return Ok(Settled::Stopped);
     };
 
     let mut to_ack: Vec<&Delivery> = Vec::with_capacity(events.len());
@@ -302,6 +320,8 @@ async fn handle_batch(
     for ((event, result), &i) in events.iter().zip(results).zip(&owner) {
         let delivery = &deliveries[i];
         let span = event_span(delivery);
+        // `apply` returns only when every event is settled.
+        let Some(result) = result else { continue };
         match result {
             Ok(outcome) => {
                 span.in_scope(|| {
@@ -347,21 +367,13 @@ async fn handle_batch(
             }
         }
     }
-    // Before the ack: lists in id order walk up to the highest todo id recorded here.
+    // Before the ack: lists in id order walk up to the highest todo id recorded here, so a
+    // failure to record is retried like the store being away, never skipped.
     let mut backoff = Duration::from_millis(100);
-    loop {
-        match store.record(counts, newest_event, max_todo_id).await {
-            Ok(()) => break,
-            Err(err) if crate::store::is_transient(&err) => {
-                tracing::warn!(error = %err, "projection counters not updated; retrying");
-                if !pause(&mut backoff, config.max_backoff, shutdown).await {
-                    return Ok(());
-                }
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "projection counters not updated");
-                break;
-            }
+    while let Err(err) = store.record(counts, newest_event, max_todo_id).await {
+        tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "projection counters not updated; retrying");
+        if !pause(&mut backoff, config.max_backoff, shutdown).await {
+            return Ok(Settled::Stopped);
         }
     }
     // Every other delivery of the batch is settled by now, and every earlier batch was: one
@@ -382,7 +394,7 @@ async fn handle_batch(
         took_ms = started.elapsed().as_millis() as u64,
         "batch projected"
     );
-    Ok(())
+    Ok(Settled::All)
 }
 
 /// Applies `events` as one batch. A transient failure of the whole batch, or of single
@@ -395,14 +407,14 @@ async fn apply(
     events: &[Envelope],
     shutdown: &Shutdown,
 ) -> Option<BatchResult> {
-    let mut results: Vec<Option<Result<Outcome, Refused>>> = vec![None; events.len()];
+    let mut results: BatchResult = vec![None; events.len()];
     let mut backoff = Duration::from_millis(100);
     loop {
         let open: Vec<usize> = (0..events.len())
             .filter(|&k| results[k].is_none())
             .collect();
         if open.is_empty() {
-            return Some(results.into_iter().flatten().collect());
+            return Some(results);
         }
         let subset: Vec<Envelope> = open.iter().map(|&k| events[k].clone()).collect();
         let outcome = match store.apply_batch(&subset).await {
@@ -420,13 +432,13 @@ async fn apply(
                 for e in &subset {
                     one_by_one.push(loop {
                         match store.apply(e).await {
-                            Ok(outcome) => break Ok(outcome),
+                            Ok(outcome) => break Some(Ok(outcome)),
                             Err(err) if crate::store::is_transient(&err) => {
                                 if !pause(&mut backoff, config.max_backoff, shutdown).await {
                                     return None;
                                 }
                             }
-                            Err(err) => break Err(Refused::from(&err)),
+                            Err(err) => break Some(Err(Refused::from(&err))),
                         }
                     });
                 }
@@ -436,8 +448,11 @@ async fn apply(
         let mut transient = false;
         for (&k, result) in open.iter().zip(outcome) {
             match result {
-                Err(refused) if refused.is_transient() => transient = true,
-                settled => results[k] = Some(settled),
+                Some(Err(refused)) if refused.is_transient() => transient = true,
+                // An older event of a todo whose newest event was refused: tried again in the
+                // next round, without it.
+                None => {}
+                Some(settled) => results[k] = Some(settled),
             }
         }
         if transient && !pause(&mut backoff, config.max_backoff, shutdown).await {

@@ -188,8 +188,17 @@ pub fn list_query(params: &HashMap<String, String>) -> Result<ListQuery, ApiErro
     };
     let after = match params.get("cursor") {
         None => None,
+        // A cursor holds the sort value its page ended at: one made for id order has none,
+        // one made for a time order has that time.
         Some(raw) => match decode_cursor(raw) {
-            Some(c) => Some(c),
+            Some(c) if c.v.is_some() == (sort != SortKey::Id) => Some(c),
+            Some(_) => {
+                errors.push(FieldError::new(
+                    "cursor",
+                    "was issued for another sort; start again without it",
+                ));
+                None
+            }
             None => {
                 errors.push(FieldError::new(
                     "cursor",
@@ -218,11 +227,16 @@ pub fn encode_cursor(c: &Cursor) -> String {
         .encode(serde_json::to_vec(c).unwrap_or_default())
 }
 
+/// The largest id a cursor may hold: far above any todo id, far from overflowing the windows
+/// a page in id order walks.
+const CURSOR_MAX_ID: i64 = 1 << 62;
+
 fn decode_cursor(raw: &str) -> Option<Cursor> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(raw)
         .ok()?;
-    serde_json::from_slice(&bytes).ok()
+    let cursor: Cursor = serde_json::from_slice(&bytes).ok()?;
+    (0..=CURSOR_MAX_ID).contains(&cursor.id).then_some(cursor)
 }
 
 fn next_link(q: &ListQuery, cursor: &Cursor) -> String {
@@ -325,6 +339,16 @@ fn get(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + 
         )
 }
 
+/// Whether the read model has version `want` of a todo or later. A delete is final: no later
+/// version can follow a tombstone.
+fn holds(stored: &Option<Stored>, want: i64) -> bool {
+    match stored {
+        Some(Stored::Deleted { .. }) => true,
+        Some(s) => s.version() >= want,
+        None => false,
+    }
+}
+
 /// How often a `?min_version=` waiter reads again when this process's consumer said nothing
 /// about its todo: another replica's consumer may have applied it.
 const MIN_VERSION_POLL: Duration = Duration::from_millis(100);
@@ -344,9 +368,7 @@ async fn read_at_least(
     loop {
         let stored = state.store.get(id).await?;
         let Some(want) = want else { return Ok(stored) };
-        let have = stored.as_ref().map(Stored::version);
-        // A delete is final: no later version can follow a tombstone.
-        if have.is_some_and(|h| h >= want) || matches!(stored, Some(Stored::Deleted { .. })) {
+        if holds(&stored, want) {
             return Ok(stored);
         }
         let poll =
@@ -585,6 +607,30 @@ mod tests {
         };
         assert_eq!(decode_cursor(&encode_cursor(&c)), Some(c));
         assert_eq!(decode_cursor("bm90IGpzb24"), None);
+    }
+
+    #[test]
+    fn a_cursor_for_another_sort_or_out_of_range_is_refused() {
+        let by_id = encode_cursor(&Cursor { v: None, id: 7 });
+        let by_time = encode_cursor(&Cursor {
+            v: Some("2026-11-22T10:00:00.000000Z".into()),
+            id: 7,
+        });
+        assert!(list_query(&params(&[("cursor", &by_id)])).is_ok());
+        assert!(list_query(&params(&[("cursor", &by_time), ("sort", "-updated_at")])).is_ok());
+        for (cursor, sort) in [(&by_id, "created_at"), (&by_time, "id"), (&by_time, "-id")] {
+            assert!(
+                matches!(
+                    list_query(&params(&[("cursor", cursor), ("sort", sort)])),
+                    Err(ApiError::InvalidQuery(_))
+                ),
+                "{sort}"
+            );
+        }
+        for id in [-1, i64::MAX, CURSOR_MAX_ID + 1] {
+            let raw = encode_cursor(&Cursor { v: None, id });
+            assert_eq!(decode_cursor(&raw), None, "id {id}");
+        }
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub async fn replay(store: &Store, command_url: &str) -> anyhow::Result<Report> 
             })?;
         }
         for chunk in page.chunks(BULK) {
-            let outcomes = store.apply_batch(chunk).await.with_context(|| {
+            let outcomes = store.apply_all(chunk).await.with_context(|| {
                 format!(
                     "applying events at positions {} to {} to MongoDB",
                     chunk[0].position,

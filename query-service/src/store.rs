@@ -130,8 +130,9 @@ impl Refused {
     }
 }
 
-/// The outcome of each event of a batch, in the batch's order.
-pub type BatchResult = Vec<Result<Outcome, Refused>>;
+/// The outcome of each event of a batch, in the batch's order. `None`: not settled, because
+/// the newest event of its todo in the batch was refused; apply it again without that one.
+pub type BatchResult = Vec<Option<Result<Outcome, Refused>>>;
 
 /// How many events of each outcome a batch had, for the shared counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -256,8 +257,26 @@ fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
 /// Server error codes that go away by themselves (a node restarting, stepping down, out of
 /// reach).
 const TRANSIENT_CODES: &[i32] = &[
-    6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 63, 150, 234, 133,
+    6,
+    7,
+    89,
+    91,
+    189,
+    262,
+    9001,
+    10107,
+    11600,
+    11602,
+    13435,
+    13436,
+    63,
+    150,
+    234,
+    133,
+    WRITE_CONCERN_FAILED,
 ];
+/// MongoDB's "write concern failed".
+const WRITE_CONCERN_FAILED: i32 = 64;
 
 /// Whether an error is the kind that goes away by itself (the server is restarting or out of
 /// reach): retried with backoff, never a reason to dead-letter a message.
@@ -363,8 +382,8 @@ impl Store {
 
     /// Applies a batch of events in one bulk command (see the module header). The result has
     /// one entry per event, in order. An error is the whole command failing (nothing can be
-    /// said of any event); a [`Refused`] entry is MongoDB refusing that event's write, and
-    /// older events of the same todo in the batch share it.
+    /// said of any event); a [`Refused`] entry is MongoDB refusing that event's write; the
+    /// older events of that todo in the batch are left unsettled (`None`).
     pub async fn apply_batch(&self, events: &[Envelope]) -> mongodb::error::Result<BatchResult> {
         // The newest event of each todo is written; the others follow its fate.
         let mut newest: HashMap<i64, usize> = HashMap::new();
@@ -408,7 +427,7 @@ impl Store {
             .enumerate()
             .map(|(i, e)| {
                 if let Some(result) = results.get(&i) {
-                    return result.clone();
+                    return Some(result.clone());
                 }
                 // Not written itself: the written event of its todo decides.
                 let (j, _) = results
@@ -417,13 +436,34 @@ impl Store {
                     .expect("every todo of the batch has a written event");
                 match &results[j] {
                     Ok(Outcome::Applied) if events[*j].version > e.version => {
-                        Ok(Outcome::Superseded)
+                        Some(Ok(Outcome::Superseded))
                     }
-                    Ok(_) => Ok(Outcome::Duplicate),
-                    Err(refused) => Err(refused.clone()),
+                    Ok(_) => Some(Ok(Outcome::Duplicate)),
+                    Err(_) => None,
                 }
             })
             .collect())
+    }
+
+    /// [`Store::apply_batch`] until every event is settled: the older events of a todo whose
+    /// newest one was refused are applied again without it.
+    pub async fn apply_all(
+        &self,
+        events: &[Envelope],
+    ) -> mongodb::error::Result<Vec<Result<Outcome, Refused>>> {
+        let mut results: Vec<Option<Result<Outcome, Refused>>> = vec![None; events.len()];
+        loop {
+            let open: Vec<usize> = (0..events.len())
+                .filter(|&k| results[k].is_none())
+                .collect();
+            if open.is_empty() {
+                return Ok(results.into_iter().flatten().collect());
+            }
+            let subset: Vec<Envelope> = open.iter().map(|&k| events[k].clone()).collect();
+            for (&k, result) in open.iter().zip(self.apply_batch(&subset).await?) {
+                results[k] = result;
+            }
+        }
     }
 
     /// One unordered `update` command of version-guarded upserts. Returns the write errors by
@@ -432,33 +472,43 @@ impl Store {
         &self,
         events: impl Iterator<Item = &'a Envelope>,
     ) -> mongodb::error::Result<HashMap<usize, Refused>> {
+        let updates: Vec<&Envelope> = events.collect();
         let reply = self
             .db
-            .run_command(bulk_upsert_command(self.todos.name(), events))
+            .run_command(bulk_upsert_command(
+                self.todos.name(),
+                updates.iter().copied(),
+            ))
             .await?;
         let mut errors = HashMap::new();
         if let Ok(list) = reply.get_array("writeErrors") {
+            let int = |d: &Document, k: &str| {
+                d.get(k)
+                    .and_then(|v| v.as_i32().or_else(|| v.as_i64().map(|n| n as i32)))
+            };
             for item in list {
                 let Some(e) = item.as_document() else {
                     continue;
                 };
-                let index = e
-                    .get("index")
-                    .and_then(|v| v.as_i32().or_else(|| v.as_i64().map(|n| n as i32)))
-                    .unwrap_or(-1);
-                let code = e
-                    .get("code")
-                    .and_then(|v| v.as_i32().or_else(|| v.as_i64().map(|n| n as i32)))
-                    .unwrap_or(-1);
+                let (Some(index), Some(code)) = (int(e, "index"), int(e, "code")) else {
+                    return Err(mongodb::error::Error::custom(format!(
+                        "a write error the bulk reply does not tie to an event: {e}"
+                    )));
+                };
                 let message = e.get_str("errmsg").unwrap_or("").to_string();
                 errors.insert(index.max(0) as usize, Refused { code, message });
             }
         }
         if let Ok(wce) = reply.get_document("writeConcernError") {
-            // The writes may not be durable: the caller retries the whole batch.
-            return Err(mongodb::error::Error::custom(format!(
-                "write concern error: {wce}"
-            )));
+            // The writes may not be durable: every one of them is refused for now, and tried
+            // again (the guard makes a write that did land a duplicate).
+            let message = format!("write concern error: {wce}");
+            for (index, _) in updates.iter().enumerate() {
+                errors.entry(index).or_insert(Refused {
+                    code: WRITE_CONCERN_FAILED,
+                    message: message.clone(),
+                });
+            }
         }
         Ok(errors)
     }
@@ -519,27 +569,19 @@ impl Store {
         } else {
             ("$gt", 1)
         };
+        let key = q.sort.field();
         if let Some(after) = &q.after {
-            match (q.sort, &after.v) {
-                (SortKey::Id, _) | (_, None) => {
-                    filter.insert("_id", doc! { op: after.id });
-                }
-                (key, Some(v)) => {
-                    filter.insert(
-                        "$or",
-                        vec![
-                            Bson::Document(doc! { key.field(): { op: v } }),
-                            Bson::Document(doc! { key.field(): v, "_id": { op: after.id } }),
-                        ],
-                    );
-                }
-            }
+            // A time-ordered cursor carries its time (`list_query` refuses one that does not).
+            let v = after.v.clone().unwrap_or_default();
+            filter.insert(
+                "$or",
+                vec![
+                    Bson::Document(doc! { key: { op: &v } }),
+                    Bson::Document(doc! { key: &v, "_id": { op: after.id } }),
+                ],
+            );
         }
-        let sort = if q.sort == SortKey::Id {
-            doc! { "_id": dir }
-        } else {
-            doc! { q.sort.field(): dir, "_id": dir }
-        };
+        let sort = doc! { key: dir, "_id": dir };
         let docs: Vec<Document> = self
             .todos
             .find(filter)
@@ -571,8 +613,8 @@ impl Store {
         Ok((todos, next))
     }
 
-    /// A page in id order, read by id: todo ids are PostgreSQL's dense identity, so the next
-    /// page is among the next ids. Each round reads a window of ids with one `_id: {$in: …}`
+    /// A page in id order, read by id: todo ids come from PostgreSQL's identity, dense but for
+    /// the ids of creates that rolled back, so the next page is among the next ids. Each round reads a window of ids with one `_id: {$in: …}`
     /// lookup (a point read per id on any store, and in `_id` order without a sort), and
     /// filters out tombstones and other `completed` values. Windows start at `limit + 1` ids
     /// and double while they come back short, up to [`ID_SCAN_LIMIT`] ids per page; a page

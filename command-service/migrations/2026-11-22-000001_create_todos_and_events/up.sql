@@ -11,10 +11,10 @@ CREATE TABLE todos (
 );
 
 -- The event log and transactional outbox in one: every command inserts its event here in the
--- same transaction as the todo change. `position` is global and, because writers take a
--- transaction-level advisory lock before inserting, increases in commit order, so a reader of
--- `GET /events?after=N` never skips an event that commits later with a smaller position.
--- `published_at` is set by the relay only after RabbitMQ confirmed the message.
+-- same transaction as the todo change. (As first created: writers took an advisory lock so
+-- `position` followed commit order, and `published_at` flagged each published row. The next
+-- migration, 2026-11-25-000001_sequenced_event_log, replaces both: writers take no shared lock,
+-- a sequencer stamps positions, and the relay keeps one cursor.)
 CREATE TABLE events (
     position         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     event_id         UUID        NOT NULL UNIQUE,

@@ -208,7 +208,17 @@ pub struct Open {
     pub readable_p50: f64,
     pub readable_p99: f64,
     pub readable_max: f64,
-    pub failed: usize,
+    /// Writes that did not answer 201.
+    pub failed_writes: usize,
+    /// Reads with `min_version` that did not answer 200 (left out of the latencies).
+    pub failed_reads: usize,
+}
+
+/// One write of the open loop: its latency and its write-to-readable time (seconds).
+enum Sample {
+    Readable(f64, f64),
+    ReadFailed(f64),
+    WriteFailed,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -242,43 +252,54 @@ pub async fn open_loop(
         tokio::time::sleep_until(due).await;
         let (client, command, query) = (client.clone(), command.to_string(), query.to_string());
         tasks.push(tokio::spawn(async move {
-            let response = client
+            let Ok(response) = client
                 .post(format!("{command}/todos"))
                 .json(&serde_json::json!({"title": "open loop"}))
                 .send()
                 .await
-                .ok()?;
+            else {
+                return Sample::WriteFailed;
+            };
             let answered = tokio::time::Instant::now();
-            if response.status() != 201 {
-                return None;
-            }
-            let todo: Value = response.json().await.ok()?;
-            let (id, version) = (todo["id"].as_i64()?, todo["version"].as_i64()?);
+            let todo: Option<Value> = match response.status().as_u16() {
+                201 => response.json().await.ok(),
+                _ => None,
+            };
+            let Some((id, version)) = todo
+                .as_ref()
+                .and_then(|t| Some((t["id"].as_i64()?, t["version"].as_i64()?)))
+            else {
+                return Sample::WriteFailed;
+            };
+            let post = (answered - due).as_secs_f64();
             let read = client
                 .get(format!("{query}/todos/{id}?min_version={version}"))
                 .send()
-                .await
-                .ok()?;
+                .await;
             let readable = tokio::time::Instant::now();
-            (read.status() == 200).then(|| {
-                (
-                    (answered - due).as_secs_f64(),
-                    (readable - answered).as_secs_f64(),
-                )
-            })
+            match read {
+                Ok(r) if r.status() == 200 => {
+                    Sample::Readable(post, (readable - answered).as_secs_f64())
+                }
+                _ => Sample::ReadFailed(post),
+            }
         }));
     }
     let sent = started.elapsed().as_secs_f64();
     let mut posts = Vec::with_capacity(total);
     let mut readable = Vec::with_capacity(total);
-    let mut failed = 0;
+    let (mut failed_writes, mut failed_reads) = (0, 0);
     for t in tasks {
         match t.await? {
-            Some((p, r)) => {
+            Sample::Readable(p, r) => {
                 posts.push(p);
                 readable.push(r);
             }
-            None => failed += 1,
+            Sample::ReadFailed(p) => {
+                posts.push(p);
+                failed_reads += 1;
+            }
+            Sample::WriteFailed => failed_writes += 1,
         }
     }
     posts.sort_by(f64::total_cmp);
@@ -289,6 +310,7 @@ pub async fn open_loop(
         readable_p50: percentile(&readable, 50.0),
         readable_p99: percentile(&readable, 99.0),
         readable_max: readable.last().copied().unwrap_or(f64::NAN),
-        failed,
+        failed_writes,
+        failed_reads,
     })
 }

@@ -382,8 +382,8 @@ fn page_ids(after: i64, n: i64) -> Vec<i64> {
     (after + 1..=after + n).collect()
 }
 
-/// `find({_id: {$in: [limit ids]}})` per second: the cheapest query that returns a page's
-/// documents on a store that answers it with point reads.
+/// The query a page of `limit` in id order sends (`limit + 1` ids, sorted by `_id`) per
+/// second, straight to the store: the cheapest query that returns the page's documents.
 pub async fn page_rate(
     config: &Config,
     database: &str,
@@ -393,12 +393,13 @@ pub async fn page_rate(
 ) -> anyhow::Result<f64> {
     let client = Client::with_uri_str(&config.mongodb_uri).await?;
     let todos = client.database(database).collection::<Document>("todos");
-    let ids = page_ids(after, limit);
+    let ids = page_ids(after, limit + 1);
     timed(config, concurrency, move || {
         let (todos, ids) = (todos.clone(), ids.clone());
         async move {
             let docs: Vec<Document> = todos
                 .find(doc! { "_id": { "$in": ids } })
+                .sort(doc! { "_id": 1 })
                 .await?
                 .try_collect()
                 .await?;

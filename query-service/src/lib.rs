@@ -101,12 +101,12 @@ impl Application {
         };
         tracing::info!(addr = %self.local_addr, "query-service listening");
         let server_shutdown = shutdown.clone();
-        let server = tokio::spawn(
-            warp::serve(http::routes(state))
-                .incoming(self.listener)
-                .graceful(async move { server_shutdown.triggered().await })
-                .run(),
-        );
+        let server = tokio::spawn(events::service::server::serve(
+            self.listener,
+            http::routes(state),
+            self.settings.server_limits(),
+            async move { server_shutdown.triggered().await },
+        ));
         signal.await;
         trigger.trigger();
         server.await.context("HTTP server task failed")?;

@@ -9,6 +9,7 @@
 pub mod http;
 pub mod metrics;
 pub mod problem;
+pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 

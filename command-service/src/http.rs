@@ -28,6 +28,7 @@ const FEED_MAX_LIMIT: i64 = 1000;
 pub struct State {
     pub commands: Commands,
     pub relay: Arc<RelayStatus>,
+    pub tasks: Arc<events::service::supervise::Supervisor>,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: u64,
 }
@@ -478,7 +479,8 @@ fn ready(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> 
                         "outbox_backlog": outbox.as_ref().map(|o| o.backlog),
                         "relay_failed_rounds": outbox.as_ref().map(|o| o.publish_attempts),
                         "relay_last_error": outbox.as_ref().and_then(|o| o.last_error.clone()),
-                    }
+                    },
+                    "tasks": state.tasks.report(),
                 }),
             )
         })
@@ -502,6 +504,7 @@ mod tests {
                 24,
             ),
             relay: Arc::default(),
+            tasks: Arc::default(),
             metrics: Arc::default(),
             max_body_bytes: 1024,
         }

@@ -18,6 +18,7 @@ pub mod todos;
 pub use events::service::{healthcheck, shutdown, telemetry};
 
 use anyhow::Context;
+use events::service::supervise::Supervisor;
 use relay::{RelayConfig, RelayStatus};
 use sequencer::SequencerConfig;
 use settings::Settings;
@@ -37,6 +38,7 @@ pub struct Application {
     pool: db::PgPool,
     settings: Settings,
     relay_status: Arc<RelayStatus>,
+    tasks: Arc<Supervisor>,
 }
 
 impl Application {
@@ -59,7 +61,13 @@ impl Application {
             pool,
             settings,
             relay_status: Arc::default(),
+            tasks: Arc::default(),
         })
+    }
+
+    /// The supervisor of the sequencer and the relay (what `/ready` reports under `tasks`).
+    pub fn tasks(&self) -> Arc<Supervisor> {
+        self.tasks.clone()
     }
 
     pub fn port(&self) -> u16 {
@@ -70,8 +78,9 @@ impl Application {
         self.local_addr
     }
 
-    /// Serves HTTP and runs the sequencer and the outbox relay until `signal` resolves, then stops accepting,
-    /// lets in-flight requests and the relay's batch finish, and returns.
+    /// Serves HTTP and runs the sequencer and the outbox relay (supervised: restarted if they
+    /// end or panic) until `signal` resolves, then stops accepting, lets in-flight requests and
+    /// the relay's batch finish, and returns.
     pub async fn run(
         self,
         signal: impl Future<Output = ()> + Send + 'static,
@@ -94,19 +103,30 @@ impl Application {
         let state = http::State {
             commands,
             relay: self.relay_status.clone(),
+            tasks: self.tasks.clone(),
             metrics: metrics.clone(),
             max_body_bytes: self.settings.max_body_bytes,
         };
         let poll = Duration::from_millis(self.settings.relay_poll_ms);
         let max_backoff = Duration::from_millis(self.settings.relay_max_backoff_ms);
-        let sequencer = tokio::spawn(sequencer::run(
-            background.clone(),
-            wake.appended.clone(),
-            wake.stamped.clone(),
-            SequencerConfig { poll, max_backoff },
-            metrics.clone(),
-            shutdown.clone(),
-        ));
+        let sequencer = {
+            let (pool, wake, metrics, stop) = (
+                background.clone(),
+                wake.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            );
+            self.tasks.spawn("sequencer", shutdown.clone(), move || {
+                sequencer::run(
+                    pool.clone(),
+                    wake.appended.clone(),
+                    wake.stamped.clone(),
+                    SequencerConfig { poll, max_backoff },
+                    metrics.clone(),
+                    stop.clone(),
+                )
+            })
+        };
         let relay_config = RelayConfig {
             amqp_url: self.settings.amqp_url.clone(),
             exchange: self.settings.amqp_exchange.clone(),
@@ -115,14 +135,20 @@ impl Application {
             max_backoff,
             idempotency_ttl_hours: self.settings.idempotency_ttl_hours,
         };
-        let relay = tokio::spawn(relay::run(
-            background,
-            wake.stamped,
-            relay_config,
-            self.relay_status.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        ));
+        let relay = {
+            let (status, metrics, stop) =
+                (self.relay_status.clone(), metrics.clone(), shutdown.clone());
+            self.tasks.spawn("relay", shutdown.clone(), move || {
+                relay::run(
+                    background.clone(),
+                    wake.stamped.clone(),
+                    relay_config.clone(),
+                    status.clone(),
+                    metrics.clone(),
+                    stop.clone(),
+                )
+            })
+        };
         tracing::info!(addr = %self.local_addr, "command-service listening");
         let server_shutdown = shutdown.clone();
         let server = tokio::spawn(events::service::server::serve(

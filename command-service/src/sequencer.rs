@@ -27,6 +27,7 @@ const BUSY_RETRY: Duration = Duration::from_millis(3);
 /// (`scripts/bench.sh`): one round per write cost a quarter of the write rate at one client.
 const MIN_INTERVAL: Duration = Duration::from_millis(5);
 
+#[derive(Debug, Clone, Copy)]
 pub struct SequencerConfig {
     pub poll: Duration,
     pub max_backoff: Duration,

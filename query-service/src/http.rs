@@ -29,6 +29,8 @@ pub struct State {
     pub applied: tokio::sync::broadcast::Sender<crate::consumer::Applied>,
     /// `/stats` counts, recomputed at most every [`COUNTS_MAX_AGE`].
     pub counts: CountsCache,
+    /// The supervised consumer's state, for `/ready`.
+    pub tasks: Arc<events::service::supervise::Supervisor>,
 }
 
 /// How old the counts `/stats` answers may be. Counting reads every live todo's index entry,
@@ -473,7 +475,8 @@ fn ready(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> 
                     "checks": {
                         "mongodb": if mongo_up { "up" } else { "down" },
                         "rabbitmq": if consumer_up { "up" } else { "down" },
-                    }
+                    },
+                    "tasks": state.tasks.report(),
                 }),
             )
         })
@@ -499,6 +502,7 @@ mod tests {
             min_version_wait: Duration::from_millis(100),
             applied: tokio::sync::broadcast::channel(1).0,
             counts: CountsCache::default(),
+            tasks: Arc::default(),
         }
     }
 

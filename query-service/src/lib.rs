@@ -15,6 +15,7 @@ pub use events::service::{healthcheck, shutdown, telemetry};
 
 use anyhow::Context;
 use consumer::{ConsumerConfig, ConsumerStatus};
+use events::service::supervise::Supervisor;
 use settings::Settings;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -28,6 +29,7 @@ pub struct Application {
     local_addr: SocketAddr,
     store: Store,
     settings: Settings,
+    tasks: Arc<Supervisor>,
 }
 
 impl Application {
@@ -58,6 +60,7 @@ impl Application {
             local_addr,
             store,
             settings,
+            tasks: Arc::default(),
         })
     }
 
@@ -65,8 +68,14 @@ impl Application {
         self.local_addr.port()
     }
 
-    /// Serves reads and runs the projection until `signal` resolves; then stops accepting,
-    /// finishes in-flight requests and the message in hand, and returns.
+    /// The supervisor of the consumer (what `/ready` reports under `tasks`).
+    pub fn tasks(&self) -> Arc<Supervisor> {
+        self.tasks.clone()
+    }
+
+    /// Serves reads and runs the projection (supervised: restarted if it ends or panics) until
+    /// `signal` resolves; then stops accepting, finishes in-flight requests and the batch in
+    /// hand, and returns.
     pub async fn run(
         self,
         signal: impl Future<Output = ()> + Send + 'static,
@@ -76,21 +85,22 @@ impl Application {
         let metrics = Arc::new(metrics::Metrics::default());
         // Batches applied, for `?min_version=` waiters; a waiter that falls behind re-reads.
         let (applied, _) = tokio::sync::broadcast::channel(256);
-        let consumer = tokio::spawn(consumer::run(
-            self.store.clone(),
-            ConsumerConfig {
-                metrics: metrics.clone(),
-                amqp_url: self.settings.amqp_url.clone(),
-                exchange: self.settings.amqp_exchange.clone(),
-                queue: self.settings.amqp_queue.clone(),
-                prefetch: self.settings.amqp_prefetch,
-                max_attempts: self.settings.max_delivery_attempts,
-                max_backoff: Duration::from_millis(self.settings.retry_max_backoff_ms),
-                applied: applied.clone(),
-            },
-            status.clone(),
-            shutdown.clone(),
-        ));
+        let config = ConsumerConfig {
+            metrics: metrics.clone(),
+            amqp_url: self.settings.amqp_url.clone(),
+            exchange: self.settings.amqp_exchange.clone(),
+            queue: self.settings.amqp_queue.clone(),
+            prefetch: self.settings.amqp_prefetch,
+            max_attempts: self.settings.max_delivery_attempts,
+            max_backoff: Duration::from_millis(self.settings.retry_max_backoff_ms),
+            applied: applied.clone(),
+        };
+        let consumer = {
+            let (store, status, stop) = (self.store.clone(), status.clone(), shutdown.clone());
+            self.tasks.spawn("consumer", shutdown.clone(), move || {
+                consumer::run(store.clone(), config.clone(), status.clone(), stop.clone())
+            })
+        };
         let state = http::State {
             store: self.store.clone(),
             consumer: status,
@@ -98,6 +108,7 @@ impl Application {
             min_version_wait: Duration::from_millis(self.settings.min_version_wait_ms),
             applied,
             counts: http::CountsCache::default(),
+            tasks: self.tasks.clone(),
         };
         tracing::info!(addr = %self.local_addr, "query-service listening");
         let server_shutdown = shutdown.clone();

@@ -56,6 +56,8 @@ pub async fn create_database() -> (String, String) {
 
 pub struct TestApp {
     pub address: String,
+    /// The supervisor of the app's background tasks.
+    pub tasks: std::sync::Arc<events::service::supervise::Supervisor>,
     pub database_url: String,
     pub exchange: String,
     pub client: reqwest::Client,
@@ -103,12 +105,14 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         .await
         .expect("application builds");
     let address = format!("http://127.0.0.1:{}", app.port());
+    let tasks = app.tasks();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run(async move {
         let _ = stopped.await;
     }));
     TestApp {
         address,
+        tasks,
         database_url,
         exchange,
         client: reqwest::Client::builder()

@@ -10,3 +10,4 @@ mod idempotency;
 mod outage;
 mod publishing;
 mod server;
+mod supervision;

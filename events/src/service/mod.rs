@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod problem;
 pub mod server;
 pub mod shutdown;
+pub mod supervise;
 pub mod telemetry;
 
 use anyhow::Context;

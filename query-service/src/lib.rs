@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod replay;
 pub mod settings;
 pub mod store;
+pub mod verify;
 
 pub use events::service::{healthcheck, shutdown, telemetry};
 

@@ -3,7 +3,9 @@ use query_service::{settings::Settings, shutdown, store::Store, telemetry, Appli
 
 /// `query-service` serves; `query-service healthcheck` probes a running one;
 /// `query-service replay [COMMAND_URL]` rebuilds or repairs the read model from
-/// command-service's event log (default `http://127.0.0.1:5001`).
+/// command-service's event log (default `http://127.0.0.1:5001`);
+/// `query-service verify [COMMAND_URL] [--repair]` compares the read model with that log
+/// (exit code 1 on a difference).
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
@@ -28,8 +30,37 @@ async fn main() -> anyhow::Result<()> {
             );
             return Ok(());
         }
+        Some("verify") => {
+            telemetry::init(settings.log_format, &settings.rust_log);
+            let mut command_url = "http://127.0.0.1:5001".to_string();
+            let mut repair = false;
+            for arg in args {
+                match arg.as_str() {
+                    "--repair" => repair = true,
+                    url if !url.starts_with('-') => command_url = url.to_string(),
+                    other => anyhow::bail!("verify: unknown option {other:?}"),
+                }
+            }
+            let store = Store::connect(&settings.mongodb_uri, &settings.mongodb_db)
+                .await
+                .context("MONGODB_URI is not a usable MongoDB connection string")?;
+            let found = query_service::verify::verify(&store, &command_url).await?;
+            print!("verify: {found}");
+            if found.differences.is_empty() || !repair {
+                std::process::exit(if found.differences.is_empty() { 0 } else { 1 });
+            }
+            store.ensure_indexes().await.context("MongoDB not reachable")?;
+            let replayed = query_service::replay::replay(&store, &command_url).await?;
+            println!(
+                "repair: replayed {} events through the version guard ({} applied, {} already there)",
+                replayed.read, replayed.applied, replayed.skipped
+            );
+            let after = query_service::verify::verify(&store, &command_url).await?;
+            print!("verify after repair: {after}");
+            std::process::exit(if after.differences.is_empty() { 0 } else { 1 });
+        }
         Some(other) => anyhow::bail!(
-            "unknown command {other:?}: use no argument (serve), `healthcheck`, or `replay [COMMAND_URL]`"
+            "unknown command {other:?}: use no argument (serve), `healthcheck`, `replay [COMMAND_URL]` or `verify [COMMAND_URL] [--repair]`"
         ),
         None => {}
     }

@@ -32,17 +32,29 @@ pub struct Report {
     pub last_position: i64,
 }
 
-/// Replays the whole log of the command-service at `command_url` into `store`.
-pub async fn replay(store: &Store, command_url: &str) -> anyhow::Result<Report> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .context("HTTP client")?;
-    let base = command_url.trim_end_matches('/');
-    let mut report = Report::default();
-    loop {
-        let url = format!("{base}/events?after={}&limit={PAGE}", report.last_position);
-        let response = client
+/// Reads command-service's event log, `GET /events`, page by page.
+pub struct LogReader {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl LogReader {
+    pub fn new(command_url: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .context("HTTP client")?,
+            base: command_url.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// The next page of events after `after`, each checked as the consumer checks a message;
+    /// a page shorter than [`PAGE`] is the end of the log.
+    pub async fn page(&self, after: i64) -> anyhow::Result<Vec<Envelope>> {
+        let url = format!("{}/events?after={after}&limit={PAGE}", self.base);
+        let response = self
+            .client
             .get(&url)
             .send()
             .await
@@ -68,6 +80,16 @@ pub async fn replay(store: &Store, command_url: &str) -> anyhow::Result<Report> 
                 )
             })?;
         }
+        Ok(page)
+    }
+}
+
+/// Replays the whole log of the command-service at `command_url` into `store`.
+pub async fn replay(store: &Store, command_url: &str) -> anyhow::Result<Report> {
+    let log = LogReader::new(command_url)?;
+    let mut report = Report::default();
+    loop {
+        let page = log.page(report.last_position).await?;
         for chunk in page.chunks(BULK) {
             let outcomes = store.apply_all(chunk).await.with_context(|| {
                 format!(

@@ -555,6 +555,36 @@ impl Store {
             .and_then(|d| from_document(&d)))
     }
 
+    /// The stored documents of `ids` (point reads), by id; `None` for a document this version
+    /// cannot read.
+    pub async fn get_many(
+        &self,
+        ids: &[i64],
+    ) -> mongodb::error::Result<HashMap<i64, Option<Stored>>> {
+        let docs: Vec<Document> = self
+            .todos
+            .find(doc! { "_id": { "$in": ids } })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(docs
+            .iter()
+            .filter_map(|d| Some((d.get_i64("_id").ok()?, from_document(d))))
+            .collect())
+    }
+
+    /// Every todo id the read model holds, live or deleted (reads the whole collection).
+    pub async fn all_ids(&self) -> mongodb::error::Result<Vec<i64>> {
+        let docs: Vec<Document> = self
+            .todos
+            .find(doc! {})
+            .projection(doc! { "_id": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(docs.iter().filter_map(|d| d.get_i64("_id").ok()).collect())
+    }
+
     /// One page of live todos, and the cursor of the next page when more may follow.
     pub async fn list(&self, q: &ListQuery) -> mongodb::error::Result<(Vec<Todo>, Option<Cursor>)> {
         if q.sort == SortKey::Id {

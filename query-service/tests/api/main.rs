@@ -11,3 +11,4 @@ mod outage;
 mod projection;
 mod reads;
 mod replay;
+mod verify;

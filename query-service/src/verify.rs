@@ -1,0 +1,294 @@
+//! `query-service verify [COMMAND_URL] [--repair]`: checks the read model against the event
+//! log command-service keeps.
+//!
+//! It reads the whole log (`GET /events`, oldest first), folds it into each todo's final
+//! state (the state of its newest event, or a tombstone at the delete's version), and compares
+//! every todo with what MongoDB holds: version, title, description, completed, timestamps, and
+//! live or deleted. It also lists documents the read model holds for todos the log never had.
+//! Every difference is printed; the exit code is non-zero if there is one.
+//!
+//! `--repair` replays the log through the version guard (what `replay` does: it adds what is
+//! missing and moves what is behind forward, and can never move anything backwards), then
+//! verifies again. A document for a todo the log never had is reported, not deleted: the guard
+//! has no event to apply to it, and removing data is left to a person.
+//!
+//! Run it while no writes are in flight: an event published after the log was read, or not
+//! yet projected, shows as a difference.
+
+use crate::replay::LogReader;
+use crate::store::{Store, Stored, Todo};
+use events::{Envelope, EventType};
+use std::collections::BTreeMap;
+
+/// A todo as the log ends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Final {
+    Live(Todo),
+    Deleted { version: i64 },
+}
+
+impl Final {
+    fn version(&self) -> i64 {
+        match self {
+            Final::Live(t) => t.version,
+            Final::Deleted { version } => *version,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Final::Live(t) => format!("live at version {}", t.version),
+            Final::Deleted { version } => format!("deleted at version {version}"),
+        }
+    }
+}
+
+fn describe(stored: &Stored) -> String {
+    match stored {
+        Stored::Live(t) => format!("live at version {}", t.version),
+        Stored::Deleted { version } => format!("deleted at version {version}"),
+    }
+}
+
+/// What one verification found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Verification {
+    /// Events read from the log.
+    pub events: u64,
+    /// Todos the log has, compared.
+    pub compared: usize,
+    pub live: usize,
+    pub deleted: usize,
+    /// One line per difference.
+    pub differences: Vec<String>,
+}
+
+fn fold(finals: &mut BTreeMap<i64, Final>, e: &Envelope) {
+    let newer = finals
+        .get(&e.todo_id)
+        .is_none_or(|f| f.version() < e.version);
+    if !newer {
+        return;
+    }
+    let state = match (&e.event_type, &e.data) {
+        (EventType::TodoCreated | EventType::TodoUpdated, Some(d)) => Final::Live(Todo {
+            id: e.todo_id,
+            title: d.title.clone(),
+            description: d.description.clone(),
+            completed: d.completed,
+            version: e.version,
+            created_at: d.created_at,
+            updated_at: d.updated_at,
+        }),
+        _ => Final::Deleted { version: e.version },
+    };
+    finals.insert(e.todo_id, state);
+}
+
+fn compare(id: i64, expected: &Final, found: Option<&Option<Stored>>) -> Option<String> {
+    let found = match found {
+        None => {
+            return Some(format!(
+                "todo {id}: missing from the read model (the log has it {})",
+                expected.describe()
+            ))
+        }
+        Some(None) => {
+            return Some(format!(
+                "todo {id}: the read model's document cannot be read"
+            ))
+        }
+        Some(Some(stored)) => stored,
+    };
+    match (expected, found) {
+        (Final::Deleted { version }, Stored::Deleted { version: have }) if version == have => None,
+        (Final::Live(want), Stored::Live(have)) if want == have => None,
+        (Final::Live(want), Stored::Live(have)) if want.version == have.version => {
+            let mut fields = Vec::new();
+            if want.title != have.title {
+                fields.push(format!("title {:?} (log {:?})", have.title, want.title));
+            }
+            if want.description != have.description {
+                fields.push(format!(
+                    "description {:?} (log {:?})",
+                    have.description, want.description
+                ));
+            }
+            if want.completed != have.completed {
+                fields.push(format!(
+                    "completed {} (log {})",
+                    have.completed, want.completed
+                ));
+            }
+            if want.created_at != have.created_at {
+                fields.push(format!(
+                    "created_at {} (log {})",
+                    have.created_at, want.created_at
+                ));
+            }
+            if want.updated_at != have.updated_at {
+                fields.push(format!(
+                    "updated_at {} (log {})",
+                    have.updated_at, want.updated_at
+                ));
+            }
+            Some(format!(
+                "todo {id}: at version {} the read model has {}",
+                want.version,
+                fields.join(", ")
+            ))
+        }
+        (want, have) => Some(format!(
+            "todo {id}: the read model has it {}, the log {}",
+            describe(have),
+            want.describe()
+        )),
+    }
+}
+
+/// Reads the whole log from `command_url` and compares it with `store`.
+pub async fn verify(store: &Store, command_url: &str) -> anyhow::Result<Verification> {
+    let log = LogReader::new(command_url)?;
+    let mut finals: BTreeMap<i64, Final> = BTreeMap::new();
+    let mut report = Verification::default();
+    let mut after = 0;
+    loop {
+        let page = log.page(after).await?;
+        for e in &page {
+            fold(&mut finals, e);
+        }
+        report.events += page.len() as u64;
+        match page.last() {
+            Some(last) if page.len() as i64 == crate::replay::PAGE => after = last.position,
+            _ => break,
+        }
+    }
+    let ids: Vec<i64> = finals.keys().copied().collect();
+    for chunk in ids.chunks(500) {
+        let stored = store.get_many(chunk).await?;
+        for id in chunk {
+            let expected = &finals[id];
+            match expected {
+                Final::Live(_) => report.live += 1,
+                Final::Deleted { .. } => report.deleted += 1,
+            }
+            if let Some(difference) = compare(*id, expected, stored.get(id)) {
+                report.differences.push(difference);
+            }
+        }
+    }
+    report.compared = finals.len();
+    for id in store.all_ids().await? {
+        if !finals.contains_key(&id) {
+            report.differences.push(format!(
+                "todo {id}: in the read model, but the log has no event for it"
+            ));
+        }
+    }
+    Ok(report)
+}
+
+impl std::fmt::Display for Verification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "compared {} todos ({} live, {} deleted) folded from {} events: {} difference(s)",
+            self.compared,
+            self.live,
+            self.deleted,
+            self.events,
+            self.differences.len()
+        )?;
+        for d in &self.differences {
+            writeln!(f, "  {d}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+    use events::{TodoState, SCHEMA_VERSION};
+
+    fn event(todo_id: i64, version: i64, event_type: EventType, title: &str) -> Envelope {
+        let at = Utc
+            .with_ymd_and_hms(2026, 11, 25, 0, 0, 0)
+            .single()
+            .expect("time");
+        Envelope {
+            event_id: uuid::Uuid::new_v4(),
+            event_type,
+            schema_version: SCHEMA_VERSION,
+            todo_id,
+            version,
+            position: version,
+            occurred_at: at,
+            correlation_id: "t".into(),
+            data: (event_type != EventType::TodoDeleted).then(|| TodoState {
+                title: title.into(),
+                description: None,
+                completed: false,
+                created_at: at,
+                updated_at: at,
+            }),
+            changed: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_fold_keeps_each_todos_newest_event_whatever_the_order() {
+        let mut finals = BTreeMap::new();
+        for e in [
+            event(1, 2, EventType::TodoUpdated, "b"),
+            event(1, 1, EventType::TodoCreated, "a"),
+            event(2, 1, EventType::TodoCreated, "x"),
+            event(2, 2, EventType::TodoDeleted, ""),
+        ] {
+            fold(&mut finals, &e);
+        }
+        assert!(matches!(&finals[&1], Final::Live(t) if t.title == "b" && t.version == 2));
+        assert_eq!(finals[&2], Final::Deleted { version: 2 });
+    }
+
+    #[test]
+    fn every_kind_of_difference_is_named() {
+        let mut finals = BTreeMap::new();
+        fold(&mut finals, &event(1, 2, EventType::TodoUpdated, "b"));
+        let want = &finals[&1];
+        let Final::Live(todo) = want.clone() else {
+            panic!("live")
+        };
+        assert_eq!(
+            compare(1, want, Some(&Some(Stored::Live(todo.clone())))),
+            None
+        );
+        let cases: Vec<(Option<Option<Stored>>, &str)> = vec![
+            (None, "missing from the read model"),
+            (Some(None), "cannot be read"),
+            (
+                Some(Some(Stored::Live(Todo {
+                    version: 1,
+                    ..todo.clone()
+                }))),
+                "live at version 1, the log live at version 2",
+            ),
+            (
+                Some(Some(Stored::Live(Todo {
+                    title: "c".into(),
+                    ..todo.clone()
+                }))),
+                "title \"c\" (log \"b\")",
+            ),
+            (
+                Some(Some(Stored::Deleted { version: 3 })),
+                "deleted at version 3",
+            ),
+        ];
+        for (found, expected) in cases {
+            let difference = compare(1, want, found.as_ref()).expect("a difference");
+            assert!(difference.contains(expected), "{difference}");
+        }
+    }
+}

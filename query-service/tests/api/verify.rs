@@ -1,0 +1,150 @@
+//! `query-service verify` compares the read model with command-service's log, names every
+//! difference, and `--repair` puts back what the version guard can.
+
+use crate::helpers::*;
+use bson::doc;
+use serde_json::{json, Value};
+
+/// Runs `query-service verify <command_url> [args]` as an operator would. Off the runtime's
+/// thread: command-service answers from this test's runtime.
+async fn run_verify(names: &Names, command_url: &str, args: &[&str]) -> (bool, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_query-service"));
+    command
+        .arg("verify")
+        .arg(command_url)
+        .args(args)
+        .env("MONGODB_URI", mongodb_uri())
+        .env("MONGODB_DB", &names.mongo_db)
+        .env("RUST_LOG", "warn");
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("joined")
+        .expect("query-service verify runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).to_string(),
+    )
+}
+
+#[tokio::test]
+async fn verify_finds_each_difference_and_repair_puts_back_what_the_guard_can() {
+    let names = Names::new();
+    let (command, _) = spawn_command(&names).await;
+    let query = spawn_query(&names).await;
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for title in ["one", "two", "three", "four"] {
+        let created: Value = write(
+            &client,
+            "POST",
+            command.url("/todos"),
+            Some(json!({ "title": title })),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+        ids.push(created["id"].as_i64().expect("id"));
+    }
+    let patched = write(
+        &client,
+        "PATCH",
+        command.url(&format!("/todos/{}", ids[1])),
+        Some(json!({ "completed": true })),
+    )
+    .await;
+    assert_eq!(patched.status(), 200);
+    let deleted = write(
+        &client,
+        "DELETE",
+        command.url(&format!("/todos/{}", ids[3])),
+        None,
+    )
+    .await;
+    assert_eq!(deleted.status(), 204);
+    for (id, version) in [(ids[1], 2), (ids[3], 2)] {
+        let read = client
+            .get(query.url(&format!("/todos/{id}?min_version={version}")))
+            .send()
+            .await
+            .expect("read");
+        assert!(read.status() == 200 || read.status() == 404, "{id}");
+    }
+
+    let (ok, out) = run_verify(&names, &command.address, &[]).await;
+    assert!(ok, "a converged read model verifies: {out}");
+    assert!(
+        out.contains("compared 4 todos (3 live, 1 deleted) folded from 6 events: 0 difference(s)"),
+        "{out}"
+    );
+
+    // Break it in three ways a guard can repair and two it cannot.
+    let mongo = mongodb::Client::with_uri_str(mongodb_uri())
+        .await
+        .expect("mongo");
+    let todos = mongo
+        .database(&names.mongo_db)
+        .collection::<bson::Document>("todos");
+    todos
+        .delete_one(doc! { "_id": ids[0] })
+        .await
+        .expect("delete");
+    todos
+        .update_one(
+            doc! { "_id": ids[1] },
+            doc! { "$set": { "version": 1_i64, "completed": false } },
+        )
+        .await
+        .expect("set back");
+    todos
+        .update_one(
+            doc! { "_id": ids[2] },
+            doc! { "$set": { "title": "tampered" } },
+        )
+        .await
+        .expect("tamper");
+    todos
+        .insert_one(doc! { "_id": 999_999_i64, "version": 1_i64, "deleted": true })
+        .await
+        .expect("insert");
+    let (ok, out) = run_verify(&names, &command.address, &[]).await;
+    assert!(!ok, "differences exit non-zero: {out}");
+    for expected in [
+        format!("todo {}: missing from the read model", ids[0]),
+        format!(
+            "todo {}: the read model has it live at version 1, the log live at version 2",
+            ids[1]
+        ),
+        format!(
+            "todo {}: at version 1 the read model has title \"tampered\" (log \"three\")",
+            ids[2]
+        ),
+        "todo 999999: in the read model, but the log has no event for it".to_string(),
+        "4 difference(s)".to_string(),
+    ] {
+        assert!(out.contains(&expected), "{expected:?} in {out}");
+    }
+
+    let (ok, out) = run_verify(&names, &command.address, &["--repair"]).await;
+    assert!(!ok, "what the guard cannot repair is still reported: {out}");
+    let after = out
+        .split("verify after repair:")
+        .nth(1)
+        .expect("a second verification");
+    assert!(after.contains("2 difference(s)"), "{out}");
+    assert!(
+        !after.contains(&format!("todo {}:", ids[0])),
+        "put back: {out}"
+    );
+    assert!(
+        !after.contains(&format!("todo {}:", ids[1])),
+        "moved forward: {out}"
+    );
+    assert!(
+        after.contains(&format!("todo {}:", ids[2])),
+        "same version, left: {out}"
+    );
+    query.stop().await;
+    command.stop().await;
+    names.cleanup().await;
+}

@@ -6,16 +6,30 @@
 #   scripts/dev-services.sh up|down|status
 #   scripts/dev-services.sh start-postgres|stop-postgres|start-rabbitmq|stop-rabbitmq|start-mongo|stop-mongo
 #
-# `up` installs what is missing, starts what is not running (idempotent: a running service is
-# left alone), waits until each really answers, and prints the URLs the services' defaults
-# already use. `status` exits non-zero if any service is down. The stop-*/start-* pairs
-# simulate outages for the integration tests: a stop returns once the port is closed, a start
-# once the service answers; data (PostgreSQL rows, durable RabbitMQ queues and persistent
-# messages, MongoDB documents) survives them.
+# `up` installs what is missing, starts what is not running (a running service is left alone),
+# waits until each really answers, and prints the URLs the services' defaults already use.
+# `status` exits non-zero if any service is down. The stop-*/start-* pairs simulate outages
+# for the integration tests: a stop returns once the port is closed, a start once the service
+# answers; data (PostgreSQL rows, durable RabbitMQ queues and persistent messages, MongoDB
+# documents) survives them.
 #
-# State of the MongoDB-wire server (data, pid, log) lives in .local/ (git-ignored); override
-# with DEV_SERVICES_STATE. MONGO_PORT, RABBITMQ_NODE_PORT and RABBITMQ_NODENAME may be
-# overridden to run a second, separate set (PostgreSQL is always cluster 15/main on 5432).
+# What it changes on this machine, and nothing else:
+# - installs missing packages with apt-get (postgresql-15, postgresql-client, rabbitmq-server)
+#   and secantusdb with pip (into a virtualenv under the state directory if the system Python
+#   refuses); while apt-get runs, a /usr/sbin/policy-rc.d that keeps the packages from
+#   starting their daemons exists, and it is removed on exit even when interrupted;
+# - creates PostgreSQL cluster 15/main if there is none; creates, if missing, the role `todo`
+#   (password `todo`, allowed to create databases) and the database `todos` it owns. It never
+#   changes an existing role, database or password;
+# - starts and stops only what it started: a PostgreSQL cluster, a RabbitMQ node
+#   (rabbit@localhost, on loopback) or a MongoDB server that was running before it is used as
+#   it is, and `stop-*`/`down` refuse to stop it (a marker in the state directory records what
+#   this script started);
+# - keeps the MongoDB server's data, pid and log, and those markers, in .local/ (git-ignored;
+#   DEV_SERVICES_STATE overrides). MONGO_PORT, RABBITMQ_NODE_PORT and RABBITMQ_NODENAME may be
+#   overridden to run a second, separate set (PostgreSQL is always cluster 15/main on 5432).
+# The RabbitMQ node is `rabbit@localhost`: to reach it with rabbitmqctl by hand, run
+# `RABBITMQ_NODENAME=rabbit@localhost rabbitmqctl ...`.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -39,8 +53,9 @@ export RABBITMQ_NODE_PORT="${RABBITMQ_NODE_PORT:-5672}"
 AMQP_PORT="$RABBITMQ_NODE_PORT"
 export HOME="${HOME:-/root}"
 
-DATABASE_URL="postgres://postgres:postgres@127.0.0.1:$PG_PORT/todos"
-ADMIN_DATABASE_URL="postgres://postgres:postgres@127.0.0.1:$PG_PORT/postgres"
+PG_ROLE="todo"
+DATABASE_URL="postgres://$PG_ROLE:$PG_ROLE@127.0.0.1:$PG_PORT/todos"
+ADMIN_DATABASE_URL="postgres://$PG_ROLE:$PG_ROLE@127.0.0.1:$PG_PORT/postgres"
 AMQP_URL="amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f"
 MONGODB_URI="mongodb://127.0.0.1:$MONGO_PORT/?maxIdleTimeMS=60000"
 
@@ -56,12 +71,6 @@ port_open() { # port (on 127.0.0.1)
   (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 port_closed() { ! port_open "$1"; }
-
-# Pid of the process listening on 127.0.0.1:port, if `ss` can tell.
-listener_pid() {
-  command -v ss >/dev/null || return 0
-  ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n1 | cut -d= -f2
-}
 
 wait_until() { # seconds description command...
   local seconds=$1 what=$2
@@ -145,6 +154,24 @@ lock() {
 
 # ---------------------------------------------------------------- installing
 APT_UPDATED=0
+# The policy-rc.d this script created, removed on exit whatever ends it.
+POLICY_CREATED=""
+remove_policy() {
+  if [[ -n "$POLICY_CREATED" ]]; then rm -f "$POLICY_CREATED"; POLICY_CREATED=""; fi
+}
+trap remove_policy EXIT
+trap 'remove_policy; exit 130' INT
+trap 'remove_policy; exit 143' TERM
+
+# Markers of what this script started (and so may stop).
+started_mark() { echo "$STATE/$1.started-here"; }
+mark_started() { : >"$(started_mark "$1")"; }
+unmark_started() { rm -f "$(started_mark "$1")"; }
+started_here() { [[ -e "$(started_mark "$1")" ]]; }
+refuse_stop() { # service
+  log "not stopping $1: it was running before this script started it (see the header)"
+  return 1
+}
 apt_install() {
   if ((APT_UPDATED == 0)); then
     log "apt-get update"
@@ -154,13 +181,13 @@ apt_install() {
   log "apt-get install $*"
   # Keep the packages' own init scripts from starting daemons (rabbit@<hostname> may not
   # resolve in a container); this script starts them itself.
-  local policy=/usr/sbin/policy-rc.d created=0
+  local policy=/usr/sbin/policy-rc.d
   if [[ ! -e $policy ]]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created=1
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && POLICY_CREATED=$policy
   fi
   local rc=0
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" </dev/null >/dev/null || rc=$?
-  if ((created)); then rm -f "$policy"; fi
+  remove_policy
   return $rc
 }
 
@@ -190,25 +217,32 @@ start_postgres() {
     log "starting PostgreSQL $PG_VERSION/$PG_CLUSTER"
     # pg_ctl puts the postmaster in its own session; its output goes to the cluster's log.
     pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" start </dev/null >/dev/null 2>&1 9>&- || true
+    mark_started postgres
     wait_until 60 "PostgreSQL on 127.0.0.1:$PG_PORT" postgres_answers ||
       { show_log "/var/log/postgresql/postgresql-$PG_VERSION-$PG_CLUSTER.log"; return 1; }
     log "PostgreSQL answers ($(took "$t0"))"
   fi
-  # Password login over TCP for the services and tests; the database command-service uses.
-  psql_admin "ALTER USER postgres PASSWORD 'postgres'" >/dev/null
+  # A role and a database of the project's own, created once; nothing existing is changed.
+  if [[ "$(psql_admin "SELECT 1 FROM pg_roles WHERE rolname = '$PG_ROLE'")" != 1 ]]; then
+    log "creating PostgreSQL role $PG_ROLE (password $PG_ROLE, CREATEDB)"
+    psql_admin "CREATE ROLE $PG_ROLE LOGIN CREATEDB PASSWORD '$PG_ROLE'" >/dev/null
+  fi
   if [[ "$(psql_admin "SELECT 1 FROM pg_database WHERE datname = 'todos'")" != 1 ]]; then
-    psql_admin "CREATE DATABASE todos" >/dev/null
+    log "creating PostgreSQL database todos owned by $PG_ROLE"
+    psql_admin "CREATE DATABASE todos OWNER $PG_ROLE" >/dev/null
   fi
 }
 
 stop_postgres() {
   if postgres_answers || pg_lsclusters -h 2>/dev/null | grep -q "^$PG_VERSION  *$PG_CLUSTER .* online"; then
+    started_here postgres || refuse_stop "PostgreSQL $PG_VERSION/$PG_CLUSTER" || return 1
     local t0
     t0=$(now_ms)
     log "stopping PostgreSQL"
     pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" stop -m fast </dev/null >/dev/null 2>&1 9>&- || true
     wait_until 60 "PostgreSQL to stop" postgres_down
     wait_until 30 "PostgreSQL port $PG_PORT to close" port_closed "$PG_PORT"
+    unmark_started postgres
     log "PostgreSQL stopped ($(took "$t0"))"
   fi
 }
@@ -223,18 +257,8 @@ rabbitmq_node_alive() {
 }
 rabbitmq_gone() { port_closed "$AMQP_PORT" && ! rabbitmq_node_alive; }
 
-configure_rabbitmq() {
-  # Make plain `rabbitmqctl ...` (without this script's environment) reach the same node.
-  local conf=/etc/rabbitmq/rabbitmq-env.conf
-  if [[ "$RABBITMQ_NODENAME" == rabbit@localhost && -d /etc/rabbitmq ]] &&
-    ! grep -qs '^[[:space:]]*NODENAME=' "$conf"; then
-    printf '\n# Added by scripts/dev-services.sh: a node name that always resolves.\nNODENAME=rabbit@localhost\n' >>"$conf"
-  fi
-}
-
 start_rabbitmq() {
   install_missing
-  configure_rabbitmq
   if rabbitmq_answers; then return 0; fi
   local t0
   t0=$(now_ms)
@@ -245,6 +269,7 @@ start_rabbitmq() {
     RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 ERL_EPMD_ADDRESS=127.0.0.1 \
       RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="${RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS:-} -kernel inet_dist_use_interface {127,0,0,1}" \
       rabbitmq-server -detached </dev/null >"$STATE/rabbitmq-start.log" 2>&1 9>&- || true
+    mark_started rabbitmq
   fi
   wait_until 120 "RabbitMQ on 127.0.0.1:$AMQP_PORT" rabbitmq_answers || {
     show_log "$STATE/rabbitmq-start.log"
@@ -256,19 +281,18 @@ start_rabbitmq() {
 
 stop_rabbitmq() {
   if rabbitmq_gone; then return 0; fi
+  started_here rabbitmq || refuse_stop "RabbitMQ on port $AMQP_PORT" || return 1
   local t0
   t0=$(now_ms)
   log "stopping RabbitMQ ($RABBITMQ_NODENAME)"
   if ! rabbitmqctl -q stop </dev/null >"$STATE/rabbitmq-stop.log" 2>&1 9>&-; then
-    # The CLI could not reach the node (other name or cookie): stop the AMQP listener's VM.
-    local pid
-    pid="$(listener_pid "$AMQP_PORT")"
-    log "rabbitmqctl stop failed ($(tr '\n' ' ' <"$STATE/rabbitmq-stop.log" | cut -c1-200)); pid ${pid:-?}"
-    if [[ -n "$pid" ]]; then kill -TERM "$pid" 2>/dev/null || true; fi
+    log "rabbitmqctl stop failed: $(tr '\n' ' ' <"$STATE/rabbitmq-stop.log" | cut -c1-300)"
+    return 1
   fi
   wait_until 60 "RabbitMQ port $AMQP_PORT to close" port_closed "$AMQP_PORT"
   # Wait for the Erlang VM to exit too, so a following start does not race it.
   wait_until 60 "RabbitMQ node to exit" bash -c "! epmd -names 2>/dev/null | grep -q '^name $(rabbitmq_short_name) at port '"
+  unmark_started rabbitmq
   log "RabbitMQ stopped ($(took "$t0"))"
 }
 
@@ -336,7 +360,12 @@ start_mongo() {
 
 stop_mongo() {
   local pid=""
-  if mongo_pid_alive; then pid="$(cat "$MONGO_PID")"; elif port_open "$MONGO_PORT"; then pid="$(listener_pid "$MONGO_PORT")"; fi
+  if mongo_pid_alive; then
+    pid="$(cat "$MONGO_PID")"
+  elif port_open "$MONGO_PORT"; then
+    refuse_stop "MongoDB on port $MONGO_PORT"
+    return 1
+  fi
   if [[ -n "$pid" ]]; then
     local t0
     t0=$(now_ms)
@@ -378,9 +407,10 @@ EOF
     ;;
   down)
     lock
-    stop_mongo
-    stop_rabbitmq
-    stop_postgres
+    # Each one this script started; what it did not start stays up (and is said so).
+    stop_mongo || true
+    stop_rabbitmq || true
+    stop_postgres || true
     status || true
     ;;
   status) status ;;

@@ -60,7 +60,7 @@ pub struct Settings {
 }
 
 fn default_database_url() -> String {
-    "postgres://postgres:postgres@127.0.0.1:5432/todos".into()
+    "postgres://todo:todo@127.0.0.1:5432/todos".into()
 }
 fn default_pool_size() -> usize {
     10
@@ -158,7 +158,7 @@ mod tests {
         assert_eq!(s.http_addr, "0.0.0.0:5001");
         assert_eq!(
             s.database_url,
-            "postgres://postgres:postgres@127.0.0.1:5432/todos"
+            "postgres://todo:todo@127.0.0.1:5432/todos"
         );
         assert_eq!(s.amqp_exchange, "todo.events");
         assert_eq!(s.log_format, LogFormat::Pretty);

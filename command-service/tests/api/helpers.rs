@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 pub fn admin_database_url() -> String {
     std::env::var("TEST_ADMIN_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
+        .unwrap_or_else(|_| "postgres://todo:todo@127.0.0.1:5432/postgres".into())
 }
 
 pub fn amqp_url() -> String {

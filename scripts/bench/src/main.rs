@@ -28,10 +28,11 @@ mod cpu;
 mod load;
 mod stores;
 
-use anyhow::{bail, Context};
+use bench::process::Service;
+
+use anyhow::Context;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// What the run measures, from the environment (all optional).
@@ -81,7 +82,7 @@ impl Config {
             burst: env_or("BENCH_BURST", 10_000)?,
             port: env_or("BENCH_PORT", 5201)?,
             admin_database_url: std::env::var("TEST_ADMIN_DATABASE_URL")
-                .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into()),
+                .unwrap_or_else(|_| "postgres://todo:todo@127.0.0.1:5432/postgres".into()),
             amqp_url: std::env::var("AMQP_URL")
                 .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
             mongodb_uri: std::env::var("MONGODB_URI")
@@ -171,82 +172,6 @@ impl Report {
     }
 }
 
-/// A service started from its release binary, stopped with SIGTERM.
-struct Service {
-    name: &'static str,
-    child: Child,
-    pub base: String,
-}
-
-impl Service {
-    async fn start(
-        config: &Config,
-        name: &'static str,
-        port: u16,
-        vars: &[(&str, String)],
-    ) -> anyhow::Result<Self> {
-        let binary = Path::new("target/release").join(name);
-        if !binary.exists() {
-            bail!(
-                "{} is missing: build with cargo build --release",
-                binary.display()
-            );
-        }
-        let log = std::fs::File::create(config.work.join(format!("{name}-{port}.log")))?;
-        let mut command = Command::new(&binary);
-        command
-            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env("AMQP_URL", &config.amqp_url)
-            .env("AMQP_EXCHANGE", config.exchange())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log));
-        for (k, v) in vars {
-            command.env(k, v);
-        }
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        let service = Self {
-            name,
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        };
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(r) = client.get(format!("{}/ready", service.base)).send().await {
-                if r.status().is_success() {
-                    return Ok(service);
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("{name} on port {port} not ready within 60 s");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn stop(mut self) -> anyhow::Result<()> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                if !status.success() {
-                    eprintln!("[bench] {} exited with {status}", self.name);
-                }
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                self.child.kill()?;
-                bail!("{} did not stop within 30 s of SIGTERM", self.name);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
 fn ratio(figure: f64, limit: f64) -> Option<f64> {
     (limit > 0.0).then(|| figure / limit)
 }
@@ -312,9 +237,12 @@ async fn run(config: &Config, report: &mut Report) -> anyhow::Result<()> {
     let mongo_db = format!("bench_{}", config.run);
     let command_vars = vec![
         ("DATABASE_URL", config.database_url(&cs_db)),
+        ("AMQP_URL", config.amqp_url.clone()),
+        ("AMQP_EXCHANGE", config.exchange()),
         ("RUST_LOG", "warn".to_string()),
     ];
-    let command = Service::start(config, "command-service", config.port, &command_vars).await?;
+    let command =
+        Service::start(&config.work, "command-service", config.port, &command_vars).await?;
     for &(clients, tps) in &pgbench {
         let cpu = cpu::Sampler::start();
         let w = load::wrk_post(config, &command.base, clients).await?;
@@ -333,7 +261,13 @@ async fn run(config: &Config, report: &mut Report) -> anyhow::Result<()> {
         }
     }
     // A second replica on the same database: both take half the connections at once.
-    let second = Service::start(config, "command-service", config.port + 3, &command_vars).await?;
+    let second = Service::start(
+        &config.work,
+        "command-service",
+        config.port + 3,
+        &command_vars,
+    )
+    .await?;
     let cpu = cpu::Sampler::start();
     let (a, b) = tokio::join!(
         load::wrk_post(config, &command.base, 8),
@@ -369,6 +303,8 @@ async fn run(config: &Config, report: &mut Report) -> anyhow::Result<()> {
     // ------------------------------------------------------------------ projection
     let (bulk, bulk_rate) = stores::store_bulk_rate(config, burst).await?;
     let query_vars = vec![
+        ("AMQP_URL", config.amqp_url.clone()),
+        ("AMQP_EXCHANGE", config.exchange()),
         ("MONGODB_URI", config.mongodb_uri.clone()),
         ("MONGODB_DB", mongo_db.clone()),
         ("AMQP_QUEUE", config.queue()),
@@ -377,7 +313,7 @@ async fn run(config: &Config, report: &mut Report) -> anyhow::Result<()> {
     // Timed from the start of the process: it consumes as soon as it is up.
     let cpu = cpu::Sampler::start();
     let started = Instant::now();
-    let query = Service::start(config, "query-service", config.port + 1, &query_vars).await?;
+    let query = Service::start(&config.work, "query-service", config.port + 1, &query_vars).await?;
     load::wait_for_settled(&query.base, burst as i64, Duration::from_secs(600)).await?;
     let drain = burst as f64 / started.elapsed().as_secs_f64();
     report.cpu("projection drain", cpu);
@@ -471,12 +407,14 @@ async fn run(config: &Config, report: &mut Report) -> anyhow::Result<()> {
     // ------------------------------------------------------------------ list pages
     let list_db = format!("bench_list_{}", config.run);
     let list_vars = vec![
+        ("AMQP_URL", config.amqp_url.clone()),
+        ("AMQP_EXCHANGE", config.exchange()),
         ("MONGODB_URI", config.mongodb_uri.clone()),
         ("MONGODB_DB", list_db.clone()),
         ("AMQP_QUEUE", format!("{}.lists", config.queue())),
         ("RUST_LOG", "warn".to_string()),
     ];
-    let lists = Service::start(config, "query-service", config.port + 2, &list_vars).await?;
+    let lists = Service::start(&config.work, "query-service", config.port + 2, &list_vars).await?;
     let mut have = 0;
     for size in [1_000usize, 20_000] {
         stores::fill_read_model(config, &list_db, have, size).await?;

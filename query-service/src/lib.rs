@@ -96,6 +96,9 @@ impl Application {
             consumer: status,
             metrics,
             min_version_wait: Duration::from_millis(self.settings.min_version_wait_ms),
+            min_version_waiters: Arc::new(tokio::sync::Semaphore::new(
+                self.settings.min_version_max_waiters,
+            )),
             applied,
             counts: http::CountsCache::default(),
         };

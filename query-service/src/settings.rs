@@ -39,6 +39,10 @@ pub struct Settings {
     /// `MIN_VERSION_WAIT_MS`: how long `GET /todos/{id}?min_version=N` waits for version N.
     #[serde(default = "default_min_version_wait_ms")]
     pub min_version_wait_ms: u64,
+    /// `MIN_VERSION_MAX_WAITERS`: how many `?min_version=` requests may wait at once; one more
+    /// is answered 503 `read-model-behind` at once.
+    #[serde(default = "default_min_version_max_waiters")]
+    pub min_version_max_waiters: usize,
     /// `HTTP_ADDR`: address the HTTP API listens on.
     #[serde(default = "default_http_addr")]
     pub http_addr: String,
@@ -76,6 +80,9 @@ fn default_max_backoff_ms() -> u64 {
 }
 fn default_min_version_wait_ms() -> u64 {
     5_000
+}
+fn default_min_version_max_waiters() -> usize {
+    100
 }
 fn default_http_addr() -> String {
     "0.0.0.0:5002".into()

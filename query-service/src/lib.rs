@@ -84,7 +84,6 @@ impl Application {
                 exchange: self.settings.amqp_exchange.clone(),
                 queue: self.settings.amqp_queue.clone(),
                 prefetch: self.settings.amqp_prefetch,
-                max_attempts: self.settings.max_delivery_attempts,
                 max_backoff: Duration::from_millis(self.settings.retry_max_backoff_ms),
                 applied: applied.clone(),
             },

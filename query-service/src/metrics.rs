@@ -4,12 +4,15 @@
 //!   ([`events::service::metrics::HttpMetrics`], as command-service has them)
 //! - `projection_events_total{outcome="applied|skipped_duplicate|superseded|dead_lettered"}`
 //! - `projection_lag_seconds`: time from an event's `occurred_at` to its application (histogram)
+//! - `projection_refusals_total`: writes of an event MongoDB refused (each such event is kept
+//!   unacked and tried again), and `projection_held_events`: how many are held now
 
 use crate::store::Outcome;
 use events::service::metrics::{render, HttpMetrics};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -44,6 +47,8 @@ pub struct Metrics {
     pub http: HttpMetrics,
     events: Family<EventLabels, Counter>,
     lag: Histogram,
+    refusals: Counter,
+    held: Gauge,
 }
 
 impl Default for Metrics {
@@ -63,11 +68,25 @@ impl Default for Metrics {
             "Time from an event's occurred_at to its application in MongoDB",
             lag.clone(),
         );
+        let refusals = Counter::default();
+        registry.register(
+            "projection_refusals",
+            "Writes of an event MongoDB refused; the event is kept unacked and tried again",
+            refusals.clone(),
+        );
+        let held = Gauge::default();
+        registry.register(
+            "projection_held_events",
+            "Events MongoDB refused that the consumer holds unacked for a retry",
+            held.clone(),
+        );
         Self {
             registry,
             http,
             events,
             lag,
+            refusals,
+            held,
         }
     }
 }
@@ -83,6 +102,16 @@ impl Metrics {
             self.lag
                 .observe(lag.num_microseconds().unwrap_or(i64::MAX).max(0) as f64 / 1e6);
         }
+    }
+
+    /// MongoDB refused an event's write once more.
+    pub fn observe_refusal(&self) {
+        self.refusals.inc();
+    }
+
+    /// How many refused events the consumer holds for a retry.
+    pub fn set_held(&self, held: usize) {
+        self.held.set(i64::try_from(held).unwrap_or(i64::MAX));
     }
 
     /// The text exposition format.

@@ -394,3 +394,20 @@ pub async fn queue_depth(queue: &str) -> u32 {
     let _ = conn.close(200, "done".into()).await;
     q.message_count()
 }
+
+/// The value of an unlabelled metric of `GET /metrics` (a counter's `_total` sample or a
+/// gauge), 0 when it is not there yet.
+pub async fn metric(client: &reqwest::Client, running: &Running, name: &str) -> f64 {
+    let text = client
+        .get(running.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}

@@ -19,7 +19,8 @@
 //!   returns after a reconnect say nothing about an event.
 //! - A transient MongoDB error of the whole batch (server away, restarting) is retried in place
 //!   with backoff; the batch stays unacked meanwhile, so nothing is lost.
-//! - lapin does not reconnect by itself: the loop here reconnects with backoff.
+//! - lapin does not reconnect by itself: the loop here reconnects with a backoff that starts
+//!   again from its base only after a connection has served (see [`Reconnect`]).
 //! - On shutdown the consumer is cancelled, the batch in hand is finished, and the
 //!   connection is closed; unacked messages (prefetched or held) go back to the queue.
 
@@ -59,11 +60,48 @@ pub type Applied = Arc<Vec<(i64, i64)>>;
 /// What `/ready` reads of the consumer.
 #[derive(Debug, Default)]
 pub struct ConsumerStatus {
+    /// Subscribed to the queue.
     pub connected: AtomicBool,
 }
 
-/// First delay before the first retry of an event the store refused.
+/// First delay before a reconnect, and before the first retry of an event the store refused.
 pub const RETRY_BASE: Duration = Duration::from_millis(200);
+/// How long a connection must last to count as having served (see [`Reconnect`]).
+pub const SERVED_AFTER: Duration = Duration::from_secs(10);
+
+/// The delay before each connection attempt. It doubles from [`RETRY_BASE`] up to the ceiling
+/// while connections fail, or end without having served, and starts again from the base only
+/// after one served: it settled a batch or stayed connected for [`SERVED_AFTER`]. So a broker
+/// that drops the consumer right after it connects or subscribes (a node shutting down, a
+/// queue deleted under it, a proxy cutting connections) costs one connection per ceiling, not
+/// five a second.
+#[derive(Debug, Clone)]
+pub struct Reconnect {
+    base: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Reconnect {
+    pub fn new(max: Duration) -> Self {
+        let base = RETRY_BASE.min(max);
+        Self {
+            base,
+            max,
+            next: base,
+        }
+    }
+
+    /// The delay before the next attempt, given whether the last connection served.
+    pub fn delay(&mut self, served: bool) -> Duration {
+        if served {
+            self.next = self.base;
+        }
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+}
 
 pub async fn run(
     store: Store,
@@ -71,15 +109,16 @@ pub async fn run(
     status: Arc<ConsumerStatus>,
     shutdown: Shutdown,
 ) {
-    let base = Duration::from_millis(200);
-    let mut backoff = base;
+    let mut reconnect = Reconnect::new(config.max_backoff);
     while !shutdown.is_triggered() {
-        match connect(&config).await {
+        config.metrics.consumer_connect();
+        let served = match connect(&config).await {
             Ok((conn, channel)) => {
                 tracing::info!(queue = %config.queue, "consumer connected to RabbitMQ");
-                status.connected.store(true, Ordering::Relaxed);
-                backoff = base;
-                let result = consume(&store, &config, &channel, &shutdown).await;
+                let connected_at = Instant::now();
+                let mut settled = false;
+                let result =
+                    consume(&store, &config, &channel, &status, &shutdown, &mut settled).await;
                 status.connected.store(false, Ordering::Relaxed);
                 config.metrics.set_held(0);
                 if let Err(err) = result {
@@ -87,20 +126,26 @@ pub async fn run(
                 }
                 let _ = tokio::time::timeout(Duration::from_secs(5), conn.close(200, "bye".into()))
                     .await;
+                settled || connected_at.elapsed() >= SERVED_AFTER
             }
             Err(err) => {
-                tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "RabbitMQ unreachable");
+                tracing::warn!(error = %err, "RabbitMQ unreachable");
+                false
             }
-        }
+        };
         if shutdown.is_triggered() {
             break;
         }
-        let jitter = Duration::from_millis(rand::random_range(0..=backoff.as_millis() as u64 / 4));
+        let delay = reconnect.delay(served);
+        let jitter = Duration::from_millis(rand::random_range(0..=delay.as_millis() as u64 / 4));
+        tracing::info!(
+            retry_in_ms = (delay + jitter).as_millis() as u64,
+            "consumer reconnecting"
+        );
         tokio::select! {
-            _ = tokio::time::sleep(backoff + jitter) => {}
+            _ = tokio::time::sleep(delay + jitter) => {}
             _ = shutdown.triggered() => {}
         }
-        backoff = (backoff * 2).min(config.max_backoff);
     }
     tracing::info!("consumer stopped");
 }
@@ -224,7 +269,9 @@ async fn consume(
     store: &Store,
     config: &ConsumerConfig,
     channel: &Channel,
+    status: &ConsumerStatus,
     shutdown: &Shutdown,
+    settled: &mut bool,
 ) -> anyhow::Result<()> {
     let tag = format!("query-service-{}", uuid::Uuid::new_v4().simple());
     let mut consumer = channel
@@ -235,6 +282,7 @@ async fn consume(
             FieldTable::default(),
         )
         .await?;
+    status.connected.store(true, Ordering::Relaxed);
     let most = usize::from(config.prefetch.max(1));
     // Events the store refused, unacked, each waiting for its `due` time. They hold prefetch
     // slots: with all slots held the broker sends nothing more and only retries run.
@@ -280,6 +328,7 @@ async fn consume(
                 .await;
             return Ok(());
         }
+        *settled = true;
     }
 }
 
@@ -552,6 +601,31 @@ mod tests {
     use super::*;
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn the_reconnect_delay_grows_while_connections_fail_and_starts_again_after_one_served() {
+        let mut reconnect = Reconnect::new(MS(5_000));
+        let failing: Vec<Duration> = (0..7).map(|_| reconnect.delay(false)).collect();
+        assert_eq!(
+            failing,
+            [200, 400, 800, 1_600, 3_200, 5_000, 5_000].map(MS),
+            "a connection that fails at once, again and again, waits longer each time"
+        );
+        assert_eq!(
+            reconnect.delay(true),
+            MS(200),
+            "one that served starts over"
+        );
+        assert_eq!(reconnect.delay(false), MS(400));
+    }
+
+    #[test]
+    fn a_ceiling_below_the_base_is_the_delay() {
+        let mut reconnect = Reconnect::new(MS(50));
+        assert_eq!(reconnect.delay(false), MS(50));
+        assert_eq!(reconnect.delay(true), MS(50));
+        assert_eq!(retry_delay(1, MS(50)), MS(50));
+    }
 
     #[test]
     fn a_refused_event_waits_longer_after_each_refusal_up_to_the_ceiling() {

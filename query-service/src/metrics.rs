@@ -6,6 +6,7 @@
 //! - `projection_lag_seconds`: time from an event's `occurred_at` to its application (histogram)
 //! - `projection_refusals_total`: writes of an event MongoDB refused (each such event is kept
 //!   unacked and tried again), and `projection_held_events`: how many are held now
+//! - `consumer_connection_attempts_total`: connections to RabbitMQ the consumer tried
 
 use crate::store::Outcome;
 use events::service::metrics::{render, HttpMetrics};
@@ -49,6 +50,7 @@ pub struct Metrics {
     lag: Histogram,
     refusals: Counter,
     held: Gauge,
+    connection_attempts: Counter,
 }
 
 impl Default for Metrics {
@@ -80,6 +82,12 @@ impl Default for Metrics {
             "Events MongoDB refused that the consumer holds unacked for a retry",
             held.clone(),
         );
+        let connection_attempts = Counter::default();
+        registry.register(
+            "consumer_connection_attempts",
+            "Connections to RabbitMQ the consumer tried",
+            connection_attempts.clone(),
+        );
         Self {
             registry,
             http,
@@ -87,6 +95,7 @@ impl Default for Metrics {
             lag,
             refusals,
             held,
+            connection_attempts,
         }
     }
 }
@@ -112,6 +121,11 @@ impl Metrics {
     /// How many refused events the consumer holds for a retry.
     pub fn set_held(&self, held: usize) {
         self.held.set(i64::try_from(held).unwrap_or(i64::MAX));
+    }
+
+    /// The consumer is about to connect to RabbitMQ.
+    pub fn consumer_connect(&self) {
+        self.connection_attempts.inc();
     }
 
     /// The text exposition format.

@@ -1,5 +1,6 @@
 //! How the consumer treats what it cannot apply: an event MongoDB refuses is retried, never
-//! dead-lettered; a message that can never apply is dead-lettered at its first delivery.
+//! dead-lettered; a message that can never apply is dead-lettered at its first delivery; a
+//! queue that refuses the consumer is not hammered with reconnects.
 
 use crate::helpers::*;
 use bson::doc;
@@ -98,6 +99,11 @@ async fn an_event_the_store_refuses_is_retried_with_growing_delay_until_it_lands
         metric(&client, &query, "projection_held_events").await,
         1.0,
         "the refused event is held"
+    );
+    assert_eq!(
+        metric(&client, &query, "consumer_connection_attempts_total").await,
+        1.0,
+        "no channel error (an ack of an unknown delivery) made the consumer reconnect"
     );
 
     // Held unacked, so nothing is lost when the consumer stops: the event is back in the queue.
@@ -261,4 +267,65 @@ impl Write for LineCounter {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// A TCP proxy to RabbitMQ that cuts every connection `after` it was opened: long enough
+/// for the consumer to connect, declare its queues and subscribe, far too short to serve.
+/// Returns the `AMQP_URL` that goes through it.
+async fn cutting_proxy(after: Duration) -> String {
+    let url = amqp_url();
+    let (head, rest) = url.split_once('@').expect("AMQP_URL has credentials");
+    let (broker, path) = rest.split_once('/').expect("AMQP_URL has a vhost");
+    let broker = broker.to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("proxy listens");
+    let port = listener.local_addr().expect("proxy address").port();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let broker = broker.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&broker).await {
+                    let _ = tokio::time::timeout(
+                        after,
+                        tokio::io::copy_bidirectional(&mut inbound, &mut outbound),
+                    )
+                    .await;
+                }
+                // Both ends dropped: the connection is cut.
+            });
+        }
+    });
+    format!("{head}@127.0.0.1:{port}/{path}")
+}
+
+// nextest runs each test in its own process, so this test's global log subscriber is its own.
+#[tokio::test]
+async fn a_consumer_whose_connections_fail_right_after_connecting_reconnects_with_growing_delay() {
+    let connected = LineCounter::install("consumer connected to RabbitMQ");
+    let names = Names::new();
+    let proxied = cutting_proxy(Duration::from_millis(300)).await;
+    let query = spawn_query_with(
+        &names,
+        &[
+            ("AMQP_URL", proxied.as_str()),
+            ("RETRY_MAX_BACKOFF_MS", "5000"),
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    eventually(Duration::from_secs(5), "a first connect", || async {
+        connected.count() > 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let connects = connected.count();
+    // Each connection ends 0.3 s after it opened. Waits of 0.2, 0.4, 0.8, 1.6, 3.2 s (plus
+    // up to a quarter of jitter) make at most 6 connects in 6 s; starting again from 0.2 s
+    // after each connect would make about 12.
+    assert!((3..=6).contains(&connects), "{connects} connects in 6 s");
+    let attempts = metric(&client, &query, "consumer_connection_attempts_total").await;
+    assert_eq!(attempts, connects as f64, "every attempt connected");
+    query.stop().await;
+    names.cleanup().await;
 }

@@ -156,10 +156,7 @@ mod tests {
     fn defaults_point_at_the_local_services() {
         let s = Settings::from_vars(Vec::new()).expect("defaults");
         assert_eq!(s.http_addr, "0.0.0.0:5001");
-        assert_eq!(
-            s.database_url,
-            "postgres://todo:todo@127.0.0.1:5432/todos"
-        );
+        assert_eq!(s.database_url, "postgres://todo:todo@127.0.0.1:5432/todos");
         assert_eq!(s.amqp_exchange, "todo.events");
         assert_eq!(s.log_format, LogFormat::Pretty);
     }

@@ -8,17 +8,25 @@
 //!   more) and applies it as one bulk write ([`Store::apply_batch`]), then settles it with one
 //!   `multiple` ack and one update of the shared counters. One info line per batch; each
 //!   event's line (with its correlation id) is at debug.
-//! - A body that is not a valid event is dead-lettered at once (it cannot get better); an event
-//!   MongoDB refuses is redelivered up to `MAX_DELIVERY_ATTEMPTS` times, then dead-lettered.
-//! - A transient MongoDB error (server away, restarting) is retried in place with backoff and
-//!   never dead-lettered; the message stays unacked meanwhile, so nothing is lost.
-//! - lapin does not reconnect by itself: the loop here reconnects with backoff.
+//! - Only a message that can never apply is dead-lettered, at its first delivery: a body that
+//!   is not a JSON event, has an unsupported `schema_version` or fails `Envelope::validate`.
+//! - An event MongoDB refuses (a write error of its own: a validator, a full disk, a lost
+//!   permission, a write conflict) is kept unacked and tried again in place after a delay that
+//!   doubles from [`RETRY_BASE`] up to `RETRY_MAX_BACKOFF_MS`, for as long as the store refuses
+//!   it. Meanwhile the rest of its batch is acked one by one (a `multiple` ack would ack it
+//!   too) and the consumer goes on with later messages; refused events hold prefetch slots, so
+//!   at most `AMQP_PREFETCH` of them are held. The broker's `x-delivery-count` is not read:
+//!   returns after a reconnect say nothing about an event.
+//! - A transient MongoDB error of the whole batch (server away, restarting) is retried in place
+//!   with backoff; the batch stays unacked meanwhile, so nothing is lost.
+//! - lapin does not reconnect by itself: the loop here reconnects with a backoff that starts
+//!   again from its base only after a connection has served (see [`Reconnect`]).
 //! - On shutdown the consumer is cancelled, the batch in hand is finished, and the
-//!   connection is closed; unacked prefetched messages go back to the queue.
+//!   connection is closed; unacked messages (prefetched or held) go back to the queue.
 
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::store::{BatchResult, Counts, Outcome, Refused, Store};
+use crate::store::{Counts, Outcome, Refused, Store};
 use events::Envelope;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -30,7 +38,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Clone)]
 pub struct ConsumerConfig {
@@ -39,7 +47,7 @@ pub struct ConsumerConfig {
     pub exchange: String,
     pub queue: String,
     pub prefetch: u16,
-    pub max_attempts: u32,
+    /// Ceiling of every backoff: reconnects, a store away, an event the store refuses.
     pub max_backoff: Duration,
     /// Told the `(todo_id, version)` of every event settled into the store, batch by batch
     /// (`?min_version=` waiters listen).
@@ -52,7 +60,47 @@ pub type Applied = Arc<Vec<(i64, i64)>>;
 /// What `/ready` reads of the consumer.
 #[derive(Debug, Default)]
 pub struct ConsumerStatus {
+    /// Subscribed to the queue.
     pub connected: AtomicBool,
+}
+
+/// First delay before a reconnect, and before the first retry of an event the store refused.
+pub const RETRY_BASE: Duration = Duration::from_millis(200);
+/// How long a connection must last to count as having served (see [`Reconnect`]).
+pub const SERVED_AFTER: Duration = Duration::from_secs(10);
+
+/// The delay before each connection attempt. It doubles from [`RETRY_BASE`] up to the ceiling
+/// while connections fail, or end without having served, and starts again from the base only
+/// after one served: it settled a batch or stayed connected for [`SERVED_AFTER`]. So a broker
+/// that drops the consumer right after it connects or subscribes (a node shutting down, a
+/// queue deleted under it, a proxy cutting connections) costs one connection per ceiling, not
+/// five a second.
+#[derive(Debug, Clone)]
+pub struct Reconnect {
+    base: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Reconnect {
+    pub fn new(max: Duration) -> Self {
+        let base = RETRY_BASE.min(max);
+        Self {
+            base,
+            max,
+            next: base,
+        }
+    }
+
+    /// The delay before the next attempt, given whether the last connection served.
+    pub fn delay(&mut self, served: bool) -> Duration {
+        if served {
+            self.next = self.base;
+        }
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
 }
 
 pub async fn run(
@@ -61,35 +109,43 @@ pub async fn run(
     status: Arc<ConsumerStatus>,
     shutdown: Shutdown,
 ) {
-    let base = Duration::from_millis(200);
-    let mut backoff = base;
+    let mut reconnect = Reconnect::new(config.max_backoff);
     while !shutdown.is_triggered() {
-        match connect(&config).await {
+        config.metrics.consumer_connect();
+        let served = match connect(&config).await {
             Ok((conn, channel)) => {
                 tracing::info!(queue = %config.queue, "consumer connected to RabbitMQ");
-                status.connected.store(true, Ordering::Relaxed);
-                backoff = base;
-                let result = consume(&store, &config, &channel, &shutdown).await;
+                let connected_at = Instant::now();
+                let mut settled = false;
+                let result =
+                    consume(&store, &config, &channel, &status, &shutdown, &mut settled).await;
                 status.connected.store(false, Ordering::Relaxed);
+                config.metrics.set_held(0);
                 if let Err(err) = result {
                     tracing::warn!(error = %err, "consumer lost its connection; reconnecting");
                 }
                 let _ = tokio::time::timeout(Duration::from_secs(5), conn.close(200, "bye".into()))
                     .await;
+                settled || connected_at.elapsed() >= SERVED_AFTER
             }
             Err(err) => {
-                tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "RabbitMQ unreachable");
+                tracing::warn!(error = %err, "RabbitMQ unreachable");
+                false
             }
-        }
+        };
         if shutdown.is_triggered() {
             break;
         }
-        let jitter = Duration::from_millis(rand::random_range(0..=backoff.as_millis() as u64 / 4));
+        let delay = reconnect.delay(served);
+        let jitter = Duration::from_millis(rand::random_range(0..=delay.as_millis() as u64 / 4));
+        tracing::info!(
+            retry_in_ms = (delay + jitter).as_millis() as u64,
+            "consumer reconnecting"
+        );
         tokio::select! {
-            _ = tokio::time::sleep(backoff + jitter) => {}
+            _ = tokio::time::sleep(delay + jitter) => {}
             _ = shutdown.triggered() => {}
         }
-        backoff = (backoff * 2).min(config.max_backoff);
     }
     tracing::info!("consumer stopped");
 }
@@ -151,11 +207,13 @@ pub async fn declare_topology(channel: &Channel, exchange: &str, queue: &str) ->
     Ok(())
 }
 
-/// Broker-side ceiling on deliveries: a safety net above the consumer's own attempt limit, for
-/// a message whose consumer dies on it again and again.
-pub const BROKER_DELIVERY_LIMIT: i64 = 20;
-
-fn quorum_args(dead_letter_exchange: Option<&str>) -> FieldTable {
+/// The arguments of a quorum queue, with its dead-letter exchange for the main queue
+/// (`deploy/rabbitmq/definitions.json` holds the same). The main queue has no
+/// `x-delivery-limit`: RabbitMQ 3.x quorum queues count every return of a message, also those
+/// of a consumer that reconnects or restarts while it holds an event the store refuses, and
+/// would dead-letter that valid event. The consumer never requeues a message itself (see the
+/// module header), so nothing else would reach such a limit.
+pub fn quorum_args(dead_letter_exchange: Option<&str>) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(
         "x-queue-type".into(),
@@ -165,10 +223,6 @@ fn quorum_args(dead_letter_exchange: Option<&str>) -> FieldTable {
         args.insert(
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString(dlx.into()),
-        );
-        args.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(BROKER_DELIVERY_LIMIT),
         );
     }
     args
@@ -191,11 +245,33 @@ async fn connect(config: &ConsumerConfig) -> anyhow::Result<(Connection, Channel
     Ok((conn, channel))
 }
 
+/// A delivery whose event is being applied, or waits to be tried again because the store
+/// refused it.
+struct Pending {
+    delivery: Delivery,
+    event: Envelope,
+    /// How many times the store refused the event on this delivery.
+    refusals: u32,
+    /// When to try again.
+    due: Instant,
+}
+
+/// The delay before retry `refusals` (1, 2, …) of a refused event: [`RETRY_BASE`] doubled per
+/// refusal, up to `max`.
+fn retry_delay(refusals: u32, max: Duration) -> Duration {
+    let doublings = refusals.saturating_sub(1).min(16);
+    (RETRY_BASE * 2_u32.pow(doublings))
+        .min(max)
+        .max(RETRY_BASE.min(max))
+}
+
 async fn consume(
     store: &Store,
     config: &ConsumerConfig,
     channel: &Channel,
+    status: &ConsumerStatus,
     shutdown: &Shutdown,
+    settled: &mut bool,
 ) -> anyhow::Result<()> {
     let tag = format!("query-service-{}", uuid::Uuid::new_v4().simple());
     let mut consumer = channel
@@ -206,46 +282,60 @@ async fn consume(
             FieldTable::default(),
         )
         .await?;
+    status.connected.store(true, Ordering::Relaxed);
     let most = usize::from(config.prefetch.max(1));
+    // Events the store refused, unacked, each waiting for its `due` time. They hold prefetch
+    // slots: with all slots held the broker sends nothing more and only retries run.
+    let mut held: Vec<Pending> = Vec::new();
     loop {
-        let next = tokio::select! {
+        let next_retry = held.iter().map(|p| p.due).min();
+        let started = Instant::now();
+        let mut fresh = Vec::new();
+        tokio::select! {
             // Shutdown first: a stopping consumer takes no new batch.
             biased;
             _ = shutdown.triggered() => {
                 let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
                 return Ok(());
             }
-            next = consumer.next() => next,
-        };
-        let mut batch = match next {
-            Some(Ok(delivery)) => vec![delivery],
-            Some(Err(err)) => return Err(err.into()),
-            None => return Err(anyhow::anyhow!("consumer stream ended")),
-        };
+            // (With nothing held the branch is off; its deadline is never awaited.)
+            _ = tokio::time::sleep_until(next_retry.unwrap_or(started).into()),
+                if next_retry.is_some() => {}
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => fresh.push(delivery),
+                Some(Err(err)) => return Err(err.into()),
+                None => return Err(anyhow::anyhow!("consumer stream ended")),
+            },
+        }
         // Whatever else has already arrived (at most the prefetch) joins the batch; nothing
         // waits for more.
-        while batch.len() < most {
+        while fresh.len() < most {
             match consumer.next().now_or_never() {
-                Some(Some(Ok(delivery))) => batch.push(delivery),
+                Some(Some(Ok(delivery))) => fresh.push(delivery),
                 Some(Some(Err(err))) => return Err(err.into()),
                 Some(None) | None => break,
             }
         }
-        if handle_batch(store, config, batch, shutdown).await? == Settled::Stopped {
-            // The batch is unacked and goes back to the queue with the channel; acking a
-            // later batch with `multiple` would ack it too.
+        let now = Instant::now();
+        let (due, waiting): (Vec<Pending>, Vec<Pending>) =
+            held.into_iter().partition(|p| p.due <= now);
+        held = waiting;
+        if handle_batch(store, config, fresh, due, &mut held, shutdown).await? == Settled::Stopped {
+            // The batch is unacked and goes back to the queue with the channel, as do the held
+            // events; acking a later batch with `multiple` would ack them too.
             let _ = channel
                 .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
                 .await;
             return Ok(());
         }
+        *settled = true;
     }
 }
 
 /// How a batch ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Settled {
-    /// Every delivery was acked or nacked.
+    /// Every delivery was acked, nacked, or held for a retry.
     All,
     /// Shutdown came while the store was away: nothing of the batch was acked.
     Stopped,
@@ -253,17 +343,6 @@ enum Settled {
 
 fn header<'a>(delivery: &'a Delivery, key: &str) -> Option<&'a AMQPValue> {
     delivery.properties.headers().as_ref()?.inner().get(key)
-}
-
-/// How many times this message was delivered before (quorum queues count it).
-fn previous_deliveries(delivery: &Delivery) -> u32 {
-    match header(delivery, "x-delivery-count") {
-        Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
-        Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
-        Some(AMQPValue::LongUInt(n)) => *n,
-        Some(AMQPValue::ShortInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
-        _ => 0,
-    }
 }
 
 fn correlation_id(delivery: &Delivery) -> String {
@@ -278,50 +357,55 @@ fn correlation_id(delivery: &Delivery) -> String {
     }
 }
 
-/// Applies a batch of deliveries and settles each: see the module header. Returns an error
-/// only when the broker connection failed (the caller reconnects; unsettled messages are
-/// redelivered).
+/// Applies a batch, the new deliveries `fresh` with the held events whose retry is due
+/// (`retried`), and settles each: see the module header. Events the store refused join `held`.
+/// Returns an error only when the broker connection failed (the caller reconnects; unsettled
+/// messages are redelivered).
 async fn handle_batch(
     store: &Store,
     config: &ConsumerConfig,
-    deliveries: Vec<Delivery>,
+    fresh: Vec<Delivery>,
+    retried: Vec<Pending>,
+    held: &mut Vec<Pending>,
     shutdown: &Shutdown,
 ) -> lapin::Result<Settled> {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
+    let size = fresh.len() + retried.len();
     let mut counts = Counts::default();
-    let mut events = Vec::with_capacity(deliveries.len());
-    // `owner[k]` is the delivery event `k` came in.
-    let mut owner = Vec::with_capacity(deliveries.len());
-    for (i, delivery) in deliveries.iter().enumerate() {
+    // Held events first: they are the older deliveries.
+    let mut batch = retried;
+    for delivery in fresh {
         match Envelope::from_json(&delivery.data) {
-            Ok(e) => {
-                events.push(e);
-                owner.push(i);
-            }
+            Ok(event) => batch.push(Pending {
+                delivery,
+                event,
+                refusals: 0,
+                due: started,
+            }),
             Err(err) => {
-                event_span(delivery).in_scope(|| {
+                event_span(&delivery).in_scope(|| {
                     tracing::warn!(error = %err, "message is not a valid event; dead-lettering it")
                 });
-                dead_letter(delivery).await?;
+                dead_letter(&delivery).await?;
                 counts.add(Outcome::DeadLettered);
                 config.metrics.observe_event(Outcome::DeadLettered, None);
             }
         }
     }
+    let events: Vec<Envelope> = batch.iter().map(|p| p.event.clone()).collect();
     let Some(results) = apply(store, config, &events, shutdown).await else {
         // Shutting down with the store away: leave the batch unacked; it is redelivered.
         return Ok(Settled::Stopped);
     };
 
-    let mut to_ack: Vec<&Delivery> = Vec::with_capacity(events.len());
-    let mut applied = Vec::with_capacity(events.len());
+    let mut to_ack: Vec<Pending> = Vec::with_capacity(batch.len());
+    let mut applied = Vec::with_capacity(batch.len());
     let mut newest_event = None;
     let mut max_todo_id = 0;
-    for ((event, result), &i) in events.iter().zip(results).zip(&owner) {
-        let delivery = &deliveries[i];
-        let span = event_span(delivery);
-        // `apply` returns only when every event is settled.
-        let Some(result) = result else { continue };
+    let mut refused_now = 0;
+    for (mut pending, result) in batch.into_iter().zip(results) {
+        let event = &pending.event;
+        let span = event_span(&pending.delivery);
         match result {
             Ok(outcome) => {
                 span.in_scope(|| {
@@ -330,6 +414,7 @@ async fn handle_batch(
                         version = event.version,
                         event_type = %event.event_type,
                         ?outcome,
+                        refusals = pending.refusals,
                         "event projected"
                     )
                 });
@@ -342,79 +427,102 @@ async fn handle_batch(
                 }
                 applied.push((event.todo_id, event.version));
                 max_todo_id = max_todo_id.max(event.todo_id);
-                to_ack.push(delivery);
+                to_ack.push(pending);
             }
             Err(refused) => {
-                let attempt = previous_deliveries(delivery) + 1;
-                if attempt >= config.max_attempts {
-                    span.in_scope(|| {
-                        tracing::error!(error = %refused, attempt, "event cannot be applied; dead-lettering it")
-                    });
-                    dead_letter(delivery).await?;
-                    counts.add(Outcome::DeadLettered);
-                    config.metrics.observe_event(Outcome::DeadLettered, None);
-                } else {
-                    span.in_scope(|| {
-                        tracing::warn!(error = %refused, attempt, "event cannot be applied; redelivering")
-                    });
-                    delivery
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..BasicNackOptions::default()
-                        })
-                        .await?;
-                }
+                pending.refusals += 1;
+                let delay = retry_delay(pending.refusals, config.max_backoff);
+                span.in_scope(|| {
+                    tracing::warn!(
+                        error = %refused,
+                        todo_id = event.todo_id,
+                        version = event.version,
+                        refusals = pending.refusals,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "MongoDB refused the event; keeping it and retrying"
+                    )
+                });
+                config.metrics.observe_refusal();
+                refused_now += 1;
+                pending.due = Instant::now() + delay;
+                held.push(pending);
             }
         }
     }
+    config.metrics.set_held(held.len());
     // Before the ack: lists in id order walk up to the highest todo id recorded here, so a
     // failure to record is retried like the store being away, never skipped.
-    let mut backoff = Duration::from_millis(100);
-    while let Err(err) = store.record(counts, newest_event, max_todo_id).await {
-        tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "projection counters not updated; retrying");
-        if !pause(&mut backoff, config.max_backoff, shutdown).await {
-            return Ok(Settled::Stopped);
+    if counts.total() > 0 {
+        let mut backoff = Duration::from_millis(100);
+        while let Err(err) = store.record(counts, newest_event, max_todo_id).await {
+            tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "projection counters not updated; retrying");
+            if !pause(&mut backoff, config.max_backoff, shutdown).await {
+                return Ok(Settled::Stopped);
+            }
         }
     }
-    // Every other delivery of the batch is settled by now, and every earlier batch was: one
-    // `multiple` ack on the highest tag acks exactly these.
-    if let Some(last) = to_ack.iter().max_by_key(|d| d.delivery_tag) {
-        last.ack(BasicAckOptions { multiple: true }).await?;
-    }
+    ack(&mut to_ack, held).await?;
     if !applied.is_empty() {
         // Nobody listening is fine.
         let _ = config.applied.send(Arc::new(applied));
     }
     tracing::info!(
-        size = deliveries.len(),
+        size,
         applied = counts.applied,
         duplicates = counts.duplicates,
         superseded = counts.superseded,
         dead_lettered = counts.dead_lettered,
+        refused = refused_now,
+        held = held.len(),
         took_ms = started.elapsed().as_millis() as u64,
         "batch projected"
     );
     Ok(Settled::All)
 }
 
-/// Applies `events` as one batch. A transient failure of the whole batch, or of single
-/// events, is retried in place with backoff; a batch the store refuses for another reason is
-/// applied one event at a time, so one bad event costs no other its place. `None` when
-/// shutdown came while the store was away.
+/// Acks `settled`. Every unacked delivery of the channel is in `settled`, in `held`, or arrived
+/// after all of them (delivery tags grow). So one `multiple` ack on the highest settled tag
+/// below every held tag acks exactly the settled deliveries up to it; those above a held one
+/// are acked one by one, so that no held event is ever acked.
+async fn ack(settled: &mut [Pending], held: &[Pending]) -> lapin::Result<()> {
+    settled.sort_unstable_by_key(|p| p.delivery.delivery_tag);
+    let lowest_held = held
+        .iter()
+        .map(|p| p.delivery.delivery_tag)
+        .min()
+        .unwrap_or(u64::MAX);
+    let below = settled.partition_point(|p| p.delivery.delivery_tag < lowest_held);
+    if let Some(last) = settled[..below].last() {
+        last.delivery
+            .ack(BasicAckOptions { multiple: true })
+            .await?;
+    }
+    for p in &settled[below..] {
+        p.delivery.ack(BasicAckOptions { multiple: false }).await?;
+    }
+    Ok(())
+}
+
+/// Applies `events` as one batch and gives each its outcome, or the store's refusal. A
+/// transient failure of the whole command (the store away) is retried in place with backoff:
+/// nothing could be applied meanwhile. A command the store refuses for another reason is
+/// applied one event at a time, so one bad event costs no other its place; the older events
+/// of a todo whose newest event was refused are applied without it. `None` when shutdown came
+/// while the store was away.
 async fn apply(
     store: &Store,
     config: &ConsumerConfig,
     events: &[Envelope],
     shutdown: &Shutdown,
-) -> Option<BatchResult> {
-    let mut results: BatchResult = vec![None; events.len()];
+) -> Option<Vec<Result<Outcome, Refused>>> {
+    let mut results: Vec<Option<Result<Outcome, Refused>>> = vec![None; events.len()];
     let mut backoff = Duration::from_millis(100);
     loop {
         let open: Vec<usize> = (0..events.len())
             .filter(|&k| results[k].is_none())
             .collect();
         if open.is_empty() {
-            return Some(results);
+            return Some(results.into_iter().flatten().collect());
         }
         let subset: Vec<Envelope> = open.iter().map(|&k| events[k].clone()).collect();
         let outcome = match store.apply_batch(&subset).await {
@@ -445,18 +553,12 @@ async fn apply(
                 one_by_one
             }
         };
-        let mut transient = false;
+        // `None`: an older event of a todo whose newest event was refused; tried again in the
+        // next round, without that one. Each round settles the newest open event of every todo.
         for (&k, result) in open.iter().zip(outcome) {
-            match result {
-                Some(Err(refused)) if refused.is_transient() => transient = true,
-                // An older event of a todo whose newest event was refused: tried again in the
-                // next round, without it.
-                None => {}
-                Some(settled) => results[k] = Some(settled),
+            if result.is_some() {
+                results[k] = result;
             }
-        }
-        if transient && !pause(&mut backoff, config.max_backoff, shutdown).await {
-            return None;
         }
     }
 }
@@ -492,4 +594,43 @@ async fn dead_letter(delivery: &Delivery) -> lapin::Result<()> {
         })
         .await
         .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn the_reconnect_delay_grows_while_connections_fail_and_starts_again_after_one_served() {
+        let mut reconnect = Reconnect::new(MS(5_000));
+        let failing: Vec<Duration> = (0..7).map(|_| reconnect.delay(false)).collect();
+        assert_eq!(
+            failing,
+            [200, 400, 800, 1_600, 3_200, 5_000, 5_000].map(MS),
+            "a connection that fails at once, again and again, waits longer each time"
+        );
+        assert_eq!(
+            reconnect.delay(true),
+            MS(200),
+            "one that served starts over"
+        );
+        assert_eq!(reconnect.delay(false), MS(400));
+    }
+
+    #[test]
+    fn a_ceiling_below_the_base_is_the_delay() {
+        let mut reconnect = Reconnect::new(MS(50));
+        assert_eq!(reconnect.delay(false), MS(50));
+        assert_eq!(reconnect.delay(true), MS(50));
+        assert_eq!(retry_delay(1, MS(50)), MS(50));
+    }
+
+    #[test]
+    fn a_refused_event_waits_longer_after_each_refusal_up_to_the_ceiling() {
+        let delays: Vec<Duration> = (1..=6).map(|n| retry_delay(n, MS(1_000))).collect();
+        assert_eq!(delays, [200, 400, 800, 1_000, 1_000, 1_000].map(MS));
+        assert_eq!(retry_delay(u32::MAX, MS(5_000)), MS(5_000), "no overflow");
+    }
 }

@@ -25,6 +25,10 @@ pub struct State {
     pub consumer: Arc<ConsumerStatus>,
     pub metrics: Arc<Metrics>,
     pub min_version_wait: Duration,
+    /// The requests that may wait for a `?min_version=` at once (`MIN_VERSION_MAX_WAITERS`),
+    /// shared by all of them: each waiter reads the store again and again, and a flood of them
+    /// must not slow down the projection they wait for.
+    pub min_version_waiters: Arc<tokio::sync::Semaphore>,
     /// What this process's consumer applied, batch by batch.
     pub applied: tokio::sync::broadcast::Sender<crate::consumer::Applied>,
     /// `/stats` counts, recomputed at most every [`COUNTS_MAX_AGE`].
@@ -358,7 +362,9 @@ const MIN_VERSION_POLL: Duration = Duration::from_millis(100);
 /// Reads a todo; with `want`, waits (bounded) until the read model holds that version or a
 /// later one. Never answers an older version in that case: it says the read model is behind.
 /// The waiter reads again as soon as this process's consumer applied a batch holding its todo
-/// at that version or later, and every [`MIN_VERSION_POLL`] in case another replica did.
+/// at that version or later, and every [`MIN_VERSION_POLL`] in case another replica did. A
+/// request that would wait while `MIN_VERSION_MAX_WAITERS` others are waiting is told at once
+/// that the read model is behind.
 async fn read_at_least(
     state: &State,
     id: i64,
@@ -367,11 +373,23 @@ async fn read_at_least(
     let deadline = Instant::now() + state.min_version_wait;
     // Subscribed before the first read, so no batch applied after it goes unseen.
     let mut applied = state.applied.subscribe();
+    // Taken on the first wait, given back when the request ends (answered or abandoned).
+    let mut permit = None;
     loop {
         let stored = state.store.get(id).await?;
         let Some(want) = want else { return Ok(stored) };
         if holds(&stored, want) {
             return Ok(stored);
+        }
+        if permit.is_none() {
+            match state.min_version_waiters.try_acquire() {
+                Ok(p) => permit = Some(p),
+                Err(_) => {
+                    tracing::debug!(id, want, "min_version wait budget spent; not waiting");
+                    let have = stored.as_ref().map(Stored::version);
+                    return Err(ApiError::Behind { have, want });
+                }
+            }
         }
         let poll =
             tokio::time::sleep_until((Instant::now() + MIN_VERSION_POLL).min(deadline).into());
@@ -500,6 +518,7 @@ mod tests {
             consumer: Arc::default(),
             metrics: Arc::default(),
             min_version_wait: Duration::from_millis(100),
+            min_version_waiters: Arc::new(tokio::sync::Semaphore::new(1)),
             applied: tokio::sync::broadcast::channel(1).0,
             counts: CountsCache::default(),
             tasks: Arc::default(),

@@ -92,7 +92,6 @@ impl Application {
             exchange: self.settings.amqp_exchange.clone(),
             queue: self.settings.amqp_queue.clone(),
             prefetch: self.settings.amqp_prefetch,
-            max_attempts: self.settings.max_delivery_attempts,
             max_backoff: Duration::from_millis(self.settings.retry_max_backoff_ms),
             applied: applied.clone(),
         };
@@ -107,6 +106,9 @@ impl Application {
             consumer: status,
             metrics,
             min_version_wait: Duration::from_millis(self.settings.min_version_wait_ms),
+            min_version_waiters: Arc::new(tokio::sync::Semaphore::new(
+                self.settings.min_version_max_waiters,
+            )),
             applied,
             counts: http::CountsCache::default(),
             tasks: self.tasks.clone(),

@@ -4,12 +4,16 @@
 //!   ([`events::service::metrics::HttpMetrics`], as command-service has them)
 //! - `projection_events_total{outcome="applied|skipped_duplicate|superseded|dead_lettered"}`
 //! - `projection_lag_seconds`: time from an event's `occurred_at` to its application (histogram)
+//! - `projection_refusals_total`: writes of an event MongoDB refused (each such event is kept
+//!   unacked and tried again), and `projection_held_events`: how many are held now
+//! - `consumer_connection_attempts_total`: connections to RabbitMQ the consumer tried
 
 use crate::store::Outcome;
 use events::service::metrics::{render, HttpMetrics};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -44,6 +48,9 @@ pub struct Metrics {
     pub http: HttpMetrics,
     events: Family<EventLabels, Counter>,
     lag: Histogram,
+    refusals: Counter,
+    held: Gauge,
+    connection_attempts: Counter,
 }
 
 impl Default for Metrics {
@@ -63,11 +70,32 @@ impl Default for Metrics {
             "Time from an event's occurred_at to its application in MongoDB",
             lag.clone(),
         );
+        let refusals = Counter::default();
+        registry.register(
+            "projection_refusals",
+            "Writes of an event MongoDB refused; the event is kept unacked and tried again",
+            refusals.clone(),
+        );
+        let held = Gauge::default();
+        registry.register(
+            "projection_held_events",
+            "Events MongoDB refused that the consumer holds unacked for a retry",
+            held.clone(),
+        );
+        let connection_attempts = Counter::default();
+        registry.register(
+            "consumer_connection_attempts",
+            "Connections to RabbitMQ the consumer tried",
+            connection_attempts.clone(),
+        );
         Self {
             registry,
             http,
             events,
             lag,
+            refusals,
+            held,
+            connection_attempts,
         }
     }
 }
@@ -83,6 +111,21 @@ impl Metrics {
             self.lag
                 .observe(lag.num_microseconds().unwrap_or(i64::MAX).max(0) as f64 / 1e6);
         }
+    }
+
+    /// MongoDB refused an event's write once more.
+    pub fn observe_refusal(&self) {
+        self.refusals.inc();
+    }
+
+    /// How many refused events the consumer holds for a retry.
+    pub fn set_held(&self, held: usize) {
+        self.held.set(i64::try_from(held).unwrap_or(i64::MAX));
+    }
+
+    /// The consumer is about to connect to RabbitMQ.
+    pub fn consumer_connect(&self) {
+        self.connection_attempts.inc();
     }
 
     /// The text exposition format.

@@ -29,16 +29,17 @@ pub struct Settings {
     /// `AMQP_PREFETCH`: unacknowledged deliveries the consumer holds at once.
     #[serde(default = "default_prefetch")]
     pub amqp_prefetch: u16,
-    /// `MAX_DELIVERY_ATTEMPTS`: deliveries of a message that cannot be applied before it is
-    /// dead-lettered. Transient store errors do not count: they are retried in place.
-    #[serde(default = "default_max_attempts")]
-    pub max_delivery_attempts: u32,
-    /// `RETRY_MAX_BACKOFF_MS`: ceiling of the backoff between retries of a store or broker.
+    /// `RETRY_MAX_BACKOFF_MS`: ceiling of the backoff between retries of a store or broker,
+    /// and between retries of an event the store refused.
     #[serde(default = "default_max_backoff_ms")]
     pub retry_max_backoff_ms: u64,
     /// `MIN_VERSION_WAIT_MS`: how long `GET /todos/{id}?min_version=N` waits for version N.
     #[serde(default = "default_min_version_wait_ms")]
     pub min_version_wait_ms: u64,
+    /// `MIN_VERSION_MAX_WAITERS`: how many `?min_version=` requests may wait at once; one more
+    /// is answered 503 `read-model-behind` at once.
+    #[serde(default = "default_min_version_max_waiters")]
+    pub min_version_max_waiters: usize,
     /// `HTTP_ADDR`: address the HTTP API listens on.
     #[serde(default = "default_http_addr")]
     pub http_addr: String,
@@ -75,14 +76,14 @@ fn default_queue() -> String {
 fn default_prefetch() -> u16 {
     100
 }
-fn default_max_attempts() -> u32 {
-    5
-}
 fn default_max_backoff_ms() -> u64 {
     5_000
 }
 fn default_min_version_wait_ms() -> u64 {
     5_000
+}
+fn default_min_version_max_waiters() -> usize {
+    100
 }
 fn default_http_addr() -> String {
     "0.0.0.0:5002".into()

@@ -123,13 +123,6 @@ impl From<&mongodb::error::Error> for Refused {
     }
 }
 
-impl Refused {
-    /// A refusal that goes away by itself (see [`is_transient`]).
-    pub fn is_transient(&self) -> bool {
-        TRANSIENT_CODES.contains(&self.code)
-    }
-}
-
 /// The outcome of each event of a batch, in the batch's order. `None`: not settled, because
 /// the newest event of its todo in the batch was refused; apply it again without that one.
 pub type BatchResult = Vec<Option<Result<Outcome, Refused>>>;

@@ -130,9 +130,19 @@ impl Drop for Running {
 }
 
 pub async fn spawn_query(names: &Names) -> Running {
+    let running = spawn_query_with(names, &[]).await;
+    wait_for_consumer(&running).await;
+    running
+}
+
+/// query-service with `extra` variables in place of or beside the test's own, not waiting for its
+/// consumer to subscribe.
+pub async fn spawn_query_with(names: &Names, extra: &[(&str, &str)]) -> Running {
     init_logs();
     let mut vars = names.query_vars();
     vars.push(("HTTP_ADDR".into(), "127.0.0.1:0".into()));
+    vars.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
+    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let settings = query_service::settings::Settings::from_vars(vars).expect("settings");
     let app = query_service::Application::build(settings)
         .await
@@ -142,13 +152,11 @@ pub async fn spawn_query(names: &Names) -> Running {
     let task = tokio::spawn(app.run(async move {
         let _ = stopped.await;
     }));
-    let running = Running {
+    Running {
         address,
         stop: Some(stop),
         task: Some(task),
-    };
-    wait_for_consumer(&running).await;
-    running
+    }
 }
 
 /// Waits until the consumer has declared its queue and subscribed (readiness shows it).
@@ -385,4 +393,21 @@ pub async fn queue_depth(queue: &str) -> u32 {
         .expect("queue exists");
     let _ = conn.close(200, "done".into()).await;
     q.message_count()
+}
+
+/// The value of an unlabelled metric of `GET /metrics` (a counter's `_total` sample or a
+/// gauge), 0 when it is not there yet.
+pub async fn metric(client: &reqwest::Client, running: &Running, name: &str) -> f64 {
+    let text = client
+        .get(running.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
 }

@@ -2,6 +2,7 @@
 //! end-to-end tests, command-service on real PostgreSQL. One binary for the crate; tests whose
 //! names contain `outage` stop or kill something and run alone (`.config/nextest.toml`).
 
+mod consumer;
 mod convergence;
 mod deploy;
 mod end_to_end;

@@ -2,7 +2,7 @@ use crate::helpers::*;
 use chrono::{Duration as Span, TimeZone, Utc};
 use events::{Envelope, EventType, TodoState, SCHEMA_VERSION};
 use serde_json::Value;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn created(todo_id: i64, completed: bool) -> Envelope {
     let base = Utc
@@ -194,6 +194,85 @@ async fn bad_reads_get_problem_json() {
             "{why}"
         );
     }
+    query.stop().await;
+    names.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_min_version_waiter_beyond_the_budget_is_answered_503_at_once() {
+    let names = Names::new();
+    // MIN_VERSION_WAIT_MS is 5000 for tests.
+    let query = spawn_query_with(&names, &[("MIN_VERSION_MAX_WAITERS", "1")]).await;
+    wait_for_consumer(&query).await;
+    let publisher = publisher(&names.exchange).await;
+    publisher.publish(&created(1, false)).await;
+    let client = reqwest::Client::new();
+    eventually(Duration::from_secs(10), "todo 1 projected", || async {
+        client
+            .get(query.url("/todos/1"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+
+    // The one waiter the budget allows, for a version that never comes.
+    let waiter = tokio::spawn({
+        let client = client.clone();
+        let url = query.url("/todos/1?min_version=5");
+        async move {
+            let started = Instant::now();
+            let status = client.get(url).send().await.expect("sent").status();
+            (status, started.elapsed())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let started = Instant::now();
+    let response = client
+        .get(query.url("/todos/1?min_version=3"))
+        .send()
+        .await
+        .expect("sent");
+    let took = started.elapsed();
+    assert_eq!(response.status(), 503);
+    assert!(
+        took < Duration::from_millis(1000),
+        "answered without waiting, took {took:?}"
+    );
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: Value = response.json().await.expect("problem");
+    assert_eq!(problem["type"], "/problems/read-model-behind", "{problem}");
+
+    // A read that needs no wait is served while the budget is spent.
+    let response = client
+        .get(query.url("/todos/1?min_version=1"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+
+    let (status, waited) = waiter.await.expect("waiter");
+    assert_eq!(status, 503);
+    assert!(waited >= Duration::from_millis(4500), "waited {waited:?}");
+
+    // The budget is given back: the next waiter waits, and gets its version.
+    let waiter = tokio::spawn({
+        let client = client.clone();
+        let url = query.url("/todos/1?min_version=2");
+        async move { client.get(url).send().await.expect("sent").status() }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut update = created(1, true);
+    update.event_type = EventType::TodoUpdated;
+    update.version = 2;
+    update.changed = vec![events::Field::Completed];
+    publisher.publish(&update).await;
+    assert_eq!(waiter.await.expect("waiter"), 200);
     query.stop().await;
     names.cleanup().await;
 }

@@ -248,10 +248,7 @@ async fn load(
             match (status, target, etag) {
                 (201, None, Some(version)) | (200, Some((_, false)), Some(version)) => {
                     drop(r);
-                    let id = match target {
-                        Some((id, _)) => Some(id),
-                        None => None,
-                    };
+                    let id = target.map(|(id, _)| id);
                     // A create's id is in its Location header.
                     let id = id.or_else(|| {
                         response

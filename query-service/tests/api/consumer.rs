@@ -1,0 +1,331 @@
+//! How the consumer treats what it cannot apply: an event MongoDB refuses is retried, never
+//! dead-lettered; a message that can never apply is dead-lettered at its first delivery; a
+//! queue that refuses the consumer is not hammered with reconnects.
+
+use crate::helpers::*;
+use bson::doc;
+use chrono::{TimeZone, Utc};
+use events::{Envelope, EventType, TodoState, SCHEMA_VERSION};
+use lapin::options::BasicGetOptions;
+use lapin::types::AMQPValue;
+use lapin::{Connection, ConnectionProperties};
+use serde_json::Value;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn created(todo_id: i64, title: &str) -> Envelope {
+    let at = Utc
+        .with_ymd_and_hms(2026, 11, 22, 12, 0, 0)
+        .single()
+        .expect("time");
+    Envelope {
+        event_id: uuid::Uuid::new_v4(),
+        event_type: EventType::TodoCreated,
+        schema_version: SCHEMA_VERSION,
+        todo_id,
+        version: 1,
+        position: todo_id,
+        occurred_at: at,
+        correlation_id: format!("consumer-{todo_id}"),
+        data: Some(TodoState {
+            title: title.to_string(),
+            description: None,
+            completed: false,
+            created_at: at,
+            updated_at: at,
+        }),
+        changed: Vec::new(),
+    }
+}
+
+/// Sets (or with an empty document, removes) the validator of the test's `todos` collection.
+async fn validator(names: &Names, validator: bson::Document) {
+    let client = mongodb::Client::with_uri_str(mongodb_uri())
+        .await
+        .expect("MongoDB client");
+    client
+        .database(&names.mongo_db)
+        .run_command(doc! { "collMod": "todos", "validator": validator })
+        .await
+        .expect("collMod validator");
+}
+
+async fn status_of(client: &reqwest::Client, query: &Running, path: &str) -> u16 {
+    client
+        .get(query.url(path))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn an_event_the_store_refuses_is_retried_with_growing_delay_until_it_lands_and_never_dead_lettered(
+) {
+    let names = Names::new();
+    // RETRY_MAX_BACKOFF_MS is 1000 for tests: retries after 0.2, 0.4, 0.8, then every 1 s.
+    let query = spawn_query(&names).await;
+    validator(&names, doc! { "title": { "$ne": "refuse me" } }).await;
+    let publisher = publisher(&names.exchange).await;
+    publisher.publish(&created(1, "refuse me")).await;
+    publisher
+        .publish(&created(2, "after the refused one"))
+        .await;
+
+    let client = reqwest::Client::new();
+    eventually(
+        Duration::from_secs(10),
+        "the next todo is applied while the refused event waits",
+        || async { status_of(&client, &query, "/todos/2").await == 200 },
+    )
+    .await;
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(4) {
+        assert_eq!(
+            queue_depth(&names.dead_letter_queue()).await,
+            0,
+            "a valid event the store refuses is never dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status_of(&client, &query, "/todos/1").await, 404);
+    let refusals = metric(&client, &query, "projection_refusals_total").await;
+    assert!(
+        (3.0..=12.0).contains(&refusals),
+        "retried again and again, with a growing delay rather than in a loop: {refusals} refusals"
+    );
+    assert_eq!(
+        metric(&client, &query, "projection_held_events").await,
+        1.0,
+        "the refused event is held"
+    );
+    assert_eq!(
+        metric(&client, &query, "consumer_connection_attempts_total").await,
+        1.0,
+        "no channel error (an ack of an unknown delivery) made the consumer reconnect"
+    );
+
+    // Held unacked, so nothing is lost when the consumer stops: the event is back in the queue.
+    query.stop().await;
+    eventually(
+        Duration::from_secs(5),
+        "the held event back in the queue",
+        || async { queue_depth(&names.queue).await == 1 },
+    )
+    .await;
+
+    validator(&names, doc! {}).await;
+    let query = spawn_query(&names).await;
+    eventually(
+        Duration::from_secs(10),
+        "the event lands once the store takes it",
+        || async { status_of(&client, &query, "/todos/1").await == 200 },
+    )
+    .await;
+    let todo: Value = get_json(&client, &query.url("/todos/1")).await;
+    assert_eq!(todo["title"], "refuse me");
+    eventually(Duration::from_secs(5), "nothing held", || async {
+        metric(&client, &query, "projection_held_events").await == 0.0
+    })
+    .await;
+    let stats: Value = get_json(&client, &query.url("/stats")).await;
+    assert_eq!(stats["projection"]["applied"], 2, "{stats}");
+    assert_eq!(stats["projection"]["dead_lettered"], 0, "{stats}");
+    assert_eq!(queue_depth(&names.dead_letter_queue()).await, 0);
+    query.stop().await;
+    names.cleanup().await;
+}
+
+fn int(value: &AMQPValue) -> Option<i64> {
+    match value {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortUInt(n) => Some(i64::from(*n)),
+        _ => None,
+    }
+}
+
+fn text(value: Option<&AMQPValue>) -> String {
+    match value {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Some(AMQPValue::ShortString(s)) => s.to_string(),
+        _ => String::new(),
+    }
+}
+
+// nextest runs each test in its own process, so this test's global log subscriber is its own.
+#[tokio::test]
+async fn a_message_that_can_never_apply_is_dead_lettered_at_its_first_delivery() {
+    // The consumer logs this once per delivery of such a message.
+    let seen = LineCounter::install("message is not a valid event");
+    let names = Names::new();
+    let query = spawn_query(&names).await;
+    let publisher = publisher(&names.exchange).await;
+    let mut future = serde_json::to_value(created(1, "from a newer writer")).expect("json");
+    future["schema_version"] = 99.into();
+    publisher
+        .publish_raw("todo.created", b"{ not an event")
+        .await;
+    publisher
+        .publish_raw("todo.created", &serde_json::to_vec(&future).expect("json"))
+        .await;
+    publisher.publish(&created(2, "after them")).await;
+
+    let client = reqwest::Client::new();
+    eventually(Duration::from_secs(10), "both dead-lettered", || async {
+        queue_depth(&names.dead_letter_queue()).await == 2
+    })
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "the good event applied",
+        || async { status_of(&client, &query, "/todos/2").await == 200 },
+    )
+    .await;
+
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("broker");
+    let channel = conn.create_channel().await.expect("channel");
+    for _ in 0..2 {
+        let message = channel
+            .basic_get(
+                names.dead_letter_queue().as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .expect("get")
+            .expect("a dead letter");
+        let headers = message
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
+        let headers = headers.inner();
+        let Some(AMQPValue::FieldArray(deaths)) = headers.get("x-death") else {
+            panic!("x-death header: {headers:?}");
+        };
+        let deaths = deaths.as_slice();
+        assert_eq!(deaths.len(), 1, "{deaths:?}");
+        let AMQPValue::FieldTable(death) = &deaths[0] else {
+            panic!("x-death entry: {deaths:?}");
+        };
+        let death = death.inner();
+        // Rejected by the consumer, once (`x-death` does not count redeliveries: the log does).
+        assert_eq!(death.get("count").and_then(int), Some(1), "{death:?}");
+        assert_eq!(text(death.get("reason")), "rejected", "{death:?}");
+        assert_eq!(text(death.get("queue")), names.queue, "{death:?}");
+    }
+    let _ = conn.close(200, "done".into()).await;
+    assert_eq!(seen.count(), 2, "each message was delivered once");
+    let stats: Value = get_json(&client, &query.url("/stats")).await;
+    assert_eq!(stats["projection"]["dead_lettered"], 2, "{stats}");
+    query.stop().await;
+    names.cleanup().await;
+}
+
+/// Counts the log lines that contain a text.
+#[derive(Clone)]
+struct LineCounter {
+    needle: &'static str,
+    seen: Arc<Mutex<usize>>,
+}
+
+impl LineCounter {
+    /// The process's log subscriber, counting the lines with `needle` (the consumer logs at
+    /// info, everything else at warn).
+    fn install(needle: &'static str) -> Self {
+        let counter = LineCounter {
+            needle,
+            seen: Arc::default(),
+        };
+        let sink = counter.clone();
+        query_service::telemetry::init_with_writer(
+            query_service::settings::LogFormat::Json,
+            "warn,query_service::consumer=info",
+            move || sink.clone(),
+        );
+        counter
+    }
+
+    fn count(&self) -> usize {
+        *self.seen.lock().expect("counter")
+    }
+}
+
+impl Write for LineCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if String::from_utf8_lossy(buf).contains(self.needle) {
+            *self.seen.lock().expect("counter") += 1;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A TCP proxy to RabbitMQ that cuts every connection `after` it was opened: long enough
+/// for the consumer to connect, declare its queues and subscribe, far too short to serve.
+/// Returns the `AMQP_URL` that goes through it.
+async fn cutting_proxy(after: Duration) -> String {
+    let url = amqp_url();
+    let (head, rest) = url.split_once('@').expect("AMQP_URL has credentials");
+    let (broker, path) = rest.split_once('/').expect("AMQP_URL has a vhost");
+    let broker = broker.to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("proxy listens");
+    let port = listener.local_addr().expect("proxy address").port();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let broker = broker.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&broker).await {
+                    let _ = tokio::time::timeout(
+                        after,
+                        tokio::io::copy_bidirectional(&mut inbound, &mut outbound),
+                    )
+                    .await;
+                }
+                // Both ends dropped: the connection is cut.
+            });
+        }
+    });
+    format!("{head}@127.0.0.1:{port}/{path}")
+}
+
+// nextest runs each test in its own process, so this test's global log subscriber is its own.
+#[tokio::test]
+async fn a_consumer_whose_connections_fail_right_after_connecting_reconnects_with_growing_delay() {
+    let connected = LineCounter::install("consumer connected to RabbitMQ");
+    let names = Names::new();
+    let proxied = cutting_proxy(Duration::from_millis(300)).await;
+    let query = spawn_query_with(
+        &names,
+        &[
+            ("AMQP_URL", proxied.as_str()),
+            ("RETRY_MAX_BACKOFF_MS", "5000"),
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    eventually(Duration::from_secs(5), "a first connect", || async {
+        connected.count() > 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let connects = connected.count();
+    // Each connection ends 0.3 s after it opened. Waits of 0.2, 0.4, 0.8, 1.6, 3.2 s (plus
+    // up to a quarter of jitter) make at most 6 connects in 6 s; starting again from 0.2 s
+    // after each connect would make about 12.
+    assert!((3..=6).contains(&connects), "{connects} connects in 6 s");
+    let attempts = metric(&client, &query, "consumer_connection_attempts_total").await;
+    assert_eq!(attempts, connects as f64, "every attempt connected");
+    query.stop().await;
+    names.cleanup().await;
+}

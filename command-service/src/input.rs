@@ -2,7 +2,8 @@
 //! offending field at once and a wrong type is reported as such (not as "malformed JSON").
 //!
 //! Rules (DESIGN.md): `title` required, trimmed, 1..=200 characters; `description` a string of
-//! at most 2000 characters or null; `completed` a boolean; unknown fields rejected.
+//! at most 2000 characters or null; `completed` a boolean; unknown fields rejected. Neither text
+//! may hold U+0000, which PostgreSQL's `text` and `jsonb` cannot store.
 
 use crate::error::{ApiError, FieldError};
 use serde_json::{Map, Value};
@@ -63,12 +64,18 @@ fn unknown_fields(map: &Map<String, Value>, errors: &mut Vec<FieldError>) {
     }
 }
 
+/// The message for a text holding U+0000, which PostgreSQL refuses to store.
+const NUL: &str = "must not contain the NUL character (U+0000)";
+
 fn title(value: &Value, errors: &mut Vec<FieldError>) -> Option<String> {
     match value {
         Value::String(s) => {
             let trimmed = s.trim();
             let len = trimmed.chars().count();
-            if len == 0 {
+            if trimmed.contains('\0') {
+                errors.push(FieldError::new("title", NUL));
+                None
+            } else if len == 0 {
                 errors.push(FieldError::new("title", "must not be blank"));
                 None
             } else if len > TITLE_MAX {
@@ -96,7 +103,10 @@ fn description(value: &Value, errors: &mut Vec<FieldError>) -> Option<Option<Str
         Value::Null => Some(None),
         Value::String(s) => {
             let len = s.chars().count();
-            if len > DESCRIPTION_MAX {
+            if s.contains('\0') {
+                errors.push(FieldError::new("description", NUL));
+                None
+            } else if len > DESCRIPTION_MAX {
                 errors.push(FieldError::new(
                     "description",
                     format!("must be at most {DESCRIPTION_MAX} characters, got {len}"),
@@ -225,6 +235,16 @@ mod tests {
             ("number title", r#"{"title":5}"#.into(), vec!["title"]),
             ("null title", r#"{"title":null}"#.into(), vec!["title"]),
             (
+                "NUL in title",
+                r#"{"title":"a\u0000"}"#.into(),
+                vec!["title"],
+            ),
+            (
+                "NUL in description",
+                r#"{"title":"t","description":"\u0000"}"#.into(),
+                vec!["description"],
+            ),
+            (
                 "2001-character description",
                 long_description,
                 vec!["description"],
@@ -281,6 +301,10 @@ mod tests {
         assert_eq!(
             fields(todo_patch(br#"{"title":null}"#).expect_err("null title")),
             ["title"]
+        );
+        assert_eq!(
+            fields(todo_patch(br#"{"description":"\u0000"}"#).expect_err("NUL")),
+            ["description"]
         );
     }
 }

@@ -29,21 +29,99 @@ pub struct TodoPatch {
     pub completed: Option<bool>,
 }
 
-/// Parses a body as a JSON object: syntax errors are 400, anything but an object is 422.
+/// Parses a body as a JSON object: syntax errors are 400, anything but an object is 422, and
+/// so is an object that names a key twice (parsers disagree on which one wins).
 pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
+    let parsed: Body = serde_json::from_slice(body).map_err(|e| {
         if body.iter().all(u8::is_ascii_whitespace) {
             ApiError::MalformedJson("the body is empty".into())
         } else {
             ApiError::MalformedJson(e.to_string())
         }
     })?;
-    match value {
-        Value::Object(map) => Ok(map),
-        other => Err(ApiError::Validation(vec![FieldError::new(
+    match parsed {
+        Body::Object { map, repeated } if repeated.is_empty() => Ok(map),
+        Body::Object { repeated, .. } => Err(ApiError::Validation(
+            repeated
+                .into_iter()
+                .map(|key| FieldError::new(key, "appears more than once in the body"))
+                .collect(),
+        )),
+        Body::Other(kind) => Err(ApiError::Validation(vec![FieldError::new(
             "body",
-            format!("must be a JSON object, got {}", kind(&other)),
+            format!("must be a JSON object, got {kind}"),
         )])),
+    }
+}
+
+/// A request body as read by [`parse_object`]: an object with the keys it repeated (each
+/// once, in order of appearance), or the kind of whatever else it was.
+enum Body {
+    Object {
+        map: Map<String, Value>,
+        repeated: Vec<String>,
+    },
+    Other(&'static str),
+}
+
+impl<'de> serde::Deserialize<'de> for Body {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(BodyVisitor)
+    }
+}
+
+struct BodyVisitor;
+
+impl<'de> serde::de::Visitor<'de> for BodyVisitor {
+    type Value = Body;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Body, A::Error> {
+        let mut map = Map::new();
+        let mut repeated = Vec::new();
+        while let Some(key) = access.next_key::<String>()? {
+            let value: Value = access.next_value()?;
+            if map.contains_key(&key) {
+                if !repeated.contains(&key) {
+                    repeated.push(key);
+                }
+            } else {
+                map.insert(key, value);
+            }
+        }
+        Ok(Body::Object { map, repeated })
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut access: A) -> Result<Body, A::Error> {
+        while access.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Body::Other("an array"))
+    }
+
+    fn visit_unit<E>(self) -> Result<Body, E> {
+        Ok(Body::Other("null"))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Body, E> {
+        Ok(Body::Other("a boolean"))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Body, E> {
+        Ok(Body::Other("a number"))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Body, E> {
+        Ok(Body::Other("a number"))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Body, E> {
+        Ok(Body::Other("a number"))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Body, E> {
+        Ok(Body::Other("a string"))
     }
 }
 
@@ -265,6 +343,12 @@ mod tests {
                 vec!["x", "title", "completed"],
             ),
             ("array body", "[1]".into(), vec!["body"]),
+            ("string body", r#""t""#.into(), vec!["body"]),
+            (
+                "repeated key",
+                r#"{"title":"t","completed":true,"title":"u","title":"v"}"#.into(),
+                vec!["title"],
+            ),
         ];
         for (why, body, expected) in cases {
             let err = todo_input(body.as_bytes()).expect_err(why);

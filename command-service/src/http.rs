@@ -196,23 +196,44 @@ pub fn precondition(raw: Option<String>) -> Result<Option<Precondition>, ApiErro
     Ok(Some(Precondition::Versions(versions)))
 }
 
-fn idempotency(raw: Option<String>, body: &[u8]) -> Result<Option<Idempotency>, ApiError> {
+fn idempotency(
+    raw: Option<String>,
+    input: &input::TodoInput,
+) -> Result<Option<Idempotency>, ApiError> {
     let Some(key) = raw else { return Ok(None) };
     if key.is_empty() || key.len() > 255 {
         return Err(ApiError::BadRequest(
             "Idempotency-Key must be 1 to 255 characters.".into(),
         ));
     }
-    // Hash the parsed JSON (keys sorted by serde_json's map), not the bytes: the same request
-    // re-sent with other spacing or key order is the same request.
-    let canonical = serde_json::from_slice::<serde_json::Value>(body)
-        .map(|v| v.to_string())
-        .unwrap_or_default();
-    let hash = Sha256::digest(canonical.as_bytes());
     Ok(Some(Idempotency {
         key,
-        request_hash: hash.iter().map(|b| format!("{b:02x}")).collect(),
+        request_hash: request_hash(input),
     }))
+}
+
+/// The hash a repeated `Idempotency-Key` request is compared by: that of the validated input,
+/// never of the JSON text. Two bodies that ask for the same todo (keys in another order, other
+/// spacing, a title validation trims, a description null or left out) hash the same, whatever
+/// features `serde_json` was built with.
+pub fn request_hash(input: &input::TodoInput) -> String {
+    /// A struct serializes its fields in declaration order: a fixed encoding.
+    #[derive(serde::Serialize)]
+    struct Canonical<'a> {
+        title: &'a str,
+        description: Option<&'a str>,
+        completed: bool,
+    }
+    let canonical = serde_json::to_vec(&Canonical {
+        title: &input.title,
+        description: input.description.as_deref(),
+        completed: input.completed,
+    })
+    .unwrap_or_default();
+    Sha256::digest(&canonical)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn create(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
@@ -227,7 +248,7 @@ fn create(state: State) -> impl Filter<Extract = (Response,), Error = Rejection>
                 let correlation = id.clone();
                 answer(state.metrics.clone(), id, "POST /todos", async move {
                     let input = input::todo_input(&body)?;
-                    let idem = idempotency(key, &body)?;
+                    let idem = idempotency(key, &input)?;
                     match state.commands.create(input, idem, &correlation).await? {
                         Created::New(todo) => {
                             let mut response = todo_response(StatusCode::CREATED, &todo);
@@ -574,6 +595,25 @@ mod tests {
             Err(ApiError::BadRequest(_))
         ));
         assert_eq!(precondition(None).expect("absent"), None);
+    }
+
+    #[test]
+    fn the_request_hash_is_that_of_the_validated_input() {
+        let hash = |body: &str| request_hash(&input::todo_input(body.as_bytes()).expect(body));
+        let first = hash(r#"{"title":"a","completed":true}"#);
+        for same in [
+            r#"{"completed":true,"title":"a"}"#,
+            r#"{ "title" : " a ", "completed" : true, "description" : null }"#,
+        ] {
+            assert_eq!(hash(same), first, "{same}");
+        }
+        for other in [
+            r#"{"title":"a"}"#,
+            r#"{"title":"b","completed":true}"#,
+            r#"{"title":"a","completed":true,"description":""}"#,
+        ] {
+            assert_ne!(hash(other), first, "{other}");
+        }
     }
 
     #[test]

@@ -170,8 +170,9 @@ fn todo_id(id: i64) -> Result<i64, ApiError> {
     }
 }
 
-/// Parses `If-Match`: `*`, or a list of entity tags `"N"` (weak `W/"N"` accepted). A tag that is
-/// well-formed but not a version can match nothing (412); a malformed header is 400.
+/// Parses `If-Match`: `*`, or a list of entity tags. It compares strongly (RFC 9110 13.1.1), so
+/// only strong tags `"N"` can match; a weak `W/"N"` is well-formed but matches nothing, as does
+/// a tag that is not a version (412). A malformed header is 400.
 pub fn precondition(raw: Option<String>) -> Result<Option<Precondition>, ApiError> {
     let Some(raw) = raw else { return Ok(None) };
     let raw = raw.trim();
@@ -180,7 +181,10 @@ pub fn precondition(raw: Option<String>) -> Result<Option<Precondition>, ApiErro
     }
     let mut versions = Vec::new();
     for tag in raw.split(',').map(str::trim) {
-        let opaque = tag.strip_prefix("W/").unwrap_or(tag);
+        let (weak, opaque) = match tag.strip_prefix("W/") {
+            Some(opaque) => (true, opaque),
+            None => (false, tag),
+        };
         let inner = opaque
             .strip_prefix('"')
             .and_then(|t| t.strip_suffix('"'))
@@ -189,6 +193,9 @@ pub fn precondition(raw: Option<String>) -> Result<Option<Precondition>, ApiErro
                     "If-Match must be * or quoted entity tags such as \"3\"; got {raw}."
                 ))
             })?;
+        if weak {
+            continue;
+        }
         if let Ok(v) = inner.parse::<i64>() {
             versions.push(v);
         }
@@ -579,7 +586,8 @@ mod tests {
         let cases: &[(&str, Option<Precondition>)] = &[
             ("*", Some(Precondition::Any)),
             ("\"3\"", Some(Precondition::Versions(vec![3]))),
-            ("W/\"3\"", Some(Precondition::Versions(vec![3]))),
+            ("W/\"3\"", Some(Precondition::Versions(vec![]))),
+            ("W/\"3\", \"4\"", Some(Precondition::Versions(vec![4]))),
             ("\"1\", \"2\"", Some(Precondition::Versions(vec![1, 2]))),
             ("\"abc\"", Some(Precondition::Versions(vec![]))),
         ];
@@ -590,10 +598,15 @@ mod tests {
                 "If-Match: {raw}"
             );
         }
-        assert!(matches!(
-            precondition(Some("3".into())),
-            Err(ApiError::BadRequest(_))
-        ));
+        for malformed in ["3", "W/3", "\"3\", 4"] {
+            assert!(
+                matches!(
+                    precondition(Some(malformed.into())),
+                    Err(ApiError::BadRequest(_))
+                ),
+                "If-Match: {malformed}"
+            );
+        }
         assert_eq!(precondition(None).expect("absent"), None);
     }
 

@@ -149,14 +149,61 @@ async fn put_replaces_the_whole_todo_and_a_no_op_change_writes_no_event() {
         .await
         .expect("sent");
     assert_eq!(response.status(), 200);
+    app.stop().await;
+}
+
+/// RFC 9110: `If-Match` compares strongly, so a weak tag never matches; and `*` is false when
+/// there is no current representation, so on a missing todo it fails (412) rather than 404.
+#[tokio::test]
+async fn if_match_never_matches_a_weak_tag_and_star_fails_on_a_missing_todo() {
+    let app = spawn_app().await;
+    let id = app.create("guarded").await["id"].as_i64().expect("id");
+    let todo = format!("/todos/{id}");
+    let body = Some(r#"{"title":"changed"}"#);
+    let cases: Vec<(&str, &str, &str, Option<&str>)> = vec![
+        ("PATCH", &todo, "W/\"1\"", body),
+        ("PUT", &todo, "W/\"1\"", body),
+        ("DELETE", &todo, "W/\"1\"", None),
+        ("PATCH", &todo, "W/\"1\", W/\"2\"", body),
+        ("PATCH", "/todos/999999", "*", body),
+        ("PUT", "/todos/999999", "*", body),
+        ("DELETE", "/todos/999999", "*", None),
+    ];
+    for (method, path, if_match, body) in cases {
+        let why = format!("{method} {path} If-Match: {if_match}");
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = app
+            .client
+            .request(method, app.url(path))
+            .header("if-match", if_match);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
+        let response = request.send().await.expect("sent");
+        assert_eq!(response.status(), 412, "{why}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{why}"
+        );
+        let problem: Value = response.json().await.expect("json");
+        assert_eq!(problem["status"], 412, "{why}");
+    }
+    // A strong tag of the current version still matches.
     let response = app
         .client
-        .delete(app.url("/todos/999999"))
-        .header("if-match", "*")
+        .patch(app.url(&todo))
+        .header("content-type", "application/json")
+        .header("if-match", "W/\"1\", \"1\"")
+        .body(r#"{"completed":true}"#)
         .send()
         .await
         .expect("sent");
-    assert_eq!(response.status(), 404);
+    assert_eq!(response.status(), 200);
+    let events = app.events().await;
+    assert_eq!(events.len(), 2, "only the strongly matched change wrote");
     app.stop().await;
 }
 

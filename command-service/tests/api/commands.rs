@@ -342,3 +342,56 @@ async fn concurrent_updates_of_one_todo_get_distinct_consecutive_versions() {
     assert_eq!(events.len(), 11);
     app.stop().await;
 }
+
+/// An `X-Request-Id` that cannot serve as a correlation id (bytes outside visible ASCII, too
+/// long) is replaced by a new one; the request is answered as if none was sent.
+#[tokio::test]
+async fn an_unusable_request_id_is_replaced_by_a_new_one() {
+    let app = spawn_app().await;
+    let unusable: Vec<reqwest::header::HeaderValue> = vec![
+        reqwest::header::HeaderValue::from_bytes("café".as_bytes()).expect("value"),
+        reqwest::header::HeaderValue::from_bytes(b"\xff\xfe").expect("value"),
+        reqwest::header::HeaderValue::from_static("two words"),
+        reqwest::header::HeaderValue::from_str(&"a".repeat(129)).expect("value"),
+    ];
+    for given in unusable {
+        let why = format!("X-Request-Id: {given:?}");
+        let response = app
+            .client
+            .post(app.url("/todos"))
+            .header("content-type", "application/json")
+            .header("x-request-id", given.clone())
+            .body(r#"{"title":"traced"}"#)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 201, "{why}");
+        let answered = response.headers()["x-request-id"]
+            .to_str()
+            .expect("ascii")
+            .to_string();
+        assert!(
+            uuid::Uuid::parse_str(&answered).is_ok(),
+            "{why}: {answered}"
+        );
+        let todo: Value = response.json().await.expect("json");
+        let events = app.events().await;
+        let event = events
+            .iter()
+            .find(|e| e["todo_id"] == todo["id"])
+            .expect("its event");
+        assert_eq!(event["correlation_id"], answered.as_str(), "{why}");
+
+        for path in ["/health", "/events", "/ready"] {
+            let response = app
+                .client
+                .get(app.url(path))
+                .header("x-request-id", given.clone())
+                .send()
+                .await
+                .expect("sent");
+            assert_eq!(response.status(), 200, "{why} on {path}");
+        }
+    }
+    app.stop().await;
+}

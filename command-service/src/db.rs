@@ -1,11 +1,12 @@
 //! PostgreSQL access: the connection pool, embedded migrations, and how database errors are
 //! classified (unavailable vs. a bug) for the one place that maps errors to HTTP.
 
+use diesel::sql_types::BigInt;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
-use diesel_async::{AsyncMigrationHarness, AsyncPgConnection};
+use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use std::time::Duration;
 
@@ -33,28 +34,25 @@ pub fn pool(database_url: &str, max_size: usize, timeout: Duration) -> anyhow::R
         .build()?)
 }
 
-/// Applies pending migrations. Retries while PostgreSQL is unreachable so that the service and
-/// its database can start in any order; gives up after `attempts`.
-pub async fn migrate(pool: &PgPool, attempts: u32) -> anyhow::Result<()> {
+/// Key of the session-level advisory lock migrations run under ("migra").
+const MIGRATION_LOCK: i64 = 0x006d_6967_7261;
+
+/// Applies pending migrations on a connection of its own. Retries while PostgreSQL is
+/// unreachable so that the service and its database can start in any order; gives up after
+/// `attempts`.
+///
+/// Replicas starting together on an empty database would each create the migrations table and
+/// apply the same migration, and all but one fail. They take turns on a session-level advisory
+/// lock instead: one migrates, the others wait for it and then find nothing pending. The lock is
+/// held across the migrations' own transactions and released when the connection closes, also
+/// if migrating fails.
+pub async fn migrate(database_url: &str, attempts: u32) -> anyhow::Result<()> {
     let mut delay = Duration::from_millis(200);
     let mut attempt = 0;
-    loop {
+    let mut conn = loop {
         attempt += 1;
-        match pool.get().await {
-            Ok(conn) => {
-                // The harness drives the async connection from blocking code; keep it off the
-                // async worker threads.
-                let result = tokio::task::spawn_blocking(move || {
-                    let mut harness = AsyncMigrationHarness::new(conn);
-                    harness
-                        .run_pending_migrations(MIGRATIONS)
-                        .map(|applied| applied.len())
-                        .map_err(|e| anyhow::anyhow!("migration failed: {e}"))
-                })
-                .await??;
-                tracing::info!(applied = result, "database migrations are up to date");
-                return Ok(());
-            }
+        match AsyncPgConnection::establish(database_url).await {
+            Ok(conn) => break conn,
             Err(err) if attempt < attempts => {
                 tracing::warn!(error = %err, attempt, "PostgreSQL not reachable yet, retrying");
                 tokio::time::sleep(delay).await;
@@ -62,7 +60,34 @@ pub async fn migrate(pool: &PgPool, attempts: u32) -> anyhow::Result<()> {
             }
             Err(err) => return Err(anyhow::anyhow!("PostgreSQL not reachable: {err}")),
         }
-    }
+    };
+    prepared(
+        "SELECT pg_advisory_lock($1)",
+        (bind::<BigInt, _>(MIGRATION_LOCK),),
+    )
+    .execute(&mut conn)
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot take the migration lock: {e}"))?;
+    // The harness drives the async connection from blocking code; keep it off the async
+    // worker threads.
+    let (applied, mut conn) = tokio::task::spawn_blocking(move || {
+        let mut harness = AsyncMigrationHarness::new(conn);
+        let applied = harness
+            .run_pending_migrations(MIGRATIONS)
+            .map(|applied| applied.len())
+            .map_err(|e| anyhow::anyhow!("migration failed: {e}"));
+        (applied, harness.into_inner())
+    })
+    .await?;
+    let applied = applied?;
+    prepared(
+        "SELECT pg_advisory_unlock($1)",
+        (bind::<BigInt, _>(MIGRATION_LOCK),),
+    )
+    .execute(&mut conn)
+    .await?;
+    tracing::info!(applied, "database migrations are up to date");
+    Ok(())
 }
 
 /// Whether a database error means "the store is not there right now" (answer 503, retry later)

@@ -41,14 +41,15 @@ pub struct Application {
 
 impl Application {
     /// Binds `HTTP_ADDR`, builds the pool and applies migrations (waiting for PostgreSQL up to
-    /// about a minute, so the service may start before its database).
+    /// about a minute, so the service may start before its database; replicas starting together
+    /// take turns).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool = db::pool(
             &settings.database_url,
             settings.database_pool_size,
             Duration::from_millis(settings.database_timeout_ms),
         )?;
-        db::migrate(&pool, 20).await?;
+        db::migrate(&settings.database_url, 20).await?;
         let listener = TcpListener::bind(&settings.http_addr)
             .await
             .with_context(|| format!("cannot listen on HTTP_ADDR={}", settings.http_addr))?;

@@ -70,6 +70,30 @@ pub struct Options {
     pub extra: Vec<(&'static str, String)>,
 }
 
+/// The settings of a test's application: its database and exchange, port 0, short timeouts;
+/// a variable given in `extra` replaces the default here.
+pub fn test_settings(
+    database_url: &str,
+    exchange: &str,
+    extra: Vec<(&'static str, String)>,
+) -> Settings {
+    let mut vars = vec![
+        ("DATABASE_URL".to_string(), database_url.to_string()),
+        ("AMQP_URL".to_string(), amqp_url()),
+        ("AMQP_EXCHANGE".to_string(), exchange.to_string()),
+        ("HTTP_ADDR".to_string(), "127.0.0.1:0".to_string()),
+        ("DATABASE_POOL_SIZE".to_string(), "5".to_string()),
+        ("DATABASE_TIMEOUT_MS".to_string(), "1500".to_string()),
+        ("RELAY_MAX_BACKOFF_MS".to_string(), "1000".to_string()),
+        ("RELAY_POLL_MS".to_string(), "500".to_string()),
+    ];
+    vars.retain(|(k, _)| !extra.iter().any(|(name, _)| name == k));
+    for (k, v) in extra {
+        vars.push((k.to_string(), v));
+    }
+    Settings::from_vars(vars).expect("test settings")
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(Options::default()).await
 }
@@ -83,22 +107,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let exchange = options
         .exchange
         .unwrap_or_else(|| format!("test.{}", uuid::Uuid::new_v4().simple()));
-    let mut vars = vec![
-        ("DATABASE_URL".to_string(), database_url.clone()),
-        ("AMQP_URL".to_string(), amqp_url()),
-        ("AMQP_EXCHANGE".to_string(), exchange.clone()),
-        ("HTTP_ADDR".to_string(), "127.0.0.1:0".to_string()),
-        ("DATABASE_POOL_SIZE".to_string(), "5".to_string()),
-        ("DATABASE_TIMEOUT_MS".to_string(), "1500".to_string()),
-        ("RELAY_MAX_BACKOFF_MS".to_string(), "1000".to_string()),
-        ("RELAY_POLL_MS".to_string(), "500".to_string()),
-    ];
-    // A variable given in `extra` replaces the default above.
-    vars.retain(|(k, _)| !options.extra.iter().any(|(name, _)| name == k));
-    for (k, v) in options.extra {
-        vars.push((k.to_string(), v));
-    }
-    let settings = Settings::from_vars(vars).expect("test settings");
+    let settings = test_settings(&database_url, &exchange, options.extra);
     let app = Application::build(settings)
         .await
         .expect("application builds");

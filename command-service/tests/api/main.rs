@@ -9,3 +9,4 @@ mod helpers;
 mod idempotency;
 mod outage;
 mod publishing;
+mod startup;

@@ -523,7 +523,9 @@ mod tests {
                 crate::db::pool(
                     "postgres://nobody:none@127.0.0.1:9/none",
                     1,
-                    Duration::from_millis(200),
+                    crate::settings::Settings::from_vars(Vec::new())
+                        .expect("defaults")
+                        .database_limits(),
                 )
                 .expect("pool"),
                 crate::todos::Wake::default(),

@@ -44,12 +44,9 @@ impl Application {
     /// about a minute, so the service may start before its database; replicas starting together
     /// take turns).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = db::pool(
-            &settings.database_url,
-            settings.database_pool_size,
-            Duration::from_millis(settings.database_timeout_ms),
-        )?;
-        db::migrate(&settings.database_url, 20).await?;
+        let limits = settings.database_limits();
+        let pool = db::pool(&settings.database_url, settings.database_pool_size, limits)?;
+        db::migrate(&settings.database_url, 20, limits).await?;
         let listener = TcpListener::bind(&settings.http_addr)
             .await
             .with_context(|| format!("cannot listen on HTTP_ADDR={}", settings.http_addr))?;
@@ -90,7 +87,7 @@ impl Application {
         let background = db::pool(
             &self.settings.database_url,
             BACKGROUND_CONNECTIONS,
-            Duration::from_millis(self.settings.database_timeout_ms),
+            self.settings.database_limits(),
         )?;
         let state = http::State {
             commands,

@@ -10,3 +10,4 @@ mod idempotency;
 mod outage;
 mod publishing;
 mod startup;
+mod store_limits;

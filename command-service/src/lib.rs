@@ -112,6 +112,7 @@ impl Application {
             poll,
             max_backoff,
             idempotency_ttl_hours: self.settings.idempotency_ttl_hours,
+            timeout: Duration::from_millis(self.settings.amqp_timeout_ms),
         };
         let relay = tokio::spawn(relay::run(
             background,

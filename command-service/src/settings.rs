@@ -38,6 +38,9 @@ pub struct Settings {
     /// `AMQP_EXCHANGE`: topic exchange events are published to.
     #[serde(default = "default_exchange")]
     pub amqp_exchange: String,
+    /// `AMQP_TIMEOUT_MS`: deadline of each call the relay makes to RabbitMQ.
+    #[serde(default = "default_amqp_timeout_ms")]
+    pub amqp_timeout_ms: u64,
     /// `HTTP_ADDR`: address the HTTP API listens on.
     #[serde(default = "default_http_addr")]
     pub http_addr: String,
@@ -87,6 +90,9 @@ fn default_amqp_url() -> String {
 }
 fn default_exchange() -> String {
     events::EXCHANGE.into()
+}
+fn default_amqp_timeout_ms() -> u64 {
+    5_000
 }
 fn default_http_addr() -> String {
     "0.0.0.0:5001".into()

@@ -444,16 +444,29 @@ async fn publish(
         .await
 }
 
+/// Expired keys removed per statement: each statement stays well within
+/// `DATABASE_STATEMENT_TIMEOUT_MS` however many keys expired.
+const CLEANUP_BATCH: usize = 1_000;
+
 async fn cleanup_idempotency_keys(pool: &PgPool, ttl_hours: i64) {
     let result = async {
         let mut conn = pool.get().await?;
-        let n = diesel::sql_query(
-            "DELETE FROM idempotency_keys WHERE created_at <= now() - make_interval(hours => $1::int)",
-        )
-        .bind::<BigInt, _>(ttl_hours)
-        .execute(&mut conn)
-        .await?;
-        Ok::<_, anyhow::Error>(n)
+        let mut removed = 0;
+        loop {
+            let n = diesel::sql_query(
+                "DELETE FROM idempotency_keys WHERE ctid IN ( \
+                   SELECT ctid FROM idempotency_keys \
+                   WHERE created_at <= now() - make_interval(hours => $1::int) LIMIT $2)",
+            )
+            .bind::<BigInt, _>(ttl_hours)
+            .bind::<BigInt, _>(CLEANUP_BATCH as i64)
+            .execute(&mut conn)
+            .await?;
+            removed += n;
+            if n < CLEANUP_BATCH {
+                return Ok::<_, anyhow::Error>(removed);
+            }
+        }
     }
     .await;
     match result {

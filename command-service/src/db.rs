@@ -1,11 +1,13 @@
 //! PostgreSQL access: the connection pool, embedded migrations, and how database errors are
 //! classified (unavailable vs. a bug) for the one place that maps errors to HTTP.
 
+use diesel::sql_types::BigInt;
+use diesel::{ConnectionError, ConnectionResult};
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
-use diesel_async::{AsyncMigrationHarness, AsyncPgConnection};
+use diesel_async::{AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use std::time::Duration;
 
@@ -14,47 +16,116 @@ pub type PooledConn = Object<AsyncPgConnection>;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
+/// How long PostgreSQL may keep the service waiting. Every connection the service opens
+/// carries them, so a write answers (503 at worst) in bounded time even when a row it needs is
+/// locked by a stalled session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Waiting for a pooled connection, and opening a new one (TCP connect and startup).
+    pub connect: Duration,
+    /// PostgreSQL's `statement_timeout`: one statement's run time, lock waits included.
+    pub statement: Duration,
+    /// PostgreSQL's `lock_timeout`: one wait for a lock (a todo's row, an advisory lock).
+    pub lock: Duration,
+    /// PostgreSQL's `idle_in_transaction_session_timeout`: PostgreSQL ends a session whose
+    /// transaction sits idle this long, releasing its locks.
+    pub idle_in_transaction: Duration,
+}
+
+impl Limits {
+    /// The session settings, as the `options` startup parameter (`-c name=value`, in ms).
+    fn options(&self) -> String {
+        format!(
+            "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={}",
+            self.statement.as_millis(),
+            self.lock.as_millis(),
+            self.idle_in_transaction.as_millis()
+        )
+    }
+}
+
+/// TCP keepalives: a connection whose peer vanished (host down, network cut) without closing it
+/// is noticed about `IDLE + INTERVAL * RETRIES` after its last traffic, not hours later.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVE_RETRIES: u32 = 3;
+/// Data sent but unacknowledged this long closes the connection.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens a connection to `database_url` with the [`Limits`] set on its session, TCP keepalives
+/// and a deadline for connecting. Options the URL sets itself are kept; the limits follow them,
+/// so they win.
+pub async fn connect(database_url: &str, limits: Limits) -> ConnectionResult<AsyncPgConnection> {
+    let mut config: tokio_postgres::Config = database_url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| ConnectionError::InvalidConnectionUrl(e.to_string()))?;
+    config
+        .connect_timeout(limits.connect)
+        .keepalives(true)
+        .keepalives_idle(KEEPALIVE_IDLE)
+        .keepalives_interval(KEEPALIVE_INTERVAL)
+        .keepalives_retries(KEEPALIVE_RETRIES)
+        .tcp_user_timeout(TCP_USER_TIMEOUT);
+    let options = match config.get_options() {
+        Some(given) if !given.trim().is_empty() => format!("{given} {}", limits.options()),
+        _ => limits.options(),
+    };
+    config.options(&options);
+    // `connect_timeout` covers the TCP connect only; a server that accepts and then says
+    // nothing is bounded here.
+    let (client, connection) =
+        tokio::time::timeout(limits.connect, config.connect(tokio_postgres::NoTls))
+            .await
+            .map_err(|_| {
+                ConnectionError::BadConnection(format!(
+                    "no connection to PostgreSQL within {} ms",
+                    limits.connect.as_millis()
+                ))
+            })?
+            .map_err(|e| ConnectionError::BadConnection(e.to_string()))?;
+    AsyncPgConnection::try_from_client_and_connection(client, connection).await
+}
+
 /// Builds the pool. No connection is made here: the pool connects on demand, so the service
 /// starts (and answers `/health` and 503s) while PostgreSQL is still down.
-pub fn pool(database_url: &str, max_size: usize, timeout: Duration) -> anyhow::Result<PgPool> {
+pub fn pool(database_url: &str, max_size: usize, limits: Limits) -> anyhow::Result<PgPool> {
     let mut config = ManagerConfig::default();
     // No test query on checkout: it would add a round trip to every request, and most writes
     // are one statement. A connection PostgreSQL closed (a restart) is known as closed by the
     // time it is checked out again, and `Fast` drops it then.
     config.recycling_method = RecyclingMethod::Fast;
+    config.custom_setup = Box::new(move |url| Box::pin(connect(url, limits)));
     let manager =
         AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(database_url, config);
     Ok(Pool::builder(manager)
         .max_size(max_size)
         .runtime(deadpool::Runtime::Tokio1)
-        .wait_timeout(Some(timeout))
-        .create_timeout(Some(timeout))
-        .recycle_timeout(Some(timeout))
+        .wait_timeout(Some(limits.connect))
+        .create_timeout(Some(limits.connect))
+        .recycle_timeout(Some(limits.connect))
         .build()?)
 }
 
-/// Applies pending migrations. Retries while PostgreSQL is unreachable so that the service and
-/// its database can start in any order; gives up after `attempts`.
-pub async fn migrate(pool: &PgPool, attempts: u32) -> anyhow::Result<()> {
+/// Key of the session-level advisory lock migrations run under ("migra").
+const MIGRATION_LOCK: i64 = 0x006d_6967_7261;
+
+/// Applies pending migrations on a connection of its own. Retries while PostgreSQL is
+/// unreachable so that the service and its database can start in any order; gives up after
+/// `attempts`.
+///
+/// Replicas starting together on an empty database would each create the migrations table and
+/// apply the same migration, and all but one fail. They take turns on a session-level advisory
+/// lock instead: one migrates, the others wait for it and then find nothing pending. The lock is
+/// held across the migrations' own transactions and released when the connection closes, also
+/// if migrating fails. The connection has the `limits` but for the statement and lock
+/// timeouts: a migration may rewrite a table, and the others wait for it as long as it takes.
+pub async fn migrate(database_url: &str, attempts: u32, limits: Limits) -> anyhow::Result<()> {
     let mut delay = Duration::from_millis(200);
     let mut attempt = 0;
-    loop {
+    let mut conn = loop {
         attempt += 1;
-        match pool.get().await {
-            Ok(conn) => {
-                // The harness drives the async connection from blocking code; keep it off the
-                // async worker threads.
-                let result = tokio::task::spawn_blocking(move || {
-                    let mut harness = AsyncMigrationHarness::new(conn);
-                    harness
-                        .run_pending_migrations(MIGRATIONS)
-                        .map(|applied| applied.len())
-                        .map_err(|e| anyhow::anyhow!("migration failed: {e}"))
-                })
-                .await??;
-                tracing::info!(applied = result, "database migrations are up to date");
-                return Ok(());
-            }
+        match connect(database_url, limits).await {
+            Ok(conn) => break conn,
             Err(err) if attempt < attempts => {
                 tracing::warn!(error = %err, attempt, "PostgreSQL not reachable yet, retrying");
                 tokio::time::sleep(delay).await;
@@ -62,7 +133,37 @@ pub async fn migrate(pool: &PgPool, attempts: u32) -> anyhow::Result<()> {
             }
             Err(err) => return Err(anyhow::anyhow!("PostgreSQL not reachable: {err}")),
         }
-    }
+    };
+    conn.batch_execute("SET statement_timeout = 0; SET lock_timeout = 0")
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot set up the migration session: {e}"))?;
+    prepared(
+        "SELECT pg_advisory_lock($1)",
+        (bind::<BigInt, _>(MIGRATION_LOCK),),
+    )
+    .execute(&mut conn)
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot take the migration lock: {e}"))?;
+    // The harness drives the async connection from blocking code; keep it off the async
+    // worker threads.
+    let (applied, mut conn) = tokio::task::spawn_blocking(move || {
+        let mut harness = AsyncMigrationHarness::new(conn);
+        let applied = harness
+            .run_pending_migrations(MIGRATIONS)
+            .map(|applied| applied.len())
+            .map_err(|e| anyhow::anyhow!("migration failed: {e}"));
+        (applied, harness.into_inner())
+    })
+    .await?;
+    let applied = applied?;
+    prepared(
+        "SELECT pg_advisory_unlock($1)",
+        (bind::<BigInt, _>(MIGRATION_LOCK),),
+    )
+    .execute(&mut conn)
+    .await?;
+    tracing::info!(applied, "database migrations are up to date");
+    Ok(())
 }
 
 /// Whether a database error means "the store is not there right now" (answer 503, retry later)
@@ -78,6 +179,10 @@ pub fn is_unavailable(err: &diesel::result::Error) -> bool {
             // SQLSTATE class 57 (operator intervention: shutdown, restart) and 08 (connection
             // exceptions) arrive as `Unknown`; diesel keeps only the message.
             message.contains("terminating connection")
+                // `lock_timeout` and `statement_timeout` (SQLSTATE 55P03, 57014): the store
+                // could not serve the request in time, and it changed nothing.
+                || message.contains("due to lock timeout")
+                || message.contains("due to statement timeout")
                 || message.contains("shutting down")
                 || message.contains("starting up")
                 || message.contains("connection")
@@ -209,4 +314,48 @@ impl<B> diesel::query_builder::QueryId for Prepared<B> {
 
 impl<B> diesel::query_builder::Query for Prepared<B> {
     type SqlType = diesel::sql_types::Untyped;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::result::{DatabaseErrorKind, Error};
+
+    #[test]
+    fn errors_of_a_store_that_cannot_serve_now_are_unavailable() {
+        let db = |message: &str| {
+            Error::DatabaseError(DatabaseErrorKind::Unknown, Box::new(message.to_string()))
+        };
+        for message in [
+            "canceling statement due to lock timeout",
+            "canceling statement due to statement timeout",
+            "terminating connection due to idle-in-transaction timeout",
+            "terminating connection due to administrator command",
+            "the database system is starting up",
+        ] {
+            assert!(is_unavailable(&db(message)), "{message}");
+        }
+        for message in [
+            "syntax error at or near \"SELEC\"",
+            "column \"nope\" does not exist",
+        ] {
+            assert!(!is_unavailable(&db(message)), "{message}");
+        }
+        assert!(!is_unavailable(&Error::NotFound));
+    }
+
+    #[test]
+    fn the_limits_are_session_options_in_milliseconds() {
+        let limits = Limits {
+            connect: Duration::from_secs(3),
+            statement: Duration::from_secs(5),
+            lock: Duration::from_millis(2500),
+            idle_in_transaction: Duration::from_secs(10),
+        };
+        assert_eq!(
+            limits.options(),
+            "-c statement_timeout=5000 -c lock_timeout=2500 \
+             -c idle_in_transaction_session_timeout=10000"
+        );
+    }
 }

@@ -32,8 +32,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
-    #[error("precondition failed: current version is {current}")]
-    PreconditionFailed { current: i64 },
+    /// `If-Match` did not match; `current` is the todo's version, `None` when it does not exist
+    /// (`If-Match: *` on a missing todo).
+    #[error("precondition failed: current version is {current:?}")]
+    PreconditionFailed { current: Option<i64> },
     #[error("Idempotency-Key reused with a different request body")]
     IdempotencyKeyReused,
     #[error("store unavailable: {0}")]
@@ -106,9 +108,14 @@ impl ApiError {
             ApiError::MethodNotAllowed => {
                 "This route does not support the request's method.".into()
             }
-            ApiError::PreconditionFailed { current } => format!(
+            ApiError::PreconditionFailed {
+                current: Some(current),
+            } => format!(
                 "If-Match does not match the current version; the todo is at version {current}."
             ),
+            ApiError::PreconditionFailed { current: None } => {
+                "If-Match: * requires a current version, and the todo does not exist.".into()
+            }
             ApiError::IdempotencyKeyReused => {
                 "This Idempotency-Key was first used with a different request body.".into()
             }
@@ -133,7 +140,7 @@ impl ApiError {
             problem.errors = Some(errors);
         }
         if let ApiError::PreconditionFailed { current } = &self {
-            problem.current_version = Some(*current);
+            problem.current_version = *current;
         }
         problem.into_response(status)
     }
@@ -186,4 +193,32 @@ pub async fn handle_rejection(
         ApiError::Internal(anyhow::anyhow!("unhandled rejection: {rejection:?}"))
     };
     Ok(error.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel_async::pooled_connection::deadpool::PoolError;
+
+    #[test]
+    fn every_store_unavailable_answer_is_503_with_retry_after() {
+        let lock_timeout = diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::Unknown,
+            Box::new("canceling statement due to lock timeout".to_string()),
+        );
+        let pool_timeout = PoolError::Timeout(deadpool::managed::TimeoutType::Wait);
+        for error in [ApiError::from(lock_timeout), ApiError::from(pool_timeout)] {
+            let why = format!("{error:?}");
+            let response = error.into_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{why}");
+            assert_eq!(response.headers()["retry-after"], "1", "{why}");
+            assert_eq!(
+                response.headers()["content-type"],
+                "application/problem+json",
+                "{why}"
+            );
+        }
+        let other = ApiError::NotFound("no".into()).into_response();
+        assert!(other.headers().get("retry-after").is_none());
+    }
 }

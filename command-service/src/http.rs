@@ -171,8 +171,9 @@ fn todo_id(id: i64) -> Result<i64, ApiError> {
     }
 }
 
-/// Parses `If-Match`: `*`, or a list of entity tags `"N"` (weak `W/"N"` accepted). A tag that is
-/// well-formed but not a version can match nothing (412); a malformed header is 400.
+/// Parses `If-Match`: `*`, or a list of entity tags. It compares strongly (RFC 9110 13.1.1), so
+/// only strong tags `"N"` can match; a weak `W/"N"` is well-formed but matches nothing, as does
+/// a tag that is not a version (412). A malformed header is 400.
 pub fn precondition(raw: Option<String>) -> Result<Option<Precondition>, ApiError> {
     let Some(raw) = raw else { return Ok(None) };
     let raw = raw.trim();
@@ -181,7 +182,10 @@ pub fn precondition(raw: Option<String>) -> Result<Option<Precondition>, ApiErro
     }
     let mut versions = Vec::new();
     for tag in raw.split(',').map(str::trim) {
-        let opaque = tag.strip_prefix("W/").unwrap_or(tag);
+        let (weak, opaque) = match tag.strip_prefix("W/") {
+            Some(opaque) => (true, opaque),
+            None => (false, tag),
+        };
         let inner = opaque
             .strip_prefix('"')
             .and_then(|t| t.strip_suffix('"'))
@@ -190,6 +194,9 @@ pub fn precondition(raw: Option<String>) -> Result<Option<Precondition>, ApiErro
                     "If-Match must be * or quoted entity tags such as \"3\"; got {raw}."
                 ))
             })?;
+        if weak {
+            continue;
+        }
         if let Ok(v) = inner.parse::<i64>() {
             versions.push(v);
         }
@@ -197,23 +204,44 @@ pub fn precondition(raw: Option<String>) -> Result<Option<Precondition>, ApiErro
     Ok(Some(Precondition::Versions(versions)))
 }
 
-fn idempotency(raw: Option<String>, body: &[u8]) -> Result<Option<Idempotency>, ApiError> {
+fn idempotency(
+    raw: Option<String>,
+    input: &input::TodoInput,
+) -> Result<Option<Idempotency>, ApiError> {
     let Some(key) = raw else { return Ok(None) };
     if key.is_empty() || key.len() > 255 {
         return Err(ApiError::BadRequest(
             "Idempotency-Key must be 1 to 255 characters.".into(),
         ));
     }
-    // Hash the parsed JSON (keys sorted by serde_json's map), not the bytes: the same request
-    // re-sent with other spacing or key order is the same request.
-    let canonical = serde_json::from_slice::<serde_json::Value>(body)
-        .map(|v| v.to_string())
-        .unwrap_or_default();
-    let hash = Sha256::digest(canonical.as_bytes());
     Ok(Some(Idempotency {
         key,
-        request_hash: hash.iter().map(|b| format!("{b:02x}")).collect(),
+        request_hash: request_hash(input),
     }))
+}
+
+/// The hash a repeated `Idempotency-Key` request is compared by: that of the validated input,
+/// never of the JSON text. Two bodies that ask for the same todo (keys in another order, other
+/// spacing, a title validation trims, a description null or left out) hash the same, whatever
+/// features `serde_json` was built with.
+pub fn request_hash(input: &input::TodoInput) -> String {
+    /// A struct serializes its fields in declaration order: a fixed encoding.
+    #[derive(serde::Serialize)]
+    struct Canonical<'a> {
+        title: &'a str,
+        description: Option<&'a str>,
+        completed: bool,
+    }
+    let canonical = serde_json::to_vec(&Canonical {
+        title: &input.title,
+        description: input.description.as_deref(),
+        completed: input.completed,
+    })
+    .unwrap_or_default();
+    Sha256::digest(&canonical)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn create(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
@@ -228,7 +256,7 @@ fn create(state: State) -> impl Filter<Extract = (Response,), Error = Rejection>
                 let correlation = id.clone();
                 answer(state.metrics.clone(), id, "POST /todos", async move {
                     let input = input::todo_input(&body)?;
-                    let idem = idempotency(key, &body)?;
+                    let idem = idempotency(key, &input)?;
                     match state.commands.create(input, idem, &correlation).await? {
                         Created::New(todo) => {
                             let mut response = todo_response(StatusCode::CREATED, &todo);
@@ -497,7 +525,9 @@ mod tests {
                 crate::db::pool(
                     "postgres://nobody:none@127.0.0.1:9/none",
                     1,
-                    Duration::from_millis(200),
+                    crate::settings::Settings::from_vars(Vec::new())
+                        .expect("defaults")
+                        .database_limits(),
                 )
                 .expect("pool"),
                 crate::todos::Wake::default(),
@@ -561,7 +591,8 @@ mod tests {
         let cases: &[(&str, Option<Precondition>)] = &[
             ("*", Some(Precondition::Any)),
             ("\"3\"", Some(Precondition::Versions(vec![3]))),
-            ("W/\"3\"", Some(Precondition::Versions(vec![3]))),
+            ("W/\"3\"", Some(Precondition::Versions(vec![]))),
+            ("W/\"3\", \"4\"", Some(Precondition::Versions(vec![4]))),
             ("\"1\", \"2\"", Some(Precondition::Versions(vec![1, 2]))),
             ("\"abc\"", Some(Precondition::Versions(vec![]))),
         ];
@@ -572,11 +603,35 @@ mod tests {
                 "If-Match: {raw}"
             );
         }
-        assert!(matches!(
-            precondition(Some("3".into())),
-            Err(ApiError::BadRequest(_))
-        ));
+        for malformed in ["3", "W/3", "\"3\", 4"] {
+            assert!(
+                matches!(
+                    precondition(Some(malformed.into())),
+                    Err(ApiError::BadRequest(_))
+                ),
+                "If-Match: {malformed}"
+            );
+        }
         assert_eq!(precondition(None).expect("absent"), None);
+    }
+
+    #[test]
+    fn the_request_hash_is_that_of_the_validated_input() {
+        let hash = |body: &str| request_hash(&input::todo_input(body.as_bytes()).expect(body));
+        let first = hash(r#"{"title":"a","completed":true}"#);
+        for same in [
+            r#"{"completed":true,"title":"a"}"#,
+            r#"{ "title" : " a ", "completed" : true, "description" : null }"#,
+        ] {
+            assert_eq!(hash(same), first, "{same}");
+        }
+        for other in [
+            r#"{"title":"a"}"#,
+            r#"{"title":"b","completed":true}"#,
+            r#"{"title":"a","completed":true,"description":""}"#,
+        ] {
+            assert_ne!(hash(other), first, "{other}");
+        }
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! offending field at once and a wrong type is reported as such (not as "malformed JSON").
 //!
 //! Rules (DESIGN.md): `title` required, trimmed, 1..=200 characters; `description` a string of
-//! at most 2000 characters or null; `completed` a boolean; unknown fields rejected.
+//! at most 2000 characters or null; `completed` a boolean; unknown fields rejected. Neither text
+//! may hold U+0000, which PostgreSQL's `text` and `jsonb` cannot store.
 
 use crate::error::{ApiError, FieldError};
 use serde_json::{Map, Value};
@@ -28,21 +29,99 @@ pub struct TodoPatch {
     pub completed: Option<bool>,
 }
 
-/// Parses a body as a JSON object: syntax errors are 400, anything but an object is 422.
+/// Parses a body as a JSON object: syntax errors are 400, anything but an object is 422, and
+/// so is an object that names a key twice (parsers disagree on which one wins).
 pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
+    let parsed: Body = serde_json::from_slice(body).map_err(|e| {
         if body.iter().all(u8::is_ascii_whitespace) {
             ApiError::MalformedJson("the body is empty".into())
         } else {
             ApiError::MalformedJson(e.to_string())
         }
     })?;
-    match value {
-        Value::Object(map) => Ok(map),
-        other => Err(ApiError::Validation(vec![FieldError::new(
+    match parsed {
+        Body::Object { map, repeated } if repeated.is_empty() => Ok(map),
+        Body::Object { repeated, .. } => Err(ApiError::Validation(
+            repeated
+                .into_iter()
+                .map(|key| FieldError::new(key, "appears more than once in the body"))
+                .collect(),
+        )),
+        Body::Other(kind) => Err(ApiError::Validation(vec![FieldError::new(
             "body",
-            format!("must be a JSON object, got {}", kind(&other)),
+            format!("must be a JSON object, got {kind}"),
         )])),
+    }
+}
+
+/// A request body as read by [`parse_object`]: an object with the keys it repeated (each
+/// once, in order of appearance), or the kind of whatever else it was.
+enum Body {
+    Object {
+        map: Map<String, Value>,
+        repeated: Vec<String>,
+    },
+    Other(&'static str),
+}
+
+impl<'de> serde::Deserialize<'de> for Body {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(BodyVisitor)
+    }
+}
+
+struct BodyVisitor;
+
+impl<'de> serde::de::Visitor<'de> for BodyVisitor {
+    type Value = Body;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Body, A::Error> {
+        let mut map = Map::new();
+        let mut repeated = Vec::new();
+        while let Some(key) = access.next_key::<String>()? {
+            let value: Value = access.next_value()?;
+            if map.contains_key(&key) {
+                if !repeated.contains(&key) {
+                    repeated.push(key);
+                }
+            } else {
+                map.insert(key, value);
+            }
+        }
+        Ok(Body::Object { map, repeated })
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut access: A) -> Result<Body, A::Error> {
+        while access.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Body::Other("an array"))
+    }
+
+    fn visit_unit<E>(self) -> Result<Body, E> {
+        Ok(Body::Other("null"))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Body, E> {
+        Ok(Body::Other("a boolean"))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Body, E> {
+        Ok(Body::Other("a number"))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Body, E> {
+        Ok(Body::Other("a number"))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Body, E> {
+        Ok(Body::Other("a number"))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Body, E> {
+        Ok(Body::Other("a string"))
     }
 }
 
@@ -63,12 +142,18 @@ fn unknown_fields(map: &Map<String, Value>, errors: &mut Vec<FieldError>) {
     }
 }
 
+/// The message for a text holding U+0000, which PostgreSQL refuses to store.
+const NUL: &str = "must not contain the NUL character (U+0000)";
+
 fn title(value: &Value, errors: &mut Vec<FieldError>) -> Option<String> {
     match value {
         Value::String(s) => {
             let trimmed = s.trim();
             let len = trimmed.chars().count();
-            if len == 0 {
+            if trimmed.contains('\0') {
+                errors.push(FieldError::new("title", NUL));
+                None
+            } else if len == 0 {
                 errors.push(FieldError::new("title", "must not be blank"));
                 None
             } else if len > TITLE_MAX {
@@ -96,7 +181,10 @@ fn description(value: &Value, errors: &mut Vec<FieldError>) -> Option<Option<Str
         Value::Null => Some(None),
         Value::String(s) => {
             let len = s.chars().count();
-            if len > DESCRIPTION_MAX {
+            if s.contains('\0') {
+                errors.push(FieldError::new("description", NUL));
+                None
+            } else if len > DESCRIPTION_MAX {
                 errors.push(FieldError::new(
                     "description",
                     format!("must be at most {DESCRIPTION_MAX} characters, got {len}"),
@@ -225,6 +313,16 @@ mod tests {
             ("number title", r#"{"title":5}"#.into(), vec!["title"]),
             ("null title", r#"{"title":null}"#.into(), vec!["title"]),
             (
+                "NUL in title",
+                r#"{"title":"a\u0000"}"#.into(),
+                vec!["title"],
+            ),
+            (
+                "NUL in description",
+                r#"{"title":"t","description":"\u0000"}"#.into(),
+                vec!["description"],
+            ),
+            (
                 "2001-character description",
                 long_description,
                 vec!["description"],
@@ -245,6 +343,12 @@ mod tests {
                 vec!["x", "title", "completed"],
             ),
             ("array body", "[1]".into(), vec!["body"]),
+            ("string body", r#""t""#.into(), vec!["body"]),
+            (
+                "repeated key",
+                r#"{"title":"t","completed":true,"title":"u","title":"v"}"#.into(),
+                vec!["title"],
+            ),
         ];
         for (why, body, expected) in cases {
             let err = todo_input(body.as_bytes()).expect_err(why);
@@ -281,6 +385,10 @@ mod tests {
         assert_eq!(
             fields(todo_patch(br#"{"title":null}"#).expect_err("null title")),
             ["title"]
+        );
+        assert_eq!(
+            fields(todo_patch(br#"{"description":"\u0000"}"#).expect_err("NUL")),
+            ["description"]
         );
     }
 }

@@ -43,14 +43,12 @@ pub struct Application {
 
 impl Application {
     /// Binds `HTTP_ADDR`, builds the pool and applies migrations (waiting for PostgreSQL up to
-    /// about a minute, so the service may start before its database).
+    /// about a minute, so the service may start before its database; replicas starting together
+    /// take turns).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = db::pool(
-            &settings.database_url,
-            settings.database_pool_size,
-            Duration::from_millis(settings.database_timeout_ms),
-        )?;
-        db::migrate(&pool, 20).await?;
+        let limits = settings.database_limits();
+        let pool = db::pool(&settings.database_url, settings.database_pool_size, limits)?;
+        db::migrate(&settings.database_url, 20, limits).await?;
         let listener = TcpListener::bind(&settings.http_addr)
             .await
             .with_context(|| format!("cannot listen on HTTP_ADDR={}", settings.http_addr))?;
@@ -98,7 +96,7 @@ impl Application {
         let background = db::pool(
             &self.settings.database_url,
             BACKGROUND_CONNECTIONS,
-            Duration::from_millis(self.settings.database_timeout_ms),
+            self.settings.database_limits(),
         )?;
         let state = http::State {
             commands,
@@ -134,6 +132,7 @@ impl Application {
             poll,
             max_backoff,
             idempotency_ttl_hours: self.settings.idempotency_ttl_hours,
+            timeout: Duration::from_millis(self.settings.amqp_timeout_ms),
         };
         let relay = {
             let (status, metrics, stop) =

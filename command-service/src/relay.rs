@@ -9,6 +9,13 @@
 //! - `mandatory` publishing with publisher confirms: a nack, a returned (unroutable) message,
 //!   a timeout or a lost connection stops the round; the cursor moves past the confirmed
 //!   prefix only, and the rest is retried with backoff.
+//! - Every call to RabbitMQ has a deadline (`AMQP_TIMEOUT_MS`): connecting, each step of
+//!   setting up the channel, publishing a round's events, and waiting for their confirms. A
+//!   broker that stops answering is a broker failure (connection dropped, backoff), so a round's
+//!   transaction stays open for at most two deadlines, and PostgreSQL ends it a second after
+//!   that if the relay itself stalls. A connection RabbitMQ blocked (a memory or disk alarm) is
+//!   kept, unused, until the broker unblocks it, instead of opening new ones that would block
+//!   in turn.
 //! - The cursor update commits with `synchronous_commit = off`: a crash can lose the last
 //!   advance, which publishes those events again, and the consumer's version guard absorbs
 //!   duplicates. It saves a disk flush per round.
@@ -20,18 +27,19 @@ use crate::event_log::{self, try_lock, Locked, RELAY_LOCK};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use diesel::sql_types::BigInt;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// How soon a relay that found another one publishing looks again.
 const BUSY_RETRY: Duration = Duration::from_millis(5);
 
@@ -43,6 +51,9 @@ pub struct RelayConfig {
     pub poll: Duration,
     pub max_backoff: Duration,
     pub idempotency_ttl_hours: i64,
+    /// The deadline of each call to RabbitMQ (`AMQP_TIMEOUT_MS`); publishing a round's events
+    /// and waiting for their confirms have one each.
+    pub timeout: Duration,
 }
 
 /// What `/ready` reads of the relay; its counters are in [`Metrics`].
@@ -92,10 +103,28 @@ pub async fn run(
     let base = Duration::from_millis(100);
     let mut backoff = base;
     let mut broker: Option<(Connection, Channel)> = None;
+    // A connection RabbitMQ blocked, kept until it is unblocked (then closed for a fresh one).
+    let mut blocked: Option<Connection> = None;
     let mut last_cleanup = tokio::time::Instant::now();
     tracing::info!(exchange = %config.exchange, "outbox relay started");
 
     while !shutdown.is_triggered() {
+        if let Some((conn, _)) = broker.take_if(|(conn, _)| conn.status().blocked()) {
+            blocked = Some(conn);
+        }
+        if let Some(conn) = blocked.take() {
+            if conn.status().connected() && conn.status().blocked() {
+                status.broker_connected.store(false, Ordering::Relaxed);
+                tracing::warn!(
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "RabbitMQ blocks publishing (a resource alarm?); waiting for it to unblock"
+                );
+                blocked = Some(conn);
+                backoff = pause(backoff, config.max_backoff, &shutdown).await;
+                continue;
+            }
+            close(conn, config.timeout, "unblocked, reconnecting").await;
+        }
         let connected = broker
             .as_ref()
             .is_some_and(|(c, ch)| c.status().connected() && ch.status().connected());
@@ -137,22 +166,27 @@ pub async fn run(
             Ok(Round::Stopped { published, failure }) => {
                 metrics.published.inc_by(published as u64);
                 metrics.publish_failures.inc();
+                // A fresh channel: the failed one may still hold confirms of the messages
+                // published after the failure, which nobody will wait for.
+                let failed = broker.take();
                 match failure {
                     Failure::Broker(err) => {
                         tracing::warn!(error = %err, "publishing failed, reconnecting to RabbitMQ");
+                        status.broker_connected.store(false, Ordering::Relaxed);
+                        match failed {
+                            Some((conn, _)) if conn.status().blocked() => blocked = Some(conn),
+                            // Not waited for: a broker that stopped answering would not
+                            // answer a close either. lapin closes it in the background.
+                            Some(dropped) => drop(dropped),
+                            None => {}
+                        }
                     }
                     Failure::Refused(reason) => {
                         tracing::warn!(%reason, retry_in_ms = backoff.as_millis() as u64, "broker did not take an event; it stays in the outbox");
+                        if let Some((conn, _)) = failed {
+                            close(conn, config.timeout, "republishing").await;
+                        }
                     }
-                }
-                // A fresh channel: the failed one may still hold confirms of the messages
-                // published after the failure, which nobody will wait for.
-                if let Some((conn, _)) = broker.take() {
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(2),
-                        conn.close(200, "republishing".into()),
-                    )
-                    .await;
                 }
                 backoff = pause(backoff, config.max_backoff, &shutdown).await;
                 continue;
@@ -177,9 +211,37 @@ pub async fn run(
         }
     }
     if let Some((conn, _)) = broker {
-        let _ = conn.close(200, "shutdown".into()).await;
+        close(conn, config.timeout, "shutdown").await;
     }
     tracing::info!("outbox relay stopped");
+}
+
+/// Closes a connection, waiting for the broker's answer at most `limit`.
+async fn close(conn: Connection, limit: Duration, reason: &str) {
+    if let Err(err) = within(
+        limit,
+        "closing the connection",
+        conn.close(200, reason.into()),
+    )
+    .await
+    {
+        tracing::debug!(error = %err, "RabbitMQ connection not closed cleanly");
+    }
+}
+
+/// `call`'s result, or an error naming `what` if it takes longer than `limit`.
+async fn within<T, E: std::fmt::Display>(
+    limit: Duration,
+    what: &str,
+    call: impl Future<Output = Result<T, E>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result.map_err(|e| anyhow::anyhow!("{what}: {e}")),
+        Err(_) => Err(anyhow::anyhow!(
+            "{what} timed out after {} ms",
+            limit.as_millis()
+        )),
+    }
 }
 
 /// Sleeps for `backoff` plus jitter (or until shutdown) and returns the next backoff.
@@ -192,21 +254,29 @@ async fn pause(backoff: Duration, max: Duration, shutdown: &Shutdown) -> Duratio
     (backoff * 2).min(max)
 }
 
+/// Connects and sets up a confirming channel and the exchange, each step within the deadline.
 async fn connect(config: &RelayConfig) -> anyhow::Result<(Connection, Channel)> {
-    let conn = tokio::time::timeout(
-        Duration::from_secs(5),
+    let limit = config.timeout;
+    let conn = within(
+        limit,
+        "connecting",
         Connection::connect(
             &config.amqp_url,
             ConnectionProperties::default().with_connection_name("command-service relay".into()),
         ),
     )
-    .await??;
-    let channel = conn.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    channel
-        .exchange_declare(
+    .await?;
+    let channel = within(limit, "opening a channel", conn.create_channel()).await?;
+    within(
+        limit,
+        "enabling publisher confirms",
+        channel.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await?;
+    within(
+        limit,
+        "declaring the exchange",
+        channel.exchange_declare(
             config.exchange.as_str().into(),
             ExchangeKind::Topic,
             ExchangeDeclareOptions {
@@ -214,8 +284,9 @@ async fn connect(config: &RelayConfig) -> anyhow::Result<(Connection, Channel)> 
                 ..ExchangeDeclareOptions::default()
             },
             FieldTable::default(),
-        )
-        .await?;
+        ),
+    )
+    .await?;
     Ok((conn, channel))
 }
 
@@ -235,20 +306,41 @@ async fn publish_round(
             if !lock.locked {
                 return Ok(Round::Busy);
             }
-            diesel::sql_query("SET LOCAL synchronous_commit = off")
-                .execute(conn)
-                .await?;
+            // Idle in this transaction while RabbitMQ works: at most a deadline for publishing
+            // and one for the confirms. Past that and a second, PostgreSQL ends the session
+            // (and the lock with it), whatever the connection's own limit.
+            let idle = config.timeout * 2 + Duration::from_secs(1);
+            conn.batch_execute(&format!(
+                "SET LOCAL synchronous_commit = off; \
+                 SET LOCAL idle_in_transaction_session_timeout = {}",
+                idle.as_millis()
+            ))
+            .await?;
             let cursor = event_log::published_up_to(conn).await?;
             let (batch, unreadable) =
                 event_log::read_after(conn, cursor, config.batch_size).await?;
             let read = batch.len();
             let mut pending = Vec::with_capacity(read);
             let mut failure = None;
+            let limit = config.timeout.as_millis();
+            // lapin holds a publish back while RabbitMQ blocks the connection: bounded here.
+            let publishing = Instant::now() + config.timeout;
             for envelope in &batch {
-                match publish(channel, &config.exchange, envelope).await {
-                    Ok(confirm) => pending.push((envelope.position, confirm)),
-                    Err(err) => {
+                match tokio::time::timeout_at(
+                    publishing,
+                    publish(channel, &config.exchange, envelope),
+                )
+                .await
+                {
+                    Ok(Ok(confirm)) => pending.push((envelope.position, confirm)),
+                    Ok(Err(err)) => {
                         failure = Some(Failure::Broker(err.to_string()));
+                        break;
+                    }
+                    Err(_) => {
+                        failure = Some(Failure::Broker(format!(
+                            "publishing timed out after {limit} ms"
+                        )));
                         break;
                     }
                 }
@@ -257,8 +349,9 @@ async fn publish_round(
             // After a failed publish the confirms of what went out before it still count.
             let mut confirmed: Option<i64> = None;
             let mut published = 0;
+            let confirming = Instant::now() + config.timeout;
             for (position, confirm) in pending {
-                let refused = match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+                let refused = match tokio::time::timeout_at(confirming, confirm).await {
                     Ok(Ok(Confirmation::Ack(None))) => {
                         confirmed = Some(position);
                         published += 1;
@@ -275,7 +368,9 @@ async fn publish_round(
                         Failure::Broker("channel is not in confirm mode".into())
                     }
                     Ok(Err(err)) => Failure::Broker(err.to_string()),
-                    Err(_) => Failure::Broker("publisher confirm timed out".into()),
+                    Err(_) => {
+                        Failure::Broker(format!("publisher confirm timed out after {limit} ms"))
+                    }
                 };
                 // The first failure is the one to report; nothing after it is marked.
                 failure.get_or_insert(refused);
@@ -349,21 +444,56 @@ async fn publish(
         .await
 }
 
+/// Expired keys removed per statement: each statement stays well within
+/// `DATABASE_STATEMENT_TIMEOUT_MS` however many keys expired.
+const CLEANUP_BATCH: usize = 1_000;
+
 async fn cleanup_idempotency_keys(pool: &PgPool, ttl_hours: i64) {
     let result = async {
         let mut conn = pool.get().await?;
-        let n = diesel::sql_query(
-            "DELETE FROM idempotency_keys WHERE created_at <= now() - make_interval(hours => $1::int)",
-        )
-        .bind::<BigInt, _>(ttl_hours)
-        .execute(&mut conn)
-        .await?;
-        Ok::<_, anyhow::Error>(n)
+        let mut removed = 0;
+        loop {
+            let n = diesel::sql_query(
+                "DELETE FROM idempotency_keys WHERE ctid IN ( \
+                   SELECT ctid FROM idempotency_keys \
+                   WHERE created_at <= now() - make_interval(hours => $1::int) LIMIT $2)",
+            )
+            .bind::<BigInt, _>(ttl_hours)
+            .bind::<BigInt, _>(CLEANUP_BATCH as i64)
+            .execute(&mut conn)
+            .await?;
+            removed += n;
+            if n < CLEANUP_BATCH {
+                return Ok::<_, anyhow::Error>(removed);
+            }
+        }
     }
     .await;
     match result {
         Ok(n) if n > 0 => tracing::info!(removed = n, "expired idempotency keys removed"),
         Ok(_) => {}
         Err(err) => tracing::debug!(error = %err, "idempotency key cleanup skipped"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_call_past_its_deadline_fails_naming_it() {
+        let started = std::time::Instant::now();
+        let never = std::future::pending::<Result<(), lapin::Error>>();
+        let err = within(Duration::from_millis(50), "opening a channel", never)
+            .await
+            .expect_err("times out");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(err.to_string(), "opening a channel timed out after 50 ms");
+        let answered = within(Duration::from_millis(50), "declaring", async {
+            Err::<(), _>("refused")
+        })
+        .await
+        .expect_err("fails");
+        assert_eq!(answered.to_string(), "declaring: refused");
     }
 }

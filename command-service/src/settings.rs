@@ -8,6 +8,7 @@ use events::service::redact;
 pub use events::service::telemetry::LogFormat;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::time::Duration;
 
 #[derive(Clone, Deserialize, Serialize)]
 pub struct Settings {
@@ -20,12 +21,26 @@ pub struct Settings {
     /// `DATABASE_TIMEOUT_MS`: how long a request waits for a connection before answering 503.
     #[serde(default = "default_database_timeout_ms")]
     pub database_timeout_ms: u64,
+    /// `DATABASE_STATEMENT_TIMEOUT_MS`: PostgreSQL's `statement_timeout` on every connection.
+    #[serde(default = "default_database_statement_timeout_ms")]
+    pub database_statement_timeout_ms: u64,
+    /// `DATABASE_LOCK_TIMEOUT_MS`: PostgreSQL's `lock_timeout` on every connection: how long a
+    /// write waits for a todo's row another session holds before answering 503.
+    #[serde(default = "default_database_lock_timeout_ms")]
+    pub database_lock_timeout_ms: u64,
+    /// `DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS`: PostgreSQL's
+    /// `idle_in_transaction_session_timeout` on every connection.
+    #[serde(default = "default_database_idle_in_transaction_timeout_ms")]
+    pub database_idle_in_transaction_timeout_ms: u64,
     /// `AMQP_URL`: RabbitMQ the relay publishes to.
     #[serde(default = "default_amqp_url")]
     pub amqp_url: String,
     /// `AMQP_EXCHANGE`: topic exchange events are published to.
     #[serde(default = "default_exchange")]
     pub amqp_exchange: String,
+    /// `AMQP_TIMEOUT_MS`: deadline of each call the relay makes to RabbitMQ.
+    #[serde(default = "default_amqp_timeout_ms")]
+    pub amqp_timeout_ms: u64,
     /// `HTTP_ADDR`: address the HTTP API listens on.
     #[serde(default = "default_http_addr")]
     pub http_addr: String,
@@ -68,11 +83,23 @@ fn default_pool_size() -> usize {
 fn default_database_timeout_ms() -> u64 {
     3_000
 }
+fn default_database_statement_timeout_ms() -> u64 {
+    5_000
+}
+fn default_database_lock_timeout_ms() -> u64 {
+    2_000
+}
+fn default_database_idle_in_transaction_timeout_ms() -> u64 {
+    10_000
+}
 fn default_amqp_url() -> String {
     "amqp://guest:guest@127.0.0.1:5672/%2f".into()
 }
 fn default_exchange() -> String {
     events::EXCHANGE.into()
+}
+fn default_amqp_timeout_ms() -> u64 {
+    5_000
 }
 fn default_http_addr() -> String {
     "0.0.0.0:5001".into()
@@ -119,6 +146,18 @@ impl Settings {
         Self::from_vars(std::env::vars())
     }
 
+    /// How long PostgreSQL may keep the service waiting (see [`crate::db::Limits`]).
+    pub fn database_limits(&self) -> crate::db::Limits {
+        crate::db::Limits {
+            connect: Duration::from_millis(self.database_timeout_ms),
+            statement: Duration::from_millis(self.database_statement_timeout_ms),
+            lock: Duration::from_millis(self.database_lock_timeout_ms),
+            idle_in_transaction: Duration::from_millis(
+                self.database_idle_in_transaction_timeout_ms,
+            ),
+        }
+    }
+
     /// Every environment variable the service reads, derived from the struct's fields, so the
     /// list cannot drift from what is read.
     pub fn variables() -> Vec<String> {
@@ -139,6 +178,7 @@ impl fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("database_url", &redact(&self.database_url))
             .field("database_pool_size", &self.database_pool_size)
+            .field("database_limits", &self.database_limits())
             .field("amqp_url", &redact(&self.amqp_url))
             .field("amqp_exchange", &self.amqp_exchange)
             .field("http_addr", &self.http_addr)

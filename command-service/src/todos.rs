@@ -114,8 +114,19 @@ impl Precondition {
         match self {
             Precondition::Any => Ok(()),
             Precondition::Versions(v) if v.contains(&current) => Ok(()),
-            Precondition::Versions(_) => Err(ApiError::PreconditionFailed { current }),
+            Precondition::Versions(_) => Err(ApiError::PreconditionFailed {
+                current: Some(current),
+            }),
         }
+    }
+}
+
+/// The answer for a todo that does not exist: `If-Match: *` is false when there is no current
+/// representation (RFC 9110 13.1.1), so 412; otherwise 404.
+fn missing(id: i64, precondition: Option<&Precondition>) -> ApiError {
+    match precondition {
+        Some(Precondition::Any) => ApiError::PreconditionFailed { current: None },
+        _ => ApiError::NotFound(format!("Todo {id} does not exist.")),
     }
 }
 
@@ -344,7 +355,9 @@ impl Commands {
         let mut pooled = conn(&self.pool).await?;
         let (todo, written) = (&mut *pooled as &mut AsyncPgConnection)
             .transaction::<_, ApiError, _>(async |conn| {
-                let current = locked(conn, id).await?;
+                let current = locked(conn, id)
+                    .await?
+                    .ok_or_else(|| missing(id, precondition.as_ref()))?;
                 if let Some(p) = &precondition {
                     p.check(current.version)?;
                 }
@@ -423,7 +436,9 @@ impl Commands {
                 .ok_or_else(not_found)?,
             Some(p) => {
                 conn.transaction::<_, ApiError, _>(async |conn| {
-                    let current = locked(conn, id).await?;
+                    let current = locked(conn, id)
+                        .await?
+                        .ok_or_else(|| missing(id, Some(p)))?;
                     p.check(current.version)?;
                     delete_row(conn, id, correlation_id)
                         .await?
@@ -492,13 +507,13 @@ async fn delete_row(
         .map(|v| v.n))
 }
 
-async fn locked(conn: &mut AsyncPgConnection, id: i64) -> Result<Todo, ApiError> {
-    todos::table
+/// The todo, its row locked until the transaction ends; `None` when there is no such todo.
+async fn locked(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<Todo>, ApiError> {
+    Ok(todos::table
         .find(id)
         .select(Todo::as_select())
         .for_update()
         .first(conn)
         .await
-        .optional()?
-        .ok_or_else(|| ApiError::NotFound(format!("Todo {id} does not exist.")))
+        .optional()?)
 }

@@ -208,3 +208,95 @@ async fn bad_input_is_rejected_with_problem_json_and_writes_nothing() {
     assert_eq!(events[0]["version"], 1);
     app.stop().await;
 }
+
+/// PostgreSQL's text cannot hold U+0000: a title or description with one is the client's
+/// mistake (422 naming the field), on every route that takes them.
+#[tokio::test]
+async fn a_nul_character_in_title_or_description_is_422_naming_the_field_and_writes_nothing() {
+    let app = spawn_app().await;
+    let id = app.create("baseline").await["id"].as_i64().expect("id");
+    let todo = format!("/todos/{id}");
+    let cases: Vec<(&str, &str, &str, &str)> = vec![
+        ("POST", "/todos", r#"{"title":"a\u0000b"}"#, "title"),
+        (
+            "POST",
+            "/todos",
+            r#"{"title":"t","description":"x\u0000"}"#,
+            "description",
+        ),
+        ("PUT", &todo, r#"{"title":"\u0000"}"#, "title"),
+        (
+            "PUT",
+            &todo,
+            r#"{"title":"t","description":"\u0000y"}"#,
+            "description",
+        ),
+        ("PATCH", &todo, r#"{"title":"a\u0000"}"#, "title"),
+        ("PATCH", &todo, r#"{"description":"\u0000"}"#, "description"),
+    ];
+    for (method, path, body, field) in cases {
+        let why = format!("{method} {body}");
+        let response = app.send(method, path, Some(body)).await;
+        assert_eq!(response.status(), 422, "{why}: status");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{why}: content type"
+        );
+        let problem: Value = response.json().await.expect("problem JSON");
+        let fields: Vec<&str> = problem["errors"]
+            .as_array()
+            .expect("errors")
+            .iter()
+            .filter_map(|e| e["field"].as_str())
+            .collect();
+        assert_eq!(fields, [field], "{why}: {problem}");
+        assert_eq!(app.count("todos").await, 1, "{why}: no todo written");
+        assert_eq!(app.count("events").await, 1, "{why}: no event written");
+    }
+    let events = app.events().await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["data"]["title"], "baseline");
+    app.stop().await;
+}
+
+/// JSON parsers disagree on which of two equal keys wins; a body that holds one twice is
+/// refused (422 naming the field) rather than read one way here and another way elsewhere.
+#[tokio::test]
+async fn a_body_with_a_repeated_key_is_422_naming_the_field_and_writes_nothing() {
+    let app = spawn_app().await;
+    let id = app.create("baseline").await["id"].as_i64().expect("id");
+    let todo = format!("/todos/{id}");
+    let cases: Vec<(&str, &str, &str, &str)> = vec![
+        ("POST", "/todos", r#"{"title":"t","title":"u"}"#, "title"),
+        (
+            "POST",
+            "/todos",
+            r#"{"title":"t","completed":false,"completed":true}"#,
+            "completed",
+        ),
+        (
+            "PUT",
+            &todo,
+            r#"{"title":"t","description":null,"description":"d"}"#,
+            "description",
+        ),
+        ("PATCH", &todo, r#"{"title":"t","title":"t"}"#, "title"),
+    ];
+    for (method, path, body, field) in cases {
+        let why = format!("{method} {body}");
+        let response = app.send(method, path, Some(body)).await;
+        assert_eq!(response.status(), 422, "{why}: status");
+        let problem: Value = response.json().await.expect("problem JSON");
+        let fields: Vec<&str> = problem["errors"]
+            .as_array()
+            .expect("errors")
+            .iter()
+            .filter_map(|e| e["field"].as_str())
+            .collect();
+        assert_eq!(fields, [field], "{why}: {problem}");
+        assert_eq!(app.count("todos").await, 1, "{why}: no todo written");
+        assert_eq!(app.count("events").await, 1, "{why}: no event written");
+    }
+    app.stop().await;
+}

@@ -149,14 +149,61 @@ async fn put_replaces_the_whole_todo_and_a_no_op_change_writes_no_event() {
         .await
         .expect("sent");
     assert_eq!(response.status(), 200);
+    app.stop().await;
+}
+
+/// RFC 9110: `If-Match` compares strongly, so a weak tag never matches; and `*` is false when
+/// there is no current representation, so on a missing todo it fails (412) rather than 404.
+#[tokio::test]
+async fn if_match_never_matches_a_weak_tag_and_star_fails_on_a_missing_todo() {
+    let app = spawn_app().await;
+    let id = app.create("guarded").await["id"].as_i64().expect("id");
+    let todo = format!("/todos/{id}");
+    let body = Some(r#"{"title":"changed"}"#);
+    let cases: Vec<(&str, &str, &str, Option<&str>)> = vec![
+        ("PATCH", &todo, "W/\"1\"", body),
+        ("PUT", &todo, "W/\"1\"", body),
+        ("DELETE", &todo, "W/\"1\"", None),
+        ("PATCH", &todo, "W/\"1\", W/\"2\"", body),
+        ("PATCH", "/todos/999999", "*", body),
+        ("PUT", "/todos/999999", "*", body),
+        ("DELETE", "/todos/999999", "*", None),
+    ];
+    for (method, path, if_match, body) in cases {
+        let why = format!("{method} {path} If-Match: {if_match}");
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = app
+            .client
+            .request(method, app.url(path))
+            .header("if-match", if_match);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
+        let response = request.send().await.expect("sent");
+        assert_eq!(response.status(), 412, "{why}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{why}"
+        );
+        let problem: Value = response.json().await.expect("json");
+        assert_eq!(problem["status"], 412, "{why}");
+    }
+    // A strong tag of the current version still matches.
     let response = app
         .client
-        .delete(app.url("/todos/999999"))
-        .header("if-match", "*")
+        .patch(app.url(&todo))
+        .header("content-type", "application/json")
+        .header("if-match", "W/\"1\", \"1\"")
+        .body(r#"{"completed":true}"#)
         .send()
         .await
         .expect("sent");
-    assert_eq!(response.status(), 404);
+    assert_eq!(response.status(), 200);
+    let events = app.events().await;
+    assert_eq!(events.len(), 2, "only the strongly matched change wrote");
     app.stop().await;
 }
 
@@ -293,5 +340,58 @@ async fn concurrent_updates_of_one_todo_get_distinct_consecutive_versions() {
     assert_eq!(versions, (2..=11).collect::<Vec<i64>>());
     let events = app.events().await;
     assert_eq!(events.len(), 11);
+    app.stop().await;
+}
+
+/// An `X-Request-Id` that cannot serve as a correlation id (bytes outside visible ASCII, too
+/// long) is replaced by a new one; the request is answered as if none was sent.
+#[tokio::test]
+async fn an_unusable_request_id_is_replaced_by_a_new_one() {
+    let app = spawn_app().await;
+    let unusable: Vec<reqwest::header::HeaderValue> = vec![
+        reqwest::header::HeaderValue::from_bytes("café".as_bytes()).expect("value"),
+        reqwest::header::HeaderValue::from_bytes(b"\xff\xfe").expect("value"),
+        reqwest::header::HeaderValue::from_static("two words"),
+        reqwest::header::HeaderValue::from_str(&"a".repeat(129)).expect("value"),
+    ];
+    for given in unusable {
+        let why = format!("X-Request-Id: {given:?}");
+        let response = app
+            .client
+            .post(app.url("/todos"))
+            .header("content-type", "application/json")
+            .header("x-request-id", given.clone())
+            .body(r#"{"title":"traced"}"#)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 201, "{why}");
+        let answered = response.headers()["x-request-id"]
+            .to_str()
+            .expect("ascii")
+            .to_string();
+        assert!(
+            uuid::Uuid::parse_str(&answered).is_ok(),
+            "{why}: {answered}"
+        );
+        let todo: Value = response.json().await.expect("json");
+        let events = app.events().await;
+        let event = events
+            .iter()
+            .find(|e| e["todo_id"] == todo["id"])
+            .expect("its event");
+        assert_eq!(event["correlation_id"], answered.as_str(), "{why}");
+
+        for path in ["/health", "/events", "/ready"] {
+            let response = app
+                .client
+                .get(app.url(path))
+                .header("x-request-id", given.clone())
+                .send()
+                .await
+                .expect("sent");
+            assert_eq!(response.status(), 200, "{why} on {path}");
+        }
+    }
     app.stop().await;
 }

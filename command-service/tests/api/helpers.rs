@@ -72,6 +72,30 @@ pub struct Options {
     pub extra: Vec<(&'static str, String)>,
 }
 
+/// The settings of a test's application: its database and exchange, port 0, short timeouts;
+/// a variable given in `extra` replaces the default here.
+pub fn test_settings(
+    database_url: &str,
+    exchange: &str,
+    extra: Vec<(&'static str, String)>,
+) -> Settings {
+    let mut vars = vec![
+        ("DATABASE_URL".to_string(), database_url.to_string()),
+        ("AMQP_URL".to_string(), amqp_url()),
+        ("AMQP_EXCHANGE".to_string(), exchange.to_string()),
+        ("HTTP_ADDR".to_string(), "127.0.0.1:0".to_string()),
+        ("DATABASE_POOL_SIZE".to_string(), "5".to_string()),
+        ("DATABASE_TIMEOUT_MS".to_string(), "1500".to_string()),
+        ("RELAY_MAX_BACKOFF_MS".to_string(), "1000".to_string()),
+        ("RELAY_POLL_MS".to_string(), "500".to_string()),
+    ];
+    vars.retain(|(k, _)| !extra.iter().any(|(name, _)| name == k));
+    for (k, v) in extra {
+        vars.push((k.to_string(), v));
+    }
+    Settings::from_vars(vars).expect("test settings")
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(Options::default()).await
 }
@@ -85,22 +109,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let exchange = options
         .exchange
         .unwrap_or_else(|| format!("test.{}", uuid::Uuid::new_v4().simple()));
-    let mut vars = vec![
-        ("DATABASE_URL".to_string(), database_url.clone()),
-        ("AMQP_URL".to_string(), amqp_url()),
-        ("AMQP_EXCHANGE".to_string(), exchange.clone()),
-        ("HTTP_ADDR".to_string(), "127.0.0.1:0".to_string()),
-        ("DATABASE_POOL_SIZE".to_string(), "5".to_string()),
-        ("DATABASE_TIMEOUT_MS".to_string(), "1500".to_string()),
-        ("RELAY_MAX_BACKOFF_MS".to_string(), "1000".to_string()),
-        ("RELAY_POLL_MS".to_string(), "500".to_string()),
-    ];
-    // A variable given in `extra` replaces the default above.
-    vars.retain(|(k, _)| !options.extra.iter().any(|(name, _)| name == k));
-    for (k, v) in options.extra {
-        vars.push((k.to_string(), v));
-    }
-    let settings = Settings::from_vars(vars).expect("test settings");
+    let settings = test_settings(&database_url, &exchange, options.extra);
     let app = Application::build(settings)
         .await
         .expect("application builds");
@@ -352,4 +361,111 @@ where
         assert!(Instant::now() < deadline, "not within {within:?}: {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A TCP proxy in front of RabbitMQ that can stall: after [`StallingProxy::stall`] it forwards
+/// nothing more either way and gives new connections silence, keeping every socket open. That
+/// is a broker that stopped answering (a memory or disk alarm, a hung node) as a client sees it.
+pub struct StallingProxy {
+    pub port: u16,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl StallingProxy {
+    pub async fn start() -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("proxy listens");
+        let port = listener.local_addr().expect("address").port();
+        let url = amqp_url();
+        let upstream = url
+            .rsplit_once('@')
+            .map_or(url.as_str(), |(_, rest)| rest)
+            .trim_start_matches("amqp://")
+            .split('/')
+            .next()
+            .unwrap_or("127.0.0.1:5672")
+            .to_string();
+        let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stalled.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let stalled = flag.clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    if std::sync::atomic::AtomicBool::load(&stalled, Ordering::SeqCst) {
+                        // Accepted, then silence: the socket stays open, nothing is said.
+                        let _held = client;
+                        return std::future::pending::<()>().await;
+                    }
+                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::join!(
+                        pump(client_read, server_write, stalled.clone()),
+                        pump(server_read, client_write, stalled),
+                    );
+                });
+            }
+        });
+        Self {
+            port,
+            stalled,
+            task,
+        }
+    }
+
+    /// `AMQP_URL` through the proxy.
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    pub fn stall(&self) {
+        self.stalled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for StallingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if std::sync::atomic::AtomicBool::load(&stalled, std::sync::atomic::Ordering::SeqCst) {
+            // Hold both sockets open and answer nothing, for good.
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `GET /ready`'s body.
+pub async fn ready(app: &TestApp) -> serde_json::Value {
+    app.client
+        .get(app.url("/ready"))
+        .send()
+        .await
+        .expect("ready")
+        .json()
+        .await
+        .expect("ready JSON")
 }

@@ -15,18 +15,28 @@ async fn post_with_key(app: &TestApp, key: &str, body: &str) -> reqwest::Respons
 #[tokio::test]
 async fn the_same_idempotency_key_replays_the_first_response() {
     let app = spawn_app().await;
-    let first = post_with_key(&app, "key-1", r#"{"title":"once"}"#).await;
+    let first = post_with_key(&app, "key-1", r#"{"title":"once","completed":true}"#).await;
     assert_eq!(first.status(), 201);
     let location = first.headers()["location"].clone();
     let first: Value = first.json().await.expect("json");
 
-    // Same request, other spacing and key order: the same request.
-    let second = post_with_key(&app, "key-1", r#"{ "title" : "once" }"#).await;
-    assert_eq!(second.status(), 201);
-    assert_eq!(second.headers()["location"], location);
-    assert_eq!(second.headers()["idempotent-replayed"], "true");
-    let second: Value = second.json().await.expect("json");
-    assert_eq!(first, second);
+    // The same request, however its JSON is written: other key order, spacing, a title with
+    // the whitespace validation trims, a description null or left out.
+    let same = [
+        r#"{"completed":true,"title":"once"}"#,
+        r#"{ "completed" : true ,
+            "title" : "once" }"#,
+        r#"{"title":"once","completed":true,"description":null}"#,
+        r#"{"description":null,"completed":true,"title":"  once "}"#,
+    ];
+    for body in same {
+        let again = post_with_key(&app, "key-1", body).await;
+        assert_eq!(again.status(), 201, "{body}");
+        assert_eq!(again.headers()["location"], location, "{body}");
+        assert_eq!(again.headers()["idempotent-replayed"], "true", "{body}");
+        let again: Value = again.json().await.expect("json");
+        assert_eq!(first, again, "{body}");
+    }
 
     assert_eq!(app.count("todos").await, 1);
     assert_eq!(app.count("events").await, 1);
@@ -42,14 +52,24 @@ async fn the_same_idempotency_key_with_another_body_is_422_and_changes_nothing()
             .status(),
         201
     );
-    let response = post_with_key(&app, "key-2", r#"{"title":"b"}"#).await;
-    assert_eq!(response.status(), 422);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
-    let problem: Value = response.json().await.expect("json");
-    assert_eq!(problem["type"], "/problems/idempotency-key-reused");
+    // Each differs from the first request in what it asks for.
+    for body in [
+        r#"{"title":"b"}"#,
+        r#"{"title":"a","completed":true}"#,
+        r#"{"title":"a","description":""}"#,
+    ] {
+        let response = post_with_key(&app, "key-2", body).await;
+        assert_eq!(response.status(), 422, "{body}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        let problem: Value = response.json().await.expect("json");
+        assert_eq!(
+            problem["type"], "/problems/idempotency-key-reused",
+            "{body}"
+        );
+    }
     assert_eq!(app.count("todos").await, 1);
     assert_eq!(app.count("events").await, 1);
     app.stop().await;

@@ -3,6 +3,7 @@
 //! shared service and run alone (see `.config/nextest.toml`).
 
 mod bad_input;
+mod broker_deadlines;
 mod commands;
 mod feed;
 mod helpers;
@@ -10,4 +11,6 @@ mod idempotency;
 mod outage;
 mod publishing;
 mod server;
+mod startup;
+mod store_limits;
 mod supervision;

@@ -98,6 +98,7 @@ async fn outage_of_postgresql_answers_503_and_recovers_by_itself() {
     for (method, path, body) in &writes {
         let response = app.send(method, path, *body).await;
         assert_eq!(response.status(), 503, "{method} {path}");
+        assert_eq!(response.headers()["retry-after"], "1", "{method} {path}");
         assert_eq!(
             response.headers()["content-type"],
             "application/problem+json"

@@ -61,15 +61,23 @@ where
 }
 
 /// The request's correlation id: `X-Request-Id` if the client sent a usable one (1 to 128
-/// visible ASCII characters), else a new UUID.
-pub fn request_id() -> impl Filter<Extract = (String,), Error = Rejection> + Clone {
-    warp::header::optional::<String>(REQUEST_ID).map(|given: Option<String>| {
-        given
-            .filter(|id| {
-                !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
-            })
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
-    })
+/// visible ASCII characters), else a new UUID. The header is read as raw bytes, so a value
+/// warp could not read as a string (bytes outside ASCII) is replaced too, never refused.
+pub fn request_id() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
+    warp::header::value(REQUEST_ID)
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify()
+        .map(|given: Option<HeaderValue>| usable_id(given.as_ref()))
+}
+
+/// The given id if it is usable as a correlation id, else a new UUID.
+fn usable_id(given: Option<&HeaderValue>) -> String {
+    given
+        .map(HeaderValue::as_bytes)
+        .filter(|id| !id.is_empty() && id.len() <= 128 && id.iter().all(u8::is_ascii_graphic))
+        .and_then(|id| String::from_utf8(id.to_vec()).ok())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
 /// Runs a handler's work inside a `request` span carrying the correlation id and route, logs
@@ -94,4 +102,29 @@ pub async fn answer(
         response.headers_mut().insert(REQUEST_ID, value);
     }
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_usable_request_id_is_kept_and_any_other_replaced() {
+        let longest = "x".repeat(128);
+        for id in ["abc-123", "a", &longest] {
+            let given = HeaderValue::from_str(id).expect("value");
+            assert_eq!(usable_id(Some(&given)), id);
+        }
+        let replaced: Vec<HeaderValue> = vec![
+            HeaderValue::from_static(""),
+            HeaderValue::from_static("two words"),
+            HeaderValue::from_bytes("café".as_bytes()).expect("value"),
+            HeaderValue::from_bytes(b"\xff").expect("value"),
+            HeaderValue::from_str(&"x".repeat(129)).expect("value"),
+        ];
+        for given in replaced.iter().map(Some).chain([None]) {
+            let id = usable_id(given);
+            assert!(uuid::Uuid::parse_str(&id).is_ok(), "{given:?} gave {id}");
+        }
+    }
 }

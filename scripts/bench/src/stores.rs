@@ -77,8 +77,8 @@ pub async fn create_database(config: &Config, name: &str) -> anyhow::Result<()> 
 
 /// command-service's own migrations, so pgbench runs against the same schema.
 pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
-    let pool = command_service::db::pool(database_url, 1, Duration::from_secs(10))?;
-    command_service::db::migrate(&pool, 3).await
+    let limits = command_service::settings::Settings::from_vars(Vec::new())?.database_limits();
+    command_service::db::migrate(database_url, 3, limits).await
 }
 
 /// Events in a command-service database's log, and its highest todo id.

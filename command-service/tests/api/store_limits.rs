@@ -1,0 +1,144 @@
+use crate::helpers::*;
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// A session that locked a todo's row and stalls (a stuck client, an operator's open `psql`)
+/// must not freeze writes: writes of that todo answer 503 with `Retry-After` once the lock
+/// wait passes `DATABASE_LOCK_TIMEOUT_MS`, and writes of other todos go on meanwhile, even
+/// when the blocked ones outnumber the pool's connections.
+#[tokio::test]
+async fn a_todo_locked_by_a_stalled_session_answers_503_and_blocks_no_other_write() {
+    let app = spawn_app_with(Options {
+        extra: vec![("DATABASE_LOCK_TIMEOUT_MS", "300".into())],
+        ..Options::default()
+    })
+    .await;
+    let x = app.create("locked").await["id"].as_i64().expect("id");
+    let y = app.create("free").await["id"].as_i64().expect("id");
+
+    let mut stalled = app.db().await;
+    stalled.batch_execute("BEGIN").await.expect("begin");
+    diesel::sql_query(format!("SELECT id FROM todos WHERE id = {x} FOR UPDATE"))
+        .execute(&mut stalled)
+        .await
+        .expect("row locked");
+
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    // As many writes of the locked todo as the pool has connections (`DATABASE_POOL_SIZE` 5).
+    let blocked: Vec<_> = (0..5)
+        .map(|i| {
+            let request = client
+                .patch(app.url(&format!("/todos/{x}")))
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"title":"blocked {i}"}}"#));
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let response = request.send().await;
+                (response, started.elapsed())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    for (method, path, body, status) in [
+        ("POST", "/todos".to_string(), r#"{"title":"new"}"#, 201),
+        ("PATCH", format!("/todos/{y}"), r#"{"completed":true}"#, 200),
+    ] {
+        let started = Instant::now();
+        let response = client
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
+                app.url(&path),
+            )
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(
+            response.status(),
+            status,
+            "{method} {path} while {x} is locked"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{method} {path} took {:?}",
+            started.elapsed()
+        );
+    }
+
+    for task in blocked {
+        let (response, took) = task.await.expect("task");
+        let response = response.expect("a write of the locked todo is answered");
+        assert_eq!(response.status(), 503);
+        assert!(took < Duration::from_secs(5), "answered after {took:?}");
+        assert_eq!(response.headers()["retry-after"], "1");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        let problem: Value = response.json().await.expect("problem");
+        assert_eq!(problem["status"], 503);
+    }
+
+    stalled.batch_execute("ROLLBACK").await.expect("rollback");
+    let response = app
+        .send(
+            "PATCH",
+            &format!("/todos/{x}"),
+            Some(r#"{"title":"free now"}"#),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    // Two creates, the POST and PATCH made while locked, the last PATCH: no event from a 503.
+    assert_eq!(app.count("events").await, 5);
+    app.stop().await;
+}
+
+#[derive(diesel::QueryableByName)]
+struct Setting {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    value: String,
+}
+
+/// Every pooled connection carries the limits as session settings, beside any options the
+/// URL gives; a statement past its timeout is "store unavailable" (503), not a bug (500).
+#[tokio::test]
+async fn every_pooled_connection_carries_the_limits_and_a_statement_past_them_is_503() {
+    let (_, database_url) = create_database().await;
+    let url = format!("{database_url}?options=-c%20work_mem%3D7MB");
+    let limits = command_service::db::Limits {
+        connect: Duration::from_secs(2),
+        statement: Duration::from_millis(400),
+        lock: Duration::from_millis(300),
+        idle_in_transaction: Duration::from_millis(4000),
+    };
+    let pool = command_service::db::pool(&url, 2, limits).expect("pool");
+    let mut conn = pool.get().await.expect("connection");
+    for (name, expected) in [
+        ("statement_timeout", "400ms"),
+        ("lock_timeout", "300ms"),
+        ("idle_in_transaction_session_timeout", "4s"),
+        ("work_mem", "7MB"),
+    ] {
+        let setting: Setting =
+            diesel::sql_query(format!("SELECT current_setting('{name}') AS value"))
+                .get_result(&mut conn)
+                .await
+                .expect("setting");
+        assert_eq!(setting.value, expected, "{name}");
+    }
+    let started = Instant::now();
+    let err = diesel::sql_query("SELECT pg_sleep(3)")
+        .execute(&mut conn)
+        .await
+        .expect_err("cancelled by statement_timeout");
+    assert!(started.elapsed() < Duration::from_secs(2), "{err}");
+    assert!(command_service::db::is_unavailable(&err), "{err}");
+    let answer = command_service::error::ApiError::from(err);
+    assert_eq!(answer.status(), 503);
+}

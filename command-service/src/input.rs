@@ -1,9 +1,10 @@
 //! Request bodies: parsed from JSON and validated field by field, so a 422 names every
 //! offending field at once and a wrong type is reported as such (not as "malformed JSON").
 //!
-//! Rules (DESIGN.md): `title` required, trimmed, 1..=200 characters; `description` a string of
-//! at most 2000 characters or null; `completed` a boolean; unknown fields rejected. Neither text
-//! may hold U+0000, which PostgreSQL's `text` and `jsonb` cannot store.
+//! Rules (README, "HTTP API"): `title` required, trimmed, 1..=200 characters; `description` a
+//! string of at most 2000 characters or null; `completed` a boolean; unknown fields rejected.
+//! Neither text may hold U+0000, which PostgreSQL's `text` and `jsonb` cannot store, nor other
+//! control characters (a description may hold tabs and line breaks).
 
 use crate::error::{ApiError, FieldError};
 use serde_json::{Map, Value};
@@ -145,6 +146,20 @@ fn unknown_fields(map: &Map<String, Value>, errors: &mut Vec<FieldError>) {
 /// The message for a text holding U+0000, which PostgreSQL refuses to store.
 const NUL: &str = "must not contain the NUL character (U+0000)";
 
+/// The first control character of `text` not in `allowed` (a title allows none; a
+/// description allows tab and line breaks).
+fn control_character(text: &str, allowed: &[char]) -> Option<char> {
+    text.chars()
+        .find(|c| c.is_control() && !allowed.contains(c))
+}
+
+fn control_message(c: char) -> String {
+    format!(
+        "must not contain control characters (found U+{:04X})",
+        c as u32
+    )
+}
+
 fn title(value: &Value, errors: &mut Vec<FieldError>) -> Option<String> {
     match value {
         Value::String(s) => {
@@ -152,6 +167,9 @@ fn title(value: &Value, errors: &mut Vec<FieldError>) -> Option<String> {
             let len = trimmed.chars().count();
             if trimmed.contains('\0') {
                 errors.push(FieldError::new("title", NUL));
+                None
+            } else if let Some(c) = control_character(trimmed, &[]) {
+                errors.push(FieldError::new("title", control_message(c)));
                 None
             } else if len == 0 {
                 errors.push(FieldError::new("title", "must not be blank"));
@@ -183,6 +201,9 @@ fn description(value: &Value, errors: &mut Vec<FieldError>) -> Option<Option<Str
             let len = s.chars().count();
             if s.contains('\0') {
                 errors.push(FieldError::new("description", NUL));
+                None
+            } else if let Some(c) = control_character(s, &['\t', '\n', '\r']) {
+                errors.push(FieldError::new("description", control_message(c)));
                 None
             } else if len > DESCRIPTION_MAX {
                 errors.push(FieldError::new(

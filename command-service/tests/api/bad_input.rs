@@ -6,6 +6,7 @@ struct Case {
     method: &'static str,
     path: String,
     content_type: Option<&'static str>,
+    headers: Vec<(&'static str, String)>,
     body: Vec<u8>,
     status: u16,
 }
@@ -16,9 +17,40 @@ fn case(why: &'static str, method: &'static str, path: &str, body: &str, status:
         method,
         path: path.to_string(),
         content_type: Some("application/json"),
+        headers: Vec::new(),
         body: body.as_bytes().to_vec(),
         status,
     }
+}
+
+impl Case {
+    fn header(mut self, name: &'static str, value: &str) -> Self {
+        self.headers.push((name, value.to_string()));
+        self
+    }
+
+    fn bytes(mut self, body: &[u8]) -> Self {
+        self.body = body.to_vec();
+        self
+    }
+}
+
+/// The baseline todo's row as PostgreSQL holds it: a rejected request must leave it as it was.
+async fn row(app: &TestApp, id: i64) -> String {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        row: String,
+    }
+    use diesel_async::RunQueryDsl;
+    let mut conn = app.db().await;
+    let r: Row = diesel::sql_query(format!(
+        "SELECT todos::text AS row FROM todos WHERE id = {id}"
+    ))
+    .get_result(&mut conn)
+    .await
+    .expect("the baseline row");
+    r.row
 }
 
 #[tokio::test]
@@ -143,7 +175,161 @@ async fn bad_input_is_rejected_with_problem_json_and_writes_nothing() {
             &todo,
             r#"{"completed":true}"#,
             400,
+        )
+        .header("if-match", "1"),
+        case(
+            "a key given twice",
+            "POST",
+            "/todos",
+            r#"{"title":"t","title":"u"}"#,
+            422,
         ),
+        case("JSON null as the body", "POST", "/todos", "null", 422),
+        case("a number as the body", "POST", "/todos", "42", 422),
+        case(
+            "trailing garbage after the JSON",
+            "POST",
+            "/todos",
+            r#"{"title":"t"} x"#,
+            400,
+        ),
+        case(
+            "a byte-order mark before the JSON",
+            "POST",
+            "/todos",
+            "\u{feff}{\"title\":\"t\"}",
+            400,
+        ),
+        case("invalid UTF-8", "POST", "/todos", "", 400).bytes(b"{\"title\":\"\xff\xfe\"}"),
+        case(
+            "a lone surrogate escape",
+            "POST",
+            "/todos",
+            r#"{"title":"\ud800"}"#,
+            400,
+        ),
+        case(
+            "a control character in the title",
+            "POST",
+            "/todos",
+            r#"{"title":"bell\u0007"}"#,
+            422,
+        ),
+        case(
+            "an escape character in the description",
+            "PUT",
+            &todo,
+            r#"{"title":"t","description":"\u001b[31m"}"#,
+            422,
+        ),
+        case(
+            "201 characters of emoji",
+            "POST",
+            "/todos",
+            &format!(r#"{{"title":"{}"}}"#, "🦀".repeat(201)),
+            422,
+        ),
+        case(
+            "a number past f64",
+            "POST",
+            "/todos",
+            r#"{"title":"t","completed":1e999}"#,
+            400,
+        ),
+        case(
+            "a huge integer for completed",
+            "POST",
+            "/todos",
+            r#"{"title":"t","completed":123456789012345678901234567890}"#,
+            422,
+        ),
+        case(
+            "nesting 10,000 deep",
+            "POST",
+            "/todos",
+            &format!(
+                r#"{{"title":"t","description":{}{}}}"#,
+                "[".repeat(10_000),
+                "]".repeat(10_000)
+            ),
+            400,
+        ),
+        case(
+            "description an object",
+            "PATCH",
+            &todo,
+            r#"{"description":{"text":"x"}}"#,
+            422,
+        ),
+        case(
+            "completed null",
+            "PATCH",
+            &todo,
+            r#"{"completed":null}"#,
+            422,
+        ),
+        case(
+            "a weak If-Match tag",
+            "PATCH",
+            &todo,
+            r#"{"completed":true}"#,
+            412,
+        )
+        .header("if-match", "W/\"1\""),
+        case("a stale If-Match", "DELETE", &todo, "", 412).header("if-match", "\"7\""),
+        case(
+            "If-Match * on a missing todo",
+            "PUT",
+            "/todos/987654",
+            r#"{"title":"t"}"#,
+            412,
+        )
+        .header("if-match", "*"),
+        case(
+            "an empty Idempotency-Key",
+            "POST",
+            "/todos",
+            r#"{"title":"t"}"#,
+            400,
+        )
+        .header("idempotency-key", ""),
+        case(
+            "a 256-character Idempotency-Key",
+            "POST",
+            "/todos",
+            r#"{"title":"t"}"#,
+            400,
+        )
+        .header("idempotency-key", &"k".repeat(256)),
+        case(
+            "feed after a negative position",
+            "GET",
+            "/events?after=-1",
+            "",
+            400,
+        ),
+        case(
+            "feed after a number past i64",
+            "GET",
+            "/events?after=99999999999999999999",
+            "",
+            400,
+        ),
+        case(
+            "feed limit past the maximum",
+            "GET",
+            "/events?limit=1001",
+            "",
+            400,
+        ),
+        case(
+            "feed with an unknown parameter",
+            "GET",
+            "/events?page=2",
+            "",
+            400,
+        ),
+        case("OPTIONS on /todos", "OPTIONS", "/todos", "", 405),
     ];
     let mut wrong_type = case(
         "wrong content type",
@@ -162,6 +348,22 @@ async fn bad_input_is_rejected_with_problem_json_and_writes_nothing() {
         "x".repeat(3 * 1024 * 1024)
     );
     cases.push(case("multi-megabyte body", "POST", "/todos", &huge, 413));
+    // MAX_BODY_BYTES is 65536 by default: one byte over is refused, by Content-Length.
+    let frame = r#"{"title":"t","description":""}"#.len();
+    let over = format!(
+        r#"{{"title":"t","description":"{}"}}"#,
+        "x".repeat(65_536 + 1 - frame)
+    );
+    assert_eq!(over.len(), 65_537);
+    cases.push(case(
+        "one byte over the body limit",
+        "POST",
+        "/todos",
+        &over,
+        413,
+    ));
+    assert!(cases.len() >= 50, "{} classes", cases.len());
+    let baseline = row(&app, id).await;
 
     for c in cases {
         let method = reqwest::Method::from_bytes(c.method.as_bytes()).expect("method");
@@ -172,8 +374,8 @@ async fn bad_input_is_rejected_with_problem_json_and_writes_nothing() {
         if let Some(ct) = c.content_type {
             request = request.header("content-type", ct);
         }
-        if c.why == "malformed If-Match" {
-            request = request.header("if-match", "1");
+        for (name, value) in &c.headers {
+            request = request.header(*name, value);
         }
         let response = request.send().await.expect("sent");
         assert_eq!(response.status().as_u16(), c.status, "{}: status", c.why);
@@ -201,6 +403,12 @@ async fn bad_input_is_rejected_with_problem_json_and_writes_nothing() {
         }
         assert_eq!(app.count("todos").await, 1, "{}: no todo written", c.why);
         assert_eq!(app.count("events").await, 1, "{}: no event written", c.why);
+        assert_eq!(
+            row(&app, id).await,
+            baseline,
+            "{}: the row is as it was",
+            c.why
+        );
     }
     // The baseline todo is untouched.
     let events = app.events().await;

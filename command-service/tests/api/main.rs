@@ -5,7 +5,9 @@
 mod bad_input;
 mod broker_deadlines;
 mod commands;
+mod dev_services;
 mod feed;
+mod generated_input;
 mod helpers;
 mod idempotency;
 mod outage;

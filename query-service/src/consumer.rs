@@ -128,6 +128,17 @@ pub async fn run(
                     .await;
                 settled || connected_at.elapsed() >= SERVED_AFTER
             }
+            Err(err) if err.to_string().contains("inequivalent arg") => {
+                // Not a passing fault: the queue exists with arguments this version does not
+                // declare (an earlier version made it). It will not go away by retrying.
+                tracing::error!(
+                    error = %err,
+                    queue = %config.queue,
+                    "the queue was declared with other arguments, by an earlier version; \
+                     see deploy/README.md, Upgrading, to create it anew"
+                );
+                false
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "RabbitMQ unreachable");
                 false

@@ -13,17 +13,39 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 COMMAND_URL="${COMMAND_URL:-http://127.0.0.1:5001}"
 QUERY_URL="${QUERY_URL:-http://127.0.0.1:5002}"
 PIDS=()
-
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-}
-trap cleanup EXIT
+NAMES=()
 
 fail() { printf '\n\033[31mDEMO FAILED:\033[0m %s\n' "$*" >&2; exit 1; }
 
-wait_ready() { # url
+# The services this script started stop with SIGTERM and must exit 0 (a graceful stop);
+# anything else fails the demo, even after every step passed.
+cleanup() {
+  local rc=$? i status
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for i in "${!PIDS[@]}"; do
+    status=0
+    wait "${PIDS[$i]}" 2>/dev/null || status=$?
+    if ((status != 0)); then
+      printf '\033[31mDEMO FAILED:\033[0m %s exited with status %s (log: .local/demo-%s.log)\n' \
+        "${NAMES[$i]}" "$status" "${NAMES[$i]}" >&2
+      rc=1
+    fi
+  done
+  exit "$rc"
+}
+trap cleanup EXIT
+
+port_taken() { # url
+  local hostport=${1#*://}
+  hostport=${hostport%%/*}
+  (exec 3<>"/dev/tcp/${hostport%:*}/${hostport##*:}") 2>/dev/null
+}
+
+wait_ready() { # url [pid name]
   for _ in $(seq 1 120); do
+    if [[ -n "${2:-}" ]] && ! kill -0 "$2" 2>/dev/null; then
+      fail "$3 exited before answering; its log (.local/demo-$3.log) ends with: $(tail -n 5 ".local/demo-$3.log" 2>/dev/null)"
+    fi
     if curl -fsS "$1/ready" >/dev/null 2>&1; then return 0; fi
     sleep 0.5
   done
@@ -31,16 +53,26 @@ wait_ready() { # url
 }
 
 if [[ "${1:-}" == "--start" ]]; then
+  # The walkthrough must talk to the processes it starts, not to whatever already listens.
+  for url in "$COMMAND_URL" "$QUERY_URL"; do
+    if port_taken "$url"; then
+      fail "${url#*://} is already taken by another process: stop it, or run scripts/demo.sh without --start against it"
+    fi
+  done
   bash scripts/dev-services.sh up >/dev/null
   cargo build --quiet -p command-service -p query-service --bins
   mkdir -p .local
-  ./target/debug/command-service >.local/demo-command-service.log 2>&1 &
-  PIDS+=($!)
-  ./target/debug/query-service >.local/demo-query-service.log 2>&1 &
-  PIDS+=($!)
+  for name in command-service query-service; do
+    ./target/debug/$name >".local/demo-$name.log" 2>&1 &
+    PIDS+=($!)
+    NAMES+=("$name")
+  done
+  wait_ready "$COMMAND_URL" "${PIDS[0]}" command-service
+  wait_ready "$QUERY_URL" "${PIDS[1]}" query-service
+else
+  wait_ready "$COMMAND_URL"
+  wait_ready "$QUERY_URL"
 fi
-wait_ready "$COMMAND_URL"
-wait_ready "$QUERY_URL"
 
 STATUS=""
 BODY=""

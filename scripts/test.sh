@@ -11,14 +11,44 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
-# Style gates: formatting and lints (warnings are errors).
-if cargo fmt --version >/dev/null 2>&1; then cargo fmt --all --check; fi
-if cargo clippy --version >/dev/null 2>&1; then
-  cargo clippy --workspace --all-targets --quiet -- -D warnings
-fi
+# Style gates: formatting and lints (warnings are errors). Never skipped: installed if missing.
+for component in rustfmt clippy; do
+  tool=${component/rustfmt/fmt}
+  if ! cargo "$tool" --version >/dev/null 2>&1; then
+    echo "[test] installing $component" >&2
+    rustup component add "$component"
+  fi
+done
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 # One build for every test binary; tests named *outage* run alone (.config/nextest.toml).
 cargo nextest run --workspace --no-fail-fast "$@"
+
+# `scripts/demo.sh --start` must refuse to run its walkthrough against services it did not
+# start: with another instance of the pair already on 5001 and 5002 it has to fail.
+./target/debug/command-service >.local/test-blocker-command.log 2>&1 &
+BLOCKERS=($!)
+./target/debug/query-service >.local/test-blocker-query.log 2>&1 &
+BLOCKERS+=($!)
+stop_blockers() { kill -TERM "${BLOCKERS[@]}" 2>/dev/null || true; wait "${BLOCKERS[@]}" 2>/dev/null || true; }
+trap stop_blockers EXIT
+for _ in $(seq 1 120); do
+  curl -fsS http://127.0.0.1:5001/ready >/dev/null 2>&1 && curl -fsS http://127.0.0.1:5002/ready >/dev/null 2>&1 && break
+  sleep 0.5
+done
+if bash scripts/demo.sh --start >.local/test-demo-blocked.log 2>&1; then
+  echo "[test] FAILED: scripts/demo.sh --start passed with 5001 and 5002 taken by other processes" >&2
+  exit 1
+fi
+grep -q "already taken" .local/test-demo-blocked.log || {
+  echo "[test] FAILED: scripts/demo.sh --start failed, but not for the ports:" >&2
+  tail -n 5 .local/test-demo-blocked.log >&2
+  exit 1
+}
+echo "[test] scripts/demo.sh --start refuses ports taken by other processes: ok"
+stop_blockers
+trap - EXIT
 
 # The walkthrough a person runs, against the services as binaries.
 bash scripts/demo.sh --start

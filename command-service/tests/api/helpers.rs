@@ -331,6 +331,13 @@ impl TestQueue {
 
 /// Runs `scripts/dev-services.sh <command>` (stop-rabbitmq, start-postgres, …).
 pub fn services(command: &str) {
+    if let Err(err) = try_services(command) {
+        panic!("{err}");
+    }
+}
+
+/// Like [`services`], returning what went wrong instead of panicking.
+fn try_services(command: &str) -> Result<(), String> {
     let script: PathBuf = [
         env!("CARGO_MANIFEST_DIR"),
         "..",
@@ -339,12 +346,30 @@ pub fn services(command: &str) {
     ]
     .iter()
     .collect();
-    let status = std::process::Command::new("bash")
+    match std::process::Command::new("bash")
         .arg(script)
         .arg(command)
         .status()
-        .expect("dev-services.sh runs");
-    assert!(status.success(), "dev-services.sh {command} failed");
+    {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!("dev-services.sh {command} failed: {status}")),
+        Err(err) => Err(format!("dev-services.sh {command} did not run: {err}")),
+    }
+}
+
+/// Restarts a service even if the test fails half-way, so later tests find it up. When the
+/// test is already failing (panicking), a restart that fails is logged rather than raised: a
+/// second panic would abort the process and hide the test's own message.
+pub struct Restart(pub &'static str);
+
+impl Drop for Restart {
+    fn drop(&mut self) {
+        match try_services(self.0) {
+            Ok(()) => {}
+            Err(err) if std::thread::panicking() => eprintln!("while failing: {err}"),
+            Err(err) => panic!("{err}"),
+        }
+    }
 }
 
 /// Polls `check` every 100 ms until it returns true or `within` passes.

@@ -494,3 +494,25 @@ pub async fn ready(app: &TestApp) -> serde_json::Value {
         .await
         .expect("ready JSON")
 }
+
+/// The value of an unlabelled metric in `GET /metrics` (`outbox_publish_failures_total`, …).
+pub async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}

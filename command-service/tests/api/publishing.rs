@@ -137,27 +137,49 @@ async fn two_relays_on_one_database_publish_each_event_once() {
     queue.delete().await;
 }
 
+/// With no queue bound, RabbitMQ returns the mandatory message: the relay must leave the event
+/// in the outbox and say why, not mark it published, and publish it once a queue is bound.
 #[tokio::test]
 async fn an_event_with_no_queue_bound_stays_in_the_outbox_until_one_is() {
     let app = spawn_app().await;
-    app.create("nobody listens yet").await;
-    // With no queue bound, RabbitMQ returns the mandatory message: it is not marked published.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let ready: Value = app
-        .client
-        .get(app.url("/ready"))
-        .send()
-        .await
-        .expect("ready")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(ready["checks"]["outbox_backlog"], 1, "{ready}");
+    let id = app.create("nobody listens yet").await["id"]
+        .as_i64()
+        .expect("id");
+    eventually(
+        Duration::from_secs(10),
+        "the relay published and the broker returned the event",
+        || async {
+            let checks = &ready(&app).await["checks"];
+            checks["relay_failed_rounds"]
+                .as_i64()
+                .is_some_and(|n| n >= 1)
+                && checks["relay_last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("unroutable") && e.contains("NO_ROUTE"))
+        },
+    )
+    .await;
+    let body = ready(&app).await;
+    assert_eq!(body["checks"]["outbox_backlog"], 1, "{body}");
+    assert!(metric(&app, "outbox_publish_failures_total").await >= 1.0);
+    assert_eq!(metric(&app, "outbox_published_total").await, 0.0);
 
     let queue = bind_queue(&app.exchange, false).await;
     let messages = queue.take(1, Duration::from_secs(15)).await;
     let envelope = events::Envelope::from_json(&messages[0].data).expect("envelope");
-    assert_eq!(envelope.version, 1);
+    assert_eq!((envelope.todo_id, envelope.version), (id, 1));
+    eventually(
+        Duration::from_secs(5),
+        "outbox drained, error cleared",
+        || async {
+            let checks = &ready(&app).await["checks"];
+            checks["outbox_backlog"] == 0
+                && checks["relay_failed_rounds"] == 0
+                && checks["relay_last_error"].is_null()
+        },
+    )
+    .await;
+    assert_eq!(metric(&app, "outbox_published_total").await, 1.0);
     app.stop().await;
     queue.delete().await;
 }

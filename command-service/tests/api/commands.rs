@@ -487,15 +487,39 @@ async fn concurrent_updates_of_one_todo_get_distinct_consecutive_versions() {
     app.stop().await;
 }
 
-/// An `X-Request-Id` that cannot serve as a correlation id (bytes outside visible ASCII, too
-/// long) is replaced by a new one; the request is answered as if none was sent.
+/// An `X-Request-Id` that cannot serve as a correlation id (empty, bytes outside visible
+/// ASCII such as a space or a tab, longer than 128) is replaced by a new one; the request is
+/// answered as if none was sent. One of 1 to 128 visible characters is kept, up to the limit.
 #[tokio::test]
-async fn an_unusable_request_id_is_replaced_by_a_new_one() {
+async fn an_unusable_request_id_is_replaced_by_a_new_one_and_a_usable_one_kept_up_to_128() {
     let app = spawn_app().await;
+    let longest = format!("{}~!", "r".repeat(126));
+    for kept in [longest.as_str(), "x", "a:b/c=d_e.f"] {
+        let response = app
+            .client
+            .post(app.url("/todos"))
+            .header("content-type", "application/json")
+            .header("x-request-id", kept)
+            .body(r#"{"title":"traced"}"#)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 201, "{kept}");
+        assert_eq!(response.headers()["x-request-id"], kept, "kept: {kept}");
+        let todo: Value = response.json().await.expect("json");
+        let events = app.events().await;
+        let event = events
+            .iter()
+            .find(|e| e["todo_id"] == todo["id"])
+            .expect("its event");
+        assert_eq!(event["correlation_id"], kept);
+    }
     let unusable: Vec<reqwest::header::HeaderValue> = vec![
+        reqwest::header::HeaderValue::from_static(""),
         reqwest::header::HeaderValue::from_bytes("café".as_bytes()).expect("value"),
         reqwest::header::HeaderValue::from_bytes(b"\xff\xfe").expect("value"),
         reqwest::header::HeaderValue::from_static("two words"),
+        reqwest::header::HeaderValue::from_static("tab\there"),
         reqwest::header::HeaderValue::from_str(&"a".repeat(129)).expect("value"),
     ];
     for given in unusable {

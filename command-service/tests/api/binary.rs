@@ -28,7 +28,10 @@ async fn on_sigterm_the_request_in_flight_is_answered_its_event_published_and_th
     let mut service = start_binary(
         [
             vars(&database_url, &exchange),
-            vec![("DATABASE_LOCK_TIMEOUT_MS", "20000".into())],
+            vec![
+                ("DATABASE_LOCK_TIMEOUT_MS", "20000".into()),
+                ("DATABASE_STATEMENT_TIMEOUT_MS", "20000".into()),
+            ],
         ]
         .concat(),
     )

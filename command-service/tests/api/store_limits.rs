@@ -153,6 +153,7 @@ async fn a_request_that_finds_the_pool_exhausted_answers_503_within_the_database
             ("DATABASE_POOL_SIZE", "1".into()),
             ("DATABASE_TIMEOUT_MS", "500".into()),
             ("DATABASE_LOCK_TIMEOUT_MS", "20000".into()),
+            ("DATABASE_STATEMENT_TIMEOUT_MS", "20000".into()),
         ],
         ..Options::default()
     })

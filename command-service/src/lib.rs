@@ -77,13 +77,17 @@ impl Application {
     }
 
     /// Serves HTTP and runs the sequencer and the outbox relay (supervised: restarted if they
-    /// end or panic) until `signal` resolves, then stops accepting, lets in-flight requests and
-    /// the relay's batch finish, and returns.
+    /// end or panic) until `signal` resolves. Then it stops in order: the HTTP server stops
+    /// accepting and lets the requests in flight finish; then the sequencer stamps what they
+    /// committed; then the relay publishes it (while RabbitMQ answers). So a write answered
+    /// during shutdown is published before the process exits, not at its next start.
     pub async fn run(
         self,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (trigger, shutdown) = shutdown::channel();
+        let (stop_http, http_stopping) = shutdown::channel();
+        let (stop_sequencer, sequencer_stopping) = shutdown::channel();
+        let (stop_relay, relay_stopping) = shutdown::channel();
         let metrics = Arc::new(metrics::Metrics::default());
         let wake = todos::Wake::default();
         let commands = todos::Commands::new(
@@ -112,9 +116,9 @@ impl Application {
                 background.clone(),
                 wake.clone(),
                 metrics.clone(),
-                shutdown.clone(),
+                sequencer_stopping.clone(),
             );
-            self.tasks.spawn("sequencer", shutdown.clone(), move || {
+            self.tasks.spawn("sequencer", sequencer_stopping, move || {
                 sequencer::run(
                     pool.clone(),
                     wake.appended.clone(),
@@ -135,9 +139,12 @@ impl Application {
             timeout: Duration::from_millis(self.settings.amqp_timeout_ms),
         };
         let relay = {
-            let (status, metrics, stop) =
-                (self.relay_status.clone(), metrics.clone(), shutdown.clone());
-            self.tasks.spawn("relay", shutdown.clone(), move || {
+            let (status, metrics, stop) = (
+                self.relay_status.clone(),
+                metrics.clone(),
+                relay_stopping.clone(),
+            );
+            self.tasks.spawn("relay", relay_stopping, move || {
                 relay::run(
                     background.clone(),
                     wake.stamped.clone(),
@@ -149,17 +156,18 @@ impl Application {
             })
         };
         tracing::info!(addr = %self.local_addr, "command-service listening");
-        let server_shutdown = shutdown.clone();
         let server = tokio::spawn(events::service::server::serve(
             self.listener,
             http::routes(state),
             self.settings.server_limits(),
-            async move { server_shutdown.triggered().await },
+            async move { http_stopping.triggered().await },
         ));
         signal.await;
-        trigger.trigger();
+        stop_http.trigger();
         server.await.context("HTTP server task failed")?;
+        stop_sequencer.trigger();
         sequencer.await.context("sequencer task failed")?;
+        stop_relay.trigger();
         relay.await.context("relay task failed")?;
         tracing::info!("command-service stopped");
         Ok(())

@@ -19,8 +19,10 @@
 //! - The cursor update commits with `synchronous_commit = off`: a crash can lose the last
 //!   advance, which publishes those events again, and the consumer's version guard absorbs
 //!   duplicates. It saves a disk flush per round.
-//! - Reconnects to RabbitMQ and PostgreSQL by itself; on shutdown it finishes the round in
-//!   flight.
+//! - Reconnects to RabbitMQ and PostgreSQL by itself. On shutdown (after the HTTP server
+//!   answered its last requests and the sequencer stamped what they committed) it finishes the
+//!   round in flight and, while its connection works, publishes what is left, for at most
+//!   `AMQP_TIMEOUT_MS` more; whatever remains is published at the next start.
 
 use crate::db::PgPool;
 use crate::event_log::{self, try_lock, Locked, RELAY_LOCK};
@@ -210,10 +212,44 @@ pub async fn run(
             _ = shutdown.triggered() => {}
         }
     }
-    if let Some((conn, _)) = broker {
+    if let Some((conn, channel)) = broker {
+        if conn.status().connected() && !conn.status().blocked() {
+            last_rounds(&pool, &channel, &config, &metrics).await;
+        }
         close(conn, config.timeout, "shutdown").await;
     }
     tracing::info!("outbox relay stopped");
+}
+
+/// Publishes what the last requests committed before the service stops: rounds until the
+/// outbox is empty, a round fails, or `config.timeout` has passed.
+async fn last_rounds(pool: &PgPool, channel: &Channel, config: &RelayConfig, metrics: &Metrics) {
+    let until = Instant::now() + config.timeout;
+    while Instant::now() < until {
+        match publish_round(pool, channel, config).await {
+            Ok(Round::Done { read }) => {
+                metrics.published.inc_by(read as u64);
+                if (read as i64) < config.batch_size {
+                    return;
+                }
+            }
+            Ok(Round::Stopped { published, failure }) => {
+                metrics.published.inc_by(published as u64);
+                metrics.publish_failures.inc();
+                tracing::warn!(
+                    ?failure,
+                    "last publishing round failed; the next start publishes"
+                );
+                return;
+            }
+            // Another replica's relay publishes them.
+            Ok(Round::Busy) => return,
+            Err(err) => {
+                tracing::warn!(error = %err, "last publishing round failed; the next start publishes");
+                return;
+            }
+        }
+    }
 }
 
 /// Closes a connection, waiting for the broker's answer at most `limit`.

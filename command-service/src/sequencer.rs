@@ -11,6 +11,7 @@
 //!   committed.
 //! - Needs PostgreSQL only: with RabbitMQ away, events still get positions and the feed stays
 //!   current.
+//! - On shutdown (after the HTTP server answered its last requests) it stamps once more.
 
 use crate::db::PgPool;
 use crate::event_log::{self, Lock};
@@ -84,6 +85,18 @@ pub async fn run(
                 _ = tokio::time::sleep(MIN_INTERVAL - since) => {}
                 _ = shutdown.triggered() => {}
             }
+        }
+    }
+    // The service stops the sequencer after its last requests were answered: what they
+    // committed gets its position now, for the relay's last round.
+    match round(&pool).await {
+        Ok(Some(n)) if n > 0 => {
+            metrics.stamped.inc_by(n as u64);
+            stamped.notify_one();
+        }
+        Ok(_) => {}
+        Err(err) => {
+            tracing::warn!(error = %err, "last stamping round failed; the next start stamps")
         }
     }
     tracing::info!("sequencer stopped");

@@ -1,5 +1,6 @@
 use crate::helpers::*;
 use serde_json::Value;
+use std::time::Duration;
 
 struct Case {
     why: &'static str,
@@ -505,6 +506,113 @@ async fn a_body_with_a_repeated_key_is_422_naming_the_field_and_writes_nothing()
         assert_eq!(fields, [field], "{why}: {problem}");
         assert_eq!(app.count("todos").await, 1, "{why}: no todo written");
         assert_eq!(app.count("events").await, 1, "{why}: no event written");
+    }
+    app.stop().await;
+}
+
+/// Sends `body` chunked (`Transfer-Encoding: chunked`, no `Content-Length`) in chunks of 256
+/// bytes over a connection of its own; returns the status the service answered.
+async fn send_chunked(app: &TestApp, method: &str, path: &str, body: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = app.address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for chunk in body.chunks(256) {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    // The service may answer before it read everything; what it answered is what counts.
+    let _ = stream.write_all(&request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    answer
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("{method} {path}: no status in {answer:?}"))
+}
+
+/// A body over `MAX_BODY_BYTES` is 413 on every route that takes one, however it comes: with
+/// a `Content-Length` past the limit, or chunked with no length at all (counted while it is
+/// read). The same body under the limit, chunked, is taken: the size is what is refused.
+#[tokio::test]
+async fn a_body_over_the_limit_is_413_on_post_patch_and_put_also_chunked_without_a_length() {
+    let app = spawn_app_with(Options {
+        extra: vec![("MAX_BODY_BYTES", "1024".into())],
+        ..Options::default()
+    })
+    .await;
+    let id = app.create("baseline").await["id"].as_i64().expect("id");
+    let todo = format!("/todos/{id}");
+    let baseline = row(&app, id).await;
+    // Valid but for its size: 1,500 characters of description are within the field's 2,000.
+    let over = format!(r#"{{"title":"t","description":"{}"}}"#, "x".repeat(1500));
+    for (method, path) in [("POST", "/todos"), ("PATCH", &todo), ("PUT", &todo)] {
+        let response = app.send(method, path, Some(&over)).await;
+        assert_eq!(response.status(), 413, "{method} with Content-Length");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        let status = send_chunked(&app, method, path, over.as_bytes()).await;
+        assert_eq!(status, 413, "{method} chunked");
+        assert_eq!(app.count("todos").await, 1, "{method}: no todo written");
+        assert_eq!(app.count("events").await, 1, "{method}: no event written");
+        assert_eq!(row(&app, id).await, baseline, "{method}: the row as it was");
+    }
+    let under = format!(r#"{{"title":"t","description":"{}"}}"#, "x".repeat(900));
+    assert_eq!(
+        send_chunked(&app, "PATCH", &todo, under.as_bytes()).await,
+        200
+    );
+    assert_eq!(
+        send_chunked(&app, "POST", "/todos", under.as_bytes()).await,
+        201
+    );
+    app.stop().await;
+}
+
+/// PATCH and PUT, like POST, take JSON only: another content type, or none, is 415.
+#[tokio::test]
+async fn a_patch_or_put_whose_body_is_not_declared_json_is_415_and_writes_nothing() {
+    let app = spawn_app().await;
+    let id = app.create("baseline").await["id"].as_i64().expect("id");
+    let todo = format!("/todos/{id}");
+    let baseline = row(&app, id).await;
+    for method in ["PATCH", "PUT"] {
+        for content_type in [
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+            None,
+        ] {
+            let why = format!("{method} content-type {content_type:?}");
+            let mut request = app
+                .client
+                .request(
+                    reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
+                    app.url(&todo),
+                )
+                .body(r#"{"title":"changed","completed":true}"#);
+            if let Some(ct) = content_type {
+                request = request.header("content-type", ct);
+            }
+            let response = request.send().await.expect("sent");
+            assert_eq!(response.status(), 415, "{why}");
+            assert_eq!(
+                response.headers()["content-type"],
+                "application/problem+json",
+                "{why}"
+            );
+            assert_eq!(app.count("events").await, 1, "{why}: no event written");
+            assert_eq!(row(&app, id).await, baseline, "{why}: the row as it was");
+        }
     }
     app.stop().await;
 }

@@ -1,5 +1,6 @@
 use crate::helpers::*;
 use serde_json::{json, Value};
+use std::time::Duration;
 
 #[tokio::test]
 async fn create_patch_and_delete_follow_the_http_contract() {
@@ -138,7 +139,7 @@ async fn put_replaces_the_whole_todo_and_a_no_op_change_writes_no_event() {
         json!(["title", "description", "completed"])
     );
 
-    // If-Match: * matches any existing todo; a list matches if any tag does.
+    // A list of tags matches if any of them does.
     let response = app
         .client
         .patch(app.url(&format!("/todos/{id}")))
@@ -269,8 +270,11 @@ async fn the_event_feed_pages_by_position() {
     app.stop().await;
 }
 
+/// `/ready` answers 200 while PostgreSQL is up, and its `outbox_backlog` counts the events
+/// RabbitMQ has not confirmed: here two, while no queue is bound (the broker returns them),
+/// then none once a queue takes them.
 #[tokio::test]
-async fn health_and_readiness_report_the_stores() {
+async fn health_and_readiness_report_the_stores_and_the_backlog_of_unpublished_events() {
     let app = spawn_app().await;
     let health = app
         .client
@@ -279,16 +283,156 @@ async fn health_and_readiness_report_the_stores() {
         .await
         .expect("sent");
     assert_eq!(health.status(), 200);
-    let ready = app
+    let response = app
         .client
         .get(app.url("/ready"))
         .send()
         .await
         .expect("sent");
-    assert_eq!(ready.status(), 200);
-    let body: Value = ready.json().await.expect("json");
-    assert_eq!(body["checks"]["postgres"], "up");
-    assert_eq!(body["checks"]["outbox_backlog"], 0);
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["status"], "ready", "{body}");
+    assert_eq!(body["checks"]["postgres"], "up", "{body}");
+
+    app.create("first").await;
+    app.create("second").await;
+    eventually(
+        Duration::from_secs(10),
+        "the relay tried and the broker returned the events",
+        || async {
+            let checks = &ready(&app).await["checks"];
+            checks["relay_failed_rounds"]
+                .as_i64()
+                .is_some_and(|n| n >= 1)
+                && checks["rabbitmq"] == "up"
+        },
+    )
+    .await;
+    let body = ready(&app).await;
+    assert_eq!(body["checks"]["outbox_backlog"], 2, "{body}");
+    assert_eq!(body["status"], "ready", "{body}");
+
+    let queue = bind_queue(&app.exchange, false).await;
+    queue.take(2, Duration::from_secs(15)).await;
+    eventually(Duration::from_secs(5), "backlog drained to 0", || async {
+        ready(&app).await["checks"]["outbox_backlog"] == 0
+    })
+    .await;
+    app.stop().await;
+    queue.delete().await;
+}
+
+/// `If-Match: *` matches any existing todo (RFC 9110), on every route that takes it.
+#[tokio::test]
+async fn if_match_star_lets_a_patch_a_put_and_a_delete_of_an_existing_todo_through() {
+    let app = spawn_app().await;
+    let id = app.create("guarded").await["id"].as_i64().expect("id");
+    let path = format!("/todos/{id}");
+    for (method, body, status, etag) in [
+        ("PATCH", Some(r#"{"completed":true}"#), 200, "\"2\""),
+        ("PUT", Some(r#"{"title":"replaced"}"#), 200, "\"3\""),
+        ("DELETE", None, 204, "\"4\""),
+    ] {
+        let mut request = app
+            .client
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
+                app.url(&path),
+            )
+            .header("if-match", "*");
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
+        let response = request.send().await.expect("sent");
+        assert_eq!(response.status(), status, "{method} If-Match: *");
+        assert_eq!(response.headers()["etag"], etag, "{method} If-Match: *");
+    }
+    let kinds: Vec<String> = app
+        .events()
+        .await
+        .iter()
+        .map(|e| format!("{} {}", e["event_type"], e["version"]))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "\"TodoCreated\" 1",
+            "\"TodoUpdated\" 2",
+            "\"TodoUpdated\" 3",
+            "\"TodoDeleted\" 4"
+        ]
+    );
+    app.stop().await;
+}
+
+/// A `PATCH` or `PUT` that sets every field to the value it has answers 200 with the todo as it
+/// is (same version, same `updated_at`), writes no new version and appends no event.
+#[tokio::test]
+async fn a_patch_or_put_with_the_current_values_answers_200_with_the_same_version_and_writes_no_event(
+) {
+    let app = spawn_app().await;
+    let response = app
+        .post_json(
+            "/todos",
+            r#"{"title":"same","description":"as before","completed":true}"#,
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let created: Value = response.json().await.expect("json");
+    let id = created["id"].as_i64().expect("id");
+    let path = format!("/todos/{id}");
+    let row = |app: &TestApp| {
+        let url = app.database_url.clone();
+        async move {
+            use diesel_async::{AsyncConnection, RunQueryDsl};
+            #[derive(diesel::QueryableByName)]
+            struct Row {
+                #[diesel(sql_type = diesel::sql_types::Text)]
+                row: String,
+            }
+            let mut conn = diesel_async::AsyncPgConnection::establish(&url)
+                .await
+                .expect("database");
+            let r: Row = diesel::sql_query(format!(
+                "SELECT todos::text AS row FROM todos WHERE id = {id}"
+            ))
+            .get_result(&mut conn)
+            .await
+            .expect("row");
+            r.row
+        }
+    };
+    let before = row(&app).await;
+    for (method, body) in [
+        ("PATCH", r#"{"title":"same"}"#),
+        ("PATCH", r#"{"completed":true}"#),
+        ("PATCH", r#"{"description":"as before"}"#),
+        (
+            "PATCH",
+            r#"{"title":" same ","description":"as before","completed":true}"#,
+        ),
+        (
+            "PUT",
+            r#"{"title":"same","description":"as before","completed":true}"#,
+        ),
+    ] {
+        let why = format!("{method} {body}");
+        let response = app.send(method, &path, Some(body)).await;
+        assert_eq!(response.status(), 200, "{why}");
+        assert_eq!(response.headers()["etag"], "\"1\"", "{why}");
+        let todo: Value = response.json().await.expect("json");
+        assert_eq!(todo, created, "{why}: the todo as it was");
+        assert_eq!(row(&app).await, before, "{why}: the row as it was");
+        assert_eq!(app.count("events").await, 1, "{why}: no event");
+    }
+    // A real change after them is version 2, the second event.
+    let response = app
+        .send("PATCH", &path, Some(r#"{"completed":false}"#))
+        .await;
+    assert_eq!(response.headers()["etag"], "\"2\"");
+    assert_eq!(app.count("events").await, 2);
     app.stop().await;
 }
 
@@ -343,15 +487,39 @@ async fn concurrent_updates_of_one_todo_get_distinct_consecutive_versions() {
     app.stop().await;
 }
 
-/// An `X-Request-Id` that cannot serve as a correlation id (bytes outside visible ASCII, too
-/// long) is replaced by a new one; the request is answered as if none was sent.
+/// An `X-Request-Id` that cannot serve as a correlation id (empty, bytes outside visible
+/// ASCII such as a space or a tab, longer than 128) is replaced by a new one; the request is
+/// answered as if none was sent. One of 1 to 128 visible characters is kept, up to the limit.
 #[tokio::test]
-async fn an_unusable_request_id_is_replaced_by_a_new_one() {
+async fn an_unusable_request_id_is_replaced_by_a_new_one_and_a_usable_one_kept_up_to_128() {
     let app = spawn_app().await;
+    let longest = format!("{}~!", "r".repeat(126));
+    for kept in [longest.as_str(), "x", "a:b/c=d_e.f"] {
+        let response = app
+            .client
+            .post(app.url("/todos"))
+            .header("content-type", "application/json")
+            .header("x-request-id", kept)
+            .body(r#"{"title":"traced"}"#)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 201, "{kept}");
+        assert_eq!(response.headers()["x-request-id"], kept, "kept: {kept}");
+        let todo: Value = response.json().await.expect("json");
+        let events = app.events().await;
+        let event = events
+            .iter()
+            .find(|e| e["todo_id"] == todo["id"])
+            .expect("its event");
+        assert_eq!(event["correlation_id"], kept);
+    }
     let unusable: Vec<reqwest::header::HeaderValue> = vec![
+        reqwest::header::HeaderValue::from_static(""),
         reqwest::header::HeaderValue::from_bytes("café".as_bytes()).expect("value"),
         reqwest::header::HeaderValue::from_bytes(b"\xff\xfe").expect("value"),
         reqwest::header::HeaderValue::from_static("two words"),
+        reqwest::header::HeaderValue::from_static("tab\there"),
         reqwest::header::HeaderValue::from_str(&"a".repeat(129)).expect("value"),
     ];
     for given in unusable {

@@ -331,6 +331,13 @@ impl TestQueue {
 
 /// Runs `scripts/dev-services.sh <command>` (stop-rabbitmq, start-postgres, …).
 pub fn services(command: &str) {
+    if let Err(err) = try_services(command) {
+        panic!("{err}");
+    }
+}
+
+/// Like [`services`], returning what went wrong instead of panicking.
+fn try_services(command: &str) -> Result<(), String> {
     let script: PathBuf = [
         env!("CARGO_MANIFEST_DIR"),
         "..",
@@ -339,12 +346,30 @@ pub fn services(command: &str) {
     ]
     .iter()
     .collect();
-    let status = std::process::Command::new("bash")
+    match std::process::Command::new("bash")
         .arg(script)
         .arg(command)
         .status()
-        .expect("dev-services.sh runs");
-    assert!(status.success(), "dev-services.sh {command} failed");
+    {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!("dev-services.sh {command} failed: {status}")),
+        Err(err) => Err(format!("dev-services.sh {command} did not run: {err}")),
+    }
+}
+
+/// Restarts a service even if the test fails half-way, so later tests find it up. When the
+/// test is already failing (panicking), a restart that fails is logged rather than raised: a
+/// second panic would abort the process and hide the test's own message.
+pub struct Restart(pub &'static str);
+
+impl Drop for Restart {
+    fn drop(&mut self) {
+        match try_services(self.0) {
+            Ok(()) => {}
+            Err(err) if std::thread::panicking() => eprintln!("while failing: {err}"),
+            Err(err) => panic!("{err}"),
+        }
+    }
 }
 
 /// Polls `check` every 100 ms until it returns true or `within` passes.
@@ -468,4 +493,179 @@ pub async fn ready(app: &TestApp) -> serde_json::Value {
         .json()
         .await
         .expect("ready JSON")
+}
+
+/// The value of an unlabelled metric in `GET /metrics` (`outbox_publish_failures_total`, …).
+pub async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// command-service as the real binary (for signals, exit codes and its real log), on a port
+/// the OS picks (`HTTP_ADDR` port 0) read back from its "listening" log line (`LOG_FORMAT`
+/// json). Its environment is only what the test gives. Everything it writes to stdout and
+/// stderr is kept, line by line.
+pub struct Binary {
+    pub child: std::process::Child,
+    /// `http://127.0.0.1:<port>` once it listens (see [`start_binary`]).
+    pub address: String,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    port: Option<oneshot::Receiver<Option<u16>>>,
+}
+
+/// Starts the binary with `vars` (plus `HTTP_ADDR` and `LOG_FORMAT`) and waits until it
+/// listens. Their `RUST_LOG`, if any, must keep `command_service` at `info`: the port is read
+/// from an info line.
+pub async fn start_binary(vars: Vec<(&'static str, String)>) -> Binary {
+    let mut binary = spawn_binary(vars);
+    let port = binary.port.take().expect("not read yet");
+    let port = match tokio::time::timeout(Duration::from_secs(60), port).await {
+        Ok(Ok(Some(port))) => port,
+        _ => panic!(
+            "no \"command-service listening\" line with a port within 60 s:\n{}",
+            binary.log()
+        ),
+    };
+    binary.address = format!("http://127.0.0.1:{port}");
+    binary
+}
+
+/// Starts the binary with `vars` (plus `HTTP_ADDR` and `LOG_FORMAT`), not waiting for anything.
+pub fn spawn_binary(vars: Vec<(&'static str, String)>) -> Binary {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_command-service"))
+        .env_clear()
+        .envs(vars)
+        .env("HTTP_ADDR", "127.0.0.1:0")
+        .env("LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("command-service binary starts");
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tx, rx) = oneshot::channel::<Option<u16>>();
+    let stdout = child.stdout.take().expect("stdout piped");
+    let kept = log.clone();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(tx) = tx.take_if(|_| line.contains("command-service listening")) {
+                let port = serde_json::from_str::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v["addr"].as_str()?.rsplit(':').next()?.parse().ok());
+                let _ = tx.send(port);
+            }
+            kept.lock().expect("log").push(line);
+        }
+    });
+    let stderr = child.stderr.take().expect("stderr piped");
+    let kept = log.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            kept.lock().expect("log").push(line);
+        }
+    });
+    Binary {
+        child,
+        address: String::new(),
+        log,
+        port: Some(rx),
+    }
+}
+
+impl Binary {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    /// Everything the process wrote so far, one line each.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log").join("\n")
+    }
+
+    pub async fn wait_for_log(&self, text: &str, within: Duration) {
+        eventually(within, &format!("{text:?} in the log"), || async {
+            self.log().contains(text)
+        })
+        .await;
+    }
+
+    /// Sends a signal (`TERM`, `INT`, …) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit, at most `within`.
+    pub async fn exit_status(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running after {within:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Sessions of the database at `database_url` waiting for a lock (a row another session
+/// holds): how a test sees that a request reached PostgreSQL and waits there.
+pub async fn lock_waiters(database_url: &str) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = AsyncPgConnection::establish(database_url)
+        .await
+        .expect("database reachable");
+    let n: N = diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .get_result(&mut conn)
+    .await
+    .expect("pg_stat_activity");
+    n.n
 }

@@ -3,6 +3,7 @@
 //! shared service and run alone (see `.config/nextest.toml`).
 
 mod bad_input;
+mod binary;
 mod broker_deadlines;
 mod commands;
 mod dev_services;

@@ -5,15 +5,6 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// Restarts the service even if the test fails half-way, so later tests find it up.
-struct Restart(&'static str);
-
-impl Drop for Restart {
-    fn drop(&mut self) {
-        services(self.0);
-    }
-}
-
 #[tokio::test]
 async fn outage_of_rabbitmq_while_writing_loses_no_event() {
     let exchange = format!("test.{}", uuid::Uuid::new_v4().simple());

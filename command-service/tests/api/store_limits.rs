@@ -142,3 +142,70 @@ async fn every_pooled_connection_carries_the_limits_and_a_statement_past_them_is
     let answer = command_service::error::ApiError::from(err);
     assert_eq!(answer.status(), 503);
 }
+
+/// With every pooled connection taken (`DATABASE_POOL_SIZE` 1, held by a write waiting for a
+/// row a stalled session locked), another request waits for a connection no longer than
+/// `DATABASE_TIMEOUT_MS`, then answers 503 with `Retry-After` and writes nothing.
+#[tokio::test]
+async fn a_request_that_finds_the_pool_exhausted_answers_503_within_the_database_timeout() {
+    let app = spawn_app_with(Options {
+        extra: vec![
+            ("DATABASE_POOL_SIZE", "1".into()),
+            ("DATABASE_TIMEOUT_MS", "500".into()),
+            ("DATABASE_LOCK_TIMEOUT_MS", "20000".into()),
+            ("DATABASE_STATEMENT_TIMEOUT_MS", "20000".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let x = app.create("locked").await["id"].as_i64().expect("id");
+    let mut stalled = app.db().await;
+    stalled.batch_execute("BEGIN").await.expect("begin");
+    diesel::sql_query(format!("SELECT id FROM todos WHERE id = {x} FOR UPDATE"))
+        .execute(&mut stalled)
+        .await
+        .expect("row locked");
+    // This PATCH takes the pool's only connection and waits with it for the row.
+    let holding = {
+        let request = app
+            .client
+            .patch(app.url(&format!("/todos/{x}")))
+            .header("content-type", "application/json")
+            .body(r#"{"completed":true}"#);
+        tokio::spawn(request.send())
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the PATCH waits for the row",
+        || async { lock_waiters(&app.database_url).await >= 1 },
+    )
+    .await;
+
+    let started = Instant::now();
+    let response = tokio::time::timeout(
+        Duration::from_secs(5),
+        app.post_json("/todos", r#"{"title":"no connection for me"}"#),
+    )
+    .await
+    .expect("answered within 5 s, not when the pool frees up");
+    let took = started.elapsed();
+    assert_eq!(response.status(), 503);
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_millis(2000),
+        "waited {took:?} for a connection (DATABASE_TIMEOUT_MS 500)"
+    );
+    assert_eq!(response.headers()["retry-after"], "1");
+    let problem: Value = response.json().await.expect("problem");
+    assert_eq!(problem["status"], 503);
+    assert!(
+        !holding.is_finished(),
+        "the PATCH still holds the connection"
+    );
+
+    stalled.batch_execute("ROLLBACK").await.expect("rollback");
+    let response = holding.await.expect("task").expect("answered");
+    assert_eq!(response.status(), 200);
+    assert_eq!(app.count("todos").await, 1, "the 503 wrote no todo");
+    assert_eq!(app.count("events").await, 2);
+    app.stop().await;
+}

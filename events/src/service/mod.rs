@@ -33,6 +33,116 @@ pub fn variables<T: Serialize + DeserializeOwned>() -> Vec<String> {
     names
 }
 
+/// The rows of `service`'s table under `## Configuration` in a README: each
+/// `| `NAME` | `default` | meaning |` as (name, default), in the table's order. The table is the
+/// first one after a line holding only the service's name.
+pub fn documented_variables(readme: &str, service: &str) -> Vec<(String, String)> {
+    let section = readme
+        .split_once("\n## Configuration\n")
+        .map_or("", |(_, rest)| rest.split("\n## ").next().unwrap_or(""));
+    let unquote = |cell: &str| cell.trim().trim_matches('`').to_string();
+    section
+        .lines()
+        .skip_while(|line| line.trim() != service)
+        .skip(1)
+        .skip_while(|line| !line.starts_with('|'))
+        .take_while(|line| line.starts_with('|'))
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.trim().trim_matches('|').split('|').collect();
+            let name = cells.first()?.trim();
+            (name.starts_with('`') && cells.len() >= 3).then(|| (unquote(name), unquote(cells[1])))
+        })
+        .collect()
+}
+
+/// Holds a settings struct read by envy against `service`'s configuration table in the
+/// README next to `manifest_dir` (the crate's directory), both ways, and returns every
+/// mismatch:
+/// - every variable the table lists is read: set to a value no number or enum takes, it either
+///   fails naming the variable or reaches its field;
+/// - every variable the struct reads (its fields, upper-cased) is in the table, and the
+///   service's sources read no variable around the struct (`env::var`);
+/// - the table's default is the code's (rendered as text), and setting a variable to its
+///   documented default changes nothing.
+pub fn configuration_mismatches<T: Serialize + DeserializeOwned>(
+    manifest_dir: &str,
+    service: &str,
+) -> Vec<String> {
+    let path = std::path::Path::new(manifest_dir).join("../README.md");
+    let readme = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut mismatches = check_configuration::<T>(&readme, service);
+    let mut sources = vec![std::path::Path::new(manifest_dir).join("src")];
+    while let Some(path) = sources.pop() {
+        if path.is_dir() {
+            let entries = std::fs::read_dir(&path).into_iter().flatten().flatten();
+            sources.extend(entries.map(|e| e.path()));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.contains("env::var(") || text.contains("env::var_os(") {
+                mismatches.push(format!(
+                    "{} reads a variable around the settings struct",
+                    path.display()
+                ));
+            }
+        }
+    }
+    mismatches
+}
+
+/// [`configuration_mismatches`] on a README's text, without the source scan.
+pub fn check_configuration<T: Serialize + DeserializeOwned>(
+    readme: &str,
+    service: &str,
+) -> Vec<String> {
+    let documented = documented_variables(readme, service);
+    if documented.is_empty() {
+        return vec![format!("no configuration table for {service}")];
+    }
+    let parse = |vars: Vec<(String, String)>| {
+        envy::from_iter::<_, T>(vars).map(|s| serde_json::to_value(s).unwrap_or_default())
+    };
+    let Ok(defaults) = parse(Vec::new()) else {
+        return vec![format!(
+            "{service}'s settings do not parse with no variable set"
+        )];
+    };
+    let mut mismatches = Vec::new();
+    for (name, documented_default) in &documented {
+        let field = name.to_lowercase();
+        let garbage = "\u{1}not-a-value".to_string();
+        let read = match parse(vec![(name.clone(), garbage.clone())]) {
+            Err(err) => err.to_string().contains(name.as_str()),
+            Ok(value) => value[&field] == serde_json::Value::String(garbage),
+        };
+        if !read {
+            mismatches.push(format!("{name} is in the table but not read"));
+            continue;
+        }
+        let code_default = match &defaults[&field] {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        if &code_default != documented_default {
+            mismatches.push(format!(
+                "{name}: the table's default is `{documented_default}`, the code's `{code_default}`"
+            ));
+        }
+        match parse(vec![(name.clone(), documented_default.clone())]) {
+            Ok(value) if value == defaults => {}
+            _ => mismatches.push(format!(
+                "{name}={documented_default} (the table's default) is not the default"
+            )),
+        }
+    }
+    let listed: Vec<&String> = documented.iter().map(|(name, _)| name).collect();
+    for name in variables::<T>() {
+        if !listed.contains(&&name) {
+            mismatches.push(format!("{name} is read but not in the table"));
+        }
+    }
+    mismatches
+}
+
 /// Replaces the password of a `scheme://user:password@host` URL with `***`, so settings can
 /// be logged.
 pub fn redact(url: &str) -> String {
@@ -116,6 +226,54 @@ mod tests {
         http_addr: String,
         #[serde(default)]
         log_format: telemetry::LogFormat,
+    }
+
+    #[derive(Serialize, serde::Deserialize)]
+    struct Limits {
+        #[serde(default = "ten")]
+        pool_size: u32,
+        #[serde(default)]
+        log_format: telemetry::LogFormat,
+    }
+    fn ten() -> u32 {
+        10
+    }
+
+    #[test]
+    fn a_configuration_table_is_held_against_the_settings_both_ways() {
+        let readme = |rows: &str| {
+            format!(
+                "# x\n\n## Configuration\n\nother\n\n| Variable | Default | Meaning |\n|---|---|---|\n\
+                 | `POOL_SIZE` | `99` | not this one |\n\nsvc\n\n| Variable | Default | Meaning |\n\
+                 |---|---|---|\n{rows}\n## Tests\n\n| `LATER` | `1` | not configuration |\n"
+            )
+        };
+        let good = readme("| `POOL_SIZE` | `10` | pool |\n| `LOG_FORMAT` | `pretty` | format |\n");
+        assert_eq!(
+            documented_variables(&good, "svc"),
+            [
+                ("POOL_SIZE".to_string(), "10".to_string()),
+                ("LOG_FORMAT".to_string(), "pretty".to_string())
+            ]
+        );
+        assert_eq!(
+            check_configuration::<Limits>(&good, "svc"),
+            Vec::<String>::new()
+        );
+        let bad = readme("| `POOL_SIZE` | `20` | pool |\n| `HTTP_ADDR` | `:80` | never read |\n");
+        assert_eq!(
+            check_configuration::<Limits>(&bad, "svc"),
+            [
+                "POOL_SIZE: the table's default is `20`, the code's `10`",
+                "POOL_SIZE=20 (the table's default) is not the default",
+                "HTTP_ADDR is in the table but not read",
+                "LOG_FORMAT is read but not in the table",
+            ]
+        );
+        assert_eq!(
+            check_configuration::<Limits>(&good, "nobody"),
+            ["no configuration table for nobody"]
+        );
     }
 
     #[test]

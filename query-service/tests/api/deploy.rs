@@ -373,7 +373,6 @@ fn kubernetes_manifests_name_the_compose_images_ports_and_probes() {
 
 #[tokio::test]
 async fn the_healthcheck_subcommand_answers_for_a_running_service_only() {
-    let port = free_port();
     let run = |port: u16| {
         std::process::Command::new(env!("CARGO_BIN_EXE_query-service"))
             .arg("healthcheck")
@@ -381,14 +380,15 @@ async fn the_healthcheck_subcommand_answers_for_a_running_service_only() {
             .status()
             .expect("binary runs")
     };
-    assert!(!run(port).success(), "nothing listens yet: unhealthy");
     let names = Names::new();
-    let mut process = start_query_process(&names, port);
+    let mut process = start_query_process(&names).await;
+    let port = process.port;
     eventually(Duration::from_secs(30), "healthcheck passes", || async {
         run(port).success()
     })
     .await;
     process.child.kill().expect("stop");
     let _ = process.child.wait();
+    assert!(!run(port).success(), "nothing listens any more: unhealthy");
     names.cleanup().await;
 }

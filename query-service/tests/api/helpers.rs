@@ -222,36 +222,59 @@ pub async fn create_database() -> String {
     )
 }
 
-/// query-service as a real process (for SIGKILL). Listens on a free port it is given.
+/// query-service as a real process (for SIGKILL), on a port the OS picks (`HTTP_ADDR` port 0),
+/// read back from its "listening" log line.
 pub struct Process {
     pub child: Child,
     pub address: String,
+    pub port: u16,
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-pub fn start_query_process(names: &Names, port: u16) -> Process {
+pub async fn start_query_process(names: &Names) -> Process {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_query-service"));
     for (k, v) in names.query_vars() {
         cmd.env(k, v);
     }
-    cmd.env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env(
-            "RUST_LOG",
-            std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::null())
+    let filter = std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into());
+    cmd.env("HTTP_ADDR", "127.0.0.1:0")
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", format!("{filter},query_service=info"))
+        .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    let child = cmd.spawn().expect("query-service binary starts");
+    let mut child = cmd.spawn().expect("query-service binary starts");
+    let stdout = child.stdout.take().expect("stdout piped");
+    let port = listening_port(stdout, "query-service listening").await;
     Process {
         child,
         address: format!("http://127.0.0.1:{port}"),
+        port,
     }
+}
+
+/// Reads a process's JSON log up to the line `message` and returns the port of its `addr`. The
+/// rest of the log is read and dropped, so the process never blocks on a full pipe.
+async fn listening_port(stdout: std::process::ChildStdout, message: &'static str) -> u16 {
+    use std::io::BufRead;
+    let (tx, rx) = oneshot::channel::<Option<u16>>();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(tx) = tx.take_if(|_| line.contains(message)) {
+                let port = serde_json::from_str::<Value>(&line)
+                    .ok()
+                    .and_then(|v| v["addr"].as_str()?.rsplit(':').next()?.parse().ok());
+                let _ = tx.send(port);
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(60), rx)
+        .await
+        .unwrap_or_else(|_| panic!("no {message:?} log line within 60 s"))
+        .unwrap_or_else(|_| panic!("the process ended before {message:?}"))
+        .unwrap_or_else(|| panic!("{message:?} names no port"))
 }
 
 pub struct Publisher {
@@ -310,6 +333,13 @@ impl Publisher {
 }
 
 pub fn services(command: &str) {
+    if let Err(err) = try_services(command) {
+        panic!("{err}");
+    }
+}
+
+/// Like [`services`], returning what went wrong instead of panicking.
+fn try_services(command: &str) -> Result<(), String> {
     let script: PathBuf = [
         env!("CARGO_MANIFEST_DIR"),
         "..",
@@ -318,20 +348,25 @@ pub fn services(command: &str) {
     ]
     .iter()
     .collect();
-    let status = Command::new("bash")
-        .arg(script)
-        .arg(command)
-        .status()
-        .expect("dev-services.sh runs");
-    assert!(status.success(), "dev-services.sh {command} failed");
+    match Command::new("bash").arg(script).arg(command).status() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!("dev-services.sh {command} failed: {status}")),
+        Err(err) => Err(format!("dev-services.sh {command} did not run: {err}")),
+    }
 }
 
-/// Restarts a service even if the test fails half-way, so later tests find it up.
+/// Restarts a service even if the test fails half-way, so later tests find it up. When the
+/// test is already failing (panicking), a restart that fails is logged rather than raised: a
+/// second panic would abort the process and hide the test's own message.
 pub struct Restart(pub &'static str);
 
 impl Drop for Restart {
     fn drop(&mut self) {
-        services(self.0);
+        match try_services(self.0) {
+            Ok(()) => {}
+            Err(err) if std::thread::panicking() => eprintln!("while failing: {err}"),
+            Err(err) => panic!("{err}"),
+        }
     }
 }
 

@@ -89,8 +89,7 @@ async fn outage_of_mongodb_during_writes_loses_nothing_and_dead_letters_nothing(
 #[tokio::test]
 async fn outage_query_service_killed_mid_stream_converges_after_restart() {
     let names = Names::new();
-    let port = free_port();
-    let mut process = start_query_process(&names, port);
+    let mut process = start_query_process(&names).await;
     let client = reqwest::Client::new();
     eventually(
         Duration::from_secs(30),
@@ -155,7 +154,7 @@ async fn outage_query_service_killed_mid_stream_converges_after_restart() {
     process.child.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix
     process.child.wait().expect("reaped");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut process = start_query_process(&names, port);
+    let mut process = start_query_process(&names).await;
     writer.await.expect("writes succeed");
 
     eventually(

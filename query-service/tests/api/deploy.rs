@@ -383,12 +383,12 @@ async fn the_healthcheck_subcommand_answers_for_a_running_service_only() {
     };
     assert!(!run(port).success(), "nothing listens yet: unhealthy");
     let names = Names::new();
-    let mut process = start_query_process(&names, port);
+    // Killed when dropped, also when an assertion below fails.
+    let process = start_query_process(&names, port);
     eventually(Duration::from_secs(30), "healthcheck passes", || async {
         run(port).success()
     })
     .await;
-    process.child.kill().expect("stop");
-    let _ = process.child.wait();
+    drop(process);
     names.cleanup().await;
 }

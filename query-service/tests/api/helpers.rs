@@ -222,10 +222,19 @@ pub async fn create_database() -> String {
     )
 }
 
-/// query-service as a real process (for SIGKILL). Listens on a free port it is given.
+/// query-service as a real process (for SIGKILL). Listens on a free port it is given. Killed
+/// (SIGKILL) and reaped when dropped, so a test that fails half-way leaves no process behind.
 pub struct Process {
     pub child: Child,
     pub address: String,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // Killing a process that already exited (and was reaped) is not an error worth a panic.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 pub fn free_port() -> u16 {

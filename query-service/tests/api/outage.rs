@@ -152,66 +152,70 @@ async fn outage_query_service_killed_mid_stream_converges_after_restart() {
     consuming(&client, &process).await;
     let (command, database_url) = spawn_command(&names).await;
 
-    // A stream of 150 creates, 50 updates and 14 deletes. It stops after 100 creates until the
-    // process was killed, so the kill always lands while writes are still coming.
-    const EVENTS: f64 = 214.0;
+    // Six writers at once, each 25 creates, 9 updates and 5 deletes: faster than the process
+    // projects them, so it works through a backlog in full batches. Each writer stops half-way
+    // until the process was killed, so the kill always lands while writes are still coming.
+    const WRITERS: usize = 6;
+    const EVENTS: usize = WRITERS * 39;
     let written = Arc::new(AtomicUsize::new(0));
-    let killed = Arc::new(tokio::sync::Notify::new());
-    let writer = {
-        let client = client.clone();
-        let base = command.url("");
-        let (written, killed) = (written.clone(), killed.clone());
-        tokio::spawn(async move {
-            let mut ids: Vec<i64> = Vec::new();
-            for i in 0..150 {
-                if i == 100 {
-                    killed.notified().await;
-                }
-                let todo: Value = client
-                    .post(format!("{base}/todos"))
-                    .json(&json!({"title": format!("stream {i}")}))
-                    .send()
-                    .await
-                    .expect("post")
-                    .json()
-                    .await
-                    .expect("json");
-                let id = todo["id"].as_i64().expect("id");
-                ids.push(id);
-                written.fetch_add(1, Ordering::SeqCst);
-                if i % 3 == 0 {
-                    let r = client
-                        .patch(format!("{base}/todos/{id}"))
-                        .json(&json!({"completed": true, "description": "updated"}))
+    let (kill_done, killed) = tokio::sync::watch::channel(false);
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let client = client.clone();
+            let base = command.url("");
+            let (written, mut killed) = (written.clone(), killed.clone());
+            tokio::spawn(async move {
+                let mut ids: Vec<i64> = Vec::new();
+                for i in 0..25 {
+                    if i == 12 {
+                        killed.wait_for(|k| *k).await.expect("kill signalled");
+                    }
+                    let todo: Value = client
+                        .post(format!("{base}/todos"))
+                        .json(&json!({"title": format!("stream {w}.{i}")}))
                         .send()
                         .await
-                        .expect("patch");
-                    assert_eq!(r.status(), 200);
-                    written.fetch_add(1, Ordering::SeqCst);
-                }
-                if i % 10 == 0 && i > 0 {
-                    // Each victim (ids 5, 10, …, 70 of the stream) exists and is deleted once.
-                    let victim = ids[i / 2];
-                    let r = client
-                        .delete(format!("{base}/todos/{victim}"))
-                        .send()
+                        .expect("post")
+                        .json()
                         .await
-                        .expect("delete");
-                    assert_eq!(r.status(), 204, "delete of todo {victim}");
+                        .expect("json");
+                    let id = todo["id"].as_i64().expect("id");
+                    ids.push(id);
                     written.fetch_add(1, Ordering::SeqCst);
+                    if i % 3 == 0 {
+                        let r = client
+                            .patch(format!("{base}/todos/{id}"))
+                            .json(&json!({"completed": true, "description": "updated"}))
+                            .send()
+                            .await
+                            .expect("patch");
+                        assert_eq!(r.status(), 200);
+                        written.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if i % 5 == 4 {
+                        // Each victim (the writer's 3rd, 8th, … todo) exists, deleted once.
+                        let victim = ids[i - 2];
+                        let r = client
+                            .delete(format!("{base}/todos/{victim}"))
+                            .send()
+                            .await
+                            .expect("delete");
+                        assert_eq!(r.status(), 204, "delete of todo {victim}");
+                        written.fetch_add(1, Ordering::SeqCst);
+                    }
                 }
-            }
+            })
         })
-    };
-    // Killed as soon as it has settled part of the stream: the read model is half built and
-    // the process has a batch in hand or deliveries prefetched.
+        .collect();
+    // Killed once it has settled part of the stream and is behind the writers: the read model
+    // is half built and the process is working through a batch.
     let settled = std::cell::Cell::new(0.0);
     eventually(
         Duration::from_secs(30),
-        "the process settled part of the stream",
+        "the process settled part of the stream and is behind",
         || async {
             settled.set(settled_by(&client, &process.address).await);
-            settled.get() >= 1.0
+            settled.get() >= 1.0 && written.load(Ordering::SeqCst) as f64 - settled.get() >= 20.0
         },
     )
     .await;
@@ -220,13 +224,15 @@ async fn outage_query_service_killed_mid_stream_converges_after_restart() {
     let at_kill = written.load(Ordering::SeqCst);
     println!("killed having settled {settled} events, after {at_kill} of {EVENTS} writes");
     assert!(
-        settled < EVENTS && (at_kill as f64) < EVENTS,
+        settled < EVENTS as f64 && at_kill < EVENTS,
         "killed mid-stream: {settled} settled, {at_kill} written of {EVENTS}"
     );
     let process = start_query_process(&names, port);
-    killed.notify_one();
+    kill_done.send(true).expect("writers wait");
     consuming(&client, &process).await;
-    writer.await.expect("writes succeed");
+    for writer in writers {
+        writer.await.expect("writes succeed");
+    }
 
     eventually(
         Duration::from_secs(60),

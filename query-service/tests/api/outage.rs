@@ -152,23 +152,26 @@ async fn outage_query_service_killed_mid_stream_converges_after_restart() {
     consuming(&client, &process).await;
     let (command, database_url) = spawn_command(&names).await;
 
-    // Six writers at once, each 25 creates, 9 updates and 5 deletes: faster than the process
-    // projects them, so it works through a backlog in full batches. Each writer stops half-way
-    // until the process was killed, so the kill always lands while writes are still coming.
+    // Six writers at once, each creating todos, updating every third and deleting one of every
+    // five: faster than the process projects them, so it works through a backlog in full
+    // batches. They write until the process was killed, and five rounds more.
     const WRITERS: usize = 6;
-    const EVENTS: usize = WRITERS * 39;
     let written = Arc::new(AtomicUsize::new(0));
     let (kill_done, killed) = tokio::sync::watch::channel(false);
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
             let client = client.clone();
             let base = command.url("");
-            let (written, mut killed) = (written.clone(), killed.clone());
+            let (written, killed) = (written.clone(), killed.clone());
             tokio::spawn(async move {
                 let mut ids: Vec<i64> = Vec::new();
-                for i in 0..25 {
-                    if i == 12 {
-                        killed.wait_for(|k| *k).await.expect("kill signalled");
+                let mut rounds_after_kill = 0;
+                for i in 0..500 {
+                    if *killed.borrow() {
+                        rounds_after_kill += 1;
+                        if rounds_after_kill > 5 {
+                            break;
+                        }
                     }
                     let todo: Value = client
                         .post(format!("{base}/todos"))
@@ -204,11 +207,12 @@ async fn outage_query_service_killed_mid_stream_converges_after_restart() {
                         written.fetch_add(1, Ordering::SeqCst);
                     }
                 }
+                assert!(rounds_after_kill > 0, "the kill came while writing");
             })
         })
         .collect();
     // Killed once it has settled part of the stream and is behind the writers: the read model
-    // is half built and the process is working through a batch.
+    // is half built and the process is working through a batch with more queued.
     let settled = std::cell::Cell::new(0.0);
     eventually(
         Duration::from_secs(30),
@@ -222,11 +226,7 @@ async fn outage_query_service_killed_mid_stream_converges_after_restart() {
     let settled = settled.get();
     drop(process); // SIGKILL (Child::kill), then reaped
     let at_kill = written.load(Ordering::SeqCst);
-    println!("killed having settled {settled} events, after {at_kill} of {EVENTS} writes");
-    assert!(
-        settled < EVENTS as f64 && at_kill < EVENTS,
-        "killed mid-stream: {settled} settled, {at_kill} written of {EVENTS}"
-    );
+    println!("killed having settled {settled} events, with {at_kill} written");
     let process = start_query_process(&names, port);
     kill_done.send(true).expect("writers wait");
     consuming(&client, &process).await;

@@ -61,7 +61,8 @@ impl Names {
         events::dead_letter_queue(&self.queue)
     }
 
-    fn query_vars(&self) -> Vec<(String, String)> {
+    /// The variables that point a query-service at this test's broker objects and database.
+    pub fn query_vars(&self) -> Vec<(String, String)> {
         vec![
             ("MONGODB_URI".into(), mongodb_uri()),
             ("MONGODB_DB".into(), self.mongo_db.clone()),

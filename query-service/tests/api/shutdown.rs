@@ -197,20 +197,42 @@ async fn sigterm_answers_the_request_in_flight_finishes_the_batch_in_hand_and_ex
     })
     .await;
 
-    // A stream of 100 todos (create and 2 updates each); SIGTERM comes as soon as part of it
-    // is settled, and the rest is published after it.
+    // A stream of 100 todos (create and 2 updates each). Its first half is published at once,
+    // confirmed only when all of it is out, so the process works through a backlog in full
+    // batches; SIGTERM comes as soon as part of it is settled, and the second half after it.
     let stream: Vec<Envelope> = (2..=101)
         .flat_map(|id| (1..=3).map(move |v| event(id, v)))
         .collect();
     let total = 1 + stream.len() as i64;
+    let (first, second) = stream.split_at(150);
+    let mut confirms = Vec::new();
+    for e in first {
+        confirms.push(
+            publisher
+                .channel
+                .basic_publish(
+                    names.exchange.as_str().into(),
+                    e.routing_key().into(),
+                    lapin::options::BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &e.to_json(),
+                    lapin::BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .expect("published"),
+        );
+    }
+    for confirm in confirms {
+        assert!(confirm.await.expect("confirmed").is_ack(), "broker acked");
+    }
     let termed = Arc::new(tokio::sync::Notify::new());
     let publishing = tokio::spawn({
-        let (publisher, termed) = (publisher.clone(), termed.clone());
+        let (publisher, termed, second) = (publisher.clone(), termed.clone(), second.to_vec());
         async move {
-            for (i, e) in stream.iter().enumerate() {
-                if i == 150 {
-                    termed.notified().await;
-                }
+            termed.notified().await;
+            for e in &second {
                 publisher.publish(e).await;
             }
         }

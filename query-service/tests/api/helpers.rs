@@ -10,9 +10,10 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Once;
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -420,4 +421,51 @@ pub async fn metric(client: &reqwest::Client, running: &Running, name: &str) -> 
         .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .find_map(|value| value.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// Counts the log lines that contain a text.
+#[derive(Clone)]
+pub struct LineCounter {
+    needle: &'static str,
+    seen: Arc<Mutex<usize>>,
+}
+
+impl LineCounter {
+    /// The process's log subscriber, counting the lines with `needle` (the consumer logs at
+    /// info, everything else at warn). nextest runs each test in its own process, so the
+    /// subscriber is the test's own.
+    pub fn install(needle: &'static str) -> Self {
+        Self::install_with(needle, "warn,query_service::consumer=info")
+    }
+
+    /// [`LineCounter::install`] with a log filter of the test's choosing.
+    pub fn install_with(needle: &'static str, filter: &str) -> Self {
+        let counter = LineCounter {
+            needle,
+            seen: Arc::default(),
+        };
+        let sink = counter.clone();
+        query_service::telemetry::init_with_writer(
+            query_service::settings::LogFormat::Json,
+            filter,
+            move || sink.clone(),
+        );
+        counter
+    }
+
+    pub fn count(&self) -> usize {
+        *self.seen.lock().expect("counter")
+    }
+}
+
+impl Write for LineCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if String::from_utf8_lossy(buf).contains(self.needle) {
+            *self.seen.lock().expect("counter") += 1;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

@@ -467,6 +467,7 @@ async fn handle_batch(
         let mut backoff = Duration::from_millis(100);
         while let Err(err) = store.record(counts, newest_event, max_todo_id).await {
             tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "projection counters not updated; retrying");
+            config.metrics.observe_store_unavailable();
             if !pause(&mut backoff, config.max_backoff, shutdown).await {
                 return Ok(Settled::Stopped);
             }
@@ -540,6 +541,7 @@ async fn apply(
             Ok(batch) => batch,
             Err(err) if crate::store::is_transient(&err) => {
                 tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "MongoDB unavailable; retrying");
+                config.metrics.observe_store_unavailable();
                 if !pause(&mut backoff, config.max_backoff, shutdown).await {
                     return None;
                 }
@@ -553,6 +555,7 @@ async fn apply(
                         match store.apply(e).await {
                             Ok(outcome) => break Some(Ok(outcome)),
                             Err(err) if crate::store::is_transient(&err) => {
+                                config.metrics.observe_store_unavailable();
                                 if !pause(&mut backoff, config.max_backoff, shutdown).await {
                                     return None;
                                 }

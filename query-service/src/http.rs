@@ -355,6 +355,29 @@ fn holds(stored: &Option<Stored>, want: i64) -> bool {
     }
 }
 
+/// A request's place in the `?min_version=` wait budget, counted in `min_version_waiting`
+/// while it is held.
+struct Waiting<'a> {
+    _permit: tokio::sync::SemaphorePermit<'a>,
+    metrics: &'a Metrics,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(permit: tokio::sync::SemaphorePermit<'a>, metrics: &'a Metrics) -> Self {
+        metrics.min_version_waiting(1);
+        Self {
+            _permit: permit,
+            metrics,
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.metrics.min_version_waiting(-1);
+    }
+}
+
 /// How often a `?min_version=` waiter reads again when this process's consumer said nothing
 /// about its todo: another replica's consumer may have applied it.
 const MIN_VERSION_POLL: Duration = Duration::from_millis(100);
@@ -374,7 +397,7 @@ async fn read_at_least(
     // Subscribed before the first read, so no batch applied after it goes unseen.
     let mut applied = state.applied.subscribe();
     // Taken on the first wait, given back when the request ends (answered or abandoned).
-    let mut permit = None;
+    let mut permit: Option<Waiting> = None;
     loop {
         let stored = state.store.get(id).await?;
         let Some(want) = want else { return Ok(stored) };
@@ -383,7 +406,7 @@ async fn read_at_least(
         }
         if permit.is_none() {
             match state.min_version_waiters.try_acquire() {
-                Ok(p) => permit = Some(p),
+                Ok(p) => permit = Some(Waiting::new(p, &state.metrics)),
                 Err(_) => {
                     tracing::debug!(id, want, "min_version wait budget spent; not waiting");
                     let have = stored.as_ref().map(Stored::version);

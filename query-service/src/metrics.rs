@@ -6,7 +6,11 @@
 //! - `projection_lag_seconds`: time from an event's `occurred_at` to its application (histogram)
 //! - `projection_refusals_total`: writes of an event MongoDB refused (each such event is kept
 //!   unacked and tried again), and `projection_held_events`: how many are held now
+//! - `projection_store_unavailable_total`: times the consumer found MongoDB unavailable (a
+//!   batch's write or its counters failed as a server away does) and retried after a pause
 //! - `consumer_connection_attempts_total`: connections to RabbitMQ the consumer tried
+//! - `min_version_waiting`: `?min_version=` requests waiting now (at most
+//!   `MIN_VERSION_MAX_WAITERS`)
 
 use crate::store::Outcome;
 use events::service::metrics::{render, HttpMetrics};
@@ -50,7 +54,9 @@ pub struct Metrics {
     lag: Histogram,
     refusals: Counter,
     held: Gauge,
+    store_unavailable: Counter,
     connection_attempts: Counter,
+    min_version_waiting: Gauge,
 }
 
 impl Default for Metrics {
@@ -82,11 +88,23 @@ impl Default for Metrics {
             "Events MongoDB refused that the consumer holds unacked for a retry",
             held.clone(),
         );
+        let store_unavailable = Counter::default();
+        registry.register(
+            "projection_store_unavailable",
+            "Times the consumer found MongoDB unavailable and retried the batch after a pause",
+            store_unavailable.clone(),
+        );
         let connection_attempts = Counter::default();
         registry.register(
             "consumer_connection_attempts",
             "Connections to RabbitMQ the consumer tried",
             connection_attempts.clone(),
+        );
+        let min_version_waiting = Gauge::default();
+        registry.register(
+            "min_version_waiting",
+            "Requests waiting for a ?min_version= to be projected",
+            min_version_waiting.clone(),
         );
         Self {
             registry,
@@ -95,7 +113,9 @@ impl Default for Metrics {
             lag,
             refusals,
             held,
+            store_unavailable,
             connection_attempts,
+            min_version_waiting,
         }
     }
 }
@@ -123,9 +143,19 @@ impl Metrics {
         self.held.set(i64::try_from(held).unwrap_or(i64::MAX));
     }
 
+    /// MongoDB was unavailable for a batch (or its counters); the consumer retries after a pause.
+    pub fn observe_store_unavailable(&self) {
+        self.store_unavailable.inc();
+    }
+
     /// The consumer is about to connect to RabbitMQ.
     pub fn consumer_connect(&self) {
         self.connection_attempts.inc();
+    }
+
+    /// A `?min_version=` request starts (`1`) or stops (`-1`) waiting.
+    pub fn min_version_waiting(&self, change: i64) {
+        self.min_version_waiting.inc_by(change);
     }
 
     /// The text exposition format.

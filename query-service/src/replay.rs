@@ -36,23 +36,43 @@ pub struct Report {
 pub struct LogReader {
     client: reqwest::Client,
     base: String,
+    page_size: i64,
 }
 
 impl LogReader {
+    /// A reader asking for pages of [`PAGE`] events.
     pub fn new(command_url: &str) -> anyhow::Result<Self> {
+        Self::with_page_size(command_url, PAGE)
+    }
+
+    /// A reader asking for pages of `page_size` events (1 to [`PAGE`]).
+    pub fn with_page_size(command_url: &str, page_size: i64) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            (1..=PAGE).contains(&page_size),
+            "a page holds 1 to {PAGE} events, not {page_size}"
+        );
         Ok(Self {
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
                 .context("HTTP client")?,
             base: command_url.trim_end_matches('/').to_string(),
+            page_size,
         })
     }
 
+    /// Events per page this reader asks for.
+    pub fn page_size(&self) -> i64 {
+        self.page_size
+    }
+
     /// The next page of events after `after`, each checked as the consumer checks a message;
-    /// a page shorter than [`PAGE`] is the end of the log.
+    /// a page shorter than [`LogReader::page_size`] is the end of the log.
     pub async fn page(&self, after: i64) -> anyhow::Result<Vec<Envelope>> {
-        let url = format!("{}/events?after={after}&limit={PAGE}", self.base);
+        let url = format!(
+            "{}/events?after={after}&limit={}",
+            self.base, self.page_size
+        );
         let response = self
             .client
             .get(&url)
@@ -86,7 +106,16 @@ impl LogReader {
 
 /// Replays the whole log of the command-service at `command_url` into `store`.
 pub async fn replay(store: &Store, command_url: &str) -> anyhow::Result<Report> {
-    let log = LogReader::new(command_url)?;
+    replay_with_page_size(store, command_url, PAGE).await
+}
+
+/// [`replay`], reading the log in pages of `page_size` events (1 to [`PAGE`]).
+pub async fn replay_with_page_size(
+    store: &Store,
+    command_url: &str,
+    page_size: i64,
+) -> anyhow::Result<Report> {
+    let log = LogReader::with_page_size(command_url, page_size)?;
     let mut report = Report::default();
     loop {
         let page = log.page(report.last_position).await?;
@@ -125,7 +154,7 @@ pub async fn replay(store: &Store, command_url: &str) -> anyhow::Result<Report> 
             position = report.last_position,
             "replay page done"
         );
-        if (page.len() as i64) < PAGE {
+        if (page.len() as i64) < log.page_size() {
             return Ok(report);
         }
     }

@@ -402,6 +402,13 @@ impl Store {
             for (k, &i) in pending.iter().enumerate() {
                 match errors.get(&k) {
                     None => {
+                        if attempt > 0 {
+                            tracing::debug!(
+                                todo_id = events[i].todo_id,
+                                version = events[i].version,
+                                "applied on the second try: another writer inserted the todo first"
+                            );
+                        }
                         results.insert(i, Ok(Outcome::Applied));
                     }
                     Some(r) if r.code == DUPLICATE_KEY && attempt == 0 => again.push(i),

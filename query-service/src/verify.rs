@@ -159,7 +159,7 @@ pub async fn verify(store: &Store, command_url: &str) -> anyhow::Result<Verifica
         }
         report.events += page.len() as u64;
         match page.last() {
-            Some(last) if page.len() as i64 == crate::replay::PAGE => after = last.position,
+            Some(last) if page.len() as i64 == log.page_size() => after = last.position,
             _ => break,
         }
     }

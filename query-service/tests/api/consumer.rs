@@ -10,8 +10,6 @@ use lapin::options::BasicGetOptions;
 use lapin::types::AMQPValue;
 use lapin::{Connection, ConnectionProperties};
 use serde_json::Value;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn created(todo_id: i64, title: &str) -> Envelope {
@@ -226,47 +224,6 @@ async fn a_message_that_can_never_apply_is_dead_lettered_at_its_first_delivery()
     assert_eq!(stats["projection"]["dead_lettered"], 2, "{stats}");
     query.stop().await;
     names.cleanup().await;
-}
-
-/// Counts the log lines that contain a text.
-#[derive(Clone)]
-struct LineCounter {
-    needle: &'static str,
-    seen: Arc<Mutex<usize>>,
-}
-
-impl LineCounter {
-    /// The process's log subscriber, counting the lines with `needle` (the consumer logs at
-    /// info, everything else at warn).
-    fn install(needle: &'static str) -> Self {
-        let counter = LineCounter {
-            needle,
-            seen: Arc::default(),
-        };
-        let sink = counter.clone();
-        query_service::telemetry::init_with_writer(
-            query_service::settings::LogFormat::Json,
-            "warn,query_service::consumer=info",
-            move || sink.clone(),
-        );
-        counter
-    }
-
-    fn count(&self) -> usize {
-        *self.seen.lock().expect("counter")
-    }
-}
-
-impl Write for LineCounter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if String::from_utf8_lossy(buf).contains(self.needle) {
-            *self.seen.lock().expect("counter") += 1;
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// A TCP proxy to RabbitMQ that cuts every connection `after` it was opened: long enough

@@ -1,10 +1,11 @@
-//! The check that the read model equals the write model: every todo's state and version.
+//! The check that the read model equals the write model: every todo's state and version, both
+//! ways (every todo PostgreSQL or its log has, and every document MongoDB holds).
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use query_service::store::{Store, Stored};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, QueryableByName)]
 struct Row {
@@ -33,7 +34,9 @@ struct Last {
 }
 
 /// Differences between PostgreSQL (the write model) and MongoDB (the read model); empty when
-/// they agree on every todo, live or deleted.
+/// they agree on every todo, live or deleted: each todo of the log (live in PostgreSQL, or
+/// deleted) has its document at its last version, every live row has events, and MongoDB holds
+/// no document for a todo neither PostgreSQL nor the log has.
 pub async fn differences(database_url: &str, mongodb_uri: &str, mongo_db: &str) -> Vec<String> {
     let mut pg = AsyncPgConnection::establish(database_url)
         .await
@@ -54,6 +57,20 @@ pub async fn differences(database_url: &str, mongodb_uri: &str, mongo_db: &str) 
         .await
         .expect("MongoDB");
     let mut diffs = Vec::new();
+    let logged: BTreeSet<i64> = last.iter().map(|l| l.todo_id).collect();
+    for id in live.keys().filter(|id| !logged.contains(id)) {
+        diffs.push(format!(
+            "todo {id}: live in PostgreSQL, but the log has no event for it"
+        ));
+    }
+    let mut stored_ids = store.all_ids().await.expect("read model ids");
+    stored_ids.sort_unstable();
+    for id in stored_ids.iter().filter(|id| !logged.contains(id)) {
+        let stored = store.get(*id).await.expect("read model");
+        diffs.push(format!(
+            "todo {id}: in MongoDB ({stored:?}), but neither PostgreSQL nor the log has it"
+        ));
+    }
     for Last { todo_id, version } in last {
         let stored = store.get(todo_id).await.expect("read model");
         match (live.get(&todo_id), stored) {

@@ -381,14 +381,14 @@ async fn the_healthcheck_subcommand_answers_for_a_running_service_only() {
             .expect("binary runs")
     };
     let names = Names::new();
-    let mut process = start_query_process(&names).await;
+    // Killed when dropped, also when an assertion below fails.
+    let process = start_query_process(&names).await;
     let port = process.port;
     eventually(Duration::from_secs(30), "healthcheck passes", || async {
         run(port).success()
     })
     .await;
-    process.child.kill().expect("stop");
-    let _ = process.child.wait();
+    drop(process);
     assert!(!run(port).success(), "nothing listens any more: unhealthy");
     names.cleanup().await;
 }

@@ -142,3 +142,82 @@ async fn writes_on_the_command_side_become_reads_on_the_query_side() {
     query.stop().await;
     names.cleanup().await;
 }
+
+/// A message published to the exchange beside command-service's, for a todo PostgreSQL never
+/// had: `schema_version` 99 (a newer writer), or a create at version 2.
+fn foreign_message(todo_id: i64, schema_version: i64, version: i64) -> Vec<u8> {
+    let at = chrono::Utc::now();
+    let event = events::Envelope {
+        event_id: uuid::Uuid::new_v4(),
+        event_type: events::EventType::TodoCreated,
+        schema_version: events::SCHEMA_VERSION,
+        todo_id,
+        version,
+        position: todo_id,
+        occurred_at: at,
+        correlation_id: "foreign".into(),
+        data: Some(events::TodoState {
+            title: "never written on the command side".into(),
+            description: None,
+            completed: false,
+            created_at: at,
+            updated_at: at,
+        }),
+        changed: Vec::new(),
+    };
+    let mut json = serde_json::to_value(&event).expect("json");
+    json["schema_version"] = schema_version.into();
+    serde_json::to_vec(&json).expect("json")
+}
+
+#[tokio::test]
+async fn messages_the_write_side_never_sent_leave_no_document_beside_its_writes() {
+    let names = Names::new();
+    let query = spawn_query(&names).await;
+    let (command, database_url) = spawn_command(&names).await;
+    let publisher = publisher(&names.exchange).await;
+    let client = reqwest::Client::new();
+
+    let create = |title: &str| {
+        write(
+            &client,
+            "POST",
+            command.url("/todos"),
+            Some(json!({ "title": title })),
+        )
+    };
+    let first: Value = create("before").await.json().await.expect("json");
+    let id = first["id"].as_i64().expect("id");
+    publisher
+        .publish_raw("todo.created", &foreign_message(id + 1000, 99, 1))
+        .await;
+    publisher
+        .publish_raw("todo.created", &foreign_message(id + 1001, 1, 2))
+        .await;
+    let url = command.url(&format!("/todos/{id}"));
+    let patched = write(&client, "PATCH", url, Some(json!({ "completed": true }))).await;
+    assert_eq!(patched.status(), 200);
+    assert_eq!(create("after").await.status(), 201);
+
+    // Three events from command-service and the two foreign messages, each settled once.
+    eventually(Duration::from_secs(20), "five messages settled", || async {
+        let p = get_json::<Value>(&client, &query.url("/stats")).await["projection"].clone();
+        [
+            "applied",
+            "skipped_duplicates",
+            "superseded",
+            "dead_lettered",
+        ]
+        .iter()
+        .map(|k| p[k].as_i64().unwrap_or(0))
+        .sum::<i64>()
+            == 5
+    })
+    .await;
+    let diffs = differences(&database_url, &mongodb_uri(), &names.mongo_db).await;
+    assert!(diffs.is_empty(), "{diffs:#?}");
+    assert_eq!(queue_depth(&names.dead_letter_queue()).await, 2);
+    command.stop().await;
+    query.stop().await;
+    names.cleanup().await;
+}

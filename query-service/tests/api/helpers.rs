@@ -10,9 +10,10 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Once;
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -61,7 +62,8 @@ impl Names {
         events::dead_letter_queue(&self.queue)
     }
 
-    fn query_vars(&self) -> Vec<(String, String)> {
+    /// The variables that point a query-service at this test's broker objects and database.
+    pub fn query_vars(&self) -> Vec<(String, String)> {
         vec![
             ("MONGODB_URI".into(), mongodb_uri()),
             ("MONGODB_DB".into(), self.mongo_db.clone()),
@@ -223,11 +225,20 @@ pub async fn create_database() -> String {
 }
 
 /// query-service as a real process (for SIGKILL), on a port the OS picks (`HTTP_ADDR` port 0),
-/// read back from its "listening" log line.
+/// read back from its "listening" log line. Killed (SIGKILL) and reaped when dropped, so a test
+/// that fails half-way leaves no process behind.
 pub struct Process {
     pub child: Child,
     pub address: String,
     pub port: u16,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // Killing a process that already exited (and was reaped) is not an error worth a panic.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 pub async fn start_query_process(names: &Names) -> Process {
@@ -445,4 +456,51 @@ pub async fn metric(client: &reqwest::Client, running: &Running, name: &str) -> 
         .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .find_map(|value| value.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// Counts the log lines that contain a text.
+#[derive(Clone)]
+pub struct LineCounter {
+    needle: &'static str,
+    seen: Arc<Mutex<usize>>,
+}
+
+impl LineCounter {
+    /// The process's log subscriber, counting the lines with `needle` (the consumer logs at
+    /// info, everything else at warn). nextest runs each test in its own process, so the
+    /// subscriber is the test's own.
+    pub fn install(needle: &'static str) -> Self {
+        Self::install_with(needle, "warn,query_service::consumer=info")
+    }
+
+    /// [`LineCounter::install`] with a log filter of the test's choosing.
+    pub fn install_with(needle: &'static str, filter: &str) -> Self {
+        let counter = LineCounter {
+            needle,
+            seen: Arc::default(),
+        };
+        let sink = counter.clone();
+        query_service::telemetry::init_with_writer(
+            query_service::settings::LogFormat::Json,
+            filter,
+            move || sink.clone(),
+        );
+        counter
+    }
+
+    pub fn count(&self) -> usize {
+        *self.seen.lock().expect("counter")
+    }
+}
+
+impl Write for LineCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if String::from_utf8_lossy(buf).contains(self.needle) {
+            *self.seen.lock().expect("counter") += 1;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

@@ -12,4 +12,5 @@ mod outage;
 mod projection;
 mod reads;
 mod replay;
+mod shutdown;
 mod verify;

@@ -3,6 +3,8 @@
 use crate::convergence::differences;
 use crate::helpers::*;
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[tokio::test]
@@ -25,6 +27,10 @@ async fn outage_of_mongodb_during_writes_loses_nothing_and_dead_letters_nothing(
             .expect("json");
         ids.push(todo["id"].as_i64().expect("id"));
     }
+    eventually(Duration::from_secs(20), "the first 10 applied", || async {
+        settled_by(&client, &query.address).await == 10.0
+    })
+    .await;
     let restart = Restart("start-mongo");
     services("stop-mongo");
     for i in 0..20 {
@@ -60,7 +66,19 @@ async fn outage_of_mongodb_during_writes_loses_nothing_and_dead_letters_nothing(
         response.headers()["content-type"],
         "application/problem+json"
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The consumer met the outage: the events written meanwhile reached it, and it is retrying
+    // their write (each try fails after the driver's 3 s server selection timeout).
+    eventually(
+        Duration::from_secs(30),
+        "the consumer found MongoDB unavailable and retried",
+        || async { metric(&client, &query, "projection_store_unavailable_total").await >= 2.0 },
+    )
+    .await;
+    assert_eq!(
+        settled_by(&client, &query.address).await,
+        10.0,
+        "nothing settled while MongoDB is away"
+    );
     drop(restart);
 
     eventually(
@@ -76,6 +94,11 @@ async fn outage_of_mongodb_during_writes_loses_nothing_and_dead_letters_nothing(
     let stats: Value = get_json(&client, &query.url("/stats")).await;
     assert_eq!(stats["projection"]["dead_lettered"], 0, "{stats}");
     assert_eq!(queue_depth(&names.dead_letter_queue()).await, 0);
+    assert_eq!(
+        metric(&client, &query, "projection_refusals_total").await,
+        0.0,
+        "a store away is waited for, not taken for a refusal of each event"
+    );
     // /stats counts are at most a second old.
     eventually(Duration::from_secs(5), "29 live todos counted", || async {
         get_json::<Value>(&client, &query.url("/stats")).await["total"] == 29
@@ -86,11 +109,20 @@ async fn outage_of_mongodb_during_writes_loses_nothing_and_dead_letters_nothing(
     names.cleanup().await;
 }
 
-#[tokio::test]
-async fn outage_query_service_killed_mid_stream_converges_after_restart() {
-    let names = Names::new();
-    let mut process = start_query_process(&names).await;
-    let client = reqwest::Client::new();
+/// Events the query-service at `address` settled since it started, whatever their outcome
+/// (`projection_events_total`, all outcomes); 0 when it does not answer.
+async fn settled_by(client: &reqwest::Client, address: &str) -> f64 {
+    let Ok(response) = client.get(format!("{address}/metrics")).send().await else {
+        return 0.0;
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("projection_events_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn consuming(client: &reqwest::Client, process: &Process) {
     eventually(
         Duration::from_secs(30),
         "query-service process consuming",
@@ -109,53 +141,97 @@ async fn outage_query_service_killed_mid_stream_converges_after_restart() {
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn outage_query_service_killed_mid_stream_converges_after_restart() {
+    let names = Names::new();
+    let process = start_query_process(&names).await;
+    let client = reqwest::Client::new();
+    consuming(&client, &process).await;
     let (command, database_url) = spawn_command(&names).await;
 
-    // A stream of writes; the process is killed part-way through it.
-    let writer = {
-        let client = client.clone();
-        let base = command.url("");
-        tokio::spawn(async move {
-            let mut ids: Vec<i64> = Vec::new();
-            for i in 0..150 {
-                let todo: Value = client
-                    .post(format!("{base}/todos"))
-                    .json(&json!({"title": format!("stream {i}")}))
-                    .send()
-                    .await
-                    .expect("post")
-                    .json()
-                    .await
-                    .expect("json");
-                let id = todo["id"].as_i64().expect("id");
-                ids.push(id);
-                if i % 3 == 0 {
-                    let r = client
-                        .patch(format!("{base}/todos/{id}"))
-                        .json(&json!({"completed": true, "description": "updated"}))
+    // Six writers at once, each creating todos, updating every third and deleting one of every
+    // five: faster than the process projects them, so it works through a backlog in full
+    // batches. They write until the process was killed, and five rounds more.
+    const WRITERS: usize = 6;
+    let written = Arc::new(AtomicUsize::new(0));
+    let (kill_done, killed) = tokio::sync::watch::channel(false);
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let client = client.clone();
+            let base = command.url("");
+            let (written, killed) = (written.clone(), killed.clone());
+            tokio::spawn(async move {
+                let mut ids: Vec<i64> = Vec::new();
+                let mut rounds_after_kill = 0;
+                for i in 0..500 {
+                    if *killed.borrow() {
+                        rounds_after_kill += 1;
+                        if rounds_after_kill > 5 {
+                            break;
+                        }
+                    }
+                    let todo: Value = client
+                        .post(format!("{base}/todos"))
+                        .json(&json!({"title": format!("stream {w}.{i}")}))
                         .send()
                         .await
-                        .expect("patch");
-                    assert_eq!(r.status(), 200);
-                }
-                if i % 10 == 0 && i > 0 {
-                    let victim = ids[i / 2];
-                    let r = client
-                        .delete(format!("{base}/todos/{victim}"))
-                        .send()
+                        .expect("post")
+                        .json()
                         .await
-                        .expect("delete");
-                    assert!(r.status() == 204 || r.status() == 404);
+                        .expect("json");
+                    let id = todo["id"].as_i64().expect("id");
+                    ids.push(id);
+                    written.fetch_add(1, Ordering::SeqCst);
+                    if i % 3 == 0 {
+                        let r = client
+                            .patch(format!("{base}/todos/{id}"))
+                            .json(&json!({"completed": true, "description": "updated"}))
+                            .send()
+                            .await
+                            .expect("patch");
+                        assert_eq!(r.status(), 200);
+                        written.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if i % 5 == 4 {
+                        // Each victim (the writer's 3rd, 8th, … todo) exists, deleted once.
+                        let victim = ids[i - 2];
+                        let r = client
+                            .delete(format!("{base}/todos/{victim}"))
+                            .send()
+                            .await
+                            .expect("delete");
+                        assert_eq!(r.status(), 204, "delete of todo {victim}");
+                        written.fetch_add(1, Ordering::SeqCst);
+                    }
                 }
-            }
+                assert!(rounds_after_kill > 0, "the kill came while writing");
+            })
         })
-    };
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    process.child.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix
-    process.child.wait().expect("reaped");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut process = start_query_process(&names).await;
-    writer.await.expect("writes succeed");
+        .collect();
+    // Killed once it has settled part of the stream and is behind the writers: the read model
+    // is half built and the process is working through a batch with more queued.
+    let settled = std::cell::Cell::new(0.0);
+    eventually(
+        Duration::from_secs(30),
+        "the process settled part of the stream and is behind",
+        || async {
+            settled.set(settled_by(&client, &process.address).await);
+            settled.get() >= 1.0 && written.load(Ordering::SeqCst) as f64 - settled.get() >= 20.0
+        },
+    )
+    .await;
+    let settled = settled.get();
+    drop(process); // SIGKILL (Child::kill), then reaped
+    let at_kill = written.load(Ordering::SeqCst);
+    println!("killed having settled {settled} events, with {at_kill} written");
+    let process = start_query_process(&names).await;
+    kill_done.send(true).expect("writers wait");
+    consuming(&client, &process).await;
+    for writer in writers {
+        writer.await.expect("writes succeed");
+    }
 
     eventually(
         Duration::from_secs(60),
@@ -169,8 +245,7 @@ async fn outage_query_service_killed_mid_stream_converges_after_restart() {
     .await;
     let diffs = differences(&database_url, &mongodb_uri(), &names.mongo_db).await;
     assert!(diffs.is_empty(), "{diffs:?}");
-    process.child.kill().expect("stop");
-    let _ = process.child.wait();
+    drop(process);
     command.stop().await;
     names.cleanup().await;
 }

@@ -3,6 +3,7 @@ use chrono::{Duration as Span, TimeZone, Utc};
 use events::{Envelope, EventType, Field, TodoState, SCHEMA_VERSION};
 use query_service::store::{Store, Stored};
 use rand::seq::SliceRandom;
+use rand::SeedableRng;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -40,8 +41,27 @@ async fn stats(client: &reqwest::Client, query: &Running) -> Value {
     get_json(client, &query.url("/stats")).await
 }
 
+/// The seeds of the shuffles: `PROJECTION_SEED` alone when it is set (to replay a run), else
+/// three new ones.
+fn seeds() -> Vec<u64> {
+    match std::env::var("PROJECTION_SEED") {
+        Ok(seed) => vec![seed
+            .trim()
+            .parse()
+            .expect("PROJECTION_SEED is an unsigned integer")],
+        Err(_) => (0..3).map(|_| rand::random()).collect(),
+    }
+}
+
 #[tokio::test]
 async fn duplicated_and_shuffled_events_end_at_each_todos_last_version() {
+    for seed in seeds() {
+        println!("shuffle seed {seed} (PROJECTION_SEED={seed} replays it)");
+        duplicated_and_shuffled(seed).await;
+    }
+}
+
+async fn duplicated_and_shuffled(seed: u64) {
     let names = Names::new();
     let query = spawn_query(&names).await;
     let publisher = publisher(&names.exchange).await;
@@ -76,7 +96,7 @@ async fn duplicated_and_shuffled_events_end_at_each_todos_last_version() {
         last.push((id, final_version, deleted));
     }
     let mut deliveries: Vec<&Envelope> = all.iter().chain(all.iter()).collect();
-    deliveries.shuffle(&mut rand::rng());
+    deliveries.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
     for e in &deliveries {
         publisher.publish(e).await;
     }
@@ -85,7 +105,7 @@ async fn duplicated_and_shuffled_events_end_at_each_todos_last_version() {
     let total = deliveries.len() as i64;
     eventually(
         Duration::from_secs(30),
-        "every delivery settled",
+        &format!("seed {seed}: every delivery settled"),
         || async {
             let s = stats(&client, &query).await;
             s["projection"]["applied"].as_i64().unwrap_or(0)
@@ -104,7 +124,7 @@ async fn duplicated_and_shuffled_events_end_at_each_todos_last_version() {
         assert_eq!(
             stored.version(),
             version,
-            "todo {id} ends at its last version"
+            "seed {seed}: todo {id} ends at its last version"
         );
         let response = client
             .get(query.url(&format!("/todos/{id}")))
@@ -114,14 +134,18 @@ async fn duplicated_and_shuffled_events_end_at_each_todos_last_version() {
         if deleted {
             assert!(
                 matches!(stored, Stored::Deleted { .. }),
-                "todo {id} stays deleted"
+                "seed {seed}: todo {id} stays deleted"
             );
-            assert_eq!(response.status(), 404, "todo {id}");
+            assert_eq!(response.status(), 404, "seed {seed}: todo {id}");
         } else {
-            assert_eq!(response.status(), 200, "todo {id}");
+            assert_eq!(response.status(), 200, "seed {seed}: todo {id}");
             let todo: Value = response.json().await.expect("json");
-            assert_eq!(todo["version"], version);
-            assert_eq!(todo["title"], format!("todo {id} v{version}"));
+            assert_eq!(todo["version"], version, "seed {seed}: todo {id}");
+            assert_eq!(
+                todo["title"],
+                format!("todo {id} v{version}"),
+                "seed {seed}: todo {id}"
+            );
         }
     }
     // /stats counts are at most a second old.
@@ -130,12 +154,12 @@ async fn duplicated_and_shuffled_events_end_at_each_todos_last_version() {
     })
     .await;
     let s = stats(&client, &query).await;
-    assert_eq!(s["projection"]["dead_lettered"], 0, "{s}");
+    assert_eq!(s["projection"]["dead_lettered"], 0, "seed {seed}: {s}");
     assert!(
         s["projection"]["skipped_duplicates"].as_i64().expect("n")
             + s["projection"]["superseded"].as_i64().expect("n")
             >= all.len() as i64,
-        "every second copy is skipped or folded into a newer event: {s}"
+        "seed {seed}: every second copy is skipped or folded into a newer event: {s}"
     );
     query.stop().await;
     names.cleanup().await;
@@ -180,6 +204,99 @@ async fn a_malformed_message_is_dead_lettered_and_the_next_good_one_applied() {
         0,
         "nothing left blocking the queue"
     );
+    query.stop().await;
+    names.cleanup().await;
+}
+
+/// Messages the projection settled, whatever their outcome (the shared counters).
+async fn settled(client: &reqwest::Client, query: &Running) -> i64 {
+    let p = stats(client, query).await["projection"].clone();
+    [
+        "applied",
+        "skipped_duplicates",
+        "superseded",
+        "dead_lettered",
+    ]
+    .iter()
+    .map(|k| p[k].as_i64().unwrap_or(0))
+    .sum()
+}
+
+/// Todo 1's document as MongoDB holds it, every field (also when it was projected).
+async fn raw_document(names: &Names) -> bson::Document {
+    mongodb::Client::with_uri_str(mongodb_uri())
+        .await
+        .expect("MongoDB")
+        .database(&names.mongo_db)
+        .collection::<bson::Document>("todos")
+        .find_one(bson::doc! { "_id": 1_i64 })
+        .await
+        .expect("read")
+        .expect("todo 1 has a document")
+}
+
+#[tokio::test]
+async fn a_late_or_repeated_event_never_moves_a_todo_backwards_or_rewrites_it() {
+    let names = Names::new();
+    let query = spawn_query(&names).await;
+    let publisher = publisher(&names.exchange).await;
+    let client = reqwest::Client::new();
+    let v1 = event(1, 1, EventType::TodoCreated, "todo 1 v1", false);
+    let v2 = event(1, 2, EventType::TodoUpdated, "todo 1 v2", true);
+    let v3 = event(1, 3, EventType::TodoUpdated, "todo 1 v3", false);
+    let v4 = event(1, 4, EventType::TodoDeleted, "", false);
+    // Publishes one message and waits until it is settled: each is a batch of its own, so
+    // the version guard alone decides (no folding within a batch).
+    let mut sent = 0;
+    let mut deliver = async |e: &Envelope| {
+        publisher.publish(e).await;
+        sent += 1;
+        eventually(
+            Duration::from_secs(10),
+            &format!("version {} settled", e.version),
+            || async { settled(&client, &query).await == sent },
+        )
+        .await;
+    };
+    for e in [&v1, &v2, &v3] {
+        deliver(e).await;
+    }
+    let at_v3 = raw_document(&names).await;
+    assert_eq!(at_v3.get_i64("version"), Ok(3), "{at_v3}");
+
+    for (why, e) in [("v3 again", &v3), ("v2 late", &v2), ("v1 late", &v1)] {
+        deliver(e).await;
+        assert_eq!(
+            raw_document(&names).await,
+            at_v3,
+            "{why}: the document is not written again"
+        );
+        let todo: Value = get_json(&client, &query.url("/todos/1")).await;
+        assert_eq!(
+            (todo["version"].as_i64(), todo["title"].as_str()),
+            (Some(3), Some("todo 1 v3")),
+            "{why}: {todo}"
+        );
+    }
+    let s = stats(&client, &query).await;
+    assert_eq!(
+        (
+            s["projection"]["applied"].as_i64(),
+            s["projection"]["skipped_duplicates"].as_i64()
+        ),
+        (Some(3), Some(3)),
+        "each version applied once, each repeat skipped: {s}"
+    );
+
+    // A delete is final: no older version brings the todo back.
+    deliver(&v4).await;
+    let tombstone = raw_document(&names).await;
+    for (why, e) in [("v3 after the delete", &v3), ("v1 after the delete", &v1)] {
+        deliver(e).await;
+        assert_eq!(raw_document(&names).await, tombstone, "{why}");
+        let response = client.get(query.url("/todos/1")).send().await.expect("get");
+        assert_eq!(response.status(), 404, "{why}");
+    }
     query.stop().await;
     names.cleanup().await;
 }

@@ -276,3 +276,295 @@ async fn a_min_version_waiter_beyond_the_budget_is_answered_503_at_once() {
     query.stop().await;
     names.cleanup().await;
 }
+
+/// A todo for the sorting tests: created_at and updated_at each in an order of their own, with
+/// ties (two todos share each time), so pages must break ties by id.
+fn timed(todo_id: i64, version: i64, completed: bool) -> Envelope {
+    let base = Utc
+        .with_ymd_and_hms(2026, 11, 22, 9, 0, 0)
+        .single()
+        .expect("time");
+    let created_at = base + Span::seconds((40 - todo_id) / 2);
+    let updated_at = base + Span::seconds(100 + (todo_id * 7 % 31) / 2 + 50 * (version - 1));
+    Envelope {
+        event_id: uuid::Uuid::new_v4(),
+        event_type: if version == 1 {
+            EventType::TodoCreated
+        } else {
+            EventType::TodoUpdated
+        },
+        schema_version: SCHEMA_VERSION,
+        todo_id,
+        version,
+        position: todo_id * 10 + version,
+        occurred_at: updated_at,
+        correlation_id: "reads".into(),
+        data: Some(TodoState {
+            title: format!("todo {todo_id} v{version}"),
+            description: None,
+            completed,
+            created_at,
+            updated_at,
+        }),
+        changed: if version == 1 {
+            Vec::new()
+        } else {
+            vec![events::Field::Title, events::Field::Completed]
+        },
+    }
+}
+
+/// Messages the projection settled, whatever their outcome (the shared counters).
+async fn settled(client: &reqwest::Client, query: &Running) -> i64 {
+    let s: Value = get_json(client, &query.url("/stats")).await;
+    [
+        "applied",
+        "skipped_duplicates",
+        "superseded",
+        "dead_lettered",
+    ]
+    .iter()
+    .map(|k| s["projection"][k].as_i64().unwrap_or(0))
+    .sum()
+}
+
+/// The ids of `todos` in the order `sort` lists them: by the sort key, then by id, both
+/// reversed for a descending sort.
+fn expected_order(todos: &[Envelope], sort: &str, completed: Option<bool>) -> Vec<i64> {
+    let key = sort.trim_start_matches('-');
+    let mut rows: Vec<(String, i64)> = todos
+        .iter()
+        .filter(|e| completed.is_none_or(|c| e.data.as_ref().is_some_and(|d| d.completed == c)))
+        .map(|e| {
+            let d = e.data.as_ref().expect("data");
+            let k = match key {
+                "id" => format!("{:020}", e.todo_id),
+                "created_at" => query_service::store::timestamp(d.created_at),
+                "updated_at" => query_service::store::timestamp(d.updated_at),
+                other => panic!("unknown sort {other}"),
+            };
+            (k, e.todo_id)
+        })
+        .collect();
+    rows.sort();
+    if sort.starts_with('-') {
+        rows.reverse();
+    }
+    rows.into_iter().map(|(_, id)| id).collect()
+}
+
+#[tokio::test]
+async fn every_sort_both_ways_with_and_without_completed_lists_every_todo_once_in_order() {
+    let names = Names::new();
+    let query = spawn_query(&names).await;
+    let publisher = publisher(&names.exchange).await;
+    let todos: Vec<Envelope> = (1..=30).map(|id| timed(id, 1, id % 3 == 0)).collect();
+    for e in &todos {
+        publisher.publish(e).await;
+    }
+    let client = reqwest::Client::new();
+    eventually(Duration::from_secs(20), "all 30 projected", || async {
+        settled(&client, &query).await == 30
+    })
+    .await;
+
+    for sort in [
+        "id",
+        "-id",
+        "created_at",
+        "-created_at",
+        "updated_at",
+        "-updated_at",
+    ] {
+        for completed in [None, Some(true), Some(false)] {
+            let expected = expected_order(&todos, sort, completed);
+            let filter = completed.map_or(String::new(), |c| format!("&completed={c}"));
+            // Pages of 3 end inside runs of equal times; a page of 200 holds everything.
+            for limit in [3, 200] {
+                let first = format!("/todos?sort={sort}&limit={limit}{filter}");
+                let (ids, pages) = walk(&client, &query, &first).await;
+                assert_eq!(ids, expected, "{first}");
+                if limit == 200 {
+                    assert_eq!(pages, 1, "{first}");
+                }
+            }
+        }
+    }
+    query.stop().await;
+    names.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_walk_sees_every_todo_once_while_writes_land_between_its_pages() {
+    let names = Names::new();
+    let query = spawn_query(&names).await;
+    let publisher = publisher(&names.exchange).await;
+    let client = reqwest::Client::new();
+    for id in 1..=30 {
+        publisher.publish(&timed(id, 1, false)).await;
+    }
+    let mut sent = 30;
+    eventually(Duration::from_secs(20), "all 30 projected", || async {
+        settled(&client, &query).await == sent
+    })
+    .await;
+    let mut next_id = 31;
+    // Every update carries a version above all earlier ones of any todo.
+    let mut version = 1;
+    // Sorted by a key no write changes, todos are created and others updated between pages;
+    // sorted by updated_at, which an update moves, todos are only created.
+    for (sort, updates) in [
+        ("id", true),
+        ("-id", true),
+        ("created_at", true),
+        ("-created_at", true),
+        ("updated_at", false),
+        ("-updated_at", false),
+    ] {
+        let before: Vec<i64> = walk(&client, &query, "/todos?limit=200").await.0;
+        let mut seen: Vec<i64> = Vec::new();
+        let mut next = Some(format!("/todos?sort={sort}&limit=4"));
+        let mut pages = 0;
+        while let Some(path) = next {
+            let response = client.get(query.url(&path)).send().await.expect("page");
+            assert_eq!(response.status(), 200, "{path}");
+            next = next_link(&response);
+            let page: Vec<Value> = response.json().await.expect("json array");
+            seen.extend(page.iter().map(|t| t["id"].as_i64().expect("id")));
+            pages += 1;
+            assert!(pages < 50, "{sort}: the walk ends");
+            // Writes land before the next page is read.
+            publisher.publish(&timed(next_id, 1, false)).await;
+            next_id += 1;
+            sent += 1;
+            if updates {
+                let updated = seen.last().map_or(1, |id| (id * 7) % 30 + 1);
+                version += 1;
+                publisher
+                    .publish(&timed(updated, version, version % 2 == 0))
+                    .await;
+                sent += 1;
+            }
+            eventually(Duration::from_secs(10), "the writes applied", || async {
+                settled(&client, &query).await == sent
+            })
+            .await;
+        }
+        let mut unique = seen.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            seen.len(),
+            "{sort}: a todo listed twice: {seen:?}"
+        );
+        let missed: Vec<&i64> = before.iter().filter(|id| !seen.contains(id)).collect();
+        assert!(missed.is_empty(), "{sort}: skipped {missed:?} of {seen:?}");
+    }
+    query.stop().await;
+    names.cleanup().await;
+}
+
+#[tokio::test]
+async fn min_version_of_a_todo_never_created_waits_then_says_the_read_model_is_behind() {
+    let names = Names::new();
+    let query = spawn_query_with(&names, &[("MIN_VERSION_WAIT_MS", "1500")]).await;
+    wait_for_consumer(&query).await;
+    let client = reqwest::Client::new();
+
+    // Without min_version: 404 at once.
+    let response = client.get(query.url("/todos/7")).send().await.expect("get");
+    assert_eq!(response.status(), 404);
+
+    // With it: the todo may not have arrived yet, so the answer is "behind", after the wait.
+    let started = Instant::now();
+    let response = client
+        .get(query.url("/todos/7?min_version=1"))
+        .send()
+        .await
+        .expect("get");
+    let waited = started.elapsed();
+    assert_eq!(response.status(), 503);
+    assert!(waited >= Duration::from_millis(1400), "waited {waited:?}");
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: Value = response.json().await.expect("problem");
+    assert_eq!(problem["type"], "/problems/read-model-behind", "{problem}");
+
+    // And a create that arrives during the wait answers it.
+    let waiter = tokio::spawn({
+        let (client, url) = (client.clone(), query.url("/todos/7?min_version=1"));
+        async move { client.get(url).send().await.expect("get").status() }
+    });
+    eventually(Duration::from_secs(5), "the request is waiting", || async {
+        metric(&client, &query, "min_version_waiting").await == 1.0
+    })
+    .await;
+    publisher(&names.exchange)
+        .await
+        .publish(&created(7, false))
+        .await;
+    assert_eq!(waiter.await.expect("waiter"), 200);
+    query.stop().await;
+    names.cleanup().await;
+}
+
+#[tokio::test]
+async fn request_ids_are_answered_back_and_unusable_ones_replaced() {
+    let names = Names::new();
+    let query = spawn_query(&names).await;
+    let client = reqwest::Client::new();
+    let longest = "x".repeat(128);
+    let too_long = "x".repeat(129);
+    let given: Vec<(&str, reqwest::header::HeaderValue, bool)> = vec![
+        ("plain", "abc-123".parse().expect("value"), true),
+        ("128 characters", longest.parse().expect("value"), true),
+        ("empty", "".parse().expect("value"), false),
+        ("a space", "two words".parse().expect("value"), false),
+        ("129 characters", too_long.parse().expect("value"), false),
+        (
+            "not ASCII",
+            reqwest::header::HeaderValue::from_bytes("café".as_bytes()).expect("value"),
+            false,
+        ),
+        (
+            "not UTF-8",
+            reqwest::header::HeaderValue::from_bytes(b"id-\xff").expect("value"),
+            false,
+        ),
+    ];
+    // Answers of each kind: a list, a todo, a todo that is not there, a bad parameter, stats.
+    for path in ["/todos", "/todos/1", "/todos?limit=0", "/stats"] {
+        for (why, value, kept) in &given {
+            let response = client
+                .get(query.url(path))
+                .header("x-request-id", value.clone())
+                .send()
+                .await
+                .expect("sent");
+            let answered = response
+                .headers()
+                .get("x-request-id")
+                .unwrap_or_else(|| panic!("{path}, {why}: no X-Request-Id"))
+                .clone();
+            if *kept {
+                assert_eq!(&answered, value, "{path}, {why}: kept");
+            } else {
+                let id = answered.to_str().expect("ASCII");
+                assert!(
+                    uuid::Uuid::parse_str(id).is_ok(),
+                    "{path}, {why}: replaced by a new id, got {id:?}"
+                );
+            }
+        }
+        // None given: a new one.
+        let response = client.get(query.url(path)).send().await.expect("sent");
+        let id = response.headers()["x-request-id"].to_str().expect("ASCII");
+        assert!(uuid::Uuid::parse_str(id).is_ok(), "{path}: {id:?}");
+    }
+    query.stop().await;
+    names.cleanup().await;
+}

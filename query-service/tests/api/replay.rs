@@ -117,3 +117,95 @@ async fn replay_rebuilds_the_read_model_from_the_log_and_repairs_a_gap() {
     command.stop().await;
     names.cleanup().await;
 }
+
+/// `GET /events` requests command-service answered 200, from its metrics.
+async fn feed_requests(client: &reqwest::Client, command: &Running) -> u64 {
+    let text = client
+        .get(command.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let sample = r#"http_requests_total{route="GET /events",status="200"} "#;
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample))
+        .map_or(0, |v| v.trim().parse().expect("a count"))
+}
+
+#[tokio::test]
+async fn replay_reads_a_log_longer_than_a_page_page_by_page() {
+    let names = Names::new();
+    let (command, database_url) = spawn_command(&names).await;
+    let client = reqwest::Client::new();
+    // 5 todos, 3 updated twice, 1 deleted: 12 events.
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let created: Value = write(
+            &client,
+            "POST",
+            command.url("/todos"),
+            Some(json!({ "title": format!("paged {i}") })),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+        ids.push(created["id"].as_i64().expect("id"));
+    }
+    for id in &ids[..3] {
+        for body in [
+            json!({ "completed": true }),
+            json!({ "description": "again" }),
+        ] {
+            let url = command.url(&format!("/todos/{id}"));
+            assert_eq!(write(&client, "PATCH", url, Some(body)).await.status(), 200);
+        }
+    }
+    let url = command.url(&format!("/todos/{}", ids[4]));
+    assert_eq!(write(&client, "DELETE", url, None).await.status(), 204);
+    let log: Vec<Value> = get_json(&client, &command.url("/events?after=0&limit=1000")).await;
+    let events = 12;
+    assert_eq!(log.len(), events, "the log: {log:?}");
+    let last_position = log[events - 1]["position"].as_i64().expect("position");
+
+    // Pages of 5 (5, 5, 2), of 4 (4, 4, 4, then an empty page: the log ends on a page's edge)
+    // and of 1: each into an empty read model of its own.
+    for (page_size, pages) in [(5, 3), (4, 4), (1, 13)] {
+        let mongo_db = format!("{}_page{page_size}", names.mongo_db);
+        let store = query_service::store::Store::connect(&mongodb_uri(), &mongo_db)
+            .await
+            .expect("MongoDB");
+        let before = feed_requests(&client, &command).await;
+        let report = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            query_service::replay::replay_with_page_size(&store, &command.address, page_size),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("pages of {page_size}: replay ends within 30 s"))
+        .expect("replay");
+        assert_eq!(
+            (report.read, report.applied, report.skipped),
+            (events as u64, events as u64, 0),
+            "pages of {page_size}: every event read and applied once"
+        );
+        assert_eq!(report.last_position, last_position, "pages of {page_size}");
+        assert_eq!(
+            feed_requests(&client, &command).await - before,
+            pages,
+            "pages of {page_size}: pages read"
+        );
+        let diffs = differences(&database_url, &mongodb_uri(), &mongo_db).await;
+        assert!(diffs.is_empty(), "pages of {page_size}: {diffs:#?}");
+        mongodb::Client::with_uri_str(mongodb_uri())
+            .await
+            .expect("MongoDB")
+            .database(&mongo_db)
+            .drop()
+            .await
+            .expect("drop the page's database");
+    }
+    command.stop().await;
+    names.cleanup().await;
+}

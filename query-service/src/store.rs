@@ -378,6 +378,22 @@ impl Store {
     /// said of any event); a [`Refused`] entry is MongoDB refusing that event's write; the
     /// older events of that todo in the batch are left unsettled (`None`).
     pub async fn apply_batch(&self, events: &[Envelope]) -> mongodb::error::Result<BatchResult> {
+        self.apply_batch_between_tries(events, || async {}).await
+    }
+
+    /// [`Store::apply_batch`], running `between_tries` after a first try that met duplicate
+    /// keys and before the second: the moment at which, in a race, another replica's insert
+    /// has landed. A test uses it to be that replica, since a server that runs one command at
+    /// a time never interleaves two replicas' upserts by itself.
+    pub async fn apply_batch_between_tries<F, Fut>(
+        &self,
+        events: &[Envelope],
+        mut between_tries: F,
+    ) -> mongodb::error::Result<BatchResult>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
         // The newest event of each todo is written; the others follow its fate.
         let mut newest: HashMap<i64, usize> = HashMap::new();
         for (i, e) in events.iter().enumerate() {
@@ -394,6 +410,9 @@ impl Store {
         for attempt in 0..2 {
             if pending.is_empty() {
                 break;
+            }
+            if attempt > 0 {
+                between_tries().await;
             }
             let errors = self
                 .bulk_upsert(pending.iter().map(|&i| &events[i]))

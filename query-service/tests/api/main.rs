@@ -12,5 +12,6 @@ mod outage;
 mod projection;
 mod reads;
 mod replay;
+mod replicas;
 mod shutdown;
 mod verify;

@@ -249,3 +249,111 @@ async fn outage_query_service_killed_mid_stream_converges_after_restart() {
     command.stop().await;
     names.cleanup().await;
 }
+
+/// RabbitMQ stops and starts again under a running pair: query-service keeps answering reads
+/// from MongoDB, `/ready` stays 200 (reads need MongoDB only) and reports the broker down; the
+/// consumer reconnects once RabbitMQ is back (its connection attempts grow) and projects what
+/// was written meanwhile.
+#[tokio::test]
+async fn outage_of_rabbitmq_query_service_reports_it_keeps_reading_and_reconnects() {
+    let names = Names::new();
+    let query = spawn_query(&names).await;
+    let (command, database_url) = spawn_command(&names).await;
+    let client = reqwest::Client::new();
+    let create = |title: String| {
+        let (client, url) = (client.clone(), command.url("/todos"));
+        async move {
+            let response = client
+                .post(url)
+                .json(&json!({ "title": title }))
+                .send()
+                .await
+                .expect("post");
+            assert_eq!(response.status(), 201);
+            response.json::<Value>().await.expect("json")["id"]
+                .as_i64()
+                .expect("id")
+        }
+    };
+    let first = create("before".into()).await;
+    eventually(
+        Duration::from_secs(20),
+        "the first todo applied",
+        || async { settled_by(&client, &query.address).await == 1.0 },
+    )
+    .await;
+    let ready: Value = get_json(&client, &query.url("/ready")).await;
+    assert_eq!(ready["checks"]["rabbitmq"], "up", "{ready}");
+    let attempts_before = metric(&client, &query, "consumer_connection_attempts_total").await;
+
+    let restart = Restart("start-rabbitmq");
+    services("stop-rabbitmq");
+    eventually(
+        Duration::from_secs(30),
+        "/ready reports the broker down",
+        || async {
+            let response = client.get(query.url("/ready")).send().await.expect("ready");
+            let status = response.status();
+            let body: Value = response.json().await.expect("json");
+            assert_eq!(status, 200, "reads need MongoDB only: {body}");
+            body["checks"]["rabbitmq"] == "down"
+        },
+    )
+    .await;
+    // Reads go on from the read model.
+    let response = client
+        .get(query.url(&format!("/todos/{first}")))
+        .send()
+        .await
+        .expect("read");
+    assert_eq!(response.status(), 200);
+    // Writes go on too: command-service keeps them in its outbox.
+    let mut during = Vec::new();
+    for i in 0..5 {
+        during.push(create(format!("during {i}")).await);
+    }
+    // The consumer keeps trying while the broker is away.
+    eventually(
+        Duration::from_secs(30),
+        "the consumer tried to reconnect",
+        || async {
+            metric(&client, &query, "consumer_connection_attempts_total").await
+                >= attempts_before + 1.0
+        },
+    )
+    .await;
+    assert_eq!(settled_by(&client, &query.address).await, 1.0);
+    drop(restart);
+
+    eventually(
+        Duration::from_secs(60),
+        "/ready reports the broker up again",
+        || async {
+            get_json::<Value>(&client, &query.url("/ready")).await["checks"]["rabbitmq"] == "up"
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(60),
+        "what was written during the outage is readable",
+        || async {
+            let mut all = true;
+            for id in &during {
+                let status = client
+                    .get(query.url(&format!("/todos/{id}")))
+                    .send()
+                    .await
+                    .expect("read")
+                    .status();
+                all &= status == 200;
+            }
+            all
+        },
+    )
+    .await;
+    let diffs = differences(&database_url, &mongodb_uri(), &names.mongo_db).await;
+    assert!(diffs.is_empty(), "{diffs:?}");
+    command.stop().await;
+    query.stop().await;
+    names.cleanup().await;
+}

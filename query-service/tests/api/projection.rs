@@ -362,7 +362,10 @@ async fn a_version_racing_another_replicas_insert_lands_on_the_second_try() {
     );
     let stored = store.get(1).await.expect("read").expect("stored");
     assert_eq!(stored.version(), 2);
-    assert_eq!(store.get(2).await.expect("read").expect("stored").version(), 5);
+    assert_eq!(
+        store.get(2).await.expect("read").expect("stored").version(),
+        5
+    );
     names.cleanup().await;
     collection.drop().await.expect("drop");
 }

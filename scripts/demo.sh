@@ -46,7 +46,7 @@ wait_ready() { # url [pid name]
     if [[ -n "${2:-}" ]] && ! kill -0 "$2" 2>/dev/null; then
       fail "$3 exited before answering; its log (.local/demo-$3.log) ends with: $(tail -n 5 ".local/demo-$3.log" 2>/dev/null)"
     fi
-    if curl -fsS "$1/ready" >/dev/null 2>&1; then return 0; fi
+    if curl -fsS --max-time 2 "$1/ready" >/dev/null 2>&1; then return 0; fi
     sleep 0.5
   done
   fail "$1/ready did not answer 200 within 60 s"

@@ -1,0 +1,74 @@
+//! README.md's table of promises names, for each one, the test that proves it: every name it
+//! gives must be a test in this workspace.
+
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .into()
+}
+
+/// The file that holds a test, from the name `cargo nextest list` prints: `<crate>::api` for a
+/// crate's integration tests (`tests/api/`), `<crate>` for its unit tests (`src/`).
+fn file_of(binary: &str, test: &str) -> (PathBuf, String) {
+    let mut path: Vec<&str> = test.split("::").collect();
+    let name = path.pop().expect("a test name").to_string();
+    let (krate, integration) = match binary.strip_suffix("::api") {
+        Some(krate) => (krate, true),
+        None => (binary, false),
+    };
+    if path.last() == Some(&"tests") {
+        path.pop();
+    }
+    let dir = root()
+        .join(krate)
+        .join(if integration { "tests/api" } else { "src" });
+    let file = match path.as_slice() {
+        [] if integration => dir.join("main.rs"),
+        [] => dir.join("lib.rs"),
+        modules => {
+            let flat = dir.join(format!("{}.rs", modules.join("/")));
+            if flat.exists() {
+                flat
+            } else {
+                dir.join(modules.join("/")).join("mod.rs")
+            }
+        }
+    };
+    (file, name)
+}
+
+#[test]
+fn every_test_the_readme_table_names_exists() {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    let start = readme
+        .find("### Each promise and the test that proves it")
+        .expect("README.md has the table of promises");
+    let section = &readme[start..];
+    let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+    let rows: Vec<&str> = section
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| Promise"))
+        .collect();
+    assert!(rows.len() >= 40, "{} rows", rows.len());
+    let mut missing = Vec::new();
+    for row in rows {
+        let cells: Vec<&str> = row.split(" | ").collect();
+        assert_eq!(cells.len(), 3, "three columns: {row}");
+        let names: Vec<&str> = cells[1].split('`').skip(1).step_by(2).collect();
+        assert!(!names.is_empty(), "a row without a test: {row}");
+        for full in names {
+            let (binary, test) = full
+                .split_once(' ')
+                .unwrap_or_else(|| panic!("`<binary> <test>` as nextest prints it: {full}"));
+            let (file, name) = file_of(binary, test);
+            let source = std::fs::read_to_string(&file).unwrap_or_default();
+            if !source.contains(&format!("fn {name}(")) {
+                missing.push(format!("{full} (looked in {})", file.display()));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "not found:\n{}", missing.join("\n"));
+}

@@ -146,21 +146,19 @@ impl ApiError {
     }
 }
 
-impl From<diesel::result::Error> for ApiError {
-    fn from(err: diesel::result::Error) -> Self {
-        if crate::db::is_unavailable(&err) {
-            ApiError::Unavailable(err.to_string())
-        } else {
-            ApiError::Internal(anyhow::Error::new(err).context("database query failed"))
+/// The edge between the commands and HTTP: each way a command fails, as its answer.
+impl From<crate::todos::CommandError> for ApiError {
+    fn from(err: crate::todos::CommandError) -> Self {
+        use crate::todos::CommandError;
+        match err {
+            CommandError::NotFound(id) => ApiError::NotFound(format!("Todo {id} does not exist.")),
+            CommandError::PreconditionFailed { current } => {
+                ApiError::PreconditionFailed { current }
+            }
+            CommandError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
+            CommandError::Unavailable(cause) => ApiError::Unavailable(cause),
+            CommandError::Internal(err) => ApiError::Internal(err),
         }
-    }
-}
-
-impl From<diesel_async::pooled_connection::deadpool::PoolError> for ApiError {
-    fn from(err: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
-        // Timeouts waiting for a connection and failures to open one both mean PostgreSQL is
-        // not reachable right now.
-        ApiError::Unavailable(err.to_string())
     }
 }
 
@@ -198,6 +196,7 @@ pub async fn handle_rejection(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::todos::CommandError;
     use diesel_async::pooled_connection::deadpool::PoolError;
 
     #[test]
@@ -207,7 +206,10 @@ mod tests {
             Box::new("canceling statement due to lock timeout".to_string()),
         );
         let pool_timeout = PoolError::Timeout(deadpool::managed::TimeoutType::Wait);
-        for error in [ApiError::from(lock_timeout), ApiError::from(pool_timeout)] {
+        for error in [
+            ApiError::from(CommandError::from(lock_timeout)),
+            ApiError::from(CommandError::from(pool_timeout)),
+        ] {
             let why = format!("{error:?}");
             let response = error.into_response();
             assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{why}");

@@ -4,7 +4,6 @@
 //! [`crate::event_log`] for how events get their position afterwards.
 
 use crate::db::{bind, prepared, PgPool, PooledConn};
-use crate::error::ApiError;
 use crate::event_log::{self, LogError};
 use crate::input::{TodoInput, TodoPatch};
 use crate::schema::todos;
@@ -56,11 +55,48 @@ impl Commands {
     }
 }
 
-impl From<LogError> for ApiError {
+/// Why a command did not happen. Nothing here knows HTTP: `crate::error` maps each case to
+/// its answer once, at the edge.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("todo {0} does not exist")]
+    NotFound(i64),
+    /// `If-Match` did not match; `current` is the todo's version, `None` when it does not
+    /// exist (`If-Match: *` on a missing todo).
+    #[error("precondition failed: current version is {current:?}")]
+    PreconditionFailed { current: Option<i64> },
+    #[error("Idempotency-Key reused with a different request")]
+    IdempotencyKeyReused,
+    /// PostgreSQL cannot serve now (down, a timeout, the pool exhausted): nothing changed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<diesel::result::Error> for CommandError {
+    fn from(err: diesel::result::Error) -> Self {
+        if crate::db::is_unavailable(&err) {
+            CommandError::Unavailable(err.to_string())
+        } else {
+            CommandError::Internal(anyhow::Error::new(err).context("database query failed"))
+        }
+    }
+}
+
+impl From<diesel_async::pooled_connection::deadpool::PoolError> for CommandError {
+    fn from(err: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
+        // Timeouts waiting for a connection and failures to open one both mean PostgreSQL is
+        // not reachable right now.
+        CommandError::Unavailable(err.to_string())
+    }
+}
+
+impl From<LogError> for CommandError {
     fn from(err: LogError) -> Self {
         match err {
             LogError::Db(e) => e.into(),
-            corrupt @ LogError::Corrupt { .. } => ApiError::Internal(corrupt.into()),
+            corrupt @ LogError::Corrupt { .. } => CommandError::Internal(corrupt.into()),
         }
     }
 }
@@ -84,7 +120,7 @@ fn state_json(
     completed: bool,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
-) -> Result<serde_json::Value, ApiError> {
+) -> Result<serde_json::Value, CommandError> {
     serde_json::to_value(TodoState {
         title: title.to_string(),
         description: description.clone(),
@@ -92,7 +128,7 @@ fn state_json(
         created_at,
         updated_at,
     })
-    .map_err(|e| ApiError::Internal(anyhow::Error::new(e)))
+    .map_err(|e| CommandError::Internal(anyhow::Error::new(e)))
 }
 
 /// Which of the two update routes a change came from.
@@ -110,11 +146,11 @@ pub enum Precondition {
 }
 
 impl Precondition {
-    fn check(&self, current: i64) -> Result<(), ApiError> {
+    fn check(&self, current: i64) -> Result<(), CommandError> {
         match self {
             Precondition::Any => Ok(()),
             Precondition::Versions(v) if v.contains(&current) => Ok(()),
-            Precondition::Versions(_) => Err(ApiError::PreconditionFailed {
+            Precondition::Versions(_) => Err(CommandError::PreconditionFailed {
                 current: Some(current),
             }),
         }
@@ -123,10 +159,10 @@ impl Precondition {
 
 /// The answer for a todo that does not exist: `If-Match: *` is false when there is no current
 /// representation (RFC 9110 13.1.1), so 412; otherwise 404.
-fn missing(id: i64, precondition: Option<&Precondition>) -> ApiError {
+fn missing(id: i64, precondition: Option<&Precondition>) -> CommandError {
     match precondition {
-        Some(Precondition::Any) => ApiError::PreconditionFailed { current: None },
-        _ => ApiError::NotFound(format!("Todo {id} does not exist.")),
+        Some(Precondition::Any) => CommandError::PreconditionFailed { current: None },
+        _ => CommandError::NotFound(id),
     }
 }
 
@@ -150,19 +186,19 @@ pub enum Created {
 /// Errors inside a transaction: an API error, or "another request with the same
 /// Idempotency-Key committed first" (roll back, then replay its response).
 enum TxError {
-    Api(ApiError),
+    Command(CommandError),
     KeyTaken,
 }
 
 impl From<diesel::result::Error> for TxError {
     fn from(e: diesel::result::Error) -> Self {
-        TxError::Api(e.into())
+        TxError::Command(e.into())
     }
 }
 
-impl From<ApiError> for TxError {
-    fn from(e: ApiError) -> Self {
-        TxError::Api(e)
+impl From<CommandError> for TxError {
+    fn from(e: CommandError) -> Self {
+        TxError::Command(e)
     }
 }
 
@@ -171,7 +207,7 @@ fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
-async fn conn(pool: &PgPool) -> Result<PooledConn, ApiError> {
+async fn conn(pool: &PgPool) -> Result<PooledConn, CommandError> {
     Ok(pool.get().await?)
 }
 
@@ -189,7 +225,7 @@ async fn stored_response(
     conn: &mut AsyncPgConnection,
     idem: &Idempotency,
     ttl_hours: i64,
-) -> Result<Option<Created>, ApiError> {
+) -> Result<Option<Created>, CommandError> {
     let stored: Option<StoredResponse> = diesel::sql_query(
         "SELECT request_hash, response_status, response_body FROM idempotency_keys \
          WHERE key = $1 AND created_at > now() - make_interval(hours => $2::int)",
@@ -201,7 +237,7 @@ async fn stored_response(
     .optional()?;
     match stored {
         None => Ok(None),
-        Some(s) if s.request_hash != idem.request_hash => Err(ApiError::IdempotencyKeyReused),
+        Some(s) if s.request_hash != idem.request_hash => Err(CommandError::IdempotencyKeyReused),
         Some(s) => Ok(Some(Created::Replayed {
             status: u16::try_from(s.response_status).unwrap_or(201),
             body: s.response_body,
@@ -256,7 +292,7 @@ async fn insert_todo(
     conn: &mut AsyncPgConnection,
     input: &TodoInput,
     correlation_id: &str,
-) -> Result<Todo, ApiError> {
+) -> Result<Todo, CommandError> {
     let at = now();
     let data = state_json(&input.title, &input.description, input.completed, at, at)?;
     let statement = prepared(
@@ -282,7 +318,7 @@ impl Commands {
         input: TodoInput,
         idempotency: Option<Idempotency>,
         correlation_id: &str,
-    ) -> Result<Created, ApiError> {
+    ) -> Result<Created, CommandError> {
         let mut pooled = conn(&self.pool).await?;
         let conn: &mut AsyncPgConnection = &mut pooled;
         let Some(idem) = idempotency else {
@@ -299,7 +335,7 @@ impl Commands {
             .transaction::<_, TxError, _>(async |conn| {
                 let todo = insert_todo(conn, &input, correlation_id).await?;
                 let body = serde_json::to_value(&todo)
-                    .map_err(|e| ApiError::Internal(anyhow::Error::new(e)))?;
+                    .map_err(|e| CommandError::Internal(anyhow::Error::new(e)))?;
                 // Takes the key unless a live entry holds it; an expired one is replaced.
                 let taken = diesel::sql_query(
                     "INSERT INTO idempotency_keys (key, request_hash, response_status, response_body) \
@@ -327,14 +363,14 @@ impl Commands {
                 tracing::info!(todo_id = todo.id, version = todo.version, "todo created");
                 Ok(Created::New(todo))
             }
-            Err(TxError::Api(e)) => Err(e),
+            Err(TxError::Command(e)) => Err(e),
             // A concurrent request with the same key committed while we worked: our
             // transaction rolled back, so answer with what it stored.
             Err(TxError::KeyTaken) => {
                 stored_response(conn, &idem, ttl_hours)
                     .await?
                     .ok_or_else(|| {
-                        ApiError::Internal(anyhow::anyhow!(
+                        CommandError::Internal(anyhow::anyhow!(
                             "idempotency key vanished after conflict"
                         ))
                     })
@@ -351,10 +387,10 @@ impl Commands {
         change: Change,
         precondition: Option<Precondition>,
         correlation_id: &str,
-    ) -> Result<Todo, ApiError> {
+    ) -> Result<Todo, CommandError> {
         let mut pooled = conn(&self.pool).await?;
         let (todo, written) = (&mut *pooled as &mut AsyncPgConnection)
-            .transaction::<_, ApiError, _>(async |conn| {
+            .transaction::<_, CommandError, _>(async |conn| {
                 let current = locked(conn, id)
                     .await?
                     .ok_or_else(|| missing(id, precondition.as_ref()))?;
@@ -391,7 +427,7 @@ impl Commands {
                 let at = now();
                 let data = state_json(&title, &description, completed, current.created_at, at)?;
                 let changed = serde_json::to_value(&changed)
-                    .map_err(|e| ApiError::Internal(anyhow::Error::new(e)))?;
+                    .map_err(|e| CommandError::Internal(anyhow::Error::new(e)))?;
                 let statement = prepared(
                     UPDATE,
                     (
@@ -425,17 +461,17 @@ impl Commands {
         id: i64,
         precondition: Option<Precondition>,
         correlation_id: &str,
-    ) -> Result<i64, ApiError> {
+    ) -> Result<i64, CommandError> {
         let mut pooled = conn(&self.pool).await?;
         let conn: &mut AsyncPgConnection = &mut pooled;
-        let not_found = || ApiError::NotFound(format!("Todo {id} does not exist."));
+        let not_found = || CommandError::NotFound(id);
         let version = match &precondition {
             // No precondition: one statement.
             None => delete_row(conn, id, correlation_id)
                 .await?
                 .ok_or_else(not_found)?,
             Some(p) => {
-                conn.transaction::<_, ApiError, _>(async |conn| {
+                conn.transaction::<_, CommandError, _>(async |conn| {
                     let current = locked(conn, id)
                         .await?
                         .ok_or_else(|| missing(id, Some(p)))?;
@@ -454,7 +490,7 @@ impl Commands {
 
     /// `GET /events?after=&limit=`: committed events after `after`, oldest first. Stamps what
     /// is pending first (see [`event_log::feed`]), and wakes the relay for what it stamped.
-    pub async fn feed(&self, after: i64, limit: i64) -> Result<Vec<Envelope>, ApiError> {
+    pub async fn feed(&self, after: i64, limit: i64) -> Result<Vec<Envelope>, CommandError> {
         let mut conn = conn(&self.pool).await?;
         let (events, stamped) = event_log::feed(&mut conn, after, limit).await?;
         if stamped > 0 {
@@ -464,13 +500,13 @@ impl Commands {
     }
 
     /// Events committed but not yet confirmed by RabbitMQ, and why the last publish failed.
-    pub async fn outbox(&self) -> Result<event_log::Outbox, ApiError> {
+    pub async fn outbox(&self) -> Result<event_log::Outbox, CommandError> {
         let mut conn = conn(&self.pool).await?;
         Ok(event_log::outbox(&mut conn).await?)
     }
 
     /// Whether PostgreSQL answers.
-    pub async fn ping(&self) -> Result<(), ApiError> {
+    pub async fn ping(&self) -> Result<(), CommandError> {
         #[derive(QueryableByName)]
         struct One {
             #[diesel(sql_type = Bool)]
@@ -508,7 +544,7 @@ async fn delete_row(
 }
 
 /// The todo, its row locked until the transaction ends; `None` when there is no such todo.
-async fn locked(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<Todo>, ApiError> {
+async fn locked(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<Todo>, CommandError> {
     Ok(todos::table
         .find(id)
         .select(Todo::as_select())

@@ -23,6 +23,10 @@ pub enum ApiError {
     Behind { have: Option<i64>, want: i64 },
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// Anything else: a bug, or a stored document this version cannot read. 500, with the
+    /// cause in the log only.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
 }
 
 impl ApiError {
@@ -32,13 +36,16 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Behind { .. } | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     pub fn into_response(self) -> Response {
         let status = self.status();
-        if let ApiError::Unavailable(cause) = &self {
-            tracing::warn!(%cause, "read model store unavailable");
+        match &self {
+            ApiError::Unavailable(cause) => tracing::warn!(%cause, "read model store unavailable"),
+            ApiError::Internal(err) => tracing::error!(error = ?err, "request failed"),
+            _ => {}
         }
         let (kind, title, detail) = match &self {
             ApiError::InvalidQuery(errors) => (
@@ -71,6 +78,11 @@ impl ApiError {
                 "Service unavailable",
                 "The read model store is unavailable. Retry later.".into(),
             ),
+            ApiError::Internal(_) => (
+                "/problems/internal",
+                "Internal server error",
+                "An unexpected error occurred.".into(),
+            ),
         };
         let mut problem = Problem::new(kind, title, detail);
         if let ApiError::InvalidQuery(errors) = &self {
@@ -80,9 +92,15 @@ impl ApiError {
     }
 }
 
+/// Only a store that cannot serve now (out of reach, restarting, a primary stepping down) is
+/// 503 "retry later"; any other MongoDB error is a fault retrying will not mend: 500.
 impl From<mongodb::error::Error> for ApiError {
     fn from(err: mongodb::error::Error) -> Self {
-        ApiError::Unavailable(err.to_string())
+        if crate::store::is_transient(&err) {
+            ApiError::Unavailable(err.to_string())
+        } else {
+            ApiError::Internal(anyhow::Error::new(err).context("read model query failed"))
+        }
     }
 }
 
@@ -99,8 +117,7 @@ pub async fn handle_rejection(
     } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {
         ApiError::BadRequest(e.to_string())
     } else {
-        tracing::error!(?rejection, "unhandled rejection");
-        ApiError::BadRequest("The request could not be handled.".into())
+        ApiError::Internal(anyhow::anyhow!("unhandled rejection: {rejection:?}"))
     };
     Ok(error.into_response())
 }

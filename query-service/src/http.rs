@@ -230,7 +230,7 @@ pub fn list_query(params: &HashMap<String, String>) -> Result<ListQuery, ApiErro
 /// The `cursor` parameter of a next link.
 pub fn encode_cursor(c: &Cursor) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(serde_json::to_vec(c).unwrap_or_default())
+        .encode(serde_json::to_vec(c).expect("a cursor (numbers and text) always serializes"))
 }
 
 /// The largest id a cursor may hold: far above any todo id, far from overflowing the windows

@@ -567,11 +567,11 @@ impl Store {
     }
 
     pub async fn get(&self, id: i64) -> mongodb::error::Result<Option<Stored>> {
-        Ok(self
-            .todos
+        self.todos
             .find_one(doc! { "_id": id })
             .await?
-            .and_then(|d| from_document(&d)))
+            .map(|d| read_document(&d))
+            .transpose()
     }
 
     /// The stored documents of `ids` (point reads), by id; `None` for a document this version
@@ -643,7 +643,9 @@ impl Store {
         let todos: Vec<Todo> = docs
             .iter()
             .take(q.limit as usize)
-            .filter_map(from_document)
+            .map(read_document)
+            .collect::<mongodb::error::Result<Vec<_>>>()?
+            .into_iter()
             .filter_map(|s| match s {
                 Stored::Live(t) => Some(t),
                 Stored::Deleted { .. } => None,
@@ -701,7 +703,11 @@ impl Store {
                 .await?
                 .try_collect()
                 .await?;
-            for stored in docs.iter().filter_map(from_document) {
+            for stored in docs
+                .iter()
+                .map(read_document)
+                .collect::<mongodb::error::Result<Vec<_>>>()?
+            {
                 if let Stored::Live(t) = stored {
                     if q.completed.is_none_or(|c| c == t.completed) && found.len() <= limit {
                         found.push(t);
@@ -793,6 +799,7 @@ impl Store {
             .stats
             .find_one(doc! { "_id": STATS_ID })
             .await?
+            // No counters document yet: no batch was ever recorded, every figure is 0.
             .unwrap_or_default();
         let int = |k: &str| p.get(k).and_then(Bson::as_i64).unwrap_or(0);
         let text = |k: &str| p.get_str(k).ok().map(str::to_string);
@@ -863,6 +870,20 @@ fn guarded_upsert(e: &Envelope) -> (Document, Document) {
     (filter, update)
 }
 
+/// [`from_document`] for a read that answers a client: a document this version cannot read is
+/// an error (500 on the API), never taken for a missing todo.
+fn read_document(d: &Document) -> mongodb::error::Result<Stored> {
+    from_document(d).ok_or_else(|| {
+        mongodb::error::Error::custom(format!(
+            "a stored document this version cannot read: {}",
+            d.get("_id")
+                .map_or_else(|| "no _id".to_string(), ToString::to_string)
+        ))
+    })
+}
+
+/// A stored document as a todo or a tombstone; `None` when a field is missing or of another
+/// type.
 fn from_document(d: &Document) -> Option<Stored> {
     let id = d.get_i64("_id").ok()?;
     let version = d.get_i64("version").ok()?;

@@ -3,8 +3,9 @@
 //! metrics, the route table, problem+json answers), and the healthcheck probe their
 //! containers call.
 //!
-//! It lives here because the workspace has one shared crate (see DESIGN.md); the feature keeps
-//! the contract itself free of warp, tokio and tracing for anyone who only needs the types.
+//! It lives here because the workspace has one shared crate, `events` (README.md, Layout); the
+//! feature keeps the contract itself free of warp, tokio and tracing for anyone who only needs
+//! the types.
 
 pub mod http;
 pub mod metrics;

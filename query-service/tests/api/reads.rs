@@ -568,3 +568,36 @@ async fn request_ids_are_answered_back_and_unusable_ones_replaced() {
     query.stop().await;
     names.cleanup().await;
 }
+
+/// A stored document this version cannot read is a fault (500 problem+json, the cause in the
+/// log), on a read by id and on a list that meets it: never a 404 "no such todo", never a 503
+/// "retry later", never left out of a list in silence.
+#[tokio::test]
+async fn a_stored_document_that_cannot_be_read_is_500_not_404_or_503() {
+    let names = Names::new();
+    let query = spawn_query(&names).await;
+    let client = reqwest::Client::new();
+    mongodb::Client::with_uri_str(mongodb_uri())
+        .await
+        .expect("client")
+        .database(&names.mongo_db)
+        .collection::<mongodb::bson::Document>("todos")
+        .insert_one(mongodb::bson::doc! {
+            "_id": 7_i64, "version": "three", "deleted": false, "title": 5,
+        })
+        .await
+        .expect("insert");
+    for path in ["/todos/7", "/todos", "/todos?limit=1"] {
+        let response = client.get(query.url(path)).send().await.expect("read");
+        assert_eq!(response.status(), 500, "{path}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{path}"
+        );
+        let problem: Value = response.json().await.expect("problem");
+        assert_eq!(problem["type"], "/problems/internal", "{path}: {problem}");
+    }
+    query.stop().await;
+    names.cleanup().await;
+}

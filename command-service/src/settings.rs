@@ -60,11 +60,11 @@ pub struct Settings {
     #[serde(default = "default_idempotency_ttl_hours")]
     pub idempotency_ttl_hours: i64,
     /// `HTTP_MAX_CONNECTIONS`: connections served at once; more wait to be accepted.
-    #[serde(default = "default_http_max_connections")]
+    #[serde(default = "events::service::server::default_max_connections")]
     pub http_max_connections: usize,
     /// `HTTP_HEADER_READ_TIMEOUT_MS`: a client must send a request's headers within this, or
     /// its connection is closed (also how long an idle keep-alive connection is kept).
-    #[serde(default = "default_http_header_read_timeout_ms")]
+    #[serde(default = "events::service::server::default_header_read_timeout_ms")]
     pub http_header_read_timeout_ms: u64,
     /// `LOG_FORMAT`: `pretty` (default) or `json`.
     #[serde(default)]
@@ -123,22 +123,13 @@ fn default_rust_log() -> String {
     "info,command_service=info".into()
 }
 
-fn default_http_max_connections() -> usize {
-    1_024
-}
-fn default_http_header_read_timeout_ms() -> u64 {
-    10_000
-}
-
 impl Settings {
-    /// The HTTP server's limits (see `events::service::server`). Shutdown waits up to 20 s
-    /// for requests in flight, under the 30 s a container platform gives before SIGKILL.
+    /// The HTTP server's limits (see `events::service::server::Limits`).
     pub fn server_limits(&self) -> events::service::server::Limits {
-        events::service::server::Limits {
-            max_connections: self.http_max_connections,
-            header_read_timeout: std::time::Duration::from_millis(self.http_header_read_timeout_ms),
-            drain: std::time::Duration::from_secs(20),
-        }
+        events::service::server::Limits::new(
+            self.http_max_connections,
+            self.http_header_read_timeout_ms,
+        )
     }
 
     /// Reads the settings from the process environment.

@@ -26,6 +26,29 @@ pub struct Limits {
     pub drain: Duration,
 }
 
+impl Limits {
+    /// The limits from a service's `HTTP_MAX_CONNECTIONS` and `HTTP_HEADER_READ_TIMEOUT_MS`.
+    /// Shutdown waits up to 20 s for requests in flight, under the 30 s a container platform
+    /// gives before SIGKILL.
+    pub fn new(max_connections: usize, header_read_timeout_ms: u64) -> Self {
+        Limits {
+            max_connections,
+            header_read_timeout: Duration::from_millis(header_read_timeout_ms),
+            drain: Duration::from_secs(20),
+        }
+    }
+}
+
+/// `HTTP_MAX_CONNECTIONS`'s default, in both services.
+pub fn default_max_connections() -> usize {
+    1_024
+}
+
+/// `HTTP_HEADER_READ_TIMEOUT_MS`'s default, in both services.
+pub fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
+
 /// Serves `filter` on `listener` until `shutdown` resolves, then drains.
 pub async fn serve<F>(
     listener: TcpListener,

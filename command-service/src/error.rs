@@ -167,9 +167,8 @@ impl From<crate::todos::CommandError> for ApiError {
 pub async fn handle_rejection(
     rejection: warp::Rejection,
 ) -> Result<Response, std::convert::Infallible> {
-    let error = if rejection.is_not_found() {
-        ApiError::NotFound("No such route.".into())
-    } else if let Some(e) = rejection.find::<ApiError>() {
+    use events::service::http::{rejected, Rejected};
+    let error = if let Some(e) = rejection.find::<ApiError>() {
         // Custom rejections from our own filters (body limits) carry an ApiError.
         match e {
             ApiError::PayloadTooLarge { limit } => ApiError::PayloadTooLarge { limit: *limit },
@@ -177,18 +176,16 @@ pub async fn handle_rejection(
             ApiError::UnsupportedMediaType(m) => ApiError::UnsupportedMediaType(m.clone()),
             other => ApiError::BadRequest(other.to_string()),
         }
-    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        ApiError::MethodNotAllowed
-    } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {
-        ApiError::BadRequest(e.to_string())
-    } else if let Some(e) = rejection.find::<warp::reject::MissingHeader>() {
-        ApiError::BadRequest(e.to_string())
-    } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
-        ApiError::BadRequest(e.to_string())
-    } else if let Some(e) = rejection.find::<warp::reject::UnsupportedMediaType>() {
-        ApiError::UnsupportedMediaType(e.to_string())
     } else {
-        ApiError::Internal(anyhow::anyhow!("unhandled rejection: {rejection:?}"))
+        match rejected(&rejection) {
+            Rejected::NotFound => ApiError::NotFound("No such route.".into()),
+            Rejected::MethodNotAllowed => ApiError::MethodNotAllowed,
+            Rejected::BadRequest(m) => ApiError::BadRequest(m),
+            Rejected::UnsupportedMediaType(m) => ApiError::UnsupportedMediaType(m),
+            Rejected::Unhandled(r) => {
+                ApiError::Internal(anyhow::anyhow!("unhandled rejection: {r}"))
+            }
+        }
     };
     Ok(error.into_response())
 }

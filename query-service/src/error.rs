@@ -108,16 +108,12 @@ impl From<mongodb::error::Error> for ApiError {
 pub async fn handle_rejection(
     rejection: warp::Rejection,
 ) -> Result<Response, std::convert::Infallible> {
-    let error = if rejection.is_not_found() {
-        ApiError::NotFound("No such route.".into())
-    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        ApiError::MethodNotAllowed
-    } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
-        ApiError::BadRequest(e.to_string())
-    } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {
-        ApiError::BadRequest(e.to_string())
-    } else {
-        ApiError::Internal(anyhow::anyhow!("unhandled rejection: {rejection:?}"))
+    use events::service::http::{rejected, Rejected};
+    let error = match rejected(&rejection) {
+        Rejected::NotFound => ApiError::NotFound("No such route.".into()),
+        Rejected::MethodNotAllowed => ApiError::MethodNotAllowed,
+        Rejected::BadRequest(m) | Rejected::UnsupportedMediaType(m) => ApiError::BadRequest(m),
+        Rejected::Unhandled(r) => ApiError::Internal(anyhow::anyhow!("unhandled rejection: {r}")),
     };
     Ok(error.into_response())
 }

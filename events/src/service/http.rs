@@ -128,3 +128,38 @@ mod tests {
         }
     }
 }
+
+/// What warp rejected before a handler ran, in the terms both services answer with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejected {
+    /// No route has this path: 404.
+    NotFound,
+    /// A route has this path, not this method: 405.
+    MethodNotAllowed,
+    /// A header or the query string did not parse: 400.
+    BadRequest(String),
+    /// warp's own body filters refused the content type: 415.
+    UnsupportedMediaType(String),
+    /// Anything else is a bug in the routes: 500, the rejection in the log.
+    Unhandled(String),
+}
+
+/// Classifies warp's own rejections; a service's custom rejections are its own to look for
+/// first.
+pub fn rejected(rejection: &Rejection) -> Rejected {
+    if rejection.is_not_found() {
+        Rejected::NotFound
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        Rejected::MethodNotAllowed
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {
+        Rejected::BadRequest(e.to_string())
+    } else if let Some(e) = rejection.find::<warp::reject::MissingHeader>() {
+        Rejected::BadRequest(e.to_string())
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
+        Rejected::BadRequest(e.to_string())
+    } else if let Some(e) = rejection.find::<warp::reject::UnsupportedMediaType>() {
+        Rejected::UnsupportedMediaType(e.to_string())
+    } else {
+        Rejected::Unhandled(format!("{rejection:?}"))
+    }
+}

@@ -7,6 +7,7 @@
 //! feature keeps the contract itself free of warp, tokio and tracing for anyone who only needs
 //! the types.
 
+pub mod backoff;
 pub mod http;
 pub mod metrics;
 pub mod problem;

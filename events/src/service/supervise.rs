@@ -6,6 +6,7 @@
 //! lasted a minute). `/ready` shows each task's state, its restarts and the last failure, so a
 //! service never stays up with a dead task while saying all is well.
 
+use super::backoff::Backoff;
 use super::shutdown::Shutdown;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -57,7 +58,7 @@ impl Supervisor {
         let task = Arc::new(Task::default());
         lock(&self.tasks).insert(name, task.clone());
         tokio::spawn(async move {
-            let mut backoff = FIRST_BACKOFF;
+            let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
             loop {
                 let started = tokio::time::Instant::now();
                 let run = tokio::spawn(make());
@@ -82,16 +83,14 @@ impl Supervisor {
                     Err(_) => "was aborted".to_string(),
                 };
                 if started.elapsed() >= HEALTHY_RUN {
-                    backoff = FIRST_BACKOFF;
+                    backoff.reset();
                 }
                 task.restarts.fetch_add(1, Ordering::Relaxed);
                 *lock(&task.last_failure) = Some(why.clone());
-                tracing::error!(task = name, failure = %why, restart_in_ms = backoff.as_millis() as u64, "background task ended; restarting it");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.triggered() => return,
+                tracing::error!(task = name, failure = %why, restart_in_ms = backoff.peek().as_millis() as u64, "background task ended; restarting it");
+                if !backoff.pause(&shutdown).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         })
     }

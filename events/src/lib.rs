@@ -43,6 +43,7 @@ pub const HEADER_CORRELATION_ID: &str = "correlation_id";
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// The three things that can happen to a todo, named in the past tense.
+#[cfg_attr(feature = "service", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EventType {
     TodoCreated,
@@ -88,6 +89,7 @@ impl std::fmt::Display for EventType {
 }
 
 /// A todo field a `TodoUpdated` can change.
+#[cfg_attr(feature = "service", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Field {
@@ -97,6 +99,7 @@ pub enum Field {
 }
 
 /// The full state of a todo after a change.
+#[cfg_attr(feature = "service", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TodoState {
@@ -109,6 +112,7 @@ pub struct TodoState {
 
 /// One event as it travels: stored in the command side's log, published as one AMQP message,
 /// served by `GET /events`.
+#[cfg_attr(feature = "service", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
     pub event_id: Uuid,

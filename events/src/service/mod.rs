@@ -10,6 +10,7 @@
 pub mod backoff;
 pub mod http;
 pub mod metrics;
+pub mod openapi;
 pub mod problem;
 pub mod server;
 pub mod shutdown;

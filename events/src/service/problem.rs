@@ -7,7 +7,7 @@ use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 
 /// One invalid field of a request body, or one invalid query parameter.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,
@@ -23,7 +23,7 @@ impl FieldError {
 }
 
 /// A problem document. `status` is written from the response's status.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem<'a> {
     #[serde(rename = "type")]
     pub kind: &'a str,

@@ -14,7 +14,7 @@ pub const DESCRIPTION_MAX: usize = 2000;
 const FIELDS: [&str; 3] = ["title", "description", "completed"];
 
 /// Full state given by `POST /todos` and `PUT /todos/{id}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
 pub struct TodoInput {
     pub title: String,
     pub description: Option<String>,
@@ -23,7 +23,7 @@ pub struct TodoInput {
 
 /// Partial change given by `PATCH /todos/{id}`: `None` leaves a field as it is;
 /// `description: Some(None)` clears the description.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, utoipa::ToSchema)]
 pub struct TodoPatch {
     pub title: Option<String>,
     pub description: Option<Option<String>>,

@@ -9,6 +9,7 @@ pub mod event_log;
 pub mod http;
 pub mod input;
 pub mod metrics;
+pub mod openapi;
 pub mod relay;
 pub mod schema;
 pub mod sequencer;

@@ -101,7 +101,9 @@ impl From<LogError> for CommandError {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Queryable, Selectable, QueryableByName)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Queryable, Selectable, QueryableByName, utoipa::ToSchema,
+)]
 #[diesel(table_name = todos)]
 pub struct Todo {
     pub id: i64,

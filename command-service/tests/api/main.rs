@@ -12,6 +12,7 @@ mod feed;
 mod generated_input;
 mod helpers;
 mod idempotency;
+mod openapi;
 mod outage;
 mod publishing;
 mod readme;

@@ -4,7 +4,8 @@
 //!
 //! The schema check covers what the documents use: `$ref` to `#/components/schemas`, `type`
 //! (one or a list, as OpenAPI 3.1 writes nullable), `properties`, `required`,
-//! `additionalProperties: false`, `items`, `enum`, `oneOf`/`anyOf`/`allOf`.
+//! `additionalProperties`, `items`, `enum`, `oneOf`/`anyOf`/`allOf`. An object schema that
+//! lists properties is taken as closed: a field the document does not name fails the check.
 
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -156,7 +157,14 @@ pub fn check(doc: &Value, schema: &Value, value: &Value, at: &str) -> Vec<String
                 Some(property) => {
                     errors.extend(check(doc, property, field, &format!("{at}.{name}")))
                 }
-                None if schema["additionalProperties"] == Value::Bool(false) => {
+                // An answer carries only documented fields: an object schema with properties
+                // is closed unless it says `additionalProperties: true` (or a schema).
+                None if properties.is_some()
+                    && !matches!(
+                        &schema["additionalProperties"],
+                        Value::Bool(true) | Value::Object(_)
+                    ) =>
+                {
                     errors.push(format!("{at}: field {name} not documented"));
                 }
                 None => {}

@@ -102,7 +102,8 @@ pub fn route_table(state: State) -> Vec<Route> {
 }
 
 /// The OpenAPI 3 description of this service, served at `GET /openapi.json`.
-pub const OPENAPI: &str = include_str!("../openapi.json");
+pub static OPENAPI: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| crate::openapi::document().to_string());
 
 pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let metrics = state.metrics.http.clone();
@@ -477,7 +478,7 @@ fn metrics(state: State) -> impl Filter<Extract = (Response,), Error = Rejection
 
 fn openapi() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("openapi.json").and(warp::get()).map(|| {
-        let mut response = OPENAPI.into_response();
+        let mut response = OPENAPI.as_str().into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -552,7 +553,7 @@ mod tests {
     /// the stores unreachable: 503 is an answer; "no such route" and 405 are not).
     #[tokio::test(flavor = "multi_thread")]
     async fn the_openapi_document_lists_exactly_the_served_routes() {
-        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        let doc: serde_json::Value = serde_json::from_str(&OPENAPI).expect("openapi.json is JSON");
         assert!(
             doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
             "OpenAPI 3"

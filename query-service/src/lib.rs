@@ -7,6 +7,7 @@ pub mod consumer;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod openapi;
 pub mod replay;
 pub mod settings;
 pub mod store;

@@ -152,7 +152,7 @@ impl Counts {
 }
 
 /// A todo as the read API serves it: the same shape the command side answers with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Todo {
     pub id: i64,
     pub title: String,
@@ -213,7 +213,7 @@ pub struct Cursor {
     pub id: i64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Stats {
     pub total: u64,
     pub completed: u64,
@@ -221,7 +221,7 @@ pub struct Stats {
     pub projection: ProjectionStats,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ProjectionStats {
     pub applied: i64,
     pub skipped_duplicates: i64,

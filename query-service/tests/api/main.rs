@@ -8,6 +8,7 @@ mod deploy;
 mod end_to_end;
 mod helpers;
 mod observability;
+mod openapi;
 mod outage;
 mod projection;
 mod reads;

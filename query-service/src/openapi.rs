@@ -1,0 +1,102 @@
+//! The OpenAPI 3.1 document served at `GET /openapi.json`. Each operation is declared once
+//! below (method, path, parameters, answers); every schema is derived from the type the
+//! handlers answer with (`Todo`, `Stats`, the problem document), so a field added to a type is
+//! documented by the same change. `tests/api/openapi.rs` holds the document against the routes
+//! served and every answer's body against the schema documented for its route and status.
+
+use crate::store::{ProjectionStats, Stats, Todo};
+use events::service::problem::{FieldError, Problem};
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "query-service",
+        description = "The read side of the todo CQRS pair: a MongoDB read model the projection \
+                       keeps from command-service's events, served on its own port."
+    ),
+    paths(list, get, stats, health, ready, metrics, openapi),
+    components(schemas(Todo, Stats, ProjectionStats, Problem, FieldError))
+)]
+struct Document;
+
+/// The document as JSON.
+pub fn document() -> serde_json::Value {
+    serde_json::to_value(Document::openapi()).expect("an OpenAPI document serializes")
+}
+
+const PROBLEM: &str = "application/problem+json";
+
+/// `GET /todos`.
+#[utoipa::path(get, path = "/todos", tag = "todos",
+    params(
+        ("completed" = Option<bool>, Query, description = "Only done (true) or open (false) todos"),
+        ("sort" = Option<String>, Query, description = "id (default), created_at, updated_at; a - prefix for descending"),
+        ("limit" = Option<i64>, Query, description = "1 to 200 (default 50)"),
+        ("cursor" = Option<String>, Query, description = "From the previous page's Link rel=next"),
+        ("X-Request-Id" = Option<String>, Header),
+    ),
+    responses(
+        (status = 200, description = "Live todos; Link rel=next while more follow", body = Vec<Todo>),
+        (status = 400, description = "A bad parameter, each named", body = Problem, content_type = PROBLEM),
+        (status = 500, body = Problem, content_type = PROBLEM),
+        (status = 503, body = Problem, content_type = PROBLEM),
+    )
+)]
+#[allow(dead_code)]
+fn list() {}
+
+/// `GET /todos/{id}`.
+#[utoipa::path(get, path = "/todos/{id}", tag = "todos",
+    params(
+        ("id" = i64, Path, description = "Todo id"),
+        ("min_version" = Option<i64>, Query, description = "Wait up to MIN_VERSION_WAIT_MS for this version (read your writes)"),
+        ("X-Request-Id" = Option<String>, Header),
+    ),
+    responses(
+        (status = 200, description = "The todo", body = Todo, headers(("ETag" = String))),
+        (status = 400, body = Problem, content_type = PROBLEM),
+        (status = 404, description = "Never created, or deleted", body = Problem, content_type = PROBLEM),
+        (status = 500, body = Problem, content_type = PROBLEM),
+        (status = 503, description = "MongoDB unavailable, or read-model-behind (min_version not reached)", body = Problem, content_type = PROBLEM),
+    )
+)]
+#[allow(dead_code)]
+fn get() {}
+
+/// `GET /stats`.
+#[utoipa::path(get, path = "/stats", tag = "operations",
+    responses(
+        (status = 200, description = "Counts (at most a second old) and the projection's figures", body = Stats),
+        (status = 500, body = Problem, content_type = PROBLEM),
+        (status = 503, body = Problem, content_type = PROBLEM),
+    ))]
+#[allow(dead_code)]
+fn stats() {}
+
+/// `GET /health`.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "The process answers", body = serde_json::Value)))]
+#[allow(dead_code)]
+fn health() {}
+
+/// `GET /ready`.
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses(
+        (status = 200, description = "MongoDB answers; the body reports RabbitMQ and the tasks", body = serde_json::Value),
+        (status = 503, description = "MongoDB does not answer", body = serde_json::Value),
+    ))]
+#[allow(dead_code)]
+fn ready() {}
+
+/// `GET /metrics`.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus metrics", body = String, content_type = "application/openmetrics-text")))]
+#[allow(dead_code)]
+fn metrics() {}
+
+/// `GET /openapi.json`.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "This document", body = serde_json::Value)))]
+#[allow(dead_code)]
+fn openapi() {}

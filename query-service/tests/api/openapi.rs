@@ -1,0 +1,102 @@
+//! The OpenAPI document served at `/openapi.json` describes what the service answers: each
+//! answer below, one per documented operation and per error class the service can give
+//! without a store outage, has a documented status, content type and a body that fits the
+//! documented schema (no field missing, none undocumented, every type right).
+
+use crate::helpers::*;
+use events::service::openapi::{check_answer, operations, template_of};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+#[tokio::test]
+async fn every_answer_fits_the_schema_documented_for_its_route_and_status() {
+    let names = Names::new();
+    let query = spawn_query_with(&names, &[("MIN_VERSION_WAIT_MS", "300")]).await;
+    let (command, _) = spawn_command(&names).await;
+    let client = reqwest::Client::new();
+    let doc: Value = get_json(&client, &query.url("/openapi.json")).await;
+    let created: Value = client
+        .post(command.url("/todos"))
+        .json(&json!({"title": "documented", "description": "d"}))
+        .send()
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("json");
+    let id = created["id"].as_i64().expect("id");
+    eventually(Duration::from_secs(20), "the todo readable", || async {
+        client
+            .get(query.url(&format!("/todos/{id}")))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    // A document this version cannot read: the 500 answer.
+    mongodb::Client::with_uri_str(mongodb_uri())
+        .await
+        .expect("client")
+        .database(&names.mongo_db)
+        .collection::<mongodb::bson::Document>("todos")
+        .insert_one(mongodb::bson::doc! { "_id": 1_000_000_i64, "version": "x" })
+        .await
+        .expect("insert");
+    let todo = format!("/todos/{id}");
+    let requests: Vec<(String, u16)> = vec![
+        (
+            format!("/todos?limit=1&completed=false&sort=-created_at"),
+            200,
+        ),
+        ("/todos?limit=0".into(), 400),
+        (todo.clone(), 200),
+        (format!("{todo}?min_version=1"), 200),
+        (format!("{todo}?min_version=0"), 400),
+        (format!("{todo}?min_version=9"), 503),
+        ("/todos/999999".into(), 404),
+        ("/todos/1000000".into(), 500),
+        ("/stats".into(), 200),
+        ("/health".into(), 200),
+        ("/ready".into(), 200),
+        ("/metrics".into(), 200),
+        ("/openapi.json".into(), 200),
+    ];
+    let mut errors = Vec::new();
+    let mut exercised = BTreeSet::new();
+    for (path, expected) in requests {
+        let response = client.get(query.url(&path)).send().await.expect("answer");
+        let status = response.status().as_u16();
+        assert_eq!(status, expected, "GET {path}");
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().expect("ascii").to_string());
+        let bytes = response.bytes().await.expect("body");
+        errors.extend(check_answer(
+            &doc,
+            "GET",
+            &path,
+            status,
+            content_type.as_deref(),
+            &bytes,
+        ));
+        exercised.insert((
+            "get".to_string(),
+            template_of(&doc, &path).expect("documented path"),
+        ));
+    }
+    assert!(
+        errors.is_empty(),
+        "answers outside the document:\n{}",
+        errors.join("\n")
+    );
+    assert_eq!(
+        exercised,
+        operations(&doc),
+        "every documented operation answered once"
+    );
+    command.stop().await;
+    query.stop().await;
+    names.cleanup().await;
+}

@@ -46,7 +46,7 @@ async fn every_answer_fits_the_schema_documented_for_its_route_and_status() {
     let todo = format!("/todos/{id}");
     let requests: Vec<(String, u16)> = vec![
         (
-            format!("/todos?limit=1&completed=false&sort=-created_at"),
+            "/todos?limit=1&completed=false&sort=-created_at".to_string(),
             200,
         ),
         ("/todos?limit=0".into(), 400),

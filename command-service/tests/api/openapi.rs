@@ -8,6 +8,16 @@ use events::service::openapi::{check_answer, operations, template_of};
 use serde_json::Value;
 use std::collections::BTreeSet;
 
+/// Method, path, content type, headers, body, and the status expected.
+type Case<'a> = (
+    &'a str,
+    String,
+    Option<&'a str>,
+    Vec<(&'a str, &'a str)>,
+    String,
+    u16,
+);
+
 #[tokio::test]
 async fn every_answer_fits_the_schema_documented_for_its_route_and_status() {
     let app = spawn_app().await;
@@ -34,7 +44,7 @@ async fn every_answer_fits_the_schema_documented_for_its_route_and_status() {
     let todo = format!("/todos/{id}");
     let json = "application/json";
     let big = format!(r#"{{"title":"{}"}}"#, "x".repeat(70_000));
-    let requests: Vec<(&str, String, Option<&str>, Vec<(&str, &str)>, String, u16)> = vec![
+    let requests: Vec<Case> = vec![
         (
             "POST",
             "/todos".into(),

@@ -26,7 +26,8 @@ use std::collections::HashMap;
 /// MongoDB's duplicate key error.
 const DUPLICATE_KEY: i32 = 11000;
 
-/// What the projection did with one event.
+/// What the projection did with one event; also the `outcome` label of
+/// `projection_events_total` (its values: [`crate::metrics`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
     /// The read model now holds this event's version.

@@ -14,37 +14,30 @@
 
 use crate::store::Outcome;
 use events::service::metrics::{render, HttpMetrics};
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::fmt::Write;
 
-/// The `outcome` label's values.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-enum EventOutcome {
-    applied,
-    skipped_duplicate,
-    superseded,
-    dead_lettered,
-}
-
-impl From<Outcome> for EventOutcome {
-    fn from(outcome: Outcome) -> Self {
-        match outcome {
-            Outcome::Applied => EventOutcome::applied,
-            Outcome::Duplicate => EventOutcome::skipped_duplicate,
-            Outcome::Superseded => EventOutcome::superseded,
-            Outcome::DeadLettered => EventOutcome::dead_lettered,
-        }
+/// The `outcome` label is the projection's [`Outcome`], under these values (what dashboards
+/// read: changing one breaks them).
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Outcome::Applied => "applied",
+            Outcome::Duplicate => "skipped_duplicate",
+            Outcome::Superseded => "superseded",
+            Outcome::DeadLettered => "dead_lettered",
+        })
     }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabels {
-    outcome: EventOutcome,
+    outcome: Outcome,
 }
 
 pub struct Metrics {
@@ -122,11 +115,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn observe_event(&self, outcome: Outcome, lag: Option<chrono::TimeDelta>) {
-        self.events
-            .get_or_create(&EventLabels {
-                outcome: outcome.into(),
-            })
-            .inc();
+        self.events.get_or_create(&EventLabels { outcome }).inc();
         if let Some(lag) = lag {
             self.lag
                 .observe(lag.num_microseconds().unwrap_or(i64::MAX).max(0) as f64 / 1e6);
@@ -161,5 +150,33 @@ impl Metrics {
     /// The text exposition format.
     pub fn render(&self) -> String {
         render(&self.registry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_outcome_is_counted_under_its_label_value() {
+        let metrics = Metrics::default();
+        for outcome in [
+            Outcome::Applied,
+            Outcome::Duplicate,
+            Outcome::Superseded,
+            Outcome::DeadLettered,
+        ] {
+            metrics.observe_event(outcome, None);
+        }
+        let text = metrics.render();
+        for label in [
+            "applied",
+            "skipped_duplicate",
+            "superseded",
+            "dead_lettered",
+        ] {
+            let sample = format!("projection_events_total{{outcome=\"{label}\"}} 1");
+            assert!(text.contains(&sample), "{sample} in\n{text}");
+        }
     }
 }

@@ -1,0 +1,164 @@
+//! The read API: one function per route returning a filter, state injected with `with_state`,
+//! errors answered by [`crate::error`]. Handlers never reject.
+//!
+//! Here: the [`State`] every handler gets, the route table and [`routes`], and the helpers the
+//! handlers share. The routes themselves live by concern:
+//!
+//! - `todos.rs`: `GET /todos` and `GET /todos/{id}` (with its `?min_version=` wait);
+//! - `params.rs`: their query parameters, the list cursors and the `Link` header;
+//! - `ops.rs`: `/stats` (and its counts cache), `/health`, `/ready`, `/metrics`,
+//!   `/openapi.json`.
+
+mod ops;
+mod params;
+mod todos;
+
+pub use ops::{CountsCache, COUNTS_MAX_AGE, OPENAPI};
+pub use params::{encode_cursor, list_query, min_version, DEFAULT_LIMIT, MAX_LIMIT};
+
+use crate::consumer::ConsumerStatus;
+use crate::error::{handle_rejection, ApiError};
+use crate::metrics::Metrics;
+use crate::store::Store;
+use events::service::http::{self, Route};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+#[derive(Clone)]
+pub struct State {
+    pub store: Store,
+    pub consumer: Arc<ConsumerStatus>,
+    pub metrics: Arc<Metrics>,
+    pub min_version_wait: Duration,
+    /// The requests that may wait for a `?min_version=` at once (`MIN_VERSION_MAX_WAITERS`),
+    /// shared by all of them: each waiter reads the store again and again, and a flood of them
+    /// must not slow down the projection they wait for.
+    pub min_version_waiters: Arc<tokio::sync::Semaphore>,
+    /// What this process's consumer applied, batch by batch.
+    pub applied: tokio::sync::broadcast::Sender<crate::consumer::Applied>,
+    /// `/stats` counts, recomputed at most every [`COUNTS_MAX_AGE`].
+    pub counts: CountsCache,
+    /// The supervised consumer's state, for `/ready`.
+    pub tasks: Arc<events::service::supervise::Supervisor>,
+}
+
+fn with_state(state: State) -> impl Filter<Extract = (State,), Error = Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+/// Every route the service serves. `routes` serves exactly these, and the OpenAPI test checks
+/// this list against `openapi.json` both ways.
+pub fn route_table(state: State) -> Vec<Route> {
+    let route = Route::new;
+    vec![
+        route("get", "/todos", todos::list(state.clone()).boxed()),
+        route("get", "/todos/{id}", todos::get(state.clone()).boxed()),
+        route("get", "/stats", ops::stats(state.clone()).boxed()),
+        route("get", "/health", ops::health().boxed()),
+        route("get", "/ready", ops::ready(state.clone()).boxed()),
+        route("get", "/metrics", ops::metrics(state.clone()).boxed()),
+        route("get", "/openapi.json", ops::openapi().boxed()),
+    ]
+}
+
+pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let metrics = state.metrics.http.clone();
+    http::serve(route_table(state), metrics, handle_rejection)
+}
+
+fn query() -> impl Filter<Extract = (HashMap<String, String>,), Error = Rejection> + Clone {
+    warp::query::<HashMap<String, String>>()
+}
+
+async fn answer(
+    metrics: Arc<Metrics>,
+    id: String,
+    route: &'static str,
+    work: impl std::future::Future<Output = Result<Response, ApiError>>,
+) -> Result<Response, Infallible> {
+    let work = async { work.await.unwrap_or_else(ApiError::into_response) };
+    http::answer(&metrics.http, id, route, work).await
+}
+
+fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    let mut response = warp::reply::json(body).into_response();
+    *response.status_mut() = status;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// State whose MongoDB cannot be reached: routing and error mapping work without it.
+    fn offline_state() -> State {
+        let store = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(Store::connect(
+                "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=200&connectTimeoutMS=200",
+                "none",
+            ))
+        })
+        .expect("client");
+        State {
+            store,
+            consumer: Arc::default(),
+            metrics: Arc::default(),
+            min_version_wait: Duration::from_millis(100),
+            min_version_waiters: Arc::new(tokio::sync::Semaphore::new(1)),
+            applied: tokio::sync::broadcast::channel(1).0,
+            counts: CountsCache::default(),
+            tasks: Arc::default(),
+        }
+    }
+
+    /// Routes served == operations documented, and every documented operation answers (with
+    /// the stores unreachable: 503 is an answer; "no such route" and 405 are not).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_openapi_document_lists_exactly_the_served_routes() {
+        let doc: serde_json::Value = serde_json::from_str(&OPENAPI).expect("openapi.json is JSON");
+        assert!(
+            doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
+            "OpenAPI 3"
+        );
+        let documented: std::collections::BTreeSet<(String, String)> = doc["paths"]
+            .as_object()
+            .expect("paths")
+            .iter()
+            .flat_map(|(path, ops)| {
+                ops.as_object()
+                    .expect("operations")
+                    .keys()
+                    .map(move |method| (method.clone(), path.clone()))
+            })
+            .collect();
+        let served: std::collections::BTreeSet<(String, String)> = route_table(offline_state())
+            .iter()
+            .map(|r| (r.method.to_string(), r.path.to_string()))
+            .collect();
+        assert_eq!(served, documented, "served routes vs openapi.json");
+
+        let api = routes(offline_state());
+        for (method, path) in &documented {
+            let concrete = path.replace("{id}", "1");
+            let mut request = warp::test::request()
+                .method(&method.to_uppercase())
+                .path(&concrete)
+                .header("content-type", "application/json");
+            if method != "get" && method != "delete" {
+                request = request.body(r#"{"title":"t"}"#);
+            }
+            let response = request.reply(&api).await;
+            let status = response.status().as_u16();
+            let body = String::from_utf8_lossy(response.body()).to_string();
+            assert!(
+                status != 405 && !body.contains("No such route"),
+                "{method} {path}: {status} {body}"
+            );
+        }
+    }
+}

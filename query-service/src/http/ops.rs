@@ -1,0 +1,149 @@
+//! The service's own routes: `/stats` (the counts behind it cached for [`COUNTS_MAX_AGE`]),
+//! `/health`, `/ready`, `/metrics` and `/openapi.json`.
+
+use super::{answer, json_response, with_state, State};
+use crate::error::ApiError;
+use crate::store::Store;
+use events::service::http::request_id;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use warp::http::{header, HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+/// How old the counts `/stats` answers may be. Counting reads every live todo's index entry,
+/// so a client polling `/stats` must not make the store count at its own pace.
+pub const COUNTS_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// When counts were taken, and the counts of live and of completed todos.
+type Counted = (Instant, (u64, u64));
+
+/// The last counts of live and completed todos, and when they were taken. One request
+/// recounts at a time; the others meanwhile answer what was last counted.
+#[derive(Clone, Default)]
+pub struct CountsCache {
+    last: Arc<std::sync::Mutex<Option<Counted>>>,
+    recount: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl CountsCache {
+    fn last(&self) -> Option<Counted> {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn get(&self, store: &Store) -> Result<(u64, u64), ApiError> {
+        loop {
+            let last = self.last();
+            if let Some((at, counts)) = last {
+                if at.elapsed() < COUNTS_MAX_AGE {
+                    return Ok(counts);
+                }
+            }
+            match self.recount.try_lock() {
+                Ok(_recounting) => {
+                    let counts = store.counts().await?;
+                    *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some((Instant::now(), counts));
+                    return Ok(counts);
+                }
+                // Another request is recounting: its last counts will do.
+                Err(_) => match last {
+                    Some((_, counts)) => return Ok(counts),
+                    None => drop(self.recount.lock().await),
+                },
+            }
+        }
+    }
+}
+
+/// The OpenAPI 3 description of this service, served at `GET /openapi.json`.
+pub static OPENAPI: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| crate::openapi::document().to_string());
+
+pub(super) fn stats(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("stats")
+        .and(warp::get())
+        .and(request_id())
+        .and(with_state(state))
+        .and_then(|rid: String, state: State| async move {
+            answer(state.metrics.clone(), rid, "GET /stats", async move {
+                let projection = state.store.projection_stats().await?;
+                let (total, completed) = state.counts.get(&state.store).await?;
+                let stats = crate::store::Stats {
+                    total,
+                    completed,
+                    pending: total.saturating_sub(completed),
+                    projection,
+                };
+                Ok(json_response(StatusCode::OK, &stats))
+            })
+            .await
+        })
+}
+
+pub(super) fn metrics(
+    state: State,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("metrics")
+        .and(warp::get())
+        .and(with_state(state))
+        .map(|state: State| {
+            let mut response = state.metrics.render().into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        })
+}
+
+pub(super) fn openapi() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("openapi.json").and(warp::get()).map(|| {
+        let mut response = OPENAPI.as_str().into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    })
+}
+
+pub(super) fn health() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("health")
+        .and(warp::get())
+        .map(|| json_response(StatusCode::OK, &serde_json::json!({ "status": "ok" })))
+}
+
+pub(super) fn ready(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("ready")
+        .and(warp::get())
+        .and(with_state(state))
+        .then(|state: State| async move {
+            let mongo_up = matches!(
+                tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await,
+                Ok(Ok(()))
+            );
+            let consumer_up = state.consumer.connected.load(Ordering::Relaxed);
+            // Reads need MongoDB only. Without RabbitMQ the answers grow stale but stay
+            // correct for the version they report, so the broker is reported, not required.
+            let status = if mongo_up {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json_response(
+                status,
+                &serde_json::json!({
+                    "status": if mongo_up { "ready" } else { "not ready" },
+                    "checks": {
+                        "mongodb": if mongo_up { "up" } else { "down" },
+                        "rabbitmq": if consumer_up { "up" } else { "down" },
+                    },
+                    "tasks": state.tasks.report(),
+                }),
+            )
+        })
+}

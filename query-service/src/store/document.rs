@@ -1,0 +1,111 @@
+//! Stored documents and todos: the document an event's guarded upsert writes, a document read
+//! back as a [`Todo`] or a tombstone, and the timestamps they hold.
+//!
+//! `todos` documents: `{ _id, version, title, description, completed, created_at,
+//! updated_at, deleted, deleted_at?, last_event_id, last_position, projected_at }`, `_id` =
+//! the todo id. Timestamps are stored as fixed-width RFC 3339 strings with microseconds, so
+//! they sort as text and read back exactly as the command side wrote them.
+
+use super::{Stored, Todo};
+use bson::{doc, Bson, Document};
+use chrono::{DateTime, SecondsFormat, Utc};
+use events::{Envelope, EventType};
+
+/// Fixed-width UTC timestamp with microseconds: sorts as text.
+pub fn timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// The version-guarded upsert of one event: its filter and its update.
+pub(super) fn guarded_upsert(e: &Envelope) -> (Document, Document) {
+    let now = timestamp(Utc::now());
+    let mut set = doc! {
+        "version": e.version,
+        "last_event_id": e.event_id.to_string(),
+        "last_position": e.position,
+        "projected_at": &now,
+    };
+    let mut update = Document::new();
+    match (&e.event_type, &e.data) {
+        (EventType::TodoCreated | EventType::TodoUpdated, Some(data)) => {
+            set.insert("title", &data.title);
+            set.insert(
+                "description",
+                data.description
+                    .clone()
+                    .map(Bson::String)
+                    .unwrap_or(Bson::Null),
+            );
+            set.insert("completed", data.completed);
+            set.insert("created_at", timestamp(data.created_at));
+            set.insert("updated_at", timestamp(data.updated_at));
+            set.insert("deleted", false);
+        }
+        _ => {
+            set.insert("deleted", true);
+            set.insert("deleted_at", timestamp(e.occurred_at));
+            update.insert(
+                "$unset",
+                doc! { "title": "", "description": "", "completed": "" },
+            );
+        }
+    }
+    update.insert("$set", set);
+    let filter = doc! { "_id": e.todo_id, "version": { "$lt": e.version } };
+    (filter, update)
+}
+
+/// [`from_document`] for a read that answers a client: a document this version cannot read is
+/// an error (500 on the API), never taken for a missing todo.
+pub(super) fn read_document(d: &Document) -> mongodb::error::Result<Stored> {
+    from_document(d).ok_or_else(|| {
+        mongodb::error::Error::custom(format!(
+            "a stored document this version cannot read: {}",
+            d.get("_id")
+                .map_or_else(|| "no _id".to_string(), ToString::to_string)
+        ))
+    })
+}
+
+/// A stored document as a todo or a tombstone; `None` when a field is missing or of another
+/// type.
+pub(super) fn from_document(d: &Document) -> Option<Stored> {
+    let id = d.get_i64("_id").ok()?;
+    let version = d.get_i64("version").ok()?;
+    if d.get_bool("deleted").unwrap_or(false) {
+        return Some(Stored::Deleted { version });
+    }
+    Some(Stored::Live(Todo {
+        id,
+        title: d.get_str("title").ok()?.to_string(),
+        description: d.get_str("description").ok().map(str::to_string),
+        completed: d.get_bool("completed").ok()?,
+        version,
+        created_at: parse_timestamp(d.get_str("created_at").ok()?)?,
+        updated_at: parse_timestamp(d.get_str("updated_at").ok()?)?,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_fixed_width_and_sort_as_text() {
+        let a = parse_timestamp("2026-11-22T10:00:00Z").expect("a");
+        let b = parse_timestamp("2026-11-22T10:00:00.123456Z").expect("b");
+        let c = parse_timestamp("2026-11-22T10:00:00.5Z").expect("c");
+        let texts: Vec<String> = [a, b, c].into_iter().map(timestamp).collect();
+        assert_eq!(texts[0], "2026-11-22T10:00:00.000000Z");
+        assert!(texts.windows(2).all(|w| w[0] < w[1]), "{texts:?}");
+        for t in [a, b, c] {
+            assert_eq!(parse_timestamp(&timestamp(t)), Some(t), "exact round trip");
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The read model in MongoDB: the [`Store`] handle, its connection and indexes, and the types
+//! the service shares.
+//!
+//! `todos` holds one document per todo, `_id` = the todo id (its fields and their mapping to a
+//! [`Todo`]: `document.rs`); `projection_stats` holds one document of counters shared by every
+//! replica. The rest of the store lives by concern:
+//!
+//! - `projection.rs`: the version-guarded writes of events, one by one and in bulk, and the
+//!   shared counters;
+//! - `reads.rs`: point reads, pages of todos, counts and the projection's stats;
+//! - `document.rs`: stored documents to and from todos, timestamps, the guarded upsert itself.
+
+mod document;
+mod projection;
+mod reads;
+
+pub use document::timestamp;
+pub use projection::{bulk_upsert_command, BatchResult, Counts, Outcome, Refused};
+pub use reads::{Cursor, ListQuery, ProjectionStats, SortKey, Stats, ID_SCAN_LIMIT};
+
+use bson::{doc, Document};
+use chrono::{DateTime, Utc};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Collection, IndexModel};
+use serde::Serialize;
+use std::time::Duration;
+
+/// The `_id` of the one document of `projection_stats`.
+const STATS_ID: &str = "todos";
+/// The secondary indexes of `todos`, by name: what the lists sorted by time need to walk an
+/// index in the requested order (with and without `completed`), each led by `deleted` so
+/// tombstones stay out of the walk. Lists in id order need none: they read by `_id`. The
+/// `/stats` counts use the prefixes `deleted` and `deleted, completed`. Each costs write
+/// throughput; `scripts/bench.sh` prints the store's upsert rate with each.
+pub const INDEXES: &[IndexSpec] = &[
+    ("live_created_at_id", &["deleted", "created_at", "_id"]),
+    ("live_updated_at_id", &["deleted", "updated_at", "_id"]),
+    (
+        "live_completed_created_at_id",
+        &["deleted", "completed", "created_at", "_id"],
+    ),
+    (
+        "live_completed_updated_at_id",
+        &["deleted", "completed", "updated_at", "_id"],
+    ),
+];
+
+/// An index: its name and its keys (ascending).
+pub type IndexSpec = (&'static str, &'static [&'static str]);
+
+/// Index models for `indexes` (ascending keys).
+pub fn index_models(indexes: &[IndexSpec]) -> Vec<IndexModel> {
+    indexes
+        .iter()
+        .map(|(name, keys)| {
+            let mut spec = Document::new();
+            for key in *keys {
+                spec.insert(*key, 1);
+            }
+            IndexModel::builder()
+                .keys(spec)
+                .options(IndexOptions::builder().name(name.to_string()).build())
+                .build()
+        })
+        .collect()
+}
+
+/// An index earlier versions created and this one drops.
+const RETIRED_INDEX: &str = "live_completed_id";
+/// MongoDB's "index not found" error.
+const INDEX_NOT_FOUND: i32 = 27;
+
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    db: mongodb::Database,
+    todos: Collection<Document>,
+    stats: Collection<Document>,
+}
+
+/// A todo as the read API serves it: the same shape the command side answers with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Todo {
+    pub id: i64,
+    pub title: String,
+    pub description: Option<String>,
+    pub completed: bool,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One stored document: a live todo or a tombstone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    Live(Todo),
+    Deleted { version: i64 },
+}
+
+impl Stored {
+    pub fn version(&self) -> i64 {
+        match self {
+            Stored::Live(t) => t.version,
+            Stored::Deleted { version } => *version,
+        }
+    }
+}
+
+/// Server error codes that go away by themselves (a node restarting, stepping down, out of
+/// reach).
+const TRANSIENT_CODES: &[i32] = &[
+    6,
+    7,
+    89,
+    91,
+    189,
+    262,
+    9001,
+    10107,
+    11600,
+    11602,
+    13435,
+    13436,
+    63,
+    150,
+    234,
+    133,
+    WRITE_CONCERN_FAILED,
+];
+/// MongoDB's "write concern failed".
+const WRITE_CONCERN_FAILED: i32 = 64;
+
+/// Whether an error is the kind that goes away by itself (the server is restarting or out of
+/// reach): retried with backoff, never a reason to dead-letter a message.
+pub fn is_transient(err: &mongodb::error::Error) -> bool {
+    if err.contains_label("RetryableWriteError")
+        || err.contains_label("TransientTransactionError")
+        || err.contains_label("NetworkError")
+    {
+        return true;
+    }
+    match err.kind.as_ref() {
+        ErrorKind::Io(_)
+        | ErrorKind::ConnectionPoolCleared { .. }
+        | ErrorKind::ServerSelection { .. }
+        | ErrorKind::DnsResolve { .. }
+        | ErrorKind::Shutdown => true,
+        ErrorKind::Command(c) => TRANSIENT_CODES.contains(&c.code),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => TRANSIENT_CODES.contains(&w.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(_)) => true,
+        _ => false,
+    }
+}
+
+impl Store {
+    /// Builds the client. No connection is made here: the driver connects on first use and
+    /// reconnects by itself, so the service starts while MongoDB is still down.
+    pub async fn connect(uri: &str, database: &str) -> mongodb::error::Result<Self> {
+        let mut options = ClientOptions::parse(uri).await?;
+        options
+            .app_name
+            .get_or_insert_with(|| "query-service".into());
+        // Fail an operation within seconds while the server is away; the caller retries.
+        options
+            .server_selection_timeout
+            .get_or_insert(Duration::from_secs(3));
+        options
+            .connect_timeout
+            .get_or_insert(Duration::from_secs(3));
+        let client = Client::with_options(options)?;
+        let db = client.database(database);
+        Ok(Self {
+            todos: db.collection("todos"),
+            stats: db.collection("projection_stats"),
+            db,
+            client,
+        })
+    }
+
+    /// Creates the indexes the list queries use (idempotent); see [`INDEXES`].
+    pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
+        self.todos.create_indexes(index_models(INDEXES)).await?;
+        // Kept by earlier versions for lists in id order, which now read by `_id`; it only
+        // cost writes. Absent on new read models.
+        if let Err(err) = self.todos.drop_index(RETIRED_INDEX).await {
+            if !matches!(err.kind.as_ref(), ErrorKind::Command(c) if c.code == INDEX_NOT_FOUND) {
+                tracing::debug!(error = %err, index = RETIRED_INDEX, "retired index not dropped");
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> mongodb::error::Result<()> {
+        self.client
+            .database("admin")
+            .run_command(doc! { "ping": 1 })
+            .await?;
+        Ok(())
+    }
+}

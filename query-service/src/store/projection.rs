@@ -1,0 +1,337 @@
+//! The projection's writes: events applied to `todos` with a version guard, and the shared
+//! counters of what it did.
+//!
+//! Applying an event is one version-guarded upsert (built by `document::guarded_upsert`): the
+//! filter `{_id, version: {$lt: v}}` matches only a document older than the event. A newer or
+//! equal document makes the upsert try to insert a second `_id`, which the unique `_id` index
+//! refuses (E11000): that is how a duplicate or late event is recognised and skipped. A delete
+//! keeps the document as a tombstone with its version, so nothing older can bring the todo
+//! back.
+//!
+//! [`Store::apply_batch`] applies many events in one unordered bulk `update` command: per todo
+//! only the newest event of the batch is written (each event carries the todo's full state, so
+//! the newest alone gives the same document), through the same guard.
+//!
+//! `projection_stats` holds one document of counters shared by every replica, updated once per
+//! batch by [`Store::record`].
+
+use super::document::{guarded_upsert, timestamp};
+use super::{Store, STATS_ID, WRITE_CONCERN_FAILED};
+use bson::{doc, Document};
+use chrono::{DateTime, Utc};
+use events::Envelope;
+use mongodb::error::{ErrorKind, WriteFailure};
+use std::collections::HashMap;
+
+/// MongoDB's duplicate key error.
+const DUPLICATE_KEY: i32 = 11000;
+
+/// What the projection did with one event; also the `outcome` label of
+/// `projection_events_total` (its values: [`crate::metrics`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The read model now holds this event's version.
+    Applied,
+    /// The read model already had this version or a newer one: skipped.
+    Duplicate,
+    /// A newer event of the same todo in the same batch was applied instead; the read model
+    /// holds the newer state, which includes this one's.
+    Superseded,
+    /// The message could never be applied; it went to the dead-letter queue.
+    DeadLettered,
+}
+
+/// Why MongoDB refused to write one event of a batch (a write error of the bulk command).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("MongoDB refused the write (code {code}): {message}")]
+pub struct Refused {
+    pub code: i32,
+    pub message: String,
+}
+
+impl From<&mongodb::error::Error> for Refused {
+    fn from(err: &mongodb::error::Error) -> Self {
+        let code = match err.kind.as_ref() {
+            ErrorKind::Command(c) => c.code,
+            ErrorKind::Write(WriteFailure::WriteError(w)) => w.code,
+            _ => -1,
+        };
+        Refused {
+            code,
+            message: err.to_string(),
+        }
+    }
+}
+
+/// The outcome of each event of a batch, in the batch's order. `None`: not settled, because
+/// the newest event of its todo in the batch was refused; apply it again without that one.
+pub type BatchResult = Vec<Option<Result<Outcome, Refused>>>;
+
+/// How many events of each outcome a batch had, for the shared counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub applied: i64,
+    pub duplicates: i64,
+    pub superseded: i64,
+    pub dead_lettered: i64,
+}
+
+impl Counts {
+    pub fn add(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Applied => self.applied += 1,
+            Outcome::Duplicate => self.duplicates += 1,
+            Outcome::Superseded => self.superseded += 1,
+            Outcome::DeadLettered => self.dead_lettered += 1,
+        }
+    }
+
+    pub fn total(&self) -> i64 {
+        self.applied + self.duplicates + self.superseded + self.dead_lettered
+    }
+}
+
+fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
+    match err.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
+        ErrorKind::Command(c) => c.code == DUPLICATE_KEY,
+        _ => false,
+    }
+}
+
+impl Store {
+    /// Applies one event with the version guard described at the top of this module.
+    #[tracing::instrument(skip_all, fields(todo_id = e.todo_id, version = e.version, event_type = %e.event_type))]
+    pub async fn apply(&self, e: &Envelope) -> mongodb::error::Result<Outcome> {
+        let (filter, update) = guarded_upsert(e);
+        // A duplicate key means the document existed when the upsert tried to insert it, and
+        // did not match the filter then. Once more settles why: if it now matches, another
+        // consumer (a replica) inserted an older version between our filter and our insert,
+        // and this newer version must still land; if not, what is stored is this version or
+        // newer, and the event is a duplicate. Documents are never removed (deletes leave
+        // tombstones), so the second try cannot meet a missing document again.
+        let upsert = || {
+            self.todos
+                .update_one(filter.clone(), update.clone())
+                .upsert(true)
+        };
+        match upsert().await {
+            Ok(_) => Ok(Outcome::Applied),
+            Err(err) if is_duplicate_key(&err) => match upsert().await {
+                Ok(_) => Ok(Outcome::Applied),
+                Err(err) if is_duplicate_key(&err) => Ok(Outcome::Duplicate),
+                Err(err) => Err(err),
+            },
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Applies a batch of events in one bulk command (see the top of this module). The result has
+    /// one entry per event, in order. An error is the whole command failing (nothing can be
+    /// said of any event); a [`Refused`] entry is MongoDB refusing that event's write; the
+    /// older events of that todo in the batch are left unsettled (`None`).
+    pub async fn apply_batch(&self, events: &[Envelope]) -> mongodb::error::Result<BatchResult> {
+        self.apply_batch_between_tries(events, || async {}).await
+    }
+
+    /// [`Store::apply_batch`], running `between_tries` after a first try that met duplicate
+    /// keys and before the second: the moment at which, in a race, another replica's insert
+    /// has landed. A test uses it to be that replica, since a server that runs one command at
+    /// a time never interleaves two replicas' upserts by itself.
+    pub async fn apply_batch_between_tries<F, Fut>(
+        &self,
+        events: &[Envelope],
+        mut between_tries: F,
+    ) -> mongodb::error::Result<BatchResult>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        // The newest event of each todo is written; the others follow its fate.
+        let mut newest: HashMap<i64, usize> = HashMap::new();
+        for (i, e) in events.iter().enumerate() {
+            let slot = newest.entry(e.todo_id).or_insert(i);
+            if e.version > events[*slot].version {
+                *slot = i;
+            }
+        }
+        let mut written: Vec<usize> = newest.into_values().collect();
+        written.sort_unstable();
+        let mut results: HashMap<usize, Result<Outcome, Refused>> = HashMap::new();
+        let mut pending = written;
+        // A duplicate key is tried once more, for the reason `apply` gives.
+        for attempt in 0..2 {
+            if pending.is_empty() {
+                break;
+            }
+            if attempt > 0 {
+                between_tries().await;
+            }
+            let errors = self
+                .bulk_upsert(pending.iter().map(|&i| &events[i]))
+                .await?;
+            let mut again = Vec::new();
+            for (k, &i) in pending.iter().enumerate() {
+                match errors.get(&k) {
+                    None => {
+                        if attempt > 0 {
+                            tracing::debug!(
+                                todo_id = events[i].todo_id,
+                                version = events[i].version,
+                                "applied on the second try: another writer inserted the todo first"
+                            );
+                        }
+                        results.insert(i, Ok(Outcome::Applied));
+                    }
+                    Some(r) if r.code == DUPLICATE_KEY && attempt == 0 => again.push(i),
+                    Some(r) if r.code == DUPLICATE_KEY => {
+                        results.insert(i, Ok(Outcome::Duplicate));
+                    }
+                    Some(r) => {
+                        results.insert(i, Err(r.clone()));
+                    }
+                }
+            }
+            pending = again;
+        }
+        Ok(events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                if let Some(result) = results.get(&i) {
+                    return Some(result.clone());
+                }
+                // Not written itself: the written event of its todo decides.
+                let (j, _) = results
+                    .iter()
+                    .find(|(j, _)| events[**j].todo_id == e.todo_id)
+                    .expect("every todo of the batch has a written event");
+                match &results[j] {
+                    Ok(Outcome::Applied) if events[*j].version > e.version => {
+                        Some(Ok(Outcome::Superseded))
+                    }
+                    Ok(_) => Some(Ok(Outcome::Duplicate)),
+                    Err(_) => None,
+                }
+            })
+            .collect())
+    }
+
+    /// [`Store::apply_batch`] until every event is settled: the older events of a todo whose
+    /// newest one was refused are applied again without it.
+    pub async fn apply_all(
+        &self,
+        events: &[Envelope],
+    ) -> mongodb::error::Result<Vec<Result<Outcome, Refused>>> {
+        let mut results: Vec<Option<Result<Outcome, Refused>>> = vec![None; events.len()];
+        loop {
+            let open: Vec<usize> = (0..events.len())
+                .filter(|&k| results[k].is_none())
+                .collect();
+            if open.is_empty() {
+                return Ok(results.into_iter().flatten().collect());
+            }
+            let subset: Vec<Envelope> = open.iter().map(|&k| events[k].clone()).collect();
+            for (&k, result) in open.iter().zip(self.apply_batch(&subset).await?) {
+                results[k] = result;
+            }
+        }
+    }
+
+    /// One unordered `update` command of version-guarded upserts. Returns the write errors by
+    /// the index of the event in `events`.
+    async fn bulk_upsert<'a>(
+        &self,
+        events: impl Iterator<Item = &'a Envelope>,
+    ) -> mongodb::error::Result<HashMap<usize, Refused>> {
+        let updates: Vec<&Envelope> = events.collect();
+        let reply = self
+            .db
+            .run_command(bulk_upsert_command(
+                self.todos.name(),
+                updates.iter().copied(),
+            ))
+            .await?;
+        let mut errors = HashMap::new();
+        if let Ok(list) = reply.get_array("writeErrors") {
+            let int = |d: &Document, k: &str| {
+                d.get(k)
+                    .and_then(|v| v.as_i32().or_else(|| v.as_i64().map(|n| n as i32)))
+            };
+            for item in list {
+                let Some(e) = item.as_document() else {
+                    continue;
+                };
+                let (Some(index), Some(code)) = (int(e, "index"), int(e, "code")) else {
+                    return Err(mongodb::error::Error::custom(format!(
+                        "a write error the bulk reply does not tie to an event: {e}"
+                    )));
+                };
+                let message = e.get_str("errmsg").unwrap_or("").to_string();
+                errors.insert(index.max(0) as usize, Refused { code, message });
+            }
+        }
+        if let Ok(wce) = reply.get_document("writeConcernError") {
+            // The writes may not be durable: every one of them is refused for now, and tried
+            // again (the guard makes a write that did land a duplicate).
+            let message = format!("write concern error: {wce}");
+            for (index, _) in updates.iter().enumerate() {
+                errors.entry(index).or_insert(Refused {
+                    code: WRITE_CONCERN_FAILED,
+                    message: message.clone(),
+                });
+            }
+        }
+        Ok(errors)
+    }
+
+    /// Adds a batch's outcomes to the shared projection counters and raises the highest todo
+    /// id seen, which lists in id order walk up to (one update).
+    pub async fn record(
+        &self,
+        counts: Counts,
+        newest_event: Option<DateTime<Utc>>,
+        max_todo_id: i64,
+    ) -> mongodb::error::Result<()> {
+        let mut max = doc! { "max_todo_id": max_todo_id };
+        let mut update = doc! { "$inc": {
+            "applied": counts.applied,
+            "skipped_duplicates": counts.duplicates,
+            "superseded": counts.superseded,
+            "dead_lettered": counts.dead_lettered,
+        } };
+        if let (true, Some(at)) = (counts.applied > 0, newest_event) {
+            let now = Utc::now();
+            update.insert(
+                "$set",
+                doc! {
+                    "last_applied_at": timestamp(now),
+                    "lag_ms": (now - at).num_milliseconds(),
+                },
+            );
+            max.insert("last_event_at", timestamp(at));
+        }
+        update.insert("$max", max);
+        self.stats
+            .update_one(doc! { "_id": STATS_ID }, update)
+            .upsert(true)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The unordered bulk `update` command of the version-guarded upserts of `events` (what
+/// [`Store::apply_batch`] sends; `scripts/bench.sh` sends it straight to the store for the
+/// store's own rate).
+pub fn bulk_upsert_command<'a>(
+    collection: &str,
+    events: impl Iterator<Item = &'a Envelope>,
+) -> Document {
+    let updates: Vec<Document> = events
+        .map(|e| {
+            let (q, u) = guarded_upsert(e);
+            doc! { "q": q, "u": u, "upsert": true }
+        })
+        .collect();
+    doc! { "update": collection, "updates": updates, "ordered": false }
+}

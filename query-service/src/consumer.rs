@@ -20,13 +20,14 @@
 //! - A transient MongoDB error of the whole batch (server away, restarting) is retried in place
 //!   with backoff; the batch stays unacked meanwhile, so nothing is lost.
 //! - lapin does not reconnect by itself: the loop here reconnects with a backoff that starts
-//!   again from its base only after a connection has served (see [`Reconnect`]).
+//!   again from its base only after a connection has served (see [`SERVED_AFTER`]).
 //! - On shutdown the consumer is cancelled, the batch in hand is finished, and the
 //!   connection is closed; unacked messages (prefetched or held) go back to the queue.
 
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::{Counts, Outcome, Refused, Store};
+use events::service::backoff::Backoff;
 use events::Envelope;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -66,42 +67,11 @@ pub struct ConsumerStatus {
 
 /// First delay before a reconnect, and before the first retry of an event the store refused.
 pub const RETRY_BASE: Duration = Duration::from_millis(200);
-/// How long a connection must last to count as having served (see [`Reconnect`]).
+/// How long a connection must last to count as having served: only then does the reconnect
+/// delay start over from [`RETRY_BASE`]. So a broker that drops the consumer right after it
+/// connects or subscribes (a node shutting down, a queue deleted under it, a proxy cutting
+/// connections) costs one connection per ceiling, not five a second.
 pub const SERVED_AFTER: Duration = Duration::from_secs(10);
-
-/// The delay before each connection attempt. It doubles from [`RETRY_BASE`] up to the ceiling
-/// while connections fail, or end without having served, and starts again from the base only
-/// after one served: it settled a batch or stayed connected for [`SERVED_AFTER`]. So a broker
-/// that drops the consumer right after it connects or subscribes (a node shutting down, a
-/// queue deleted under it, a proxy cutting connections) costs one connection per ceiling, not
-/// five a second.
-#[derive(Debug, Clone)]
-pub struct Reconnect {
-    base: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Reconnect {
-    pub fn new(max: Duration) -> Self {
-        let base = RETRY_BASE.min(max);
-        Self {
-            base,
-            max,
-            next: base,
-        }
-    }
-
-    /// The delay before the next attempt, given whether the last connection served.
-    pub fn delay(&mut self, served: bool) -> Duration {
-        if served {
-            self.next = self.base;
-        }
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
-}
 
 pub async fn run(
     store: Store,
@@ -109,7 +79,7 @@ pub async fn run(
     status: Arc<ConsumerStatus>,
     shutdown: Shutdown,
 ) {
-    let mut reconnect = Reconnect::new(config.max_backoff);
+    let mut reconnect = Backoff::new(RETRY_BASE, config.max_backoff);
     while !shutdown.is_triggered() {
         config.metrics.consumer_connect();
         let served = match connect(&config).await {
@@ -147,15 +117,15 @@ pub async fn run(
         if shutdown.is_triggered() {
             break;
         }
-        let delay = reconnect.delay(served);
-        let jitter = Duration::from_millis(rand::random_range(0..=delay.as_millis() as u64 / 4));
+        if served {
+            reconnect.reset();
+        }
         tracing::info!(
-            retry_in_ms = (delay + jitter).as_millis() as u64,
+            retry_in_ms = reconnect.peek().as_millis() as u64,
             "consumer reconnecting"
         );
-        tokio::select! {
-            _ = tokio::time::sleep(delay + jitter) => {}
-            _ = shutdown.triggered() => {}
+        if !reconnect.pause(&shutdown).await {
+            break;
         }
     }
     tracing::info!("consumer stopped");
@@ -265,15 +235,6 @@ struct Pending {
     refusals: u32,
     /// When to try again.
     due: Instant,
-}
-
-/// The delay before retry `refusals` (1, 2, …) of a refused event: [`RETRY_BASE`] doubled per
-/// refusal, up to `max`.
-fn retry_delay(refusals: u32, max: Duration) -> Duration {
-    let doublings = refusals.saturating_sub(1).min(16);
-    (RETRY_BASE * 2_u32.pow(doublings))
-        .min(max)
-        .max(RETRY_BASE.min(max))
 }
 
 async fn consume(
@@ -442,7 +403,8 @@ async fn handle_batch(
             }
             Err(refused) => {
                 pending.refusals += 1;
-                let delay = retry_delay(pending.refusals, config.max_backoff);
+                let delay =
+                    Backoff::after_failures(RETRY_BASE, config.max_backoff, pending.refusals);
                 span.in_scope(|| {
                     tracing::warn!(
                         error = %refused,
@@ -464,11 +426,11 @@ async fn handle_batch(
     // Before the ack: lists in id order walk up to the highest todo id recorded here, so a
     // failure to record is retried like the store being away, never skipped.
     if counts.total() > 0 {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), config.max_backoff);
         while let Err(err) = store.record(counts, newest_event, max_todo_id).await {
-            tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "projection counters not updated; retrying");
+            tracing::warn!(error = %err, retry_in_ms = backoff.peek().as_millis() as u64, "projection counters not updated; retrying");
             config.metrics.observe_store_unavailable();
-            if !pause(&mut backoff, config.max_backoff, shutdown).await {
+            if !backoff.pause(shutdown).await {
                 return Ok(Settled::Stopped);
             }
         }
@@ -528,7 +490,7 @@ async fn apply(
     shutdown: &Shutdown,
 ) -> Option<Vec<Result<Outcome, Refused>>> {
     let mut results: Vec<Option<Result<Outcome, Refused>>> = vec![None; events.len()];
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), config.max_backoff);
     loop {
         let open: Vec<usize> = (0..events.len())
             .filter(|&k| results[k].is_none())
@@ -540,9 +502,9 @@ async fn apply(
         let outcome = match store.apply_batch(&subset).await {
             Ok(batch) => batch,
             Err(err) if crate::store::is_transient(&err) => {
-                tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "MongoDB unavailable; retrying");
+                tracing::warn!(error = %err, retry_in_ms = backoff.peek().as_millis() as u64, "MongoDB unavailable; retrying");
                 config.metrics.observe_store_unavailable();
-                if !pause(&mut backoff, config.max_backoff, shutdown).await {
+                if !backoff.pause(shutdown).await {
                     return None;
                 }
                 continue;
@@ -556,7 +518,7 @@ async fn apply(
                             Ok(outcome) => break Some(Ok(outcome)),
                             Err(err) if crate::store::is_transient(&err) => {
                                 config.metrics.observe_store_unavailable();
-                                if !pause(&mut backoff, config.max_backoff, shutdown).await {
+                                if !backoff.pause(shutdown).await {
                                     return None;
                                 }
                             }
@@ -577,19 +539,6 @@ async fn apply(
     }
 }
 
-/// Sleeps for `backoff` (doubling it up to `max`); false when shutdown came first.
-async fn pause(backoff: &mut Duration, max: Duration, shutdown: &Shutdown) -> bool {
-    if shutdown.is_triggered() {
-        return false;
-    }
-    tokio::select! {
-        _ = tokio::time::sleep(*backoff) => {}
-        _ = shutdown.triggered() => return false,
-    }
-    *backoff = (*backoff * 2).min(max);
-    true
-}
-
 /// The span one message is logged in: its correlation id, message id and routing key.
 fn event_span(delivery: &Delivery) -> tracing::Span {
     tracing::info_span!(
@@ -608,43 +557,4 @@ async fn dead_letter(delivery: &Delivery) -> lapin::Result<()> {
         })
         .await
         .map(|_| ())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MS: fn(u64) -> Duration = Duration::from_millis;
-
-    #[test]
-    fn the_reconnect_delay_grows_while_connections_fail_and_starts_again_after_one_served() {
-        let mut reconnect = Reconnect::new(MS(5_000));
-        let failing: Vec<Duration> = (0..7).map(|_| reconnect.delay(false)).collect();
-        assert_eq!(
-            failing,
-            [200, 400, 800, 1_600, 3_200, 5_000, 5_000].map(MS),
-            "a connection that fails at once, again and again, waits longer each time"
-        );
-        assert_eq!(
-            reconnect.delay(true),
-            MS(200),
-            "one that served starts over"
-        );
-        assert_eq!(reconnect.delay(false), MS(400));
-    }
-
-    #[test]
-    fn a_ceiling_below_the_base_is_the_delay() {
-        let mut reconnect = Reconnect::new(MS(50));
-        assert_eq!(reconnect.delay(false), MS(50));
-        assert_eq!(reconnect.delay(true), MS(50));
-        assert_eq!(retry_delay(1, MS(50)), MS(50));
-    }
-
-    #[test]
-    fn a_refused_event_waits_longer_after_each_refusal_up_to_the_ceiling() {
-        let delays: Vec<Duration> = (1..=6).map(|n| retry_delay(n, MS(1_000))).collect();
-        assert_eq!(delays, [200, 400, 800, 1_000, 1_000, 1_000].map(MS));
-        assert_eq!(retry_delay(u32::MAX, MS(5_000)), MS(5_000), "no overflow");
-    }
 }

@@ -17,6 +17,7 @@ pub use events::service::{healthcheck, shutdown, telemetry};
 
 use anyhow::Context;
 use consumer::{ConsumerConfig, ConsumerStatus};
+use events::service::backoff::Backoff;
 use events::service::supervise::Supervisor;
 use settings::Settings;
 use std::future::Future;
@@ -41,14 +42,13 @@ impl Application {
         let store = Store::connect(&settings.mongodb_uri, &settings.mongodb_db)
             .await
             .context("MONGODB_URI is not a usable MongoDB connection string")?;
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         for attempt in 1.. {
             match store.ensure_indexes().await {
                 Ok(()) => break,
                 Err(err) if attempt < 20 => {
                     tracing::warn!(error = %err, attempt, "MongoDB not reachable yet, retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
                 Err(err) => return Err(anyhow::Error::new(err).context("MongoDB not reachable")),
             }

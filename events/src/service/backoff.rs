@@ -104,6 +104,11 @@ mod tests {
             );
         }
         assert_eq!(Backoff::after_failures(200 * MS, 5000 * MS, 0), 200 * MS);
+        assert_eq!(
+            Backoff::after_failures(200 * MS, 5000 * MS, u32::MAX),
+            5000 * MS,
+            "no overflow"
+        );
     }
 
     #[test]

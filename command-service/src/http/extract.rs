@@ -1,13 +1,13 @@
 //! What the handlers take from a request: the JSON body (content type checked, size limited),
 //! a todo id from the path, `If-Match` as a [`Precondition`] and `Idempotency-Key` as an
-//! [`Idempotency`].
+//! [`idempotency::Key`].
 
+use crate::commands::Precondition;
 use crate::error::ApiError;
+use crate::idempotency;
 use crate::input;
-use crate::todos::{Idempotency, Precondition};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
-use sha2::{Digest, Sha256};
 use warp::{Filter, Rejection};
 
 /// Reads a JSON request body: 415 unless the content type is JSON, 413 past the limit (by
@@ -123,45 +123,18 @@ pub(super) fn precondition(raw: Option<String>) -> Result<Option<Precondition>, 
     Ok(Some(Precondition::Versions(versions)))
 }
 
-/// Parses `Idempotency-Key` (1 to 255 characters) and pairs it with the hash of the request.
-pub(super) fn idempotency(
+/// Parses `Idempotency-Key` (1 to 255 characters), the key of the request `input`.
+pub(super) fn idempotency_key(
     raw: Option<String>,
     input: &input::TodoInput,
-) -> Result<Option<Idempotency>, ApiError> {
+) -> Result<Option<idempotency::Key>, ApiError> {
     let Some(key) = raw else { return Ok(None) };
     if key.is_empty() || key.len() > 255 {
         return Err(ApiError::BadRequest(
             "Idempotency-Key must be 1 to 255 characters.".into(),
         ));
     }
-    Ok(Some(Idempotency {
-        key,
-        request_hash: request_hash(input),
-    }))
-}
-
-/// The hash a repeated `Idempotency-Key` request is compared by: that of the validated input,
-/// never of the JSON text. Two bodies that ask for the same todo (keys in another order, other
-/// spacing, a title validation trims, a description null or left out) hash the same, whatever
-/// features `serde_json` was built with.
-fn request_hash(input: &input::TodoInput) -> String {
-    /// A struct serializes its fields in declaration order: a fixed encoding.
-    #[derive(serde::Serialize)]
-    struct Canonical<'a> {
-        title: &'a str,
-        description: Option<&'a str>,
-        completed: bool,
-    }
-    let canonical = serde_json::to_vec(&Canonical {
-        title: &input.title,
-        description: input.description.as_deref(),
-        completed: input.completed,
-    })
-    .unwrap_or_default();
-    Sha256::digest(&canonical)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Ok(Some(idempotency::Key::new(key, input)))
 }
 
 #[cfg(test)]
@@ -195,25 +168,6 @@ mod tests {
             );
         }
         assert_eq!(precondition(None).expect("absent"), None);
-    }
-
-    #[test]
-    fn the_request_hash_is_that_of_the_validated_input() {
-        let hash = |body: &str| request_hash(&input::todo_input(body.as_bytes()).expect(body));
-        let first = hash(r#"{"title":"a","completed":true}"#);
-        for same in [
-            r#"{"completed":true,"title":"a"}"#,
-            r#"{ "title" : " a ", "completed" : true, "description" : null }"#,
-        ] {
-            assert_eq!(hash(same), first, "{same}");
-        }
-        for other in [
-            r#"{"title":"a"}"#,
-            r#"{"title":"b","completed":true}"#,
-            r#"{"title":"a","completed":true,"description":""}"#,
-        ] {
-            assert_ne!(hash(other), first, "{other}");
-        }
     }
 
     #[test]

@@ -15,10 +15,10 @@ mod todos;
 
 pub use ops::OPENAPI;
 
+use crate::commands::Commands;
 use crate::error::{handle_rejection, ApiError};
 use crate::metrics::Metrics;
 use crate::relay::RelayStatus;
-use crate::todos::Commands;
 use events::service::http::{self, Route};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -99,8 +99,8 @@ mod tests {
                         .database_limits(),
                 )
                 .expect("pool"),
-                crate::todos::Wake::default(),
-                24,
+                crate::commands::Wake::default(),
+                crate::idempotency::Keys::new(24),
             ),
             relay: Arc::default(),
             tasks: Arc::default(),

@@ -1,12 +1,13 @@
 //! The write routes: `POST /todos`, `PATCH`, `PUT` and `DELETE /todos/{id}`. Each reads its
 //! request (see [`super::extract`]), runs its command and answers the todo with its `ETag`
-//! (and `Location` for a created one).
+//! (and `Location` for a created one, replayed or not).
 
-use super::extract::{idempotency, json_body, precondition, todo_id};
+use super::extract::{idempotency_key, json_body, precondition, todo_id};
 use super::{answer, json_response, with_state, State};
+use crate::commands::{Change, Created, Todo};
 use crate::error::ApiError;
+use crate::idempotency::Replayed;
 use crate::input;
-use crate::todos::{Change, Created, Todo};
 use bytes::Bytes;
 use events::service::http::request_id;
 use warp::http::{header, HeaderValue, StatusCode};
@@ -25,10 +26,13 @@ fn set_etag(response: &mut Response, version: i64) {
     }
 }
 
-fn location(response: &mut Response, id: i64) {
-    if let Ok(v) = HeaderValue::from_str(&format!("/todos/{id}")) {
+/// A created todo (or the replay of its creation): the todo, its `ETag` and its `Location`.
+fn created(status: StatusCode, todo: &Todo) -> Response {
+    let mut response = todo_response(status, todo);
+    if let Ok(v) = HeaderValue::from_str(&format!("/todos/{}", todo.id)) {
         response.headers_mut().insert(header::LOCATION, v);
     }
+    response
 }
 
 pub(super) fn create(
@@ -45,23 +49,16 @@ pub(super) fn create(
                 let correlation = id.clone();
                 answer(state.metrics.clone(), id, "POST /todos", async move {
                     let input = input::todo_input(&body)?;
-                    let idem = idempotency(key, &input)?;
-                    match state.commands.create(input, idem, &correlation).await? {
-                        Created::New(todo) => {
-                            let mut response = todo_response(StatusCode::CREATED, &todo);
-                            location(&mut response, todo.id);
-                            Ok(response)
-                        }
-                        Created::Replayed { status, body } => {
-                            let status =
-                                StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
-                            let mut response = json_response(status, &body);
-                            if let Some(id) = body.get("id").and_then(|v| v.as_i64()) {
-                                location(&mut response, id);
-                            }
-                            if let Some(v) = body.get("version").and_then(|v| v.as_i64()) {
-                                set_etag(&mut response, v);
-                            }
+                    let key = idempotency_key(key, &input)?;
+                    match state.commands.create(input, key, &correlation).await? {
+                        Created::New(todo) => Ok(created(StatusCode::CREATED, &todo)),
+                        Created::Replayed(Replayed { status, todo }) => {
+                            let status = StatusCode::from_u16(status).map_err(|e| {
+                                ApiError::Internal(anyhow::anyhow!(
+                                    "stored idempotent answer has status {status}: {e}"
+                                ))
+                            })?;
+                            let mut response = created(status, &todo);
                             response
                                 .headers_mut()
                                 .insert("idempotent-replayed", HeaderValue::from_static("true"));

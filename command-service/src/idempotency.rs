@@ -179,7 +179,7 @@ impl Keys {
     }
 
     /// Removes the expired keys, [`CLEANUP_BATCH`] per statement; returns how many.
-    async fn remove_expired(&self, pool: &PgPool) -> anyhow::Result<usize> {
+    pub async fn remove_expired(&self, pool: &PgPool) -> anyhow::Result<usize> {
         let mut conn = pool.get().await?;
         let mut removed = 0;
         loop {

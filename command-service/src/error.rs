@@ -147,9 +147,9 @@ impl ApiError {
 }
 
 /// The edge between the commands and HTTP: each way a command fails, as its answer.
-impl From<crate::todos::CommandError> for ApiError {
-    fn from(err: crate::todos::CommandError) -> Self {
-        use crate::todos::CommandError;
+impl From<crate::commands::CommandError> for ApiError {
+    fn from(err: crate::commands::CommandError) -> Self {
+        use crate::commands::CommandError;
         match err {
             CommandError::NotFound(id) => ApiError::NotFound(format!("Todo {id} does not exist.")),
             CommandError::PreconditionFailed { current } => {
@@ -193,7 +193,7 @@ pub async fn handle_rejection(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::todos::CommandError;
+    use crate::commands::CommandError;
     use diesel_async::pooled_connection::deadpool::PoolError;
 
     #[test]

@@ -3,10 +3,12 @@
 //! A library with a thin `main`: settings → telemetry → [`Application::build`] →
 //! [`Application::run`]. Tests drive the same `build` the binary uses, on port 0.
 
+pub mod commands;
 pub mod db;
 pub mod error;
 pub mod event_log;
 pub mod http;
+pub mod idempotency;
 pub mod input;
 pub mod metrics;
 pub mod openapi;
@@ -14,7 +16,6 @@ pub mod relay;
 pub mod schema;
 pub mod sequencer;
 pub mod settings;
-pub mod todos;
 
 pub use events::service::{healthcheck, shutdown, telemetry};
 
@@ -29,7 +30,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// Connections of the sequencer and the relay (one each, and one for the relay's idle work).
+/// Connections of the background tasks: one each for the sequencer, the relay and the
+/// idempotency key cleanup.
 const BACKGROUND_CONNECTIONS: usize = 3;
 
 /// A built service: listener bound, database migrated, nothing running yet.
@@ -64,7 +66,7 @@ impl Application {
         })
     }
 
-    /// The supervisor of the sequencer and the relay (what `/ready` reports under `tasks`).
+    /// The supervisor of the background tasks (what `/ready` reports under `tasks`).
     pub fn tasks(&self) -> Arc<Supervisor> {
         self.tasks.clone()
     }
@@ -77,11 +79,12 @@ impl Application {
         self.local_addr
     }
 
-    /// Serves HTTP and runs the sequencer and the outbox relay (supervised: restarted if they
-    /// end or panic) until `signal` resolves. Then it stops in order: the HTTP server stops
-    /// accepting and lets the requests in flight finish; then the sequencer stamps what they
-    /// committed; then the relay publishes it (while RabbitMQ answers). So a write answered
-    /// during shutdown is published before the process exits, not at its next start.
+    /// Serves HTTP and runs the sequencer, the outbox relay and the idempotency key cleanup
+    /// (supervised: restarted if they end or panic) until `signal` resolves. Then it stops in
+    /// order: the HTTP server stops accepting and lets the requests in flight finish, and the
+    /// key cleanup stops; then the sequencer stamps what they committed; then the relay
+    /// publishes it (while RabbitMQ answers). So a write answered during shutdown is published
+    /// before the process exits, not at its next start.
     pub async fn run(
         self,
         signal: impl Future<Output = ()> + Send + 'static,
@@ -89,15 +92,13 @@ impl Application {
         let (stop_http, http_stopping) = shutdown::channel();
         let (stop_sequencer, sequencer_stopping) = shutdown::channel();
         let (stop_relay, relay_stopping) = shutdown::channel();
+        let (stop_cleanup, cleanup_stopping) = shutdown::channel();
         let metrics = Arc::new(metrics::Metrics::default());
-        let wake = todos::Wake::default();
-        let commands = todos::Commands::new(
-            self.pool.clone(),
-            wake.clone(),
-            self.settings.idempotency_ttl_hours,
-        );
-        // The sequencer and the relay have connections of their own: a burst of requests
-        // waiting for the pool never delays them.
+        let wake = commands::Wake::default();
+        let keys = idempotency::Keys::new(self.settings.idempotency_ttl_hours);
+        let commands = commands::Commands::new(self.pool.clone(), wake.clone(), keys);
+        // The background tasks have connections of their own: a burst of requests waiting for
+        // the pool never delays them.
         let background = db::pool(
             &self.settings.database_url,
             BACKGROUND_CONNECTIONS,
@@ -136,8 +137,14 @@ impl Application {
             batch_size: self.settings.relay_batch_size,
             poll,
             max_backoff,
-            idempotency_ttl_hours: self.settings.idempotency_ttl_hours,
             timeout: Duration::from_millis(self.settings.amqp_timeout_ms),
+        };
+        let cleanup = {
+            let (pool, stop) = (background.clone(), cleanup_stopping.clone());
+            self.tasks
+                .spawn("idempotency-cleanup", cleanup_stopping, move || {
+                    keys.clean(pool.clone(), stop.clone())
+                })
         };
         let relay = {
             let (status, metrics, stop) = (
@@ -166,6 +173,10 @@ impl Application {
         signal.await;
         stop_http.trigger();
         server.await.context("HTTP server task failed")?;
+        stop_cleanup.trigger();
+        cleanup
+            .await
+            .context("idempotency key cleanup task failed")?;
         stop_sequencer.trigger();
         sequencer.await.context("sequencer task failed")?;
         stop_relay.trigger();

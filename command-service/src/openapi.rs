@@ -5,8 +5,8 @@
 //! `tests/api/openapi.rs` holds the document against the routes served and every answer's
 //! body against the schema documented for its route and status.
 
+use crate::commands::Todo;
 use crate::input::{TodoInput, TodoPatch};
-use crate::todos::Todo;
 use events::service::problem::{FieldError, Problem};
 use events::Envelope;
 use utoipa::OpenApi;

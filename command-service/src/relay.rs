@@ -28,7 +28,6 @@ use crate::db::PgPool;
 use crate::event_log::{self, try_lock, Locked, RELAY_LOCK};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use diesel::sql_types::BigInt;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -52,7 +51,6 @@ pub struct RelayConfig {
     pub batch_size: i64,
     pub poll: Duration,
     pub max_backoff: Duration,
-    pub idempotency_ttl_hours: i64,
     /// The deadline of each call to RabbitMQ (`AMQP_TIMEOUT_MS`); publishing a round's events
     /// and waiting for their confirms have one each.
     pub timeout: Duration,
@@ -107,7 +105,6 @@ pub async fn run(
     let mut broker: Option<(Connection, Channel)> = None;
     // A connection RabbitMQ blocked, kept until it is unblocked (then closed for a fresh one).
     let mut blocked: Option<Connection> = None;
-    let mut last_cleanup = tokio::time::Instant::now();
     tracing::info!(exchange = %config.exchange, "outbox relay started");
 
     while !shutdown.is_triggered() {
@@ -198,11 +195,6 @@ pub async fn run(
                 backoff = pause(backoff, config.max_backoff, &shutdown).await;
                 continue;
             }
-        }
-
-        if last_cleanup.elapsed() > Duration::from_secs(600) {
-            last_cleanup = tokio::time::Instant::now();
-            cleanup_idempotency_keys(&pool, config.idempotency_ttl_hours).await;
         }
 
         // Idle: wait for the sequencer, the fallback poll, or shutdown.
@@ -478,38 +470,6 @@ async fn publish(
             properties,
         )
         .await
-}
-
-/// Expired keys removed per statement: each statement stays well within
-/// `DATABASE_STATEMENT_TIMEOUT_MS` however many keys expired.
-const CLEANUP_BATCH: usize = 1_000;
-
-async fn cleanup_idempotency_keys(pool: &PgPool, ttl_hours: i64) {
-    let result = async {
-        let mut conn = pool.get().await?;
-        let mut removed = 0;
-        loop {
-            let n = diesel::sql_query(
-                "DELETE FROM idempotency_keys WHERE ctid IN ( \
-                   SELECT ctid FROM idempotency_keys \
-                   WHERE created_at <= now() - make_interval(hours => $1::int) LIMIT $2)",
-            )
-            .bind::<BigInt, _>(ttl_hours)
-            .bind::<BigInt, _>(CLEANUP_BATCH as i64)
-            .execute(&mut conn)
-            .await?;
-            removed += n;
-            if n < CLEANUP_BATCH {
-                return Ok::<_, anyhow::Error>(removed);
-            }
-        }
-    }
-    .await;
-    match result {
-        Ok(n) if n > 0 => tracing::info!(removed = n, "expired idempotency keys removed"),
-        Ok(_) => {}
-        Err(err) => tracing::debug!(error = %err, "idempotency key cleanup skipped"),
-    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
 use crate::helpers::*;
+use diesel_async::RunQueryDsl;
 use serde_json::Value;
 
 async fn post_with_key(app: &TestApp, key: &str, body: &str) -> reqwest::Response {
@@ -105,5 +106,64 @@ async fn concurrent_requests_with_one_idempotency_key_create_one_todo() {
     );
     assert_eq!(app.count("todos").await, 1);
     assert_eq!(app.count("events").await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_stored_answer_that_cannot_be_read_is_500_not_a_guess() {
+    let app = spawn_app().await;
+    let body = r#"{"title":"kept"}"#;
+    assert_eq!(
+        post_with_key(&app, "key-unreadable", body).await.status(),
+        201
+    );
+    let mut conn = app.db().await;
+    diesel::sql_query(
+        "UPDATE idempotency_keys SET response_body = '{\"title\":\"kept\"}' \
+         WHERE key = 'key-unreadable'",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("stored answer damaged");
+
+    let again = post_with_key(&app, "key-unreadable", body).await;
+    assert_eq!(again.status(), 500);
+    assert!(again.headers().get("location").is_none());
+    assert_eq!(app.count("todos").await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn expired_keys_are_removed_by_a_supervised_task_and_live_ones_kept() {
+    let app = spawn_app().await;
+    let body = ready(&app).await;
+    assert_eq!(
+        body["tasks"]["idempotency-cleanup"]["state"], "running",
+        "{body}"
+    );
+    for key in ["key-old", "key-live"] {
+        assert_eq!(
+            post_with_key(&app, key, r#"{"title":"t"}"#).await.status(),
+            201
+        );
+    }
+    let mut conn = app.db().await;
+    diesel::sql_query(
+        "UPDATE idempotency_keys SET created_at = now() - interval '25 hours' \
+         WHERE key = 'key-old'",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("key aged");
+
+    let settings = test_settings(&app.database_url, &app.exchange, Vec::new());
+    let pool =
+        command_service::db::pool(&app.database_url, 1, settings.database_limits()).expect("pool");
+    let keys = command_service::idempotency::Keys::new(settings.idempotency_ttl_hours);
+    assert_eq!(keys.remove_expired(&pool).await.expect("cleanup"), 1);
+    assert_eq!(app.count("idempotency_keys").await, 1);
+    // The live key still replays.
+    let again = post_with_key(&app, "key-live", r#"{"title":"t"}"#).await;
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
     app.stop().await;
 }

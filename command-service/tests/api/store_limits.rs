@@ -140,7 +140,7 @@ async fn every_pooled_connection_carries_the_limits_and_a_statement_past_them_is
     assert!(started.elapsed() < Duration::from_secs(2), "{err}");
     assert!(command_service::db::is_unavailable(&err), "{err}");
     let answer =
-        command_service::error::ApiError::from(command_service::todos::CommandError::from(err));
+        command_service::error::ApiError::from(command_service::commands::CommandError::from(err));
     assert_eq!(answer.status(), 503);
 }
 

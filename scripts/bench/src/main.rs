@@ -4,7 +4,7 @@
 //! Every figure is taken beside the limit it is compared with, in the same run, because a
 //! shared machine's absolute numbers say little on their own:
 //!
-//! - writes: pgbench running command-service's own write statement (`todos::CREATE`) vs
+//! - writes: pgbench running command-service's own write statement (`commands::CREATE`) vs
 //!   `POST /todos` under wrk, at 1 and 16 connections, with command-service alone and then
 //!   with query-service running;
 //! - projection: the store's rate for the projection's own bulk command (same indexes, same

@@ -92,7 +92,7 @@ pub async fn log_size(config: &Config, database: &str) -> anyhow::Result<(i64, i
     Ok((p.a, p.b))
 }
 
-/// command-service's `todos::CREATE` with its placeholders replaced by values pgbench sends
+/// command-service's `commands::CREATE` with its placeholders replaced by values pgbench sends
 /// (a fresh event id each time, `now()` for the time), as a pgbench script.
 pub fn pgbench_script(config: &Config) -> anyhow::Result<PathBuf> {
     let data = r#"'{"title": "bench todo", "description": "written by pgbench", "completed": false, "created_at": "2026-11-25T00:00:00Z", "updated_at": "2026-11-25T00:00:00Z"}'::jsonb"#;
@@ -105,12 +105,12 @@ pub fn pgbench_script(config: &Config) -> anyhow::Result<PathBuf> {
         ("$2", "'written by pgbench'"),
         ("$1", "'bench todo'"),
     ];
-    let mut sql = command_service::todos::CREATE.to_string();
+    let mut sql = command_service::commands::CREATE.to_string();
     for (placeholder, value) in values {
         sql = sql.replace(placeholder, value);
     }
     if sql.contains('$') {
-        bail!("todos::CREATE has a placeholder this script does not fill: {sql}");
+        bail!("commands::CREATE has a placeholder this script does not fill: {sql}");
     }
     let path = config.work.join("pgbench-create.sql");
     std::fs::write(&path, format!("{sql};\n"))?;

@@ -1,31 +1,33 @@
-//! The commands. Each changes the todo row and appends its event to `events` (the
-//! transactional outbox) in one statement or one transaction, so a todo never changes without
-//! its event and no event exists for a change that did not commit. Writers share no lock: see
-//! [`crate::event_log`] for how events get their position afterwards.
+//! The commands, the todo they answer, the ways they fail, and the SQL they run. Each command
+//! changes the todo row and appends its event to `events` (the transactional outbox) in one
+//! statement or one transaction, so a todo never changes without its event and no event exists
+//! for a change that did not commit. Writers share no lock: see [`crate::event_log`] for how
+//! events get their position afterwards. A create with an `Idempotency-Key` stores its answer
+//! in the same transaction, through [`crate::idempotency`].
 
 use crate::db::{bind, prepared, PgPool, PooledConn};
 use crate::event_log::{self, LogError};
+use crate::idempotency::{self, Replayed};
 use crate::input::{TodoInput, TodoPatch};
 use crate::schema::todos;
 use chrono::{DateTime, SubsecRound, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{
-    BigInt, Bool, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
-};
+use diesel::sql_types::{BigInt, Bool, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use events::{Envelope, Field, TodoState};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-/// The write side's entry point: the pool, and the wake-up every committed write gives the
-/// sequencer (in-process: no `NOTIFY`, which would serialize the commits of all writers).
+/// The write side's entry point: the pool, the wake-up every committed write gives the
+/// sequencer (in-process: no `NOTIFY`, which would serialize the commits of all writers), and
+/// the stored answers of `Idempotency-Key` requests.
 #[derive(Clone)]
 pub struct Commands {
     pool: PgPool,
     wake: Wake,
-    idempotency_ttl_hours: i64,
+    keys: idempotency::Keys,
 }
 
 /// The in-process wake-ups between the writers, the sequencer and the relay.
@@ -38,12 +40,8 @@ pub struct Wake {
 }
 
 impl Commands {
-    pub fn new(pool: PgPool, wake: Wake, idempotency_ttl_hours: i64) -> Self {
-        Self {
-            pool,
-            wake,
-            idempotency_ttl_hours,
-        }
+    pub fn new(pool: PgPool, wake: Wake, keys: idempotency::Keys) -> Self {
+        Self { pool, wake, keys }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -102,7 +100,16 @@ impl From<LogError> for CommandError {
 }
 
 #[derive(
-    Debug, Clone, PartialEq, Eq, Serialize, Queryable, Selectable, QueryableByName, utoipa::ToSchema,
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    Queryable,
+    Selectable,
+    QueryableByName,
+    utoipa::ToSchema,
 )]
 #[diesel(table_name = todos)]
 pub struct Todo {
@@ -168,24 +175,14 @@ fn missing(id: i64, precondition: Option<&Precondition>) -> CommandError {
     }
 }
 
-/// An `Idempotency-Key` and the hash of the request it came with.
-#[derive(Debug, Clone)]
-pub struct Idempotency {
-    pub key: String,
-    pub request_hash: String,
-}
-
-/// What `create` answers: a new todo, or the stored response of an earlier identical request.
+/// What `create` answers: a new todo, or the stored answer of an earlier identical request.
 #[derive(Debug)]
 pub enum Created {
     New(Todo),
-    Replayed {
-        status: u16,
-        body: serde_json::Value,
-    },
+    Replayed(Replayed),
 }
 
-/// Errors inside a transaction: an API error, or "another request with the same
+/// Errors inside a transaction: a command error, or "another request with the same
 /// Idempotency-Key committed first" (roll back, then replay its response).
 enum TxError {
     Command(CommandError),
@@ -211,40 +208,6 @@ fn now() -> DateTime<Utc> {
 
 async fn conn(pool: &PgPool) -> Result<PooledConn, CommandError> {
     Ok(pool.get().await?)
-}
-
-#[derive(QueryableByName)]
-struct StoredResponse {
-    #[diesel(sql_type = Text)]
-    request_hash: String,
-    #[diesel(sql_type = Integer)]
-    response_status: i32,
-    #[diesel(sql_type = Jsonb)]
-    response_body: serde_json::Value,
-}
-
-async fn stored_response(
-    conn: &mut AsyncPgConnection,
-    idem: &Idempotency,
-    ttl_hours: i64,
-) -> Result<Option<Created>, CommandError> {
-    let stored: Option<StoredResponse> = diesel::sql_query(
-        "SELECT request_hash, response_status, response_body FROM idempotency_keys \
-         WHERE key = $1 AND created_at > now() - make_interval(hours => $2::int)",
-    )
-    .bind::<Text, _>(&idem.key)
-    .bind::<BigInt, _>(ttl_hours)
-    .get_result(conn)
-    .await
-    .optional()?;
-    match stored {
-        None => Ok(None),
-        Some(s) if s.request_hash != idem.request_hash => Err(CommandError::IdempotencyKeyReused),
-        Some(s) => Ok(Some(Created::Replayed {
-            status: u16::try_from(s.response_status).unwrap_or(201),
-            body: s.response_body,
-        })),
-    }
 }
 
 /// Inserts the todo and its `TodoCreated` in one statement: one round trip, and on its own an
@@ -318,42 +281,24 @@ impl Commands {
     pub async fn create(
         &self,
         input: TodoInput,
-        idempotency: Option<Idempotency>,
+        idempotency: Option<idempotency::Key>,
         correlation_id: &str,
     ) -> Result<Created, CommandError> {
         let mut pooled = conn(&self.pool).await?;
         let conn: &mut AsyncPgConnection = &mut pooled;
-        let Some(idem) = idempotency else {
+        let Some(key) = idempotency else {
             let todo = insert_todo(conn, &input, correlation_id).await?;
             self.appended();
             tracing::info!(todo_id = todo.id, version = todo.version, "todo created");
             return Ok(Created::New(todo));
         };
-        let ttl_hours = self.idempotency_ttl_hours;
-        if let Some(replay) = stored_response(conn, &idem, ttl_hours).await? {
-            return Ok(replay);
+        if let Some(replay) = self.keys.replay(conn, &key).await? {
+            return Ok(Created::Replayed(replay));
         }
         let result = conn
             .transaction::<_, TxError, _>(async |conn| {
                 let todo = insert_todo(conn, &input, correlation_id).await?;
-                let body = serde_json::to_value(&todo)
-                    .map_err(|e| CommandError::Internal(anyhow::Error::new(e)))?;
-                // Takes the key unless a live entry holds it; an expired one is replaced.
-                let taken = diesel::sql_query(
-                    "INSERT INTO idempotency_keys (key, request_hash, response_status, response_body) \
-                     VALUES ($1, $2, 201, $3) \
-                     ON CONFLICT (key) DO UPDATE SET request_hash = EXCLUDED.request_hash, \
-                       response_status = EXCLUDED.response_status, \
-                       response_body = EXCLUDED.response_body, created_at = now() \
-                     WHERE idempotency_keys.created_at <= now() - make_interval(hours => $4::int)",
-                )
-                .bind::<Text, _>(&idem.key)
-                .bind::<Text, _>(&idem.request_hash)
-                .bind::<Jsonb, _>(body)
-                .bind::<BigInt, _>(ttl_hours)
-                .execute(conn)
-                .await?;
-                if taken == 0 {
+                if !self.keys.remember(conn, &key, &todo).await? {
                     return Err(TxError::KeyTaken);
                 }
                 Ok(todo)
@@ -368,15 +313,16 @@ impl Commands {
             Err(TxError::Command(e)) => Err(e),
             // A concurrent request with the same key committed while we worked: our
             // transaction rolled back, so answer with what it stored.
-            Err(TxError::KeyTaken) => {
-                stored_response(conn, &idem, ttl_hours)
-                    .await?
-                    .ok_or_else(|| {
-                        CommandError::Internal(anyhow::anyhow!(
-                            "idempotency key vanished after conflict"
-                        ))
-                    })
-            }
+            Err(TxError::KeyTaken) => self
+                .keys
+                .replay(conn, &key)
+                .await?
+                .map(Created::Replayed)
+                .ok_or_else(|| {
+                    CommandError::Internal(anyhow::anyhow!(
+                        "idempotency key vanished after conflict"
+                    ))
+                }),
         }
     }
 

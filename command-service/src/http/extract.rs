@@ -1,0 +1,186 @@
+//! What the handlers take from a request: the JSON body (content type checked, size limited),
+//! a todo id from the path, `If-Match` as a [`Precondition`] and `Idempotency-Key` as an
+//! [`idempotency::Key`].
+
+use crate::commands::Precondition;
+use crate::error::ApiError;
+use crate::idempotency;
+use crate::input;
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use warp::{Filter, Rejection};
+
+/// Reads a JSON request body: 415 unless the content type is JSON, 413 past the limit (by
+/// `Content-Length` when given, else while reading a chunked body).
+pub(super) fn json_body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("content-type")
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::body::stream())
+        .and_then(
+            move |content_type: Option<String>, length: Option<u64>, body| async move {
+                read_json_body(content_type, length, body, limit)
+                    .await
+                    .map_err(warp::reject::custom)
+            },
+        )
+}
+
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+async fn read_json_body<S, B>(
+    content_type: Option<String>,
+    length: Option<u64>,
+    body: S,
+    limit: u64,
+) -> Result<Bytes, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    match content_type {
+        Some(ct) if is_json(&ct) => {}
+        Some(ct) => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "Content-Type must be application/json, got {ct}."
+            )))
+        }
+        None => {
+            return Err(ApiError::UnsupportedMediaType(
+                "Content-Type must be application/json; none was given.".into(),
+            ))
+        }
+    }
+    if length.is_some_and(|l| l > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let mut body = std::pin::pin!(body);
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|e| ApiError::BadRequest(format!("unreadable body: {e}")))?;
+        if buf.len() as u64 + chunk.remaining() as u64 > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            buf.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// A todo id from the path: ids are positive, so any other number is a todo that does not exist.
+pub(super) fn todo_id(id: i64) -> Result<i64, ApiError> {
+    if id > 0 {
+        Ok(id)
+    } else {
+        Err(ApiError::NotFound(format!(
+            "Todo {id} does not exist; ids are positive."
+        )))
+    }
+}
+
+/// Parses `If-Match`: `*`, or a list of entity tags. It compares strongly (RFC 9110 13.1.1), so
+/// only strong tags `"N"` can match; a weak `W/"N"` is well-formed but matches nothing, as does
+/// a tag that is not a version (412). A malformed header is 400.
+pub(super) fn precondition(raw: Option<String>) -> Result<Option<Precondition>, ApiError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let raw = raw.trim();
+    if raw == "*" {
+        return Ok(Some(Precondition::Any));
+    }
+    let mut versions = Vec::new();
+    for tag in raw.split(',').map(str::trim) {
+        let (weak, opaque) = match tag.strip_prefix("W/") {
+            Some(opaque) => (true, opaque),
+            None => (false, tag),
+        };
+        let inner = opaque
+            .strip_prefix('"')
+            .and_then(|t| t.strip_suffix('"'))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "If-Match must be * or quoted entity tags such as \"3\"; got {raw}."
+                ))
+            })?;
+        if weak {
+            continue;
+        }
+        if let Ok(v) = inner.parse::<i64>() {
+            versions.push(v);
+        }
+    }
+    Ok(Some(Precondition::Versions(versions)))
+}
+
+/// Parses `Idempotency-Key` (1 to 255 characters), the key of the request `input`.
+pub(super) fn idempotency_key(
+    raw: Option<String>,
+    input: &input::TodoInput,
+) -> Result<Option<idempotency::Key>, ApiError> {
+    let Some(key) = raw else { return Ok(None) };
+    if key.is_empty() || key.len() > 255 {
+        return Err(ApiError::BadRequest(
+            "Idempotency-Key must be 1 to 255 characters.".into(),
+        ));
+    }
+    Ok(Some(idempotency::Key::new(key, input)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_match_forms() {
+        let cases: &[(&str, Option<Precondition>)] = &[
+            ("*", Some(Precondition::Any)),
+            ("\"3\"", Some(Precondition::Versions(vec![3]))),
+            ("W/\"3\"", Some(Precondition::Versions(vec![]))),
+            ("W/\"3\", \"4\"", Some(Precondition::Versions(vec![4]))),
+            ("\"1\", \"2\"", Some(Precondition::Versions(vec![1, 2]))),
+            ("\"abc\"", Some(Precondition::Versions(vec![]))),
+        ];
+        for (raw, expected) in cases {
+            assert_eq!(
+                &precondition(Some(raw.to_string())).expect(raw),
+                expected,
+                "If-Match: {raw}"
+            );
+        }
+        for malformed in ["3", "W/3", "\"3\", 4"] {
+            assert!(
+                matches!(
+                    precondition(Some(malformed.into())),
+                    Err(ApiError::BadRequest(_))
+                ),
+                "If-Match: {malformed}"
+            );
+        }
+        assert_eq!(precondition(None).expect("absent"), None);
+    }
+
+    #[test]
+    fn json_content_types() {
+        for ct in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/merge-patch+json",
+        ] {
+            assert!(is_json(ct), "{ct}");
+        }
+        for ct in ["text/plain", "application/x-www-form-urlencoded", "json"] {
+            assert!(!is_json(ct), "{ct}");
+        }
+    }
+}

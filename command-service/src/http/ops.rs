@@ -1,0 +1,95 @@
+//! The routes for operators: `GET /health` (liveness), `GET /ready` (readiness: PostgreSQL,
+//! RabbitMQ, the outbox and the supervised tasks), `GET /metrics` (OpenMetrics) and
+//! `GET /openapi.json`.
+
+use super::{json_response, with_state, State};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use warp::http::{header, HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+/// The OpenAPI 3 description of this service, served at `GET /openapi.json`.
+pub static OPENAPI: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| crate::openapi::document().to_string());
+
+pub(super) fn metrics(
+    state: State,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("metrics")
+        .and(warp::get())
+        .and(with_state(state))
+        .then(|state: State| async move {
+            if let Ok(Ok(outbox)) =
+                tokio::time::timeout(Duration::from_secs(2), state.commands.outbox()).await
+            {
+                state.metrics.outbox_backlog.set(outbox.backlog);
+            }
+            let mut response = state.metrics.render().into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        })
+}
+
+pub(super) fn openapi() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("openapi.json").and(warp::get()).map(|| {
+        let mut response = OPENAPI.as_str().into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    })
+}
+
+pub(super) fn health() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("health")
+        .and(warp::get())
+        .map(|| json_response(StatusCode::OK, &serde_json::json!({ "status": "ok" })))
+}
+
+pub(super) fn ready(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("ready")
+        .and(warp::get())
+        .and(with_state(state))
+        .then(|state: State| async move {
+            let timeout = Duration::from_secs(2);
+            let postgres = tokio::time::timeout(timeout, state.commands.ping()).await;
+            let postgres_up = matches!(postgres, Ok(Ok(())));
+            let outbox = if postgres_up {
+                tokio::time::timeout(timeout, state.commands.outbox())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            } else {
+                None
+            };
+            let broker_up = state.relay.broker_connected.load(Ordering::Relaxed);
+            // Writes need PostgreSQL only: with RabbitMQ away they are still accepted and kept
+            // in the outbox, so the broker's state is reported but does not make us unready.
+            let status = if postgres_up {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json_response(
+                status,
+                &serde_json::json!({
+                    "status": if postgres_up { "ready" } else { "not ready" },
+                    "checks": {
+                        "postgres": if postgres_up { "up" } else { "down" },
+                        "rabbitmq": if broker_up { "up" } else { "down" },
+                        "outbox_backlog": outbox.as_ref().map(|o| o.backlog),
+                        "relay_failed_rounds": outbox.as_ref().map(|o| o.publish_attempts),
+                        "relay_last_error": outbox.as_ref().and_then(|o| o.last_error.clone()),
+                    },
+                    "tasks": state.tasks.report(),
+                }),
+            )
+        })
+}

@@ -72,3 +72,62 @@ fn every_test_the_readme_table_names_exists() {
     }
     assert!(missing.is_empty(), "not found:\n{}", missing.join("\n"));
 }
+
+/// The source files under `<krate>/src`, relative to it (`http/mod.rs`).
+fn sources(krate: &str) -> Vec<String> {
+    fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).expect("src readable").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, base, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let relative = path.strip_prefix(base).expect("under src");
+                out.push(relative.to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    let base = root().join(krate).join("src");
+    let mut out = Vec::new();
+    walk(&base, &base, &mut out);
+    out.sort();
+    out
+}
+
+/// README.md's Layout section names every source file of the three crates in that crate's
+/// lines, and no file that is not there.
+#[test]
+fn the_readme_layout_names_every_source_file_and_only_those() {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    let start = readme.find("## Layout").expect("a Layout section");
+    let block = &readme[start..];
+    let block = &block[block.find("```").expect("a block") + 3..];
+    let block = &block[..block.find("```").expect("the block ends")];
+    let mut problems = Vec::new();
+    for krate in ["events", "command-service", "query-service"] {
+        // The crate's lines: from `<krate>/` to the next line that starts a new entry.
+        let lines: Vec<&str> = block
+            .lines()
+            .skip_while(|l| !l.starts_with(&format!("{krate}/")))
+            .enumerate()
+            .take_while(|(i, l)| *i == 0 || l.starts_with(' '))
+            .map(|(_, l)| l)
+            .collect();
+        let text = lines.join("\n");
+        let files = sources(krate);
+        for file in &files {
+            if !text.contains(file.as_str()) {
+                problems.push(format!("{krate}/src/{file} is not in the layout"));
+            }
+        }
+        for word in text.split(|c: char| c.is_whitespace() || c == ',' || c == ';') {
+            let word = word
+                .trim_matches(|c: char| !c.is_alphanumeric() && c != '_' && c != '/' && c != '.');
+            if word.ends_with(".rs") && !files.iter().any(|f| f == word) {
+                problems.push(format!(
+                    "the layout names {krate}/src/{word}, which does not exist"
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

@@ -7,6 +7,7 @@
 
 use crate::commands::Todo;
 use crate::input::{TodoInput, TodoPatch};
+use events::service::openapi as ops;
 use events::service::problem::{FieldError, Problem};
 use events::Envelope;
 use utoipa::OpenApi;
@@ -18,7 +19,17 @@ use utoipa::OpenApi;
         description = "The write side of the todo CQRS pair: each write commits the todo and its \
                        event in one transaction; a relay publishes the events to RabbitMQ."
     ),
-    paths(create, patch, put, delete, events, health, ready, metrics, openapi),
+    paths(
+        create,
+        patch,
+        put,
+        delete,
+        events,
+        ready,
+        ops::health,
+        ops::metrics,
+        ops::openapi
+    ),
     components(schemas(Todo, TodoInput, TodoPatch, Envelope, Problem, FieldError))
 )]
 struct Document;
@@ -129,12 +140,6 @@ fn delete() {}
 #[allow(dead_code)]
 fn events() {}
 
-/// `GET /health`.
-#[utoipa::path(get, path = "/health", tag = "operations",
-    responses((status = 200, description = "The process answers", body = serde_json::Value)))]
-#[allow(dead_code)]
-fn health() {}
-
 /// `GET /ready`.
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses(
@@ -143,15 +148,3 @@ fn health() {}
     ))]
 #[allow(dead_code)]
 fn ready() {}
-
-/// `GET /metrics`.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus metrics", body = String, content_type = "application/openmetrics-text")))]
-#[allow(dead_code)]
-fn metrics() {}
-
-/// `GET /openapi.json`.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations",
-    responses((status = 200, description = "This document", body = serde_json::Value)))]
-#[allow(dead_code)]
-fn openapi() {}

@@ -5,6 +5,7 @@
 //! served and every answer's body against the schema documented for its route and status.
 
 use crate::store::{ProjectionStats, Stats, Todo};
+use events::service::openapi as ops;
 use events::service::problem::{FieldError, Problem};
 use utoipa::OpenApi;
 
@@ -15,7 +16,7 @@ use utoipa::OpenApi;
         description = "The read side of the todo CQRS pair: a MongoDB read model the projection \
                        keeps from command-service's events, served on its own port."
     ),
-    paths(list, get, stats, health, ready, metrics, openapi),
+    paths(list, get, stats, ready, ops::health, ops::metrics, ops::openapi),
     components(schemas(Todo, Stats, ProjectionStats, Problem, FieldError))
 )]
 struct Document;
@@ -74,12 +75,6 @@ fn get() {}
 #[allow(dead_code)]
 fn stats() {}
 
-/// `GET /health`.
-#[utoipa::path(get, path = "/health", tag = "operations",
-    responses((status = 200, description = "The process answers", body = serde_json::Value)))]
-#[allow(dead_code)]
-fn health() {}
-
 /// `GET /ready`.
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses(
@@ -88,15 +83,3 @@ fn health() {}
     ))]
 #[allow(dead_code)]
 fn ready() {}
-
-/// `GET /metrics`.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus metrics", body = String, content_type = "application/openmetrics-text")))]
-#[allow(dead_code)]
-fn metrics() {}
-
-/// `GET /openapi.json`.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations",
-    responses((status = 200, description = "This document", body = serde_json::Value)))]
-#[allow(dead_code)]
-fn openapi() {}

@@ -5,9 +5,9 @@
 use super::{json_response, with_state, State};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use warp::http::{header, HeaderValue, StatusCode};
+use warp::http::StatusCode;
 use warp::reply::Response;
-use warp::{Filter, Rejection, Reply};
+use warp::{Filter, Rejection};
 
 /// The OpenAPI 3 description of this service, served at `GET /openapi.json`.
 pub static OPENAPI: std::sync::LazyLock<String> =
@@ -25,32 +25,8 @@ pub(super) fn metrics(
             {
                 state.metrics.outbox_backlog.set(outbox.backlog);
             }
-            let mut response = state.metrics.render().into_response();
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            response
+            events::service::http::openmetrics(state.metrics.render())
         })
-}
-
-pub(super) fn openapi() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("openapi.json").and(warp::get()).map(|| {
-        let mut response = OPENAPI.as_str().into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        response
-    })
-}
-
-pub(super) fn health() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("health")
-        .and(warp::get())
-        .map(|| json_response(StatusCode::OK, &serde_json::json!({ "status": "ok" })))
 }
 
 pub(super) fn ready(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {

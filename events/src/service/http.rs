@@ -7,9 +7,9 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 use warp::filters::BoxedFilter;
-use warp::http::HeaderValue;
+use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
-use warp::{Filter, Rejection};
+use warp::{Filter, Rejection, Reply};
 
 /// The correlation id header, read from requests and set on every answer.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -102,6 +102,81 @@ pub async fn answer(
         response.headers_mut().insert(REQUEST_ID, value);
     }
     Ok(response)
+}
+
+/// A JSON answer with `status`.
+pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    let mut response = warp::reply::json(body).into_response();
+    *response.status_mut() = status;
+    response
+}
+
+/// `GET /health`: the process answers.
+pub fn health() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("health")
+        .and(warp::get())
+        .map(|| json_response(StatusCode::OK, &serde_json::json!({ "status": "ok" })))
+}
+
+/// `GET /openapi.json`: the service's document.
+pub fn openapi(
+    document: &'static str,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("openapi.json").and(warp::get()).map(move || {
+        let mut response = document.into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    })
+}
+
+/// The answer of `GET /metrics`: `text` in the OpenMetrics format.
+pub fn openmetrics(text: String) -> Response {
+    let mut response = text.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+/// The `(method, path)` of every route in `table`, as [`super::openapi::operations`] lists a
+/// document's.
+pub fn served(table: &[Route]) -> std::collections::BTreeSet<(String, String)> {
+    table
+        .iter()
+        .map(|r| (r.method.to_string(), r.path.to_string()))
+        .collect()
+}
+
+/// The documented operations `api` does not take: each is sent (with `body` for the methods
+/// that carry one, `{id}` as 1) and must be answered by its route, not as "no such route" (404
+/// from the rejection handler) or 405. A store that cannot be reached answers 503: that counts
+/// as answered.
+#[cfg(feature = "testing")]
+pub async fn unanswered<F>(doc: &serde_json::Value, api: &F, body: &str) -> Vec<String>
+where
+    F: Filter<Extract = (Response,), Error = Infallible> + Clone + 'static,
+{
+    let mut missing = Vec::new();
+    for (method, path) in super::openapi::operations(doc) {
+        let mut request = warp::test::request()
+            .method(&method.to_uppercase())
+            .path(&path.replace("{id}", "1"))
+            .header("content-type", "application/json");
+        if method != "get" && method != "delete" {
+            request = request.body(body);
+        }
+        let response = request.reply(api).await;
+        let status = response.status().as_u16();
+        let text = String::from_utf8_lossy(response.body());
+        if status == 405 || text.contains("No such route") {
+            missing.push(format!("{method} {path}: {status} {text}"));
+        }
+    }
+    missing
 }
 
 #[cfg(test)]

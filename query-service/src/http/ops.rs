@@ -8,9 +8,9 @@ use events::service::http::request_id;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use warp::http::{header, HeaderValue, StatusCode};
+use warp::http::StatusCode;
 use warp::reply::Response;
-use warp::{Filter, Rejection, Reply};
+use warp::{Filter, Rejection};
 
 /// How old the counts `/stats` answers may be. Counting reads every live todo's index entry,
 /// so a client polling `/stats` must not make the store count at its own pace.
@@ -88,33 +88,7 @@ pub(super) fn metrics(
     warp::path!("metrics")
         .and(warp::get())
         .and(with_state(state))
-        .map(|state: State| {
-            let mut response = state.metrics.render().into_response();
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            response
-        })
-}
-
-pub(super) fn openapi() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("openapi.json").and(warp::get()).map(|| {
-        let mut response = OPENAPI.as_str().into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        response
-    })
-}
-
-pub(super) fn health() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("health")
-        .and(warp::get())
-        .map(|| json_response(StatusCode::OK, &serde_json::json!({ "status": "ok" })))
+        .map(|state: State| events::service::http::openmetrics(state.metrics.render()))
 }
 
 pub(super) fn ready(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {

@@ -9,6 +9,7 @@ use diesel_async::pooled_connection::{
 };
 use diesel_async::{AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use events::service::backoff::Backoff;
 use std::time::Duration;
 
 pub type PgPool = Pool<AsyncPgConnection>;
@@ -120,7 +121,7 @@ const MIGRATION_LOCK: i64 = 0x006d_6967_7261;
 /// if migrating fails. The connection has the `limits` but for the statement and lock
 /// timeouts: a migration may rewrite a table, and the others wait for it as long as it takes.
 pub async fn migrate(database_url: &str, attempts: u32, limits: Limits) -> anyhow::Result<()> {
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut attempt = 0;
     let mut conn = loop {
         attempt += 1;
@@ -128,8 +129,7 @@ pub async fn migrate(database_url: &str, attempts: u32, limits: Limits) -> anyho
             Ok(conn) => break conn,
             Err(err) if attempt < attempts => {
                 tracing::warn!(error = %err, attempt, "PostgreSQL not reachable yet, retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(err) => return Err(anyhow::anyhow!("PostgreSQL not reachable: {err}")),
         }

@@ -29,6 +29,7 @@ use crate::event_log::{self, try_lock, Locked, RELAY_LOCK};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use events::service::backoff::Backoff;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{
@@ -100,8 +101,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) {
-    let base = Duration::from_millis(100);
-    let mut backoff = base;
+    let mut backoff = Backoff::new(Duration::from_millis(100), config.max_backoff);
     let mut broker: Option<(Connection, Channel)> = None;
     // A connection RabbitMQ blocked, kept until it is unblocked (then closed for a fresh one).
     let mut blocked: Option<Connection> = None;
@@ -115,11 +115,11 @@ pub async fn run(
             if conn.status().connected() && conn.status().blocked() {
                 status.broker_connected.store(false, Ordering::Relaxed);
                 tracing::warn!(
-                    retry_in_ms = backoff.as_millis() as u64,
+                    retry_in_ms = backoff.peek().as_millis() as u64,
                     "RabbitMQ blocks publishing (a resource alarm?); waiting for it to unblock"
                 );
                 blocked = Some(conn);
-                backoff = pause(backoff, config.max_backoff, &shutdown).await;
+                backoff.pause(&shutdown).await;
                 continue;
             }
             close(conn, config.timeout, "unblocked, reconnecting").await;
@@ -137,8 +137,8 @@ pub async fn run(
                     broker = Some(b);
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "RabbitMQ unreachable");
-                    backoff = pause(backoff, config.max_backoff, &shutdown).await;
+                    tracing::warn!(error = %err, retry_in_ms = backoff.peek().as_millis() as u64, "RabbitMQ unreachable");
+                    backoff.pause(&shutdown).await;
                     continue;
                 }
             }
@@ -157,7 +157,7 @@ pub async fn run(
             }
             Ok(Round::Done { read }) => {
                 metrics.published.inc_by(read as u64);
-                backoff = base;
+                backoff.reset();
                 if read as i64 == config.batch_size {
                     continue; // more waiting
                 }
@@ -181,18 +181,18 @@ pub async fn run(
                         }
                     }
                     Failure::Refused(reason) => {
-                        tracing::warn!(%reason, retry_in_ms = backoff.as_millis() as u64, "broker did not take an event; it stays in the outbox");
+                        tracing::warn!(%reason, retry_in_ms = backoff.peek().as_millis() as u64, "broker did not take an event; it stays in the outbox");
                         if let Some((conn, _)) = failed {
                             close(conn, config.timeout, "republishing").await;
                         }
                     }
                 }
-                backoff = pause(backoff, config.max_backoff, &shutdown).await;
+                backoff.pause(&shutdown).await;
                 continue;
             }
             Err(err) => {
-                tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "outbox unreadable, PostgreSQL unavailable?");
-                backoff = pause(backoff, config.max_backoff, &shutdown).await;
+                tracing::warn!(error = %err, retry_in_ms = backoff.peek().as_millis() as u64, "outbox unreadable, PostgreSQL unavailable?");
+                backoff.pause(&shutdown).await;
                 continue;
             }
         }
@@ -270,16 +270,6 @@ async fn within<T, E: std::fmt::Display>(
             limit.as_millis()
         )),
     }
-}
-
-/// Sleeps for `backoff` plus jitter (or until shutdown) and returns the next backoff.
-async fn pause(backoff: Duration, max: Duration, shutdown: &Shutdown) -> Duration {
-    let jitter = Duration::from_millis(rand::random_range(0..=backoff.as_millis() as u64 / 4));
-    tokio::select! {
-        _ = tokio::time::sleep(backoff + jitter) => {}
-        _ = shutdown.triggered() => {}
-    }
-    (backoff * 2).min(max)
 }
 
 /// Connects and sets up a confirming channel and the exchange, each step within the deadline.

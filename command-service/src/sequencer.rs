@@ -17,6 +17,7 @@ use crate::db::PgPool;
 use crate::event_log::{self, Lock};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
+use events::service::backoff::Backoff;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -42,14 +43,13 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) {
-    let base = Duration::from_millis(100);
-    let mut backoff = base;
+    let mut backoff = Backoff::new(Duration::from_millis(100), config.max_backoff);
     tracing::info!("sequencer started");
     while !shutdown.is_triggered() {
         let started = tokio::time::Instant::now();
         match round(&pool).await {
             Ok(Some(n)) => {
-                backoff = base;
+                backoff.reset();
                 if n > 0 {
                     metrics.stamped.inc_by(n as u64);
                     stamped.notify_one();
@@ -63,12 +63,8 @@ pub async fn run(
                 continue;
             }
             Err(err) => {
-                tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "cannot stamp events, PostgreSQL unavailable?");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.triggered() => {}
-                }
-                backoff = (backoff * 2).min(config.max_backoff);
+                tracing::warn!(error = %err, retry_in_ms = backoff.peek().as_millis() as u64, "cannot stamp events, PostgreSQL unavailable?");
+                backoff.pause(&shutdown).await;
                 continue;
             }
         }

@@ -190,6 +190,13 @@ pub async fn handle_rejection(
     Ok(error.into_response())
 }
 
+/// How a handler's error is answered (see [`ApiError::into_response`]).
+impl From<ApiError> for Response {
+    fn from(err: ApiError) -> Self {
+        err.into_response()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

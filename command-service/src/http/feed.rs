@@ -1,9 +1,9 @@
 //! `GET /events?after=&limit=`: the event feed, its query parsing and its `Link` to the next
 //! page.
 
-use super::{answer, json_response, with_state, State};
+use super::{json_response, with_state, State};
 use crate::error::{ApiError, FieldError};
-use events::service::http::request_id;
+use events::service::http::{answer, request_id, RouteName};
 use std::collections::HashMap;
 use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
@@ -56,15 +56,18 @@ fn feed_query(params: &HashMap<String, String>) -> Result<FeedQuery, ApiError> {
     }
 }
 
-pub(super) fn feed(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub(super) fn feed(
+    state: State,
+    route: RouteName,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("events")
         .and(warp::get())
         .and(request_id())
         .and(warp::query::<HashMap<String, String>>())
         .and(with_state(state))
         .and_then(
-            |rid: String, params: HashMap<String, String>, state: State| async move {
-                answer(state.metrics.clone(), rid, "GET /events", async move {
+            move |rid: String, params: HashMap<String, String>, state: State| async move {
+                answer::<ApiError, _>(state.metrics.http.clone(), rid, route, async move {
                     let q = feed_query(&params)?;
                     let events = state.commands.feed(q.after, q.limit).await?;
                     let mut response = json_response(StatusCode::OK, &events);

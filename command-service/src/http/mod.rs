@@ -16,7 +16,7 @@ mod todos;
 pub use ops::OPENAPI;
 
 use crate::commands::Commands;
-use crate::error::{handle_rejection, ApiError};
+use crate::error::handle_rejection;
 use crate::metrics::Metrics;
 use crate::relay::RelayStatus;
 use events::service::http::{self, json_response, Route};
@@ -41,43 +41,29 @@ fn with_state(state: State) -> impl Filter<Extract = (State,), Error = Infallibl
 /// Every route the service serves. `routes` serves exactly these, and the OpenAPI test checks
 /// this list against `openapi.json` both ways.
 pub fn route_table(state: State) -> Vec<Route> {
-    let route = Route::new;
-    vec![
-        route("post", "/todos", todos::create(state.clone()).boxed()),
-        route("patch", "/todos/{id}", todos::patch(state.clone()).boxed()),
-        route("put", "/todos/{id}", todos::put(state.clone()).boxed()),
-        route(
-            "delete",
-            "/todos/{id}",
-            todos::delete(state.clone()).boxed(),
-        ),
-        route("get", "/events", feed::feed(state.clone()).boxed()),
-        route("get", "/health", http::health().boxed()),
-        route("get", "/ready", ops::ready(state.clone()).boxed()),
-        route("get", "/metrics", ops::metrics(state.clone()).boxed()),
-        route(
-            "get",
-            "/openapi.json",
-            http::openapi(OPENAPI.as_str()).boxed(),
-        ),
-    ]
+    let mut table = vec![
+        Route::new("post", "/todos", |name| todos::create(state.clone(), name)),
+        Route::new("patch", "/todos/{id}", |name| {
+            todos::patch(state.clone(), name)
+        }),
+        Route::new("put", "/todos/{id}", |name| todos::put(state.clone(), name)),
+        Route::new("delete", "/todos/{id}", |name| {
+            todos::delete(state.clone(), name)
+        }),
+        Route::new("get", "/events", |name| feed::feed(state.clone(), name)),
+    ];
+    table.extend(http::operator_routes(
+        ops::ready(state.clone()).boxed(),
+        ops::metrics(state).boxed(),
+        OPENAPI.as_str(),
+    ));
+    table
 }
 
 /// All routes, with rejections answered as problem+json.
 pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let metrics = state.metrics.http.clone();
     http::serve(route_table(state), metrics, handle_rejection)
-}
-
-/// Answers a handler's result, errors included, with the request id attached, and counts it.
-async fn answer(
-    metrics: Arc<Metrics>,
-    id: String,
-    route: &'static str,
-    work: impl std::future::Future<Output = Result<Response, ApiError>>,
-) -> Result<Response, Infallible> {
-    let work = async { work.await.unwrap_or_else(ApiError::into_response) };
-    http::answer(&metrics.http, id, route, work).await
 }
 
 #[cfg(test)]

@@ -3,13 +3,13 @@
 //! (and `Location` for a created one, replayed or not).
 
 use super::extract::{idempotency_key, json_body, precondition, todo_id};
-use super::{answer, json_response, with_state, State};
+use super::{json_response, with_state, State};
 use crate::commands::{Change, Created, Todo};
 use crate::error::ApiError;
 use crate::idempotency::Replayed;
 use crate::input;
 use bytes::Bytes;
-use events::service::http::request_id;
+use events::service::http::{answer, request_id, RouteName};
 use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
@@ -37,6 +37,7 @@ fn created(status: StatusCode, todo: &Todo) -> Response {
 
 pub(super) fn create(
     state: State,
+    route: RouteName,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("todos")
         .and(warp::post())
@@ -45,9 +46,9 @@ pub(super) fn create(
         .and(json_body(state.max_body_bytes))
         .and(with_state(state))
         .and_then(
-            |id: String, key: Option<String>, body: Bytes, state: State| async move {
+            move |id: String, key: Option<String>, body: Bytes, state: State| async move {
                 let correlation = id.clone();
-                answer(state.metrics.clone(), id, "POST /todos", async move {
+                answer::<ApiError, _>(state.metrics.http.clone(), id, route, async move {
                     let input = input::todo_input(&body)?;
                     let key = idempotency_key(key, &input)?;
                     match state.commands.create(input, key, &correlation).await? {
@@ -74,7 +75,7 @@ pub(super) fn create(
 fn update_route(
     state: State,
     method: impl Filter<Extract = (), Error = Rejection> + Clone + Send + Sync + 'static,
-    route: &'static str,
+    route: RouteName,
     parse: fn(&[u8]) -> Result<Change, ApiError>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("todos" / i64)
@@ -85,7 +86,7 @@ fn update_route(
         .and(with_state(state))
         .and_then(move |id: i64, rid: String, if_match: Option<String>, body: Bytes, state: State| async move {
             let correlation = rid.clone();
-            answer(state.metrics.clone(), rid, route, async move {
+            answer::<ApiError, _>(state.metrics.http.clone(), rid, route, async move {
                 let id = todo_id(id)?;
                 let change = parse(&body)?;
                 let precondition = precondition(if_match)?;
@@ -96,20 +97,27 @@ fn update_route(
         })
 }
 
-pub(super) fn patch(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    update_route(state, warp::patch(), "PATCH /todos/{id}", |b| {
+pub(super) fn patch(
+    state: State,
+    route: RouteName,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    update_route(state, warp::patch(), route, |b| {
         input::todo_patch(b).map(Change::Patch)
     })
 }
 
-pub(super) fn put(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    update_route(state, warp::put(), "PUT /todos/{id}", |b| {
+pub(super) fn put(
+    state: State,
+    route: RouteName,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    update_route(state, warp::put(), route, |b| {
         input::todo_input(b).map(Change::Put)
     })
 }
 
 pub(super) fn delete(
     state: State,
+    route: RouteName,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("todos" / i64)
         .and(warp::delete())
@@ -117,24 +125,19 @@ pub(super) fn delete(
         .and(warp::header::optional::<String>("if-match"))
         .and(with_state(state))
         .and_then(
-            |id: i64, rid: String, if_match: Option<String>, state: State| async move {
+            move |id: i64, rid: String, if_match: Option<String>, state: State| async move {
                 let correlation = rid.clone();
-                answer(
-                    state.metrics.clone(),
-                    rid,
-                    "DELETE /todos/{id}",
-                    async move {
-                        let id = todo_id(id)?;
-                        let precondition = precondition(if_match)?;
-                        let version = state
-                            .commands
-                            .delete(id, precondition, &correlation)
-                            .await?;
-                        let mut response = StatusCode::NO_CONTENT.into_response();
-                        set_etag(&mut response, version);
-                        Ok(response)
-                    },
-                )
+                answer::<ApiError, _>(state.metrics.http.clone(), rid, route, async move {
+                    let id = todo_id(id)?;
+                    let precondition = precondition(if_match)?;
+                    let version = state
+                        .commands
+                        .delete(id, precondition, &correlation)
+                        .await?;
+                    let mut response = StatusCode::NO_CONTENT.into_response();
+                    set_etag(&mut response, version);
+                    Ok(response)
+                })
                 .await
             },
         )

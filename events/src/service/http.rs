@@ -21,14 +21,72 @@ pub struct Route {
     pub filter: BoxedFilter<(Response,)>,
 }
 
+/// A route's name in logs and metrics, `POST /todos`: made from the route table's method and
+/// path, so it is written once. Each distinct name is allocated once for the process.
+pub type RouteName = &'static str;
+
+fn route_name(method: &str, path: &str) -> RouteName {
+    static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let name = format!("{} {}", method.to_uppercase(), path);
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(known) = names.iter().find(|n| **n == name) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(name.into_boxed_str());
+    names.push(leaked);
+    leaked
+}
+
 impl Route {
-    pub fn new(method: &'static str, path: &'static str, filter: BoxedFilter<(Response,)>) -> Self {
+    /// The route `method path`, its filter built by `make` from the route's name (which the
+    /// handler hands to [`answer`]).
+    pub fn new<F>(
+        method: &'static str,
+        path: &'static str,
+        make: impl FnOnce(RouteName) -> F,
+    ) -> Self
+    where
+        F: Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static,
+    {
+        let name = route_name(method, path);
         Self {
             method,
             path,
-            filter,
+            filter: make(name).boxed(),
         }
     }
+}
+
+/// The operator routes both services serve: `/health`, `/ready` (the service's own checks),
+/// `/metrics` (the service's registry) and `/openapi.json` (its document).
+pub fn operator_routes(
+    ready: BoxedFilter<(Response,)>,
+    metrics: BoxedFilter<(Response,)>,
+    document: &'static str,
+) -> Vec<Route> {
+    vec![
+        Route::new("get", "/health", |_| health()),
+        Route::new("get", "/ready", |_| ready),
+        Route::new("get", "/metrics", |_| metrics),
+        Route::new("get", "/openapi.json", |_| openapi(document)),
+    ]
+}
+
+/// A readiness answer: 200 when the store the service needs answers, 503 when not, the body
+/// naming every check.
+pub fn readiness(ready: bool, checks: serde_json::Value, tasks: impl serde::Serialize) -> Response {
+    json_response(
+        if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        &serde_json::json!({
+            "status": if ready { "ready" } else { "not ready" },
+            "checks": checks,
+            "tasks": tasks,
+        }),
+    )
 }
 
 /// Serves exactly the routes of `table`; what none of them takes (no such route, wrong method,
@@ -81,17 +139,22 @@ fn usable_id(given: Option<&HeaderValue>) -> String {
 }
 
 /// Runs a handler's work inside a `request` span carrying the correlation id and route, logs
-/// the status it answered, counts it, and returns the answer with `X-Request-Id` set.
-pub async fn answer(
-    metrics: &HttpMetrics,
+/// the status it answered, counts it, and returns the answer with `X-Request-Id` set. An error
+/// is answered as the service's error type turns it into a response.
+pub async fn answer<E, Fut>(
+    metrics: HttpMetrics,
     id: String,
-    route: &'static str,
-    work: impl Future<Output = Response>,
-) -> Result<Response, Infallible> {
+    route: RouteName,
+    work: Fut,
+) -> Result<Response, Infallible>
+where
+    E: Into<Response>,
+    Fut: Future<Output = Result<Response, E>>,
+{
     let started = Instant::now();
     let span = tracing::info_span!("request", correlation_id = %id, route);
     let mut response = async {
-        let response = work.await;
+        let response = work.await.unwrap_or_else(Into::into);
         tracing::info!(status = response.status().as_u16(), "request answered");
         response
     }

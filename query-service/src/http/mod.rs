@@ -17,7 +17,7 @@ pub use ops::{CountsCache, COUNTS_MAX_AGE, OPENAPI};
 pub use params::{encode_cursor, list_query, min_version, DEFAULT_LIMIT, MAX_LIMIT};
 
 use crate::consumer::ConsumerStatus;
-use crate::error::{handle_rejection, ApiError};
+use crate::error::handle_rejection;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use events::service::http::{self, json_response, Route};
@@ -53,20 +53,17 @@ fn with_state(state: State) -> impl Filter<Extract = (State,), Error = Infallibl
 /// Every route the service serves. `routes` serves exactly these, and the OpenAPI test checks
 /// this list against `openapi.json` both ways.
 pub fn route_table(state: State) -> Vec<Route> {
-    let route = Route::new;
-    vec![
-        route("get", "/todos", todos::list(state.clone()).boxed()),
-        route("get", "/todos/{id}", todos::get(state.clone()).boxed()),
-        route("get", "/stats", ops::stats(state.clone()).boxed()),
-        route("get", "/health", http::health().boxed()),
-        route("get", "/ready", ops::ready(state.clone()).boxed()),
-        route("get", "/metrics", ops::metrics(state.clone()).boxed()),
-        route(
-            "get",
-            "/openapi.json",
-            http::openapi(OPENAPI.as_str()).boxed(),
-        ),
-    ]
+    let mut table = vec![
+        Route::new("get", "/todos", |name| todos::list(state.clone(), name)),
+        Route::new("get", "/todos/{id}", |name| todos::get(state.clone(), name)),
+        Route::new("get", "/stats", |name| ops::stats(state.clone(), name)),
+    ];
+    table.extend(http::operator_routes(
+        ops::ready(state.clone()).boxed(),
+        ops::metrics(state).boxed(),
+        OPENAPI.as_str(),
+    ));
+    table
 }
 
 pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
@@ -76,16 +73,6 @@ pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infall
 
 fn query() -> impl Filter<Extract = (HashMap<String, String>,), Error = Rejection> + Clone {
     warp::query::<HashMap<String, String>>()
-}
-
-async fn answer(
-    metrics: Arc<Metrics>,
-    id: String,
-    route: &'static str,
-    work: impl std::future::Future<Output = Result<Response, ApiError>>,
-) -> Result<Response, Infallible> {
-    let work = async { work.await.unwrap_or_else(ApiError::into_response) };
-    http::answer(&metrics.http, id, route, work).await
 }
 
 #[cfg(test)]

@@ -1,10 +1,11 @@
 //! The service's own routes: `/stats` (the counts behind it cached for [`COUNTS_MAX_AGE`]),
 //! `/health`, `/ready`, `/metrics` and `/openapi.json`.
 
-use super::{answer, json_response, with_state, State};
+use super::{json_response, with_state, State};
 use crate::error::ApiError;
 use crate::store::Store;
 use events::service::http::request_id;
+use events::service::http::{answer, RouteName};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,13 +62,16 @@ impl CountsCache {
 pub static OPENAPI: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| crate::openapi::document().to_string());
 
-pub(super) fn stats(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub(super) fn stats(
+    state: State,
+    route: RouteName,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("stats")
         .and(warp::get())
         .and(request_id())
         .and(with_state(state))
-        .and_then(|rid: String, state: State| async move {
-            answer(state.metrics.clone(), rid, "GET /stats", async move {
+        .and_then(move |rid: String, state: State| async move {
+            answer::<ApiError, _>(state.metrics.http.clone(), rid, route, async move {
                 let projection = state.store.projection_stats().await?;
                 let (total, completed) = state.counts.get(&state.store).await?;
                 let stats = crate::store::Stats {

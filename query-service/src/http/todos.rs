@@ -2,26 +2,29 @@
 //! which with `?min_version=` waits (bounded) until the read model holds that version.
 
 use super::params::{list_query, min_version, next_link};
-use super::{answer, json_response, query, with_state, State};
+use super::{json_response, query, with_state, State};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::store::Stored;
-use events::service::http::request_id;
+use events::service::http::{answer, request_id, RouteName};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-pub(super) fn list(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub(super) fn list(
+    state: State,
+    route: RouteName,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("todos")
         .and(warp::get())
         .and(request_id())
         .and(query())
         .and(with_state(state))
         .and_then(
-            |rid: String, params: HashMap<String, String>, state: State| async move {
-                answer(state.metrics.clone(), rid, "GET /todos", async move {
+            move |rid: String, params: HashMap<String, String>, state: State| async move {
+                answer::<ApiError, _>(state.metrics.http.clone(), rid, route, async move {
                     let q = list_query(&params)?;
                     let (todos, next) = state.store.list(&q).await?;
                     let mut response = json_response(StatusCode::OK, &todos);
@@ -37,15 +40,18 @@ pub(super) fn list(state: State) -> impl Filter<Extract = (Response,), Error = R
         )
 }
 
-pub(super) fn get(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub(super) fn get(
+    state: State,
+    route: RouteName,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("todos" / i64)
         .and(warp::get())
         .and(request_id())
         .and(query())
         .and(with_state(state))
         .and_then(
-            |id: i64, rid: String, params: HashMap<String, String>, state: State| async move {
-                answer(state.metrics.clone(), rid, "GET /todos/{id}", async move {
+            move |id: i64, rid: String, params: HashMap<String, String>, state: State| async move {
+                answer::<ApiError, _>(state.metrics.http.clone(), rid, route, async move {
                     if id <= 0 {
                         return Err(ApiError::NotFound(format!(
                             "Todo {id} does not exist; ids are positive."

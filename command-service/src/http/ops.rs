@@ -2,10 +2,9 @@
 //! RabbitMQ, the outbox and the supervised tasks), `GET /metrics` (OpenMetrics) and
 //! `GET /openapi.json`.
 
-use super::{json_response, with_state, State};
+use super::{with_state, State};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
@@ -48,24 +47,16 @@ pub(super) fn ready(state: State) -> impl Filter<Extract = (Response,), Error = 
             let broker_up = state.relay.broker_connected.load(Ordering::Relaxed);
             // Writes need PostgreSQL only: with RabbitMQ away they are still accepted and kept
             // in the outbox, so the broker's state is reported but does not make us unready.
-            let status = if postgres_up {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            json_response(
-                status,
-                &serde_json::json!({
-                    "status": if postgres_up { "ready" } else { "not ready" },
-                    "checks": {
-                        "postgres": if postgres_up { "up" } else { "down" },
-                        "rabbitmq": if broker_up { "up" } else { "down" },
-                        "outbox_backlog": outbox.as_ref().map(|o| o.backlog),
-                        "relay_failed_rounds": outbox.as_ref().map(|o| o.publish_attempts),
-                        "relay_last_error": outbox.as_ref().and_then(|o| o.last_error.clone()),
-                    },
-                    "tasks": state.tasks.report(),
+            events::service::http::readiness(
+                postgres_up,
+                serde_json::json!({
+                    "postgres": if postgres_up { "up" } else { "down" },
+                    "rabbitmq": if broker_up { "up" } else { "down" },
+                    "outbox_backlog": outbox.as_ref().map(|o| o.backlog),
+                    "relay_failed_rounds": outbox.as_ref().map(|o| o.publish_attempts),
+                    "relay_last_error": outbox.as_ref().and_then(|o| o.last_error.clone()),
                 }),
+                state.tasks.report(),
             )
         })
 }

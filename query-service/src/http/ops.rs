@@ -107,21 +107,13 @@ pub(super) fn ready(state: State) -> impl Filter<Extract = (Response,), Error = 
             let consumer_up = state.consumer.connected.load(Ordering::Relaxed);
             // Reads need MongoDB only. Without RabbitMQ the answers grow stale but stay
             // correct for the version they report, so the broker is reported, not required.
-            let status = if mongo_up {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            json_response(
-                status,
-                &serde_json::json!({
-                    "status": if mongo_up { "ready" } else { "not ready" },
-                    "checks": {
-                        "mongodb": if mongo_up { "up" } else { "down" },
-                        "rabbitmq": if consumer_up { "up" } else { "down" },
-                    },
-                    "tasks": state.tasks.report(),
+            events::service::http::readiness(
+                mongo_up,
+                serde_json::json!({
+                    "mongodb": if mongo_up { "up" } else { "down" },
+                    "rabbitmq": if consumer_up { "up" } else { "down" },
                 }),
+                state.tasks.report(),
             )
         })
 }

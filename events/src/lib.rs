@@ -6,6 +6,8 @@
 
 #[cfg(feature = "service")]
 pub mod service;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -22,7 +22,8 @@ fn vars(database_url: &str, exchange: &str) -> Vec<(&'static str, String)> {
 /// exits, and it exits with code 0.
 #[tokio::test]
 async fn on_sigterm_the_request_in_flight_is_answered_its_event_published_and_the_exit_code_is_0() {
-    let (_, database_url) = create_database().await;
+    let database = create_database().await;
+    let database_url = database.url.clone();
     let exchange = format!("test.{}", uuid::Uuid::new_v4().simple());
     let queue = bind_queue(&exchange, false).await;
     let mut service = start_binary(
@@ -131,7 +132,8 @@ async fn on_sigterm_the_request_in_flight_is_answered_its_event_published_and_th
 /// redacted settings line is there, so the log was read.
 #[tokio::test]
 async fn passwords_in_the_urls_never_reach_the_real_log() {
-    let (_, database_url) = create_database().await;
+    let database = create_database().await;
+    let database_url = database.url.clone();
     assert!(
         database_url.contains(":todo@"),
         "the test looks for PostgreSQL's password `todo` after a colon: {database_url}"

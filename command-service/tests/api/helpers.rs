@@ -12,20 +12,12 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
-use std::path::PathBuf;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub fn admin_database_url() -> String {
-    std::env::var("TEST_ADMIN_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://todo:todo@127.0.0.1:5432/postgres".into())
-}
-
-pub fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
+pub use events::testing::{amqp_url, eventually, services, Restart, TestDatabase};
 
 fn init_logs() {
     static INIT: Once = Once::new();
@@ -35,23 +27,9 @@ fn init_logs() {
     });
 }
 
-/// A fresh database with a unique name; returns its URL.
-pub async fn create_database() -> (String, String) {
-    let name = format!("cs_test_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = AsyncPgConnection::establish(&admin_database_url())
-        .await
-        .expect("PostgreSQL reachable (run scripts/dev-services.sh up)");
-    diesel::sql_query(format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .expect("create test database");
-    let base = admin_database_url();
-    let url = format!(
-        "{}/{}",
-        &base[..base.rfind('/').expect("url has a path")],
-        name
-    );
-    (name, url)
+/// A database of the test's own (dropped with the value).
+pub async fn create_database() -> TestDatabase {
+    events::testing::create_database("cs_test").await
 }
 
 pub struct TestApp {
@@ -63,6 +41,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The database the app made for itself, dropped after the app.
+    _database: Option<TestDatabase>,
 }
 
 #[derive(Default)]
@@ -102,9 +82,12 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(options: Options) -> TestApp {
     init_logs();
-    let database_url = match options.database_url {
-        Some(url) => url,
-        None => create_database().await.1,
+    let (database_url, database) = match options.database_url {
+        Some(url) => (url, None),
+        None => {
+            let database = create_database().await;
+            (database.url.clone(), Some(database))
+        }
     };
     let exchange = options
         .exchange
@@ -130,6 +113,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
             .expect("client"),
         stop: Some(stop),
         task: Some(task),
+        _database: database,
     }
 }
 
@@ -326,65 +310,6 @@ impl TestQueue {
             .channel
             .queue_delete(self.name.as_str().into(), QueueDeleteOptions::default())
             .await;
-    }
-}
-
-/// Runs `scripts/dev-services.sh <command>` (stop-rabbitmq, start-postgres, …).
-pub fn services(command: &str) {
-    if let Err(err) = try_services(command) {
-        panic!("{err}");
-    }
-}
-
-/// Like [`services`], returning what went wrong instead of panicking.
-fn try_services(command: &str) -> Result<(), String> {
-    let script: PathBuf = [
-        env!("CARGO_MANIFEST_DIR"),
-        "..",
-        "scripts",
-        "dev-services.sh",
-    ]
-    .iter()
-    .collect();
-    match std::process::Command::new("bash")
-        .arg(script)
-        .arg(command)
-        .status()
-    {
-        Ok(status) if status.success() => Ok(()),
-        Ok(status) => Err(format!("dev-services.sh {command} failed: {status}")),
-        Err(err) => Err(format!("dev-services.sh {command} did not run: {err}")),
-    }
-}
-
-/// Restarts a service even if the test fails half-way, so later tests find it up. When the
-/// test is already failing (panicking), a restart that fails is logged rather than raised: a
-/// second panic would abort the process and hide the test's own message.
-pub struct Restart(pub &'static str);
-
-impl Drop for Restart {
-    fn drop(&mut self) {
-        match try_services(self.0) {
-            Ok(()) => {}
-            Err(err) if std::thread::panicking() => eprintln!("while failing: {err}"),
-            Err(err) => panic!("{err}"),
-        }
-    }
-}
-
-/// Polls `check` every 100 ms until it returns true or `within` passes.
-pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

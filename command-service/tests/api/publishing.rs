@@ -93,7 +93,8 @@ async fn each_accepted_write_is_published_once_as_a_persistent_message() {
 async fn two_relays_on_one_database_publish_each_event_once() {
     let exchange = format!("test.{}", uuid::Uuid::new_v4().simple());
     let queue = bind_queue(&exchange, false).await;
-    let (_, database_url) = create_database().await;
+    let database = create_database().await;
+    let database_url = database.url.clone();
     let first = spawn_app_with(Options {
         exchange: Some(exchange.clone()),
         database_url: Some(database_url.clone()),
@@ -308,7 +309,8 @@ async fn an_event_the_broker_nacks_stays_in_the_outbox_until_the_queue_has_room(
 async fn events_confirmed_but_whose_cursor_move_was_lost_are_published_again_with_the_same_ids() {
     let exchange = format!("test.{}", uuid::Uuid::new_v4().simple());
     let queue = bind_queue(&exchange, false).await;
-    let (_, database_url) = create_database().await;
+    let database = create_database().await;
+    let database_url = database.url.clone();
     let options = || Options {
         exchange: Some(exchange.clone()),
         database_url: Some(database_url.clone()),

@@ -6,7 +6,8 @@ use command_service::Application;
 #[tokio::test]
 async fn replicas_starting_together_on_an_empty_database_all_start() {
     for _ in 0..3 {
-        let (_, database_url) = create_database().await;
+        let database = create_database().await;
+        let database_url = database.url.clone();
         let builds = (0..4).map(|_| {
             let settings = test_settings(&database_url, "test.unused", Vec::new());
             tokio::spawn(Application::build(settings))

@@ -109,7 +109,8 @@ struct Setting {
 /// URL gives; a statement past its timeout is "store unavailable" (503), not a bug (500).
 #[tokio::test]
 async fn every_pooled_connection_carries_the_limits_and_a_statement_past_them_is_503() {
-    let (_, database_url) = create_database().await;
+    let database = create_database().await;
+    let database_url = database.url.clone();
     let url = format!("{database_url}?options=-c%20work_mem%3D7MB");
     let limits = command_service::db::Limits {
         connect: Duration::from_secs(2),

@@ -3,7 +3,6 @@
 //! port 0, built by the same `Application::build` their binaries use, or as the real binary
 //! when a test must kill the process.
 
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
 };
@@ -11,26 +10,13 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value;
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, Once};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub fn mongodb_uri() -> String {
-    std::env::var("MONGODB_URI")
-        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?maxIdleTimeMS=60000".into())
-}
-
-pub fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
-
-pub fn admin_database_url() -> String {
-    std::env::var("TEST_ADMIN_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://todo:todo@127.0.0.1:5432/postgres".into())
-}
+pub use events::testing::{amqp_url, eventually, mongodb_uri, services, Restart, TestDatabase};
 
 fn init_logs() {
     static INIT: Once = Once::new();
@@ -75,8 +61,11 @@ impl Names {
         ]
     }
 
-    /// Deletes this test's queues and exchanges.
+    /// Deletes this test's MongoDB database, queues and exchanges.
     pub async fn cleanup(&self) {
+        if let Ok(client) = mongodb::Client::with_uri_str(mongodb_uri()).await {
+            let _ = client.database(&self.mongo_db).drop().await;
+        }
         if let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
             if let Ok(ch) = conn.create_channel().await {
                 for q in [self.queue.clone(), self.dead_letter_queue()] {
@@ -177,9 +166,12 @@ pub async fn wait_for_consumer(running: &Running) {
 }
 
 /// command-service in-process with its own database, publishing to the test's exchange.
-pub async fn spawn_command(names: &Names) -> (Running, String) {
+/// command-service in-process, on a database of its own, publishing to this test's exchange;
+/// the database is dropped with the second value.
+pub async fn spawn_command(names: &Names) -> (Running, TestDatabase) {
     init_logs();
-    let database_url = create_database().await;
+    let database = create_database().await;
+    let database_url = database.url.clone();
     let settings = command_service::settings::Settings::from_vars([
         ("DATABASE_URL".to_string(), database_url.clone()),
         ("AMQP_URL".to_string(), amqp_url()),
@@ -203,25 +195,13 @@ pub async fn spawn_command(names: &Names) -> (Running, String) {
             stop: Some(stop),
             task: Some(task),
         },
-        database_url,
+        database,
     )
 }
 
-pub async fn create_database() -> String {
-    let name = format!("qs_test_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = AsyncPgConnection::establish(&admin_database_url())
-        .await
-        .expect("PostgreSQL reachable (run scripts/dev-services.sh up)");
-    diesel::sql_query(format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .expect("create test database");
-    let base = admin_database_url();
-    format!(
-        "{}/{}",
-        &base[..base.rfind('/').expect("url has a path")],
-        name
-    )
+/// A PostgreSQL database of the test's own (dropped with the value).
+pub async fn create_database() -> TestDatabase {
+    events::testing::create_database("qs_test").await
 }
 
 /// query-service as a real process (for SIGKILL), on a port the OS picks (`HTTP_ADDR` port 0),
@@ -340,59 +320,6 @@ impl Publisher {
 
     pub async fn publish(&self, e: &events::Envelope) {
         self.publish_raw(e.routing_key(), &e.to_json()).await;
-    }
-}
-
-pub fn services(command: &str) {
-    if let Err(err) = try_services(command) {
-        panic!("{err}");
-    }
-}
-
-/// Like [`services`], returning what went wrong instead of panicking.
-fn try_services(command: &str) -> Result<(), String> {
-    let script: PathBuf = [
-        env!("CARGO_MANIFEST_DIR"),
-        "..",
-        "scripts",
-        "dev-services.sh",
-    ]
-    .iter()
-    .collect();
-    match Command::new("bash").arg(script).arg(command).status() {
-        Ok(status) if status.success() => Ok(()),
-        Ok(status) => Err(format!("dev-services.sh {command} failed: {status}")),
-        Err(err) => Err(format!("dev-services.sh {command} did not run: {err}")),
-    }
-}
-
-/// Restarts a service even if the test fails half-way, so later tests find it up. When the
-/// test is already failing (panicking), a restart that fails is logged rather than raised: a
-/// second panic would abort the process and hide the test's own message.
-pub struct Restart(pub &'static str);
-
-impl Drop for Restart {
-    fn drop(&mut self) {
-        match try_services(self.0) {
-            Ok(()) => {}
-            Err(err) if std::thread::panicking() => eprintln!("while failing: {err}"),
-            Err(err) => panic!("{err}"),
-        }
-    }
-}
-
-pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -58,7 +58,7 @@ async fn a_request_id_is_followed_from_the_write_to_the_projection() {
     );
     let names = Names::new();
     let query = spawn_query(&names).await;
-    let (command, _) = spawn_command(&names).await;
+    let (command, _database) = spawn_command(&names).await;
     let client = reqwest::Client::new();
     let request_id = format!("abc-{}", uuid::Uuid::new_v4().simple());
 
@@ -118,7 +118,7 @@ fn sample(metrics: &str, name_and_labels: &str) -> Option<f64> {
 async fn metrics_show_the_write_the_outbox_and_the_projection() {
     let names = Names::new();
     let query = spawn_query(&names).await;
-    let (command, _) = spawn_command(&names).await;
+    let (command, _database) = spawn_command(&names).await;
     let client = reqwest::Client::new();
     let todo: Value = client
         .post(command.url("/todos"))

@@ -13,7 +13,7 @@ use std::time::Duration;
 async fn every_answer_fits_the_schema_documented_for_its_route_and_status() {
     let names = Names::new();
     let query = spawn_query_with(&names, &[("MIN_VERSION_WAIT_MS", "300")]).await;
-    let (command, _) = spawn_command(&names).await;
+    let (command, _database) = spawn_command(&names).await;
     let client = reqwest::Client::new();
     let doc: Value = get_json(&client, &query.url("/openapi.json")).await;
     let created: Value = client

@@ -29,7 +29,7 @@ async fn run_verify(names: &Names, command_url: &str, args: &[&str]) -> (bool, S
 #[tokio::test]
 async fn verify_finds_each_difference_and_repair_puts_back_what_the_guard_can() {
     let names = Names::new();
-    let (command, _) = spawn_command(&names).await;
+    let (command, _database) = spawn_command(&names).await;
     let query = spawn_query(&names).await;
     let client = reqwest::Client::new();
     let mut ids = Vec::new();

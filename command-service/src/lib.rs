@@ -16,6 +16,8 @@ pub mod relay;
 pub mod schema;
 pub mod sequencer;
 pub mod settings;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use events::service::{healthcheck, shutdown, telemetry};
 

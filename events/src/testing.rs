@@ -8,6 +8,15 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// The test process's log subscriber, once: pretty, at `TEST_LOG` (default `warn`).
+pub fn init_logs() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let filter = std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into());
+        crate::service::telemetry::init(crate::service::telemetry::LogFormat::Pretty, &filter);
+    });
+}
+
 /// The PostgreSQL URL tests create their databases with.
 pub fn admin_database_url() -> String {
     std::env::var("TEST_ADMIN_DATABASE_URL")

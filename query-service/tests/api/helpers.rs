@@ -11,20 +11,13 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value;
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use command_service::testing::{spawn_app_with, Options, TestApp};
 pub use events::testing::{amqp_url, eventually, mongodb_uri, services, Restart, TestDatabase};
-
-fn init_logs() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        let filter = std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into());
-        query_service::telemetry::init(query_service::settings::LogFormat::Pretty, &filter);
-    });
-}
 
 /// Names that keep one test's broker objects and databases apart from every other test's.
 #[derive(Clone, Debug)]
@@ -129,7 +122,7 @@ pub async fn spawn_query(names: &Names) -> Running {
 /// query-service with `extra` variables in place of or beside the test's own, not waiting for its
 /// consumer to subscribe.
 pub async fn spawn_query_with(names: &Names, extra: &[(&str, &str)]) -> Running {
-    init_logs();
+    events::testing::init_logs();
     let mut vars = names.query_vars();
     vars.push(("HTTP_ADDR".into(), "127.0.0.1:0".into()));
     vars.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
@@ -165,38 +158,21 @@ pub async fn wait_for_consumer(running: &Running) {
     .await;
 }
 
-/// command-service in-process with its own database, publishing to the test's exchange.
-/// command-service in-process, on a database of its own, publishing to this test's exchange;
-/// the database is dropped with the second value.
-pub async fn spawn_command(names: &Names) -> (Running, TestDatabase) {
-    init_logs();
+/// command-service in-process (`command_service::testing`), on a database of its own,
+/// publishing to this test's exchange; the database is dropped with the second value.
+pub async fn spawn_command(names: &Names) -> (TestApp, TestDatabase) {
     let database = create_database().await;
-    let database_url = database.url.clone();
-    let settings = command_service::settings::Settings::from_vars([
-        ("DATABASE_URL".to_string(), database_url.clone()),
-        ("AMQP_URL".to_string(), amqp_url()),
-        ("AMQP_EXCHANGE".to_string(), names.exchange.clone()),
-        ("HTTP_ADDR".to_string(), "127.0.0.1:0".to_string()),
-        ("RELAY_MAX_BACKOFF_MS".to_string(), "1000".to_string()),
-        ("RELAY_POLL_MS".to_string(), "500".to_string()),
-    ])
-    .expect("settings");
-    let app = command_service::Application::build(settings)
-        .await
-        .expect("command-service builds");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(app.run(async move {
-        let _ = stopped.await;
-    }));
-    (
-        Running {
-            address,
-            stop: Some(stop),
-            task: Some(task),
-        },
-        database,
-    )
+    let app = spawn_app_with(Options {
+        database_url: Some(database.url.clone()),
+        exchange: Some(names.exchange.clone()),
+        // The services' own pool and wait: bursts in these tests are the services' load.
+        extra: vec![
+            ("DATABASE_POOL_SIZE", "10".into()),
+            ("DATABASE_TIMEOUT_MS", "5000".into()),
+        ],
+    })
+    .await;
+    (app, database)
 }
 
 /// A PostgreSQL database of the test's own (dropped with the value).

@@ -119,7 +119,7 @@ async fn replay_rebuilds_the_read_model_from_the_log_and_repairs_a_gap() {
 }
 
 /// `GET /events` requests command-service answered 200, from its metrics.
-async fn feed_requests(client: &reqwest::Client, command: &Running) -> u64 {
+async fn feed_requests(client: &reqwest::Client, command: &TestApp) -> u64 {
     let text = client
         .get(command.url("/metrics"))
         .send()

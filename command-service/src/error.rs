@@ -196,35 +196,3 @@ impl From<ApiError> for Response {
         err.into_response()
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::commands::CommandError;
-    use diesel_async::pooled_connection::deadpool::PoolError;
-
-    #[test]
-    fn every_store_unavailable_answer_is_503_with_retry_after() {
-        let lock_timeout = diesel::result::Error::DatabaseError(
-            diesel::result::DatabaseErrorKind::Unknown,
-            Box::new("canceling statement due to lock timeout".to_string()),
-        );
-        let pool_timeout = PoolError::Timeout(deadpool::managed::TimeoutType::Wait);
-        for error in [
-            ApiError::from(CommandError::from(lock_timeout)),
-            ApiError::from(CommandError::from(pool_timeout)),
-        ] {
-            let why = format!("{error:?}");
-            let response = error.into_response();
-            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{why}");
-            assert_eq!(response.headers()["retry-after"], "1", "{why}");
-            assert_eq!(
-                response.headers()["content-type"],
-                "application/problem+json",
-                "{why}"
-            );
-        }
-        let other = ApiError::NotFound("no".into()).into_response();
-        assert!(other.headers().get("retry-after").is_none());
-    }
-}

@@ -93,13 +93,13 @@ impl ApiError {
 }
 
 /// Only a store that cannot serve now (out of reach, restarting, a primary stepping down) is
-/// 503 "retry later"; any other MongoDB error is a fault retrying will not mend: 500.
-impl From<mongodb::error::Error> for ApiError {
-    fn from(err: mongodb::error::Error) -> Self {
-        if crate::store::is_transient(&err) {
-            ApiError::Unavailable(err.to_string())
-        } else {
-            ApiError::Internal(anyhow::Error::new(err).context("read model query failed"))
+/// 503 "retry later"; any other failure of a read is a fault retrying will not mend: 500.
+impl From<crate::store::ReadError> for ApiError {
+    fn from(err: crate::store::ReadError) -> Self {
+        use crate::store::ReadError;
+        match err {
+            ReadError::Unavailable(err) => ApiError::Unavailable(err.to_string()),
+            fault @ ReadError::Fault(_) => ApiError::Internal(anyhow::Error::new(fault)),
         }
     }
 }

@@ -211,3 +211,35 @@ async fn a_request_that_finds_the_pool_exhausted_answers_503_within_the_database
     assert_eq!(app.count("events").await, 2);
     app.stop().await;
 }
+
+/// PostgreSQL that cannot serve now, as a command meets it (a lock timeout, no pooled
+/// connection within the wait), answers 503 problem+json with `Retry-After: 1`; another error
+/// answers without it.
+#[test]
+fn every_store_unavailable_answer_is_503_with_retry_after() {
+    use command_service::commands::CommandError;
+    use command_service::error::ApiError;
+    let lock_timeout = diesel::result::Error::DatabaseError(
+        diesel::result::DatabaseErrorKind::Unknown,
+        Box::new("canceling statement due to lock timeout".to_string()),
+    );
+    let pool_timeout = diesel_async::pooled_connection::deadpool::PoolError::Timeout(
+        deadpool::managed::TimeoutType::Wait,
+    );
+    for error in [
+        ApiError::from(CommandError::from(lock_timeout)),
+        ApiError::from(CommandError::from(pool_timeout)),
+    ] {
+        let why = format!("{error:?}");
+        let response = error.into_response();
+        assert_eq!(response.status(), 503, "{why}");
+        assert_eq!(response.headers()["retry-after"], "1", "{why}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{why}"
+        );
+    }
+    let other = ApiError::NotFound("no".into()).into_response();
+    assert!(other.headers().get("retry-after").is_none());
+}

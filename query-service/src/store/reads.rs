@@ -3,11 +3,31 @@
 //! stats.
 
 use super::document::{from_document, read_document, timestamp};
-use super::{Store, Stored, Todo, STATS_ID};
+use super::{is_transient, Store, Stored, Todo, STATS_ID};
 use bson::{doc, Bson, Document};
 use futures_util::TryStreamExt;
 use serde::Serialize;
 use std::collections::HashMap;
+
+/// Why a read the API serves could not answer: the store cannot serve now (retrying mends
+/// it), or anything else (a fault, a stored document this version cannot read).
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("read model store unavailable: {0}")]
+    Unavailable(#[source] mongodb::error::Error),
+    #[error("read model query failed: {0}")]
+    Fault(#[source] mongodb::error::Error),
+}
+
+impl From<mongodb::error::Error> for ReadError {
+    fn from(err: mongodb::error::Error) -> Self {
+        if is_transient(&err) {
+            ReadError::Unavailable(err)
+        } else {
+            ReadError::Fault(err)
+        }
+    }
+}
 
 /// Most ids one page in id order reads (see [`Store::list`]).
 pub const ID_SCAN_LIMIT: usize = 2_000;
@@ -70,12 +90,13 @@ pub struct ProjectionStats {
 }
 
 impl Store {
-    pub async fn get(&self, id: i64) -> mongodb::error::Result<Option<Stored>> {
+    pub async fn get(&self, id: i64) -> Result<Option<Stored>, ReadError> {
         self.todos
             .find_one(doc! { "_id": id })
             .await?
             .map(|d| read_document(&d))
             .transpose()
+            .map_err(ReadError::from)
     }
 
     /// The stored documents of `ids` (point reads), by id; `None` for a document this version
@@ -109,9 +130,9 @@ impl Store {
     }
 
     /// One page of live todos, and the cursor of the next page when more may follow.
-    pub async fn list(&self, q: &ListQuery) -> mongodb::error::Result<(Vec<Todo>, Option<Cursor>)> {
+    pub async fn list(&self, q: &ListQuery) -> Result<(Vec<Todo>, Option<Cursor>), ReadError> {
         if q.sort == SortKey::Id {
-            return self.list_by_id(q).await;
+            return Ok(self.list_by_id(q).await?);
         }
         let mut filter = doc! { "deleted": false };
         if let Some(c) = q.completed {
@@ -285,7 +306,7 @@ impl Store {
 
     /// How many live todos there are, and how many of them are completed. Counting reads
     /// every live todo's index entry (every document, on a store that scans): callers cache it.
-    pub async fn counts(&self) -> mongodb::error::Result<(u64, u64)> {
+    pub async fn counts(&self) -> Result<(u64, u64), ReadError> {
         let total = self
             .todos
             .count_documents(doc! { "deleted": false })
@@ -298,7 +319,7 @@ impl Store {
     }
 
     /// The shared projection counters (one point read).
-    pub async fn projection_stats(&self) -> mongodb::error::Result<ProjectionStats> {
+    pub async fn projection_stats(&self) -> Result<ProjectionStats, ReadError> {
         let p = self
             .stats
             .find_one(doc! { "_id": STATS_ID })

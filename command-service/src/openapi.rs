@@ -57,7 +57,8 @@ const PROBLEM: &str = "application/problem+json";
         (status = 413, description = "Body over MAX_BODY_BYTES", body = Problem, content_type = PROBLEM),
         (status = 415, description = "Not declared JSON", body = Problem, content_type = PROBLEM),
         (status = 422, description = "Invalid fields, or an Idempotency-Key reused with another request", body = Problem, content_type = PROBLEM),
-        (status = 503, description = "PostgreSQL unavailable; nothing changed (Retry-After)", body = Problem, content_type = PROBLEM),
+        (status = 500, description = "Unexpected, e.g. a stored idempotent answer this version cannot read; nothing changed", body = Problem, content_type = PROBLEM),
+        (status = 503, description = "PostgreSQL unavailable; nothing changed (Retry-After)", body = Problem, content_type = PROBLEM, headers(("Retry-After" = String, description = "Seconds to wait: 1"))),
     )
 )]
 #[allow(dead_code)]
@@ -79,7 +80,7 @@ fn create() {}
         (status = 413, body = Problem, content_type = PROBLEM),
         (status = 415, body = Problem, content_type = PROBLEM),
         (status = 422, body = Problem, content_type = PROBLEM),
-        (status = 503, body = Problem, content_type = PROBLEM),
+        (status = 503, description = "Unavailable now; nothing changed", body = Problem, content_type = PROBLEM, headers(("Retry-After" = String, description = "Seconds to wait: 1"))),
     )
 )]
 #[allow(dead_code)]
@@ -101,7 +102,7 @@ fn patch() {}
         (status = 413, body = Problem, content_type = PROBLEM),
         (status = 415, body = Problem, content_type = PROBLEM),
         (status = 422, body = Problem, content_type = PROBLEM),
-        (status = 503, body = Problem, content_type = PROBLEM),
+        (status = 503, description = "Unavailable now; nothing changed", body = Problem, content_type = PROBLEM, headers(("Retry-After" = String, description = "Seconds to wait: 1"))),
     )
 )]
 #[allow(dead_code)]
@@ -119,7 +120,7 @@ fn put() {}
         (status = 400, body = Problem, content_type = PROBLEM),
         (status = 404, body = Problem, content_type = PROBLEM),
         (status = 412, body = Problem, content_type = PROBLEM),
-        (status = 503, body = Problem, content_type = PROBLEM),
+        (status = 503, description = "Unavailable now; nothing changed", body = Problem, content_type = PROBLEM, headers(("Retry-After" = String, description = "Seconds to wait: 1"))),
     )
 )]
 #[allow(dead_code)]
@@ -132,9 +133,11 @@ fn delete() {}
         ("limit" = Option<i64>, Query, description = "1 to 1000 (default 100)"),
     ),
     responses(
-        (status = 200, description = "Events oldest first; Link rel=next when the page is full", body = Vec<Envelope>),
+        (status = 200, description = "Events oldest first", body = Vec<Envelope>, headers(
+            ("Link" = String, description = "rel=\"next\": the next page, when this one is full"),
+        )),
         (status = 400, body = Problem, content_type = PROBLEM),
-        (status = 503, body = Problem, content_type = PROBLEM),
+        (status = 503, description = "Unavailable now; nothing changed", body = Problem, content_type = PROBLEM, headers(("Retry-After" = String, description = "Seconds to wait: 1"))),
     )
 )]
 #[allow(dead_code)]

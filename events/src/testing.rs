@@ -112,15 +112,25 @@ where
 }
 
 /// Runs `scripts/dev-services.sh <command>` (`stop-rabbitmq`, `start-mongo`, …). Only a test
-/// running alone may stop a shared service: under `cargo nextest` the tests named `*outage*`
-/// do (`.config/nextest.toml`); under plain `cargo test`, which runs tests side by side, this
-/// refuses rather than break the tests beside it.
+/// running alone may stop a shared service: the tests in an `outage.rs` (named `*outage*`),
+/// which `cargo nextest` runs alone (`.config/nextest.toml`). Called from another file, or under
+/// plain `cargo test` (which runs tests side by side), this refuses rather than break the tests
+/// beside it.
+#[track_caller]
 pub fn services(command: &str) {
-    assert!(
-        command.starts_with("start") || std::env::var_os("NEXTEST").is_some(),
-        "`dev-services.sh {command}` stops a service other tests use: run the tests with \
-         `cargo nextest run` (scripts/test.sh), which runs this test alone"
-    );
+    if !command.starts_with("start") {
+        let caller = std::panic::Location::caller().file();
+        assert!(
+            caller.ends_with("outage.rs"),
+            "`dev-services.sh {command}` from {caller}: only tests in an outage.rs, which run \
+             alone, may stop a shared service"
+        );
+        assert!(
+            std::env::var_os("NEXTEST").is_some(),
+            "`dev-services.sh {command}` stops a service other tests use: run the tests with \
+             `cargo nextest run` (scripts/test.sh), which runs this test alone"
+        );
+    }
     if let Err(err) = try_services(command) {
         panic!("{err}");
     }

@@ -38,10 +38,12 @@ const PROBLEM: &str = "application/problem+json";
         ("X-Request-Id" = Option<String>, Header),
     ),
     responses(
-        (status = 200, description = "Live todos; Link rel=next while more follow", body = Vec<Todo>),
+        (status = 200, description = "Live todos", body = Vec<Todo>, headers(
+            ("Link" = String, description = "rel=\"next\": the next page, while more follow"),
+        )),
         (status = 400, description = "A bad parameter, each named", body = Problem, content_type = PROBLEM),
         (status = 500, body = Problem, content_type = PROBLEM),
-        (status = 503, body = Problem, content_type = PROBLEM),
+        (status = 503, description = "Unavailable now; nothing changed", body = Problem, content_type = PROBLEM, headers(("Retry-After" = String, description = "Seconds to wait: 1"))),
     )
 )]
 #[allow(dead_code)]
@@ -59,7 +61,7 @@ fn list() {}
         (status = 400, body = Problem, content_type = PROBLEM),
         (status = 404, description = "Never created, or deleted", body = Problem, content_type = PROBLEM),
         (status = 500, body = Problem, content_type = PROBLEM),
-        (status = 503, description = "MongoDB unavailable, or read-model-behind (min_version not reached)", body = Problem, content_type = PROBLEM),
+        (status = 503, description = "MongoDB unavailable, or read-model-behind (min_version not reached)", body = Problem, content_type = PROBLEM, headers(("Retry-After" = String, description = "Seconds to wait: 1"))),
     )
 )]
 #[allow(dead_code)]
@@ -70,7 +72,7 @@ fn get() {}
     responses(
         (status = 200, description = "Counts (at most a second old) and the projection's figures", body = Stats),
         (status = 500, body = Problem, content_type = PROBLEM),
-        (status = 503, body = Problem, content_type = PROBLEM),
+        (status = 503, description = "Unavailable now; nothing changed", body = Problem, content_type = PROBLEM, headers(("Retry-After" = String, description = "Seconds to wait: 1"))),
     ))]
 #[allow(dead_code)]
 fn stats() {}

@@ -42,7 +42,13 @@ async fn a_todo_locked_by_a_stalled_session_answers_503_and_blocks_no_other_writ
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Every pooled connection is now waiting on the lock.
+    eventually(
+        Duration::from_secs(10),
+        "five writes wait on the row lock",
+        || async { lock_waiters(&app.database_url).await >= 5 },
+    )
+    .await;
 
     for (method, path, body, status) in [
         ("POST", "/todos".to_string(), r#"{"title":"new"}"#, 201),

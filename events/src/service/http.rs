@@ -205,6 +205,7 @@ pub fn openmetrics(text: String) -> Response {
     response
 }
 
+#[cfg(feature = "testing")]
 /// The `(method, path)` of every route in `table`, as [`super::openapi::operations`] lists a
 /// document's.
 pub fn served(table: &[Route]) -> std::collections::BTreeSet<(String, String)> {

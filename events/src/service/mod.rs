@@ -1,7 +1,9 @@
 //! What both services run on besides the contract (feature `service`): graceful shutdown,
-//! logging, settings helpers, the HTTP plumbing every route goes through (request ids,
-//! metrics, the route table, problem+json answers), and the healthcheck probe their
-//! containers call.
+//! logging, settings helpers, the HTTP plumbing every route goes through (the route table and
+//! route names, request ids, metrics, problem+json answers, warp's rejections, the operator
+//! routes, the server's limits), the one retry delay (`backoff`), supervised background tasks,
+//! the operator routes of the OpenAPI documents and their checks (`openapi`), and the
+//! healthcheck probe their containers call.
 //!
 //! It lives here because the workspace has one shared crate, `events` (README.md, Layout); the
 //! feature keeps the contract itself free of warp, tokio and tracing for anyone who only needs

@@ -1,4 +1,5 @@
-//! Checks a service's OpenAPI document (derived from its types with utoipa) against what it
+//! The operator routes both OpenAPI documents declare, and (feature `testing`) the checks of a
+//! service's OpenAPI document (derived from its types with utoipa) against what it
 //! serves: the operations it lists against the route table, and each answer's body against the
 //! schema documented for its route and status. Both services' tests use it.
 //!
@@ -7,9 +8,12 @@
 //! `additionalProperties`, `items`, `enum`, `oneOf`/`anyOf`/`allOf`. An object schema that
 //! lists properties is taken as closed: a field the document does not name fails the check.
 
+#[cfg(feature = "testing")]
 use serde_json::Value;
+#[cfg(feature = "testing")]
 use std::collections::BTreeSet;
 
+#[cfg(feature = "testing")]
 /// Every `(method, path)` the document lists, methods in lower case.
 pub fn operations(doc: &Value) -> BTreeSet<(String, String)> {
     doc["paths"]
@@ -28,6 +32,7 @@ pub fn operations(doc: &Value) -> BTreeSet<(String, String)> {
         .collect()
 }
 
+#[cfg(feature = "testing")]
 /// The documented path template a concrete path matches (`/todos/7` -> `/todos/{id}`).
 pub fn template_of(doc: &Value, path: &str) -> Option<String> {
     let path = path.split('?').next().unwrap_or(path);
@@ -42,6 +47,7 @@ pub fn template_of(doc: &Value, path: &str) -> Option<String> {
     })
 }
 
+#[cfg(feature = "testing")]
 /// What is wrong with an answer of `status` with `body` (and its content type) to `method
 /// path`, against the document: an undocumented route or status, a documented body missing, a
 /// body that does not fit its schema. Empty when it fits.
@@ -103,6 +109,7 @@ pub fn check_answer(
     }
 }
 
+#[cfg(feature = "testing")]
 /// What is wrong with `value` against `schema` (within `doc`, for `$ref`s), each naming the
 /// JSON path at `at`.
 pub fn check(doc: &Value, schema: &Value, value: &Value, at: &str) -> Vec<String> {
@@ -179,6 +186,7 @@ pub fn check(doc: &Value, schema: &Value, value: &Value, at: &str) -> Vec<String
     errors
 }
 
+#[cfg(feature = "testing")]
 fn types_of(schema: &Value) -> Option<Vec<String>> {
     match &schema["type"] {
         Value::String(t) => Some(vec![t.clone()]),
@@ -191,6 +199,7 @@ fn types_of(schema: &Value) -> Option<Vec<String>> {
     }
 }
 
+#[cfg(feature = "testing")]
 fn is_type(value: &Value, t: &str) -> bool {
     match t {
         "null" => value.is_null(),

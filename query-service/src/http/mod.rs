@@ -51,7 +51,7 @@ fn with_state(state: State) -> impl Filter<Extract = (State,), Error = Infallibl
 }
 
 /// Every route the service serves. `routes` serves exactly these, and the OpenAPI test checks
-/// this list against `openapi.json` both ways.
+/// this list against the OpenAPI document (`crate::openapi`) both ways.
 pub fn route_table(state: State) -> Vec<Route> {
     let mut table = vec![
         Route::new("get", "/todos", |name| todos::list(state.clone(), name)),

@@ -226,7 +226,12 @@ async fn a_min_version_waiter_beyond_the_budget_is_answered_503_at_once() {
             (status, started.elapsed())
         }
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually(
+        Duration::from_secs(5),
+        "the first waiter holds the budget",
+        || async { metric(&client, &query, "min_version_waiting").await >= 1.0 },
+    )
+    .await;
 
     let started = Instant::now();
     let response = client
@@ -266,7 +271,10 @@ async fn a_min_version_waiter_beyond_the_budget_is_answered_503_at_once() {
         let url = query.url("/todos/1?min_version=2");
         async move { client.get(url).send().await.expect("sent").status() }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(Duration::from_secs(5), "the next waiter waits", || async {
+        metric(&client, &query, "min_version_waiting").await >= 1.0
+    })
+    .await;
     let mut update = created(1, true);
     update.event_type = EventType::TodoUpdated;
     update.version = 2;

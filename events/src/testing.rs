@@ -94,6 +94,15 @@ impl Drop for TestDatabase {
     }
 }
 
+/// The value of the sample `name` (with no labels, or its labels written out in `name`) in a
+/// Prometheus/OpenMetrics text exposition; `None` when it is not there.
+pub fn sample(exposition: &str, name: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|value| value.trim().parse().ok())
+}
+
 /// Waits until `check` holds, trying every 100 ms; fails the test after `within`, naming
 /// `what`.
 pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)

@@ -245,15 +245,7 @@ pub async fn metric(app: &TestApp, name: &str) -> f64 {
         .text()
         .await
         .expect("metrics text");
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(name)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
+    events::testing::sample(&text, name).unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
 /// command-service as the real binary (for signals, exit codes and its real log), on a port

@@ -355,10 +355,7 @@ pub async fn metric(client: &reqwest::Client, running: &Running, name: &str) -> 
         .text()
         .await
         .expect("metrics text");
-    text.lines()
-        .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .find_map(|value| value.trim().parse().ok())
-        .unwrap_or(0.0)
+    events::testing::sample(&text, name).unwrap_or(0.0)
 }
 
 /// Counts the log lines that contain a text.

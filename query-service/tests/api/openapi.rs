@@ -100,3 +100,27 @@ async fn every_answer_fits_the_schema_documented_for_its_route_and_status() {
     query.stop().await;
     names.cleanup().await;
 }
+
+/// The todo both services answer with is one shape: the `Todo` schema of query-service's
+/// document equals command-service's (descriptions aside).
+#[test]
+fn both_services_document_the_same_todo() {
+    fn shape(mut schema: Value) -> Value {
+        fn strip(v: &mut Value) {
+            match v {
+                Value::Object(map) => {
+                    map.remove("description");
+                    map.values_mut().for_each(strip);
+                }
+                Value::Array(items) => items.iter_mut().for_each(strip),
+                _ => {}
+            }
+        }
+        strip(&mut schema);
+        schema
+    }
+    let command = command_service::openapi::document()["components"]["schemas"]["Todo"].clone();
+    let query = query_service::openapi::document()["components"]["schemas"]["Todo"].clone();
+    assert!(command.is_object(), "command-service documents Todo");
+    assert_eq!(shape(query), shape(command));
+}

@@ -38,6 +38,12 @@ pub enum ApiError {
     PreconditionFailed { current: Option<i64> },
     #[error("Idempotency-Key reused with a different request body")]
     IdempotencyKeyReused,
+    /// No usable `Authorization: Bearer` while `WRITE_TOKENS` is set.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// A bearer token that is not one of `WRITE_TOKENS`.
+    #[error("forbidden")]
+    Forbidden,
     #[error("store unavailable: {0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -58,6 +64,8 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -78,6 +86,8 @@ impl ApiError {
             ApiError::Validation(_) => ("/problems/validation", "Invalid request"),
             ApiError::InvalidQuery(_) => ("/problems/invalid-query", "Invalid query parameters"),
             ApiError::NotFound(_) => ("/problems/not-found", "Not found"),
+            ApiError::Unauthorized(_) => ("/problems/unauthorized", "Unauthorized"),
+            ApiError::Forbidden => ("/problems/forbidden", "Forbidden"),
             ApiError::MethodNotAllowed => ("/problems/method-not-allowed", "Method not allowed"),
             ApiError::PreconditionFailed { .. } => {
                 ("/problems/precondition-failed", "Precondition failed")
@@ -94,9 +104,10 @@ impl ApiError {
     fn detail(&self) -> String {
         match self {
             ApiError::MalformedJson(m) => format!("The body is not valid JSON: {m}"),
-            ApiError::BadRequest(m) | ApiError::UnsupportedMediaType(m) | ApiError::NotFound(m) => {
-                m.clone()
-            }
+            ApiError::BadRequest(m)
+            | ApiError::UnsupportedMediaType(m)
+            | ApiError::NotFound(m)
+            | ApiError::Unauthorized(m) => m.clone(),
             ApiError::PayloadTooLarge { limit } => {
                 format!("The request body is larger than the limit of {limit} bytes.")
             }
@@ -119,6 +130,7 @@ impl ApiError {
             ApiError::IdempotencyKeyReused => {
                 "This Idempotency-Key was first used with a different request body.".into()
             }
+            ApiError::Forbidden => "This bearer token may not write here.".into(),
             ApiError::Unavailable(_) => {
                 "The store is unavailable; nothing was changed. Retry later.".into()
             }
@@ -142,7 +154,14 @@ impl ApiError {
         if let ApiError::PreconditionFailed { current } = &self {
             problem.current_version = *current;
         }
-        problem.into_response(status)
+        let mut response = problem.into_response(status);
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                warp::http::header::WWW_AUTHENTICATE,
+                warp::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
     }
 }
 
@@ -174,6 +193,8 @@ pub async fn handle_rejection(
             ApiError::PayloadTooLarge { limit } => ApiError::PayloadTooLarge { limit: *limit },
             ApiError::BadRequest(m) => ApiError::BadRequest(m.clone()),
             ApiError::UnsupportedMediaType(m) => ApiError::UnsupportedMediaType(m.clone()),
+            ApiError::Unauthorized(m) => ApiError::Unauthorized(m.clone()),
+            ApiError::Forbidden => ApiError::Forbidden,
             other => ApiError::BadRequest(other.to_string()),
         }
     } else {

@@ -112,6 +112,7 @@ impl Application {
             tasks: self.tasks.clone(),
             metrics: metrics.clone(),
             max_body_bytes: self.settings.max_body_bytes,
+            write_tokens: self.settings.write_tokens(),
         };
         let poll = Duration::from_millis(self.settings.relay_poll_ms);
         let max_backoff = Duration::from_millis(self.settings.relay_max_backoff_ms);

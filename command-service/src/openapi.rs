@@ -44,6 +44,7 @@ const PROBLEM: &str = "application/problem+json";
 /// `POST /todos`.
 #[utoipa::path(post, path = "/todos", tag = "todos",
     params(
+        ("Authorization" = Option<String>, Header, description = "Bearer <token>, when WRITE_TOKENS is set"),
         ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; the same key with the same request replays the first answer"),
         ("X-Request-Id" = Option<String>, Header, description = "Echoed back; becomes the event's correlation_id"),
     ),
@@ -54,6 +55,8 @@ const PROBLEM: &str = "application/problem+json";
             ("ETag" = String, description = "The version, quoted"),
         )),
         (status = 400, description = "Malformed JSON or a bad header", body = Problem, content_type = PROBLEM),
+        (status = 401, description = "WRITE_TOKENS is set and no bearer token came", body = Problem, content_type = PROBLEM, headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "A bearer token that is not one of WRITE_TOKENS", body = Problem, content_type = PROBLEM),
         (status = 413, description = "Body over MAX_BODY_BYTES", body = Problem, content_type = PROBLEM),
         (status = 415, description = "Not declared JSON", body = Problem, content_type = PROBLEM),
         (status = 422, description = "Invalid fields, or an Idempotency-Key reused with another request", body = Problem, content_type = PROBLEM),
@@ -75,6 +78,8 @@ fn create() {}
     responses(
         (status = 200, description = "The new state (the same when nothing changed)", body = Todo, headers(("ETag" = String))),
         (status = 400, body = Problem, content_type = PROBLEM),
+        (status = 401, description = "WRITE_TOKENS is set and no bearer token came", body = Problem, content_type = PROBLEM, headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "A bearer token that is not one of WRITE_TOKENS", body = Problem, content_type = PROBLEM),
         (status = 404, body = Problem, content_type = PROBLEM),
         (status = 412, description = "If-Match does not match; current_version says where the todo is", body = Problem, content_type = PROBLEM),
         (status = 413, body = Problem, content_type = PROBLEM),
@@ -97,6 +102,8 @@ fn patch() {}
     responses(
         (status = 200, description = "The new state (the same when nothing changed)", body = Todo, headers(("ETag" = String))),
         (status = 400, body = Problem, content_type = PROBLEM),
+        (status = 401, description = "WRITE_TOKENS is set and no bearer token came", body = Problem, content_type = PROBLEM, headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "A bearer token that is not one of WRITE_TOKENS", body = Problem, content_type = PROBLEM),
         (status = 404, body = Problem, content_type = PROBLEM),
         (status = 412, body = Problem, content_type = PROBLEM),
         (status = 413, body = Problem, content_type = PROBLEM),
@@ -118,6 +125,8 @@ fn put() {}
     responses(
         (status = 204, description = "Deleted", headers(("ETag" = String, description = "The delete's version"))),
         (status = 400, body = Problem, content_type = PROBLEM),
+        (status = 401, description = "WRITE_TOKENS is set and no bearer token came", body = Problem, content_type = PROBLEM, headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "A bearer token that is not one of WRITE_TOKENS", body = Problem, content_type = PROBLEM),
         (status = 404, body = Problem, content_type = PROBLEM),
         (status = 412, body = Problem, content_type = PROBLEM),
         (status = 503, description = "Unavailable now; nothing changed", body = Problem, content_type = PROBLEM, headers(("Retry-After" = String, description = "Seconds to wait: 1"))),
@@ -137,6 +146,8 @@ fn delete() {}
             ("Link" = String, description = "rel=\"next\": the next page, when this one is full"),
         )),
         (status = 400, body = Problem, content_type = PROBLEM),
+        (status = 401, description = "WRITE_TOKENS is set and no bearer token came", body = Problem, content_type = PROBLEM, headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "A bearer token that is not one of WRITE_TOKENS", body = Problem, content_type = PROBLEM),
         (status = 503, description = "Unavailable now; nothing changed", body = Problem, content_type = PROBLEM, headers(("Retry-After" = String, description = "Seconds to wait: 1"))),
     )
 )]

@@ -59,6 +59,10 @@ pub struct Settings {
     /// `IDEMPOTENCY_TTL_HOURS`: how long a stored `Idempotency-Key` response is replayed.
     #[serde(default = "default_idempotency_ttl_hours")]
     pub idempotency_ttl_hours: i64,
+    /// `WRITE_TOKENS`: comma-separated bearer tokens; when set, every write and `GET /events`
+    /// need `Authorization: Bearer <one of them>`. Empty: open (the local demo).
+    #[serde(default)]
+    pub write_tokens: String,
     /// `HTTP_MAX_CONNECTIONS`: connections served at once; more wait to be accepted.
     #[serde(default = "events::service::server::default_max_connections")]
     pub http_max_connections: usize,
@@ -132,6 +136,11 @@ impl Settings {
         )
     }
 
+    /// Who may write (see [`crate::http::auth::WriteTokens`]).
+    pub fn write_tokens(&self) -> crate::http::auth::WriteTokens {
+        crate::http::auth::WriteTokens::from_list(&self.write_tokens)
+    }
+
     /// Reads the settings from the process environment.
     pub fn from_env() -> Result<Self, envy::Error> {
         Self::from_vars(std::env::vars())
@@ -175,6 +184,7 @@ impl fmt::Debug for Settings {
             .field("http_addr", &self.http_addr)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("log_format", &self.log_format)
+            .field("write_tokens", &self.write_tokens().describe())
             .finish_non_exhaustive()
     }
 }

@@ -8,6 +8,7 @@
 //! answers, so warp's rejections only ever mean "no such route", "wrong method" or a malformed
 //! header or query string.
 
+pub mod auth;
 mod extract;
 mod feed;
 mod ops;
@@ -32,6 +33,7 @@ pub struct State {
     pub tasks: Arc<events::service::supervise::Supervisor>,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: u64,
+    pub write_tokens: auth::WriteTokens,
 }
 
 fn with_state(state: State) -> impl Filter<Extract = (State,), Error = Infallible> + Clone {
@@ -89,6 +91,7 @@ mod tests {
             tasks: Arc::default(),
             metrics: Arc::default(),
             max_body_bytes: 1024,
+            write_tokens: auth::WriteTokens::default(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! request (see [`super::extract`]), runs its command and answers the todo with its `ETag`
 //! (and `Location` for a created one, replayed or not).
 
+use super::auth::authorized;
 use super::extract::{idempotency_key, json_body, precondition, todo_id};
 use super::{json_response, with_state, State};
 use crate::commands::{Change, Created, Todo};
@@ -41,6 +42,7 @@ pub(super) fn create(
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("todos")
         .and(warp::post())
+        .and(authorized(state.write_tokens.clone()))
         .and(request_id())
         .and(warp::header::optional::<String>("idempotency-key"))
         .and(json_body(state.max_body_bytes))
@@ -80,6 +82,7 @@ fn update_route(
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("todos" / i64)
         .and(method)
+        .and(authorized(state.write_tokens.clone()))
         .and(request_id())
         .and(warp::header::optional::<String>("if-match"))
         .and(json_body(state.max_body_bytes))
@@ -121,6 +124,7 @@ pub(super) fn delete(
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("todos" / i64)
         .and(warp::delete())
+        .and(authorized(state.write_tokens.clone()))
         .and(request_id())
         .and(warp::header::optional::<String>("if-match"))
         .and(with_state(state))

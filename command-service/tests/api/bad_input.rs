@@ -37,7 +37,7 @@ impl Case {
 }
 
 /// The baseline todo's row as PostgreSQL holds it: a rejected request must leave it as it was.
-async fn row(app: &TestApp, id: i64) -> String {
+pub async fn row(app: &TestApp, id: i64) -> String {
     #[derive(diesel::QueryableByName)]
     struct Row {
         #[diesel(sql_type = diesel::sql_types::Text)]

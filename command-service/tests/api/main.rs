@@ -20,3 +20,4 @@ mod server;
 mod startup;
 mod store_limits;
 mod supervision;
+mod write_tokens;

@@ -42,13 +42,10 @@ async fn a_todo_locked_by_a_stalled_session_answers_503_and_blocks_no_other_writ
             })
         })
         .collect();
-    // Every pooled connection is now waiting on the lock.
-    eventually(
-        Duration::from_secs(10),
-        "five writes wait on the row lock",
-        || async { lock_waiters(&app.database_url).await >= 5 },
-    )
-    .await;
+    // Let the five reach the lock. Not awaited on a condition: each waits only
+    // DATABASE_LOCK_TIMEOUT_MS (300 ms) before its 503, so "all five waiting" is a window a
+    // poll can miss; the assertions below hold whether or not they all got there.
+    tokio::time::sleep(Duration::from_millis(100)).await;
 
     for (method, path, body, status) in [
         ("POST", "/todos".to_string(), r#"{"title":"new"}"#, 201),

@@ -53,6 +53,9 @@ pub struct ConsumerConfig {
     /// Told the `(todo_id, version)` of every event settled into the store, batch by batch
     /// (`?min_version=` waiters listen).
     pub applied: tokio::sync::broadcast::Sender<Applied>,
+    /// Told the changes each batch made to the read model (`GET /todos/stream` listens). A
+    /// subscriber that falls behind loses its place; the consumer never waits for one.
+    pub changes: tokio::sync::broadcast::Sender<crate::changes::Changes>,
 }
 
 /// The `(todo_id, version)` pairs the read model holds after a batch.
@@ -372,6 +375,7 @@ async fn handle_batch(
 
     let mut to_ack: Vec<Pending> = Vec::with_capacity(batch.len());
     let mut applied = Vec::with_capacity(batch.len());
+    let mut changes = Vec::new();
     let mut newest_event = None;
     let mut max_todo_id = 0;
     let mut refused_now = 0;
@@ -396,6 +400,7 @@ async fn handle_batch(
                 config.metrics.observe_event(outcome, lag);
                 if outcome == Outcome::Applied {
                     newest_event = newest_event.max(Some(event.occurred_at));
+                    changes.push(crate::changes::Change::of_event(event));
                 }
                 applied.push((event.todo_id, event.version));
                 max_todo_id = max_todo_id.max(event.todo_id);
@@ -439,6 +444,10 @@ async fn handle_batch(
     if !applied.is_empty() {
         // Nobody listening is fine.
         let _ = config.applied.send(Arc::new(applied));
+    }
+    if !changes.is_empty() {
+        changes.sort_by_key(|c| c.position);
+        let _ = config.changes.send(Arc::new(changes));
     }
     tracing::info!(
         size,

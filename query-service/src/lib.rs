@@ -3,6 +3,7 @@
 //! A library with a thin `main`: settings → telemetry → [`Application::build`] →
 //! [`Application::run`]. Tests drive the same `build` the binary uses, on port 0.
 
+pub mod changes;
 pub mod consumer;
 pub mod error;
 pub mod http;
@@ -87,6 +88,8 @@ impl Application {
         let metrics = Arc::new(metrics::Metrics::default());
         // Batches applied, for `?min_version=` waiters; a waiter that falls behind re-reads.
         let (applied, _) = tokio::sync::broadcast::channel(256);
+        // Changes for `GET /todos/stream`: a client further behind than the buffer is dropped.
+        let (changes, _) = tokio::sync::broadcast::channel(self.settings.stream_buffer.max(1));
         let config = ConsumerConfig {
             metrics: metrics.clone(),
             amqp_url: self.settings.amqp_url.clone(),
@@ -95,6 +98,7 @@ impl Application {
             prefetch: self.settings.amqp_prefetch,
             max_backoff: Duration::from_millis(self.settings.retry_max_backoff_ms),
             applied: applied.clone(),
+            changes: changes.clone(),
         };
         let consumer = {
             let (store, status, stop) = (self.store.clone(), status.clone(), shutdown.clone());
@@ -111,6 +115,10 @@ impl Application {
                 self.settings.min_version_max_waiters,
             )),
             applied,
+            changes,
+            stream_slots: Arc::new(tokio::sync::Semaphore::new(
+                self.settings.stream_max_subscribers,
+            )),
             counts: http::CountsCache::default(),
             tasks: self.tasks.clone(),
         };

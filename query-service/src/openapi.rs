@@ -16,7 +16,16 @@ use utoipa::OpenApi;
         description = "The read side of the todo CQRS pair: a MongoDB read model the projection \
                        keeps from command-service's events, served on its own port."
     ),
-    paths(list, get, stats, ready, ops::health, ops::metrics, ops::openapi),
+    paths(
+        list,
+        get,
+        stream,
+        stats,
+        ready,
+        ops::health,
+        ops::metrics,
+        ops::openapi
+    ),
     components(schemas(Todo, Stats, ProjectionStats, Problem, FieldError))
 )]
 struct Document;
@@ -66,6 +75,19 @@ fn list() {}
 )]
 #[allow(dead_code)]
 fn get() {}
+
+/// `GET /todos/stream`.
+#[utoipa::path(get, path = "/todos/stream", tag = "todos",
+    params(
+        ("Last-Event-ID" = Option<i64>, Header, description = "The last id received: first what the read model holds past it"),
+    ),
+    responses(
+        (status = 200, description = "Server-sent events: `todo` or `deleted`, id = the log position, data = {id, version, position, deleted, todo, lag_ms}; `dropped` before a client too far behind is disconnected", body = String, content_type = "text/event-stream"),
+        (status = 400, description = "A Last-Event-ID that is not a position", body = Problem, content_type = PROBLEM),
+        (status = 503, description = "Every stream slot is taken, or MongoDB unavailable", body = Problem, content_type = PROBLEM, headers(("Retry-After" = String))),
+    ))]
+#[allow(dead_code)]
+fn stream() {}
 
 /// `GET /stats`.
 #[utoipa::path(get, path = "/stats", tag = "operations",

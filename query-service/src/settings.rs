@@ -40,6 +40,14 @@ pub struct Settings {
     /// is answered 503 `read-model-behind` at once.
     #[serde(default = "default_min_version_max_waiters")]
     pub min_version_max_waiters: usize,
+    /// `STREAM_MAX_SUBSCRIBERS`: clients `GET /todos/stream` serves at once; one more is
+    /// answered 503.
+    #[serde(default = "default_stream_max_subscribers")]
+    pub stream_max_subscribers: usize,
+    /// `STREAM_BUFFER`: batches of changes kept for a stream client that is behind; one
+    /// further behind is sent a final `dropped` event and disconnected.
+    #[serde(default = "default_stream_buffer")]
+    pub stream_buffer: usize,
     /// `HTTP_ADDR`: address the HTTP API listens on.
     #[serde(default = "default_http_addr")]
     pub http_addr: String,
@@ -84,6 +92,12 @@ fn default_min_version_wait_ms() -> u64 {
 }
 fn default_min_version_max_waiters() -> usize {
     100
+}
+fn default_stream_max_subscribers() -> usize {
+    100
+}
+fn default_stream_buffer() -> usize {
+    256
 }
 fn default_http_addr() -> String {
     "0.0.0.0:5002".into()

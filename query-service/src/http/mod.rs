@@ -11,6 +11,7 @@
 
 mod ops;
 mod params;
+mod stream;
 mod todos;
 
 pub use ops::{CountsCache, COUNTS_MAX_AGE, OPENAPI};
@@ -40,6 +41,10 @@ pub struct State {
     pub min_version_waiters: Arc<tokio::sync::Semaphore>,
     /// What this process's consumer applied, batch by batch.
     pub applied: tokio::sync::broadcast::Sender<crate::consumer::Applied>,
+    /// The changes this process's consumer applied, for `GET /todos/stream`.
+    pub changes: tokio::sync::broadcast::Sender<crate::changes::Changes>,
+    /// Stream clients served at once (`STREAM_MAX_SUBSCRIBERS`).
+    pub stream_slots: Arc<tokio::sync::Semaphore>,
     /// `/stats` counts, recomputed at most every [`COUNTS_MAX_AGE`].
     pub counts: CountsCache,
     /// The supervised consumer's state, for `/ready`.
@@ -56,6 +61,9 @@ pub fn route_table(state: State) -> Vec<Route> {
     let mut table = vec![
         Route::new("get", "/todos", |name| todos::list(state.clone(), name)),
         Route::new("get", "/todos/{id}", |name| todos::get(state.clone(), name)),
+        Route::new("get", "/todos/stream", |name| {
+            stream::stream(state.clone(), name)
+        }),
         Route::new("get", "/stats", |name| ops::stats(state.clone(), name)),
     ];
     table.extend(http::operator_routes(
@@ -95,6 +103,8 @@ mod tests {
             min_version_wait: Duration::from_millis(100),
             min_version_waiters: Arc::new(tokio::sync::Semaphore::new(1)),
             applied: tokio::sync::broadcast::channel(1).0,
+            changes: tokio::sync::broadcast::channel(1).0,
+            stream_slots: Arc::new(tokio::sync::Semaphore::new(1)),
             counts: CountsCache::default(),
             tasks: Arc::default(),
         }

@@ -276,6 +276,51 @@ impl Store {
 
     /// The highest todo id the read model has seen (0 for none). A read model projected before
     /// this figure was kept gets it once from the collection itself.
+    /// What the read model holds past `position` (live todos and tombstones whose last
+    /// change is later), oldest first, up to `limit`: what a stream reconnecting with
+    /// `Last-Event-ID` missed, each todo at its current state.
+    pub async fn changed_after(
+        &self,
+        position: i64,
+        limit: i64,
+    ) -> Result<Vec<crate::changes::Change>, ReadError> {
+        let docs: Vec<Document> = self
+            .todos
+            .find(doc! { "last_position": { "$gt": position } })
+            .sort(doc! { "last_position": 1 })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?;
+        docs.iter()
+            .map(|d| {
+                let stored = read_document(d)?;
+                let position = d.get_i64("last_position").map_err(|e| {
+                    mongodb::error::Error::custom(format!("a document without last_position: {e}"))
+                })?;
+                Ok(match stored {
+                    Stored::Live(todo) => crate::changes::Change {
+                        id: todo.id,
+                        version: todo.version,
+                        position,
+                        deleted: false,
+                        occurred_at: Some(todo.updated_at),
+                        todo: Some(todo),
+                    },
+                    Stored::Deleted { version } => crate::changes::Change {
+                        id: d.get_i64("_id").unwrap_or_default(),
+                        version,
+                        position,
+                        deleted: true,
+                        todo: None,
+                        occurred_at: None,
+                    },
+                })
+            })
+            .collect::<mongodb::error::Result<Vec<_>>>()
+            .map_err(ReadError::from)
+    }
+
     pub async fn max_todo_id(&self) -> mongodb::error::Result<i64> {
         let kept = self
             .stats

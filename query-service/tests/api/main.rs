@@ -15,4 +15,5 @@ mod reads;
 mod replay;
 mod replicas;
 mod shutdown;
+mod stream;
 mod verify;

@@ -57,6 +57,7 @@ async fn every_answer_fits_the_schema_documented_for_its_route_and_status() {
         ("/todos/999999".into(), 404),
         ("/todos/1000000".into(), 500),
         ("/stats".into(), 200),
+        ("/todos/stream".into(), 200),
         ("/health".into(), 200),
         ("/ready".into(), 200),
         ("/metrics".into(), 200),
@@ -72,7 +73,12 @@ async fn every_answer_fits_the_schema_documented_for_its_route_and_status() {
             .headers()
             .get("content-type")
             .map(|v| v.to_str().expect("ascii").to_string());
-        let bytes = response.bytes().await.expect("body");
+        // A stream never ends: its head is what there is to check.
+        let bytes = if path == "/todos/stream" {
+            Default::default()
+        } else {
+            response.bytes().await.expect("body")
+        };
         errors.extend(check_answer(
             &doc,
             "GET",

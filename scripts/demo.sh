@@ -173,3 +173,4 @@ expect_status 422
 expect_json 'j["errors"][0]["field"] == "title"' "the offending field is named"
 
 printf '\n\033[32mdemo passed: 15 steps\033[0m\n'
+printf 'Watch it live: %s/ (the read model, its stream, and a form writing through %s)\n' "$QUERY_URL" "$COMMAND_URL"

@@ -52,3 +52,27 @@ trap - EXIT
 
 # The walkthrough a person runs, against the services as binaries.
 bash scripts/demo.sh --start
+
+# The live page in headless Chromium against the pair as binaries (scripts/browser_test.py):
+# create, complete and delete from the form; screenshots at desktop and phone width in
+# .local/screenshots/.
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "[test] installing chromium" >&2
+  if [[ $(id -u) == 0 ]]; then SUDO=(); else SUDO=(sudo); fi
+  "${SUDO[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -q chromium >/dev/null
+fi
+python3 -c "import websockets" 2>/dev/null || pip install -q websockets
+./target/debug/command-service >.local/test-page-command.log 2>&1 &
+PAGE_PAIR=($!)
+./target/debug/query-service >.local/test-page-query.log 2>&1 &
+PAGE_PAIR+=($!)
+stop_pair() { kill -TERM "${PAGE_PAIR[@]}" 2>/dev/null || true; wait "${PAGE_PAIR[@]}" 2>/dev/null || true; }
+trap stop_pair EXIT
+for _ in $(seq 1 120); do
+  curl -fsS http://127.0.0.1:5001/ready >/dev/null 2>&1 && curl -fsS http://127.0.0.1:5002/ready >/dev/null 2>&1 && break
+  sleep 0.5
+done
+python3 scripts/browser_test.py
+stop_pair
+trap - EXIT

@@ -44,6 +44,9 @@ pub enum ApiError {
     /// A bearer token that is not one of `WRITE_TOKENS`.
     #[error("forbidden")]
     Forbidden,
+    /// A browser request from an origin `CORS_ORIGINS` does not list.
+    #[error("cross-origin request refused: {0}")]
+    CrossOrigin(String),
     #[error("store unavailable: {0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -65,7 +68,7 @@ impl ApiError {
             }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Forbidden | ApiError::CrossOrigin(_) => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -88,6 +91,7 @@ impl ApiError {
             ApiError::NotFound(_) => ("/problems/not-found", "Not found"),
             ApiError::Unauthorized(_) => ("/problems/unauthorized", "Unauthorized"),
             ApiError::Forbidden => ("/problems/forbidden", "Forbidden"),
+            ApiError::CrossOrigin(_) => ("/problems/cross-origin", "Origin not allowed"),
             ApiError::MethodNotAllowed => ("/problems/method-not-allowed", "Method not allowed"),
             ApiError::PreconditionFailed { .. } => {
                 ("/problems/precondition-failed", "Precondition failed")
@@ -131,6 +135,7 @@ impl ApiError {
                 "This Idempotency-Key was first used with a different request body.".into()
             }
             ApiError::Forbidden => "This bearer token may not write here.".into(),
+            ApiError::CrossOrigin(m) => format!("{m}; CORS_ORIGINS lists the origins allowed."),
             ApiError::Unavailable(_) => {
                 "The store is unavailable; nothing was changed. Retry later.".into()
             }
@@ -203,6 +208,7 @@ pub async fn handle_rejection(
             Rejected::MethodNotAllowed => ApiError::MethodNotAllowed,
             Rejected::BadRequest(m) => ApiError::BadRequest(m),
             Rejected::UnsupportedMediaType(m) => ApiError::UnsupportedMediaType(m),
+            Rejected::Forbidden(m) => ApiError::CrossOrigin(m),
             Rejected::Unhandled(r) => {
                 ApiError::Internal(anyhow::anyhow!("unhandled rejection: {r}"))
             }

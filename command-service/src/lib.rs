@@ -113,6 +113,7 @@ impl Application {
             metrics: metrics.clone(),
             max_body_bytes: self.settings.max_body_bytes,
             write_tokens: self.settings.write_tokens(),
+            cors_origins: self.settings.cors_origins(),
         };
         let poll = Duration::from_millis(self.settings.relay_poll_ms);
         let max_backoff = Duration::from_millis(self.settings.relay_max_backoff_ms);

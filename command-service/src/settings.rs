@@ -59,6 +59,10 @@ pub struct Settings {
     /// `IDEMPOTENCY_TTL_HOURS`: how long a stored `Idempotency-Key` response is replayed.
     #[serde(default = "default_idempotency_ttl_hours")]
     pub idempotency_ttl_hours: i64,
+    /// `CORS_ORIGINS`: comma-separated origins browsers may call the API from; empty: none.
+    /// The default lets query-service's live page on this machine write.
+    #[serde(default = "default_cors_origins")]
+    pub cors_origins: String,
     /// `WRITE_TOKENS`: comma-separated bearer tokens; when set, every write and `GET /events`
     /// need `Authorization: Bearer <one of them>`. Empty: open (the local demo).
     #[serde(default)]
@@ -105,6 +109,9 @@ fn default_exchange() -> String {
 fn default_amqp_timeout_ms() -> u64 {
     5_000
 }
+fn default_cors_origins() -> String {
+    "http://localhost:5002,http://127.0.0.1:5002".into()
+}
 fn default_http_addr() -> String {
     "0.0.0.0:5001".into()
 }
@@ -134,6 +141,16 @@ impl Settings {
             self.http_max_connections,
             self.http_header_read_timeout_ms,
         )
+    }
+
+    /// `CORS_ORIGINS` as a list.
+    pub fn cors_origins(&self) -> Vec<String> {
+        self.cors_origins
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(String::from)
+            .collect()
     }
 
     /// Who may write (see [`crate::http::auth::WriteTokens`]).

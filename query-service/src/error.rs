@@ -112,7 +112,9 @@ pub async fn handle_rejection(
     let error = match rejected(&rejection) {
         Rejected::NotFound => ApiError::NotFound("No such route.".into()),
         Rejected::MethodNotAllowed => ApiError::MethodNotAllowed,
-        Rejected::BadRequest(m) | Rejected::UnsupportedMediaType(m) => ApiError::BadRequest(m),
+        Rejected::BadRequest(m) | Rejected::UnsupportedMediaType(m) | Rejected::Forbidden(m) => {
+            ApiError::BadRequest(m)
+        }
         Rejected::Unhandled(r) => ApiError::Internal(anyhow::anyhow!("unhandled rejection: {r}")),
     };
     Ok(error.into_response())

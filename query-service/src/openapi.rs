@@ -17,6 +17,7 @@ use utoipa::OpenApi;
                        keeps from command-service's events, served on its own port."
     ),
     paths(
+        page,
         list,
         get,
         stream,
@@ -75,6 +76,12 @@ fn list() {}
 )]
 #[allow(dead_code)]
 fn get() {}
+
+/// `GET /`.
+#[utoipa::path(get, path = "/", tag = "page",
+    responses((status = 200, description = "The live page: the read model, its stream, its figures, and a form writing through command-service", body = String, content_type = "text/html")))]
+#[allow(dead_code)]
+fn page() {}
 
 /// `GET /todos/stream`.
 #[utoipa::path(get, path = "/todos/stream", tag = "todos",

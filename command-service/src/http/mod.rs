@@ -34,6 +34,8 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: u64,
     pub write_tokens: auth::WriteTokens,
+    /// Origins browsers may call the API from (`CORS_ORIGINS`); none: no cross-origin calls.
+    pub cors_origins: Vec<String>,
 }
 
 fn with_state(state: State) -> impl Filter<Extract = (State,), Error = Infallible> + Clone {
@@ -65,7 +67,27 @@ pub fn route_table(state: State) -> Vec<Route> {
 /// All routes, with rejections answered as problem+json.
 pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let metrics = state.metrics.http.clone();
-    http::serve(route_table(state), metrics, handle_rejection)
+    let origins = state.cors_origins.clone();
+    let api = http::serve(route_table(state), metrics, handle_rejection);
+    // Browsers may call the API from `CORS_ORIGINS` (by default query-service's live page on
+    // this machine); a request from another origin is refused (403, writing nothing), one with
+    // no Origin (curl, other services) is served as always.
+    let cors = warp::cors()
+        .allow_origins(origins.iter().map(String::as_str))
+        .allow_methods(["GET", "POST", "PATCH", "PUT", "DELETE"])
+        .allow_headers([
+            "content-type",
+            "if-match",
+            "idempotency-key",
+            "authorization",
+            "x-request-id",
+        ])
+        .expose_headers(["etag", "location", "x-request-id", "idempotent-replayed"])
+        .max_age(600);
+    api.with(cors)
+        .map(warp::Reply::into_response)
+        .recover(handle_rejection)
+        .unify()
 }
 
 #[cfg(test)]
@@ -92,6 +114,7 @@ mod tests {
             metrics: Arc::default(),
             max_body_bytes: 1024,
             write_tokens: auth::WriteTokens::default(),
+            cors_origins: Vec::new(),
         }
     }
 

@@ -6,6 +6,7 @@ mod bad_input;
 mod binary;
 mod broker_deadlines;
 mod commands;
+mod cors;
 mod demo;
 mod dev_services;
 mod feed;

@@ -284,6 +284,8 @@ pub enum Rejected {
     BadRequest(String),
     /// warp's own body filters refused the content type: 415.
     UnsupportedMediaType(String),
+    /// A browser request from an origin CORS does not allow: 403.
+    Forbidden(String),
     /// Anything else is a bug in the routes: 500, the rejection in the log.
     Unhandled(String),
 }
@@ -303,6 +305,8 @@ pub fn rejected(rejection: &Rejection) -> Rejected {
         Rejected::BadRequest(e.to_string())
     } else if let Some(e) = rejection.find::<warp::reject::UnsupportedMediaType>() {
         Rejected::UnsupportedMediaType(e.to_string())
+    } else if let Some(e) = rejection.find::<warp::cors::CorsForbidden>() {
+        Rejected::Forbidden(e.to_string())
     } else {
         Rejected::Unhandled(format!("{rejection:?}"))
     }

@@ -10,6 +10,7 @@
 //!   `/openapi.json`.
 
 mod ops;
+mod page;
 mod params;
 mod stream;
 mod todos;
@@ -65,6 +66,7 @@ pub fn route_table(state: State) -> Vec<Route> {
             stream::stream(state.clone(), name)
         }),
         Route::new("get", "/stats", |name| ops::stats(state.clone(), name)),
+        Route::new("get", "/", |_| page::page()),
     ];
     table.extend(http::operator_routes(
         ops::ready(state.clone()).boxed(),

@@ -58,6 +58,7 @@ async fn every_answer_fits_the_schema_documented_for_its_route_and_status() {
         ("/todos/1000000".into(), 500),
         ("/stats".into(), 200),
         ("/todos/stream".into(), 200),
+        ("/".into(), 200),
         ("/health".into(), 200),
         ("/ready".into(), 200),
         ("/metrics".into(), 200),

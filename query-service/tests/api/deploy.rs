@@ -8,6 +8,47 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The user and vhost of an AMQP URL are ones deploy/rabbitmq/definitions.json creates, the
+/// user with permissions on that vhost, and neither is the broker's default (guest, /).
+fn assert_vhost_granted(url: &str) {
+    let rest = url.strip_prefix("amqp://").expect("amqp URL");
+    let user = rest.split(':').next().expect("a user");
+    let vhost = rest.rsplit('/').next().expect("a vhost");
+    assert!(
+        user != "guest" && vhost != "%2f" && !vhost.is_empty(),
+        "{url}"
+    );
+    let definitions: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("deploy/rabbitmq/definitions.json"))
+            .expect("definitions"),
+    )
+    .expect("definitions JSON");
+    assert!(
+        definitions["vhosts"]
+            .as_array()
+            .expect("vhosts")
+            .iter()
+            .any(|v| v["name"] == vhost),
+        "vhost {vhost} defined"
+    );
+    assert!(
+        definitions["permissions"]
+            .as_array()
+            .expect("permissions")
+            .iter()
+            .any(|p| p["user"] == user && p["vhost"] == vhost),
+        "{user} may use {vhost}"
+    );
+    for kind in ["exchanges", "queues", "bindings"] {
+        for item in definitions[kind].as_array().expect(kind) {
+            assert_eq!(
+                item["vhost"], vhost,
+                "{kind} on the services' vhost: {item}"
+            );
+        }
+    }
+}
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -112,23 +153,52 @@ fn docker_compose_matches_what_the_services_read() {
             "command-service" => {
                 let s = command_service::settings::Settings::from_vars(vars.clone())
                     .expect("command settings parse");
+                // Its own PostgreSQL role, owning its database, no superuser.
                 assert!(
-                    s.database_url.contains("@postgres:5432/"),
+                    s.database_url.starts_with("postgres://todo:")
+                        && s.database_url.contains("@postgres:5432/todos"),
                     "{}",
                     s.database_url
                 );
+                let init = std::fs::read_to_string(root().join("deploy/postgres/init.sql"))
+                    .expect("deploy/postgres/init.sql");
+                let init: String = init
+                    .lines()
+                    .filter(|l| !l.trim_start().starts_with("--"))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                assert!(
+                    init.contains("CREATE ROLE todo LOGIN")
+                        && init.contains("CREATE DATABASE todos OWNER todo")
+                        && !init.to_uppercase().contains("SUPERUSER"),
+                    "{init}"
+                );
                 assert!(s.amqp_url.contains("@rabbitmq:5672/"), "{}", s.amqp_url);
+                assert_vhost_granted(&s.amqp_url);
                 assert_eq!(s.amqp_exchange, events::EXCHANGE);
             }
             _ => {
                 let s = query_service::settings::Settings::from_vars(vars.clone())
                     .expect("query settings parse");
+                // Its own MongoDB user, created for the read model's database only.
                 assert!(
-                    s.mongodb_uri.starts_with("mongodb://mongo:27017/"),
+                    s.mongodb_uri.starts_with("mongodb://todo:")
+                        && s.mongodb_uri.contains("@mongo:27017/")
+                        && s.mongodb_uri.contains("authSource=todo_read"),
                     "{}",
                     s.mongodb_uri
                 );
+                assert_eq!(s.mongodb_db, "todo_read");
+                let init = std::fs::read_to_string(root().join("deploy/mongo/init.js"))
+                    .expect("deploy/mongo/init.js");
+                assert!(
+                    init.contains("getSiblingDB(\"todo_read\")")
+                        && init.contains("user: \"todo\"")
+                        && init.contains("readWrite"),
+                    "{init}"
+                );
                 assert!(s.amqp_url.contains("@rabbitmq:5672/"), "{}", s.amqp_url);
+                assert_vhost_granted(&s.amqp_url);
                 assert_eq!(s.amqp_queue, events::QUERY_QUEUE);
                 assert_eq!(s.amqp_exchange, events::EXCHANGE);
             }

@@ -314,3 +314,26 @@ pub async fn open_loop(
         failed_reads,
     })
 }
+
+/// A `GET /todos/stream` client that reads the response head and then nothing: its socket's
+/// receive window is 2 KB, so the server's side fills and the stream falls behind. Dropping
+/// it closes the connection.
+pub async fn stuck_stream_client(base: &str) -> anyhow::Result<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = base.trim_start_matches("http://").parse()?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(2048)?;
+    let mut stream = socket.connect(address).await?;
+    stream
+        .write_all(b"GET /todos/stream HTTP/1.1\r\nHost: bench\r\n\r\n")
+        .await?;
+    let mut head = [0u8; 512];
+    let n = stream.read(&mut head).await?;
+    if !head[..n].starts_with(b"HTTP/1.1 200") {
+        bail!(
+            "the stream answered {}",
+            String::from_utf8_lossy(&head[..n])
+        );
+    }
+    Ok(stream)
+}

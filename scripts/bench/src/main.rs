@@ -332,6 +332,26 @@ async fn run(config: &Config, report: &mut Report) -> anyhow::Result<()> {
         );
     }
 
+    // The same drain while a `GET /todos/stream` client never reads (its socket's window
+    // small and full): the consumer never waits for a stream client, so the rate is the
+    // drain's above.
+    query.stop().await?;
+    load::create_todos(&command.base, config.burst, 16).await?;
+    load::wait_for_outbox(&command.base).await?;
+    let burst2 = stores::queue_depth(config).await?;
+    let started = Instant::now();
+    let query = Service::start(&config.work, "query-service", config.port + 1, &query_vars).await?;
+    let stuck = load::stuck_stream_client(&query.base).await?;
+    load::wait_for_settled(&query.base, burst2 as i64, Duration::from_secs(600)).await?;
+    let drain_stuck = burst2 as f64 / started.elapsed().as_secs_f64();
+    drop(stuck);
+    report.row(
+        format!("projection drains {burst2} events, a stream client never reading"),
+        rate(drain_stuck),
+        format!("without it (above): {}", rate(drain)),
+        ratio(drain_stuck, drain),
+    );
+
     // ------------------------------------------------------------------ writes, pair running
     for &(clients, tps) in &pgbench {
         let cpu = cpu::Sampler::start();

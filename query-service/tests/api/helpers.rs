@@ -347,8 +347,13 @@ pub async fn queue_depth(queue: &str) -> u32 {
 /// The value of an unlabelled metric of `GET /metrics` (a counter's `_total` sample or a
 /// gauge), 0 when it is not there yet.
 pub async fn metric(client: &reqwest::Client, running: &Running, name: &str) -> f64 {
+    metric_at(client, &running.address, name).await
+}
+
+/// The sample `name` of the query-service at `address`; 0 when it is not there.
+pub async fn metric_at(client: &reqwest::Client, address: &str, name: &str) -> f64 {
     let text = client
-        .get(running.url("/metrics"))
+        .get(format!("{address}/metrics"))
         .send()
         .await
         .expect("metrics")
@@ -356,6 +361,33 @@ pub async fn metric(client: &reqwest::Client, running: &Running, name: &str) -> 
         .await
         .expect("metrics text");
     events::testing::sample(&text, name).unwrap_or(0.0)
+}
+
+/// Events the query-service process at `address` settled since it started, whatever their
+/// outcome (`projection_events_total`, all outcomes); 0 when it does not answer.
+pub async fn settled_by(client: &reqwest::Client, address: &str) -> f64 {
+    let Ok(response) = client.get(format!("{address}/metrics")).send().await else {
+        return 0.0;
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("projection_events_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Events the read model's shared counters (`/stats`) hold as settled, whatever the outcome.
+pub async fn settled_in_stats(client: &reqwest::Client, query: &Running) -> i64 {
+    let stats: Value = get_json(client, &query.url("/stats")).await;
+    [
+        "applied",
+        "skipped_duplicates",
+        "superseded",
+        "dead_lettered",
+    ]
+    .iter()
+    .map(|k| stats["projection"][k].as_i64().unwrap_or(0))
+    .sum()
 }
 
 /// Counts the log lines that contain a text.

@@ -109,19 +109,6 @@ async fn outage_of_mongodb_during_writes_loses_nothing_and_dead_letters_nothing(
     names.cleanup().await;
 }
 
-/// Events the query-service at `address` settled since it started, whatever their outcome
-/// (`projection_events_total`, all outcomes); 0 when it does not answer.
-async fn settled_by(client: &reqwest::Client, address: &str) -> f64 {
-    let Ok(response) = client.get(format!("{address}/metrics")).send().await else {
-        return 0.0;
-    };
-    let text = response.text().await.unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with("projection_events_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 async fn consuming(client: &reqwest::Client, process: &Process) {
     eventually(
         Duration::from_secs(30),

@@ -208,20 +208,6 @@ async fn a_malformed_message_is_dead_lettered_and_the_next_good_one_applied() {
     names.cleanup().await;
 }
 
-/// Messages the projection settled, whatever their outcome (the shared counters).
-async fn settled(client: &reqwest::Client, query: &Running) -> i64 {
-    let p = stats(client, query).await["projection"].clone();
-    [
-        "applied",
-        "skipped_duplicates",
-        "superseded",
-        "dead_lettered",
-    ]
-    .iter()
-    .map(|k| p[k].as_i64().unwrap_or(0))
-    .sum()
-}
-
 /// Todo 1's document as MongoDB holds it, every field (also when it was projected).
 async fn raw_document(names: &Names) -> bson::Document {
     mongodb::Client::with_uri_str(mongodb_uri())
@@ -254,7 +240,7 @@ async fn a_late_or_repeated_event_never_moves_a_todo_backwards_or_rewrites_it() 
         eventually(
             Duration::from_secs(10),
             &format!("version {} settled", e.version),
-            || async { settled(&client, &query).await == sent },
+            || async { settled_in_stats(&client, &query).await == sent },
         )
         .await;
     };

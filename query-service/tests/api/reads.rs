@@ -322,20 +322,6 @@ fn timed(todo_id: i64, version: i64, completed: bool) -> Envelope {
     }
 }
 
-/// Messages the projection settled, whatever their outcome (the shared counters).
-async fn settled(client: &reqwest::Client, query: &Running) -> i64 {
-    let s: Value = get_json(client, &query.url("/stats")).await;
-    [
-        "applied",
-        "skipped_duplicates",
-        "superseded",
-        "dead_lettered",
-    ]
-    .iter()
-    .map(|k| s["projection"][k].as_i64().unwrap_or(0))
-    .sum()
-}
-
 /// The ids of `todos` in the order `sort` lists them: by the sort key, then by id, both
 /// reversed for a descending sort.
 fn expected_order(todos: &[Envelope], sort: &str, completed: Option<bool>) -> Vec<i64> {
@@ -372,7 +358,7 @@ async fn every_sort_both_ways_with_and_without_completed_lists_every_todo_once_i
     }
     let client = reqwest::Client::new();
     eventually(Duration::from_secs(20), "all 30 projected", || async {
-        settled(&client, &query).await == 30
+        settled_in_stats(&client, &query).await == 30
     })
     .await;
 
@@ -413,7 +399,7 @@ async fn a_walk_sees_every_todo_once_while_writes_land_between_its_pages() {
     }
     let mut sent = 30;
     eventually(Duration::from_secs(20), "all 30 projected", || async {
-        settled(&client, &query).await == sent
+        settled_in_stats(&client, &query).await == sent
     })
     .await;
     let mut next_id = 31;
@@ -454,7 +440,7 @@ async fn a_walk_sees_every_todo_once_while_writes_land_between_its_pages() {
                 sent += 1;
             }
             eventually(Duration::from_secs(10), "the writes applied", || async {
-                settled(&client, &query).await == sent
+                settled_in_stats(&client, &query).await == sent
             })
             .await;
         }

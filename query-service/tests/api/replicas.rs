@@ -8,18 +8,6 @@ use query_service::store::Store;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-/// Every outcome's count in a process's `projection_events_total`; 0 when it does not answer.
-async fn settled(client: &reqwest::Client, address: &str) -> f64 {
-    let Ok(response) = client.get(format!("{address}/metrics")).send().await else {
-        return 0.0;
-    };
-    let text = response.text().await.unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with("projection_events_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Each process takes part of the burst (both settle events), the two together settle every
 /// message once, and the read model ends equal to PostgreSQL both ways although the versions
 /// of one todo land on different processes in any order, and a replay of the whole log, run
@@ -116,14 +104,14 @@ async fn two_query_services_on_one_queue_and_a_replay_beside_them_converge_under
         Duration::from_secs(90),
         "both processes together settled every event",
         || async {
-            settled(&client, &a.address).await + settled(&client, &b.address).await
+            settled_by(&client, &a.address).await + settled_by(&client, &b.address).await
                 >= f64::from(written)
         },
     )
     .await;
     let (by_a, by_b) = (
-        settled(&client, &a.address).await,
-        settled(&client, &b.address).await,
+        settled_by(&client, &a.address).await,
+        settled_by(&client, &b.address).await,
     );
     println!("settled: {by_a} by one process, {by_b} by the other");
     assert!(by_a > 0.0 && by_b > 0.0, "both consumed: {by_a} and {by_b}");

@@ -134,32 +134,6 @@ impl Drop for Binary {
     }
 }
 
-/// Events the process at `address` settled since it started (`projection_events_total`).
-async fn settled_by(client: &reqwest::Client, address: &str) -> f64 {
-    let Ok(response) = client.get(format!("{address}/metrics")).send().await else {
-        return 0.0;
-    };
-    let text = response.text().await.unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with("projection_events_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-async fn gauge(client: &reqwest::Client, address: &str, name: &str) -> f64 {
-    let text = client
-        .get(format!("{address}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn sigterm_answers_the_request_in_flight_finishes_the_batch_in_hand_and_exits_0() {
     let names = Names::new();
@@ -193,7 +167,7 @@ async fn sigterm_answers_the_request_in_flight_finishes_the_batch_in_hand_and_ex
         }
     });
     eventually(Duration::from_secs(5), "the read is waiting", || async {
-        gauge(&client, &address, "min_version_waiting").await == 1.0
+        metric_at(&client, &address, "min_version_waiting").await == 1.0
     })
     .await;
 

@@ -104,8 +104,7 @@ async fn with_write_tokens_no_token_is_401_another_403_the_right_one_passes_and_
 
     // Unset: open, and said so.
     let open = spawn_app().await;
-    let response = send_open(&open).await;
-    assert_eq!(response, 201);
+    open.create("open").await; // asserts 201
     let ready: Value = open
         .client
         .get(open.url("/ready"))
@@ -117,15 +116,4 @@ async fn with_write_tokens_no_token_is_401_another_403_the_right_one_passes_and_
         .expect("json");
     assert_eq!(ready["checks"]["writes"], "open", "{ready}");
     open.stop().await;
-}
-
-async fn send_open(app: &TestApp) -> u16 {
-    app.client
-        .post(app.url("/todos"))
-        .json(&serde_json::json!({"title": "open"}))
-        .send()
-        .await
-        .expect("post")
-        .status()
-        .as_u16()
 }

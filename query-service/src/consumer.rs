@@ -373,6 +373,9 @@ async fn handle_batch(
         return Ok(Settled::Stopped);
     };
 
+    // Changes are built for the stream only while a client listens. Asked after the write: a
+    // client subscribing later reads this batch from the store (`Last-Event-ID`) instead.
+    let streaming = config.changes.receiver_count() > 0;
     let mut to_ack: Vec<Pending> = Vec::with_capacity(batch.len());
     let mut applied = Vec::with_capacity(batch.len());
     let mut changes = Vec::new();
@@ -400,7 +403,9 @@ async fn handle_batch(
                 config.metrics.observe_event(outcome, lag);
                 if outcome == Outcome::Applied {
                     newest_event = newest_event.max(Some(event.occurred_at));
-                    changes.push(crate::changes::Change::of_event(event));
+                    if streaming {
+                        changes.push(crate::changes::Change::of_event(event));
+                    }
                 }
                 applied.push((event.todo_id, event.version));
                 max_todo_id = max_todo_id.max(event.todo_id);

@@ -295,9 +295,12 @@ impl Store {
         docs.iter()
             .map(|d| {
                 let stored = read_document(d)?;
-                let position = d.get_i64("last_position").map_err(|e| {
-                    mongodb::error::Error::custom(format!("a document without last_position: {e}"))
-                })?;
+                let field = |name: &str| {
+                    d.get_i64(name).map_err(|e| {
+                        mongodb::error::Error::custom(format!("a document without {name}: {e}"))
+                    })
+                };
+                let position = field("last_position")?;
                 Ok(match stored {
                     Stored::Live(todo) => crate::changes::Change {
                         id: todo.id,
@@ -308,7 +311,7 @@ impl Store {
                         todo: Some(todo),
                     },
                     Stored::Deleted { version } => crate::changes::Change {
-                        id: d.get_i64("_id").unwrap_or_default(),
+                        id: field("_id")?,
                         version,
                         position,
                         deleted: true,

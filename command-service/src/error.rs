@@ -3,7 +3,7 @@
 //! Every failure a handler can meet is an [`ApiError`]; [`ApiError::into_response`] is the only
 //! place that turns one into a response, always `application/problem+json` (RFC 9457) with
 //! `type`, `title`, `status`, `detail` and, for validation, the offending fields.
-//! - Client mistakes (400, 404, 405, 412, 413, 415, 422) say exactly what was wrong.
+//! - Client mistakes (400, 404, 405, 408, 412, 413, 415, 422) say exactly what was wrong.
 //! - A store that cannot be reached is 503: the request changed nothing and can be retried.
 //! - Anything else is 500 with a generic body; the cause chain goes to the log, never to the
 //!   client.
@@ -24,6 +24,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("request body over {limit} bytes")]
     PayloadTooLarge { limit: u64 },
+    /// The body did not arrive whole within `HTTP_BODY_READ_TIMEOUT_MS`.
+    #[error("request body not received within {ms} ms")]
+    RequestTimeout { ms: u64 },
     #[error("invalid request body")]
     Validation(Vec<FieldError>),
     #[error("invalid query parameters")]
@@ -63,6 +66,7 @@ impl ApiError {
             }
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::Validation(_) | ApiError::IdempotencyKeyReused => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -86,6 +90,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => {
                 ("/problems/payload-too-large", "Payload too large")
             }
+            ApiError::RequestTimeout { .. } => ("/problems/request-timeout", "Request timeout"),
             ApiError::Validation(_) => ("/problems/validation", "Invalid request"),
             ApiError::InvalidQuery(_) => ("/problems/invalid-query", "Invalid query parameters"),
             ApiError::NotFound(_) => ("/problems/not-found", "Not found"),
@@ -115,6 +120,9 @@ impl ApiError {
             ApiError::PayloadTooLarge { limit } => {
                 format!("The request body is larger than the limit of {limit} bytes.")
             }
+            ApiError::RequestTimeout { ms } => format!(
+                "The request body did not arrive whole within {ms} ms; nothing was changed."
+            ),
             ApiError::Validation(errors) | ApiError::InvalidQuery(errors) => errors
                 .iter()
                 .map(|e| format!("{}: {}", e.field, e.message))
@@ -160,6 +168,13 @@ impl ApiError {
             problem.current_version = *current;
         }
         let mut response = problem.into_response(status);
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still come: the connection cannot be reused.
+            response.headers_mut().insert(
+                warp::http::header::CONNECTION,
+                warp::http::HeaderValue::from_static("close"),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 warp::http::header::WWW_AUTHENTICATE,
@@ -196,6 +211,7 @@ pub async fn handle_rejection(
         // Custom rejections from our own filters (body limits) carry an ApiError.
         match e {
             ApiError::PayloadTooLarge { limit } => ApiError::PayloadTooLarge { limit: *limit },
+            ApiError::RequestTimeout { ms } => ApiError::RequestTimeout { ms: *ms },
             ApiError::BadRequest(m) => ApiError::BadRequest(m.clone()),
             ApiError::UnsupportedMediaType(m) => ApiError::UnsupportedMediaType(m.clone()),
             ApiError::Unauthorized(m) => ApiError::Unauthorized(m.clone()),

@@ -172,6 +172,7 @@ impl Application {
             self.listener,
             http::routes(state),
             self.settings.server_limits(),
+            metrics.http.clone(),
             async move { http_stopping.triggered().await },
         ));
         signal.await;

@@ -67,13 +67,27 @@ pub struct Settings {
     /// need `Authorization: Bearer <one of them>`. Empty: open (the local demo).
     #[serde(default)]
     pub write_tokens: String,
-    /// `HTTP_MAX_CONNECTIONS`: connections served at once; more wait to be accepted.
+    /// `HTTP_MAX_CONNECTIONS`: connections held at once, in any phase; at the cap a new one
+    /// takes the oldest idle one's place, or is answered 503 when every one is busy.
     #[serde(default = "events::service::server::default_max_connections")]
     pub http_max_connections: usize,
-    /// `HTTP_HEADER_READ_TIMEOUT_MS`: a client must send a request's headers within this, or
-    /// its connection is closed (also how long an idle keep-alive connection is kept).
+    /// `HTTP_MAX_CONNECTIONS_PER_PEER`: connections one IP address may hold; one more is
+    /// answered 503. Behind a proxy, set it to `HTTP_MAX_CONNECTIONS`.
+    #[serde(default = "events::service::server::default_max_connections_per_peer")]
+    pub http_max_connections_per_peer: usize,
+    /// `HTTP_HEADER_READ_TIMEOUT_MS`: a client must send a request's head within this of
+    /// connecting (or of its previous answer, on a kept-alive connection), or its connection
+    /// is closed.
     #[serde(default = "events::service::server::default_header_read_timeout_ms")]
     pub http_header_read_timeout_ms: u64,
+    /// `HTTP_BODY_READ_TIMEOUT_MS`: a request's body must arrive whole within this of its head
+    /// (408 past it).
+    #[serde(default = "events::service::server::default_body_read_timeout_ms")]
+    pub http_body_read_timeout_ms: u64,
+    /// `HTTP_WRITE_TIMEOUT_MS`: a write to a client that makes no progress for this long (the
+    /// client reads nothing) closes the connection.
+    #[serde(default = "events::service::server::default_write_timeout_ms")]
+    pub http_write_timeout_ms: u64,
     /// `LOG_FORMAT`: `pretty` (default) or `json`.
     #[serde(default)]
     pub log_format: LogFormat,
@@ -137,10 +151,13 @@ fn default_rust_log() -> String {
 impl Settings {
     /// The HTTP server's limits (see `events::service::server::Limits`).
     pub fn server_limits(&self) -> events::service::server::Limits {
-        events::service::server::Limits::new(
-            self.http_max_connections,
-            self.http_header_read_timeout_ms,
-        )
+        events::service::server::Limits::new(events::service::server::HttpSettings {
+            max_connections: self.http_max_connections,
+            max_connections_per_peer: self.http_max_connections_per_peer,
+            header_read_timeout_ms: self.http_header_read_timeout_ms,
+            body_read_timeout_ms: self.http_body_read_timeout_ms,
+            write_timeout_ms: self.http_write_timeout_ms,
+        })
     }
 
     /// `CORS_ORIGINS` as a list.

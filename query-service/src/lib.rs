@@ -109,7 +109,7 @@ impl Application {
         let state = http::State {
             store: self.store.clone(),
             consumer: status,
-            metrics,
+            metrics: metrics.clone(),
             min_version_wait: Duration::from_millis(self.settings.min_version_wait_ms),
             min_version_waiters: Arc::new(tokio::sync::Semaphore::new(
                 self.settings.min_version_max_waiters,
@@ -128,6 +128,7 @@ impl Application {
             self.listener,
             http::routes(state),
             self.settings.server_limits(),
+            metrics.http.clone(),
             async move { server_shutdown.triggered().await },
         ));
         signal.await;

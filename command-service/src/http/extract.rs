@@ -7,11 +7,13 @@ use crate::error::ApiError;
 use crate::idempotency;
 use crate::input;
 use bytes::{Buf, Bytes, BytesMut};
+use events::service::server::BodyReadTimeout;
 use futures_util::{Stream, StreamExt};
 use warp::{Filter, Rejection};
 
 /// Reads a JSON request body: 415 unless the content type is JSON, 413 past the limit (by
-/// `Content-Length` when given, else while reading a chunked body).
+/// `Content-Length` when given, else while reading a chunked body), 408 when it does not arrive
+/// whole within `HTTP_BODY_READ_TIMEOUT_MS` (the server's deadline on the body).
 pub(super) fn json_body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
     warp::header::optional::<String>("content-type")
         .and(warp::header::optional::<u64>("content-length"))
@@ -65,7 +67,12 @@ where
     let mut body = std::pin::pin!(body);
     let mut buf = BytesMut::new();
     while let Some(chunk) = body.next().await {
-        let mut chunk = chunk.map_err(|e| ApiError::BadRequest(format!("unreadable body: {e}")))?;
+        let mut chunk = chunk.map_err(|e| match BodyReadTimeout::find(&e) {
+            Some(timeout) => ApiError::RequestTimeout {
+                ms: timeout.0.as_millis() as u64,
+            },
+            None => ApiError::BadRequest(format!("unreadable body: {e}")),
+        })?;
         if buf.len() as u64 + chunk.remaining() as u64 > limit {
             return Err(ApiError::PayloadTooLarge { limit });
         }

@@ -1,9 +1,12 @@
 //! The request metrics every route records, `http_requests_total{route,status}` and
-//! `http_request_duration_seconds{route,status}`, and the text exposition of a registry.
+//! `http_request_duration_seconds{route,status}`, the server's connection figures
+//! (`http_connections_open`, `http_connections_refused_total{reason}` with reason `full` or
+//! `peer`, `http_connections_evicted_total`), and the text exposition of a registry.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::time::Duration;
@@ -21,6 +24,14 @@ type HistogramFamily = Family<HttpLabels, Histogram, fn() -> Histogram>;
 pub struct HttpMetrics {
     requests: Family<HttpLabels, Counter>,
     latency: HistogramFamily,
+    open: Gauge,
+    refused: Family<ReasonLabel, Counter>,
+    evicted: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -39,7 +50,46 @@ impl HttpMetrics {
             "Time to answer an HTTP request",
             latency.clone(),
         );
-        Self { requests, latency }
+        let open = Gauge::default();
+        registry.register(
+            "http_connections_open",
+            "Connections the HTTP server holds now",
+            open.clone(),
+        );
+        let refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "http_connections_refused",
+            "Connections answered 503 and closed at accept: every one busy (full) or the peer at its cap (peer)",
+            refused.clone(),
+        );
+        let evicted = Counter::default();
+        registry.register(
+            "http_connections_evicted",
+            "Idle connections closed to make room for a new one at HTTP_MAX_CONNECTIONS",
+            evicted.clone(),
+        );
+        Self {
+            requests,
+            latency,
+            open,
+            refused,
+            evicted,
+        }
+    }
+
+    /// The connections held now.
+    pub fn connections_open(&self, n: usize) {
+        self.open.set(n as i64);
+    }
+
+    /// A connection refused at accept, `reason` `full` or `peer`.
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// An idle connection closed to make room.
+    pub fn connection_evicted(&self) {
+        self.evicted.inc();
     }
 
     pub fn observe(&self, route: &str, status: u16, elapsed: Duration) {

@@ -20,6 +20,13 @@ const CLEANUP_EVERY: Duration = Duration::from_secs(600);
 /// `DATABASE_STATEMENT_TIMEOUT_MS` however many keys expired.
 const CLEANUP_BATCH: usize = 1_000;
 
+/// Removes up to `$2` keys older than `$1` hours: through the index on `created_at`
+/// (migration `2026-12-05-000001_idempotency_keys_expiry_index`), so it reads the expired keys
+/// only, however many live ones there are.
+pub const REMOVE_EXPIRED: &str = "DELETE FROM idempotency_keys WHERE ctid IN ( \
+     SELECT ctid FROM idempotency_keys \
+     WHERE created_at <= now() - make_interval(hours => $1::int) LIMIT $2)";
+
 /// An `Idempotency-Key` and the hash of the request it came with.
 #[derive(Debug, Clone)]
 pub struct Key {
@@ -161,7 +168,8 @@ impl Keys {
     }
 
     /// The background task: every [`CLEANUP_EVERY`], removes the expired keys, until
-    /// `shutdown`. A cleanup that fails (PostgreSQL away) is logged and tried again next time.
+    /// `shutdown`. A cleanup that fails (PostgreSQL away) is logged at warn and tried again next
+    /// time.
     pub async fn clean(self, pool: PgPool, shutdown: Shutdown) {
         tracing::info!("idempotency key cleanup started");
         loop {
@@ -172,7 +180,7 @@ impl Keys {
             match self.remove_expired(&pool).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(removed = n, "expired idempotency keys removed"),
-                Err(err) => tracing::debug!(error = %err, "idempotency key cleanup skipped"),
+                Err(err) => tracing::warn!(error = %err, "idempotency key cleanup failed; trying again later"),
             }
         }
         tracing::info!("idempotency key cleanup stopped");
@@ -183,11 +191,7 @@ impl Keys {
         let mut conn = pool.get().await?;
         let mut removed = 0;
         loop {
-            let n = diesel::sql_query(
-                "DELETE FROM idempotency_keys WHERE ctid IN ( \
-                   SELECT ctid FROM idempotency_keys \
-                   WHERE created_at <= now() - make_interval(hours => $1::int) LIMIT $2)",
-            )
+            let n = diesel::sql_query(REMOVE_EXPIRED)
             .bind::<BigInt, _>(self.ttl_hours)
             .bind::<BigInt, _>(CLEANUP_BATCH as i64)
             .execute(&mut conn)

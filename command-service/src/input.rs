@@ -1,16 +1,15 @@
 //! Request bodies: parsed from JSON and validated field by field, so a 422 names every
 //! offending field at once and a wrong type is reported as such (not as "malformed JSON").
 //!
-//! Rules (README, "HTTP API"): `title` required, trimmed, 1..=200 characters; `description` a
-//! string of at most 2000 characters or null; `completed` a boolean; unknown fields rejected.
-//! Neither text may hold U+0000, which PostgreSQL's `text` and `jsonb` cannot store, nor other
-//! control characters (a description may hold tabs and line breaks).
+//! Rules (README, "HTTP API"): `title` required; `description` a string or null; `completed` a
+//! boolean; unknown fields rejected. What the texts may hold is `events::limits` (title
+//! trimmed, 1..=200 characters, not only invisible characters; description at most 2000; no
+//! U+0000 nor other control characters), shared with the read side.
 
 use crate::error::{ApiError, FieldError};
+use events::limits;
 use serde_json::{Map, Value};
 
-pub const TITLE_MAX: usize = 200;
-pub const DESCRIPTION_MAX: usize = 2000;
 const FIELDS: [&str; 3] = ["title", "description", "completed"];
 
 /// Full state given by `POST /todos` and `PUT /todos/{id}`.
@@ -143,47 +142,15 @@ fn unknown_fields(map: &Map<String, Value>, errors: &mut Vec<FieldError>) {
     }
 }
 
-/// The message for a text holding U+0000, which PostgreSQL refuses to store.
-const NUL: &str = "must not contain the NUL character (U+0000)";
-
-/// The first control character of `text` not in `allowed` (a title allows none; a
-/// description allows tab and line breaks).
-fn control_character(text: &str, allowed: &[char]) -> Option<char> {
-    text.chars()
-        .find(|c| c.is_control() && !allowed.contains(c))
-}
-
-fn control_message(c: char) -> String {
-    format!(
-        "must not contain control characters (found U+{:04X})",
-        c as u32
-    )
-}
-
 fn title(value: &Value, errors: &mut Vec<FieldError>) -> Option<String> {
     match value {
-        Value::String(s) => {
-            let trimmed = s.trim();
-            let len = trimmed.chars().count();
-            if trimmed.contains('\0') {
-                errors.push(FieldError::new("title", NUL));
+        Value::String(s) => match limits::title(s) {
+            Ok(trimmed) => Some(trimmed.to_string()),
+            Err(message) => {
+                errors.push(FieldError::new("title", message));
                 None
-            } else if let Some(c) = control_character(trimmed, &[]) {
-                errors.push(FieldError::new("title", control_message(c)));
-                None
-            } else if len == 0 {
-                errors.push(FieldError::new("title", "must not be blank"));
-                None
-            } else if len > TITLE_MAX {
-                errors.push(FieldError::new(
-                    "title",
-                    format!("must be at most {TITLE_MAX} characters, got {len}"),
-                ));
-                None
-            } else {
-                Some(trimmed.to_string())
             }
-        }
+        },
         other => {
             errors.push(FieldError::new(
                 "title",
@@ -197,24 +164,13 @@ fn title(value: &Value, errors: &mut Vec<FieldError>) -> Option<String> {
 fn description(value: &Value, errors: &mut Vec<FieldError>) -> Option<Option<String>> {
     match value {
         Value::Null => Some(None),
-        Value::String(s) => {
-            let len = s.chars().count();
-            if s.contains('\0') {
-                errors.push(FieldError::new("description", NUL));
+        Value::String(s) => match limits::description(s) {
+            None => Some(Some(s.clone())),
+            Some(message) => {
+                errors.push(FieldError::new("description", message));
                 None
-            } else if let Some(c) = control_character(s, &['\t', '\n', '\r']) {
-                errors.push(FieldError::new("description", control_message(c)));
-                None
-            } else if len > DESCRIPTION_MAX {
-                errors.push(FieldError::new(
-                    "description",
-                    format!("must be at most {DESCRIPTION_MAX} characters, got {len}"),
-                ));
-                None
-            } else {
-                Some(Some(s.clone()))
             }
-        }
+        },
         other => {
             errors.push(FieldError::new(
                 "description",
@@ -330,6 +286,11 @@ mod tests {
         let cases: Vec<(&str, String, Vec<&str>)> = vec![
             ("missing title", "{}".into(), vec!["title"]),
             ("blank title", r#"{"title":"   "}"#.into(), vec!["title"]),
+            (
+                "title of invisible characters",
+                r#"{"title":" \u200b\u200d\u2060\ufeff\u202e\u2066\u200f\u00ad "}"#.into(),
+                vec!["title"],
+            ),
             ("201-character title", long_title, vec!["title"]),
             ("number title", r#"{"title":5}"#.into(), vec!["title"]),
             ("null title", r#"{"title":null}"#.into(), vec!["title"]),

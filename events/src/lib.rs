@@ -4,6 +4,7 @@
 //! RabbitMQ names, so neither side can drift from the other. The tests at the bottom pin the
 //! JSON shape with literal samples: changing a field name or an event name breaks them.
 
+pub mod limits;
 #[cfg(feature = "service")]
 pub mod service;
 #[cfg(feature = "testing")]

@@ -86,13 +86,15 @@ where
     Ok(buf.freeze())
 }
 
-/// A todo id from the path: ids are positive, so any other number is a todo that does not exist.
+/// A todo id from the path: ids are 1 to `events::limits::MAX_ID`, so any other number is a
+/// todo that does not exist (404, as for a path id that is not a number).
 pub(super) fn todo_id(id: i64) -> Result<i64, ApiError> {
-    if id > 0 {
+    if events::limits::in_id_range(id) {
         Ok(id)
     } else {
         Err(ApiError::NotFound(format!(
-            "Todo {id} does not exist; ids are positive."
+            "Todo {id} does not exist; ids are 1 to {}.",
+            events::limits::MAX_ID
         )))
     }
 }

@@ -65,6 +65,20 @@ async fn bad_input_is_rejected_with_problem_json_and_writes_nothing() {
         case("empty body", "POST", "/todos", "", 400),
         case("blank title", "POST", "/todos", r#"{"title":"   "}"#, 422),
         case(
+            "a title of zero-width, joiner, BOM and bidi characters only",
+            "POST",
+            "/todos",
+            r#"{"title":"\u200b\u200d\u2060\ufeff\u202e\u2066\u200e\u00ad "}"#,
+            422,
+        ),
+        case(
+            "a PUT title of invisible characters only",
+            "PUT",
+            &todo,
+            r#"{"title":"\u202a\u2069"}"#,
+            422,
+        ),
+        case(
             "missing title",
             "POST",
             "/todos",
@@ -151,6 +165,14 @@ async fn bad_input_is_rejected_with_problem_json_and_writes_nothing() {
             404,
         ),
         case("zero id", "PUT", "/todos/0", r#"{"title":"t"}"#, 404),
+        case(
+            "an id past 2^53 - 1",
+            "PATCH",
+            "/todos/9007199254740992",
+            r#"{"completed":true}"#,
+            404,
+        ),
+        case("an id of i64::MAX", "DELETE", "/todos/9223372036854775807", "", 404),
         case("negative id", "DELETE", "/todos/-3", "", 404),
         case("unknown id on DELETE", "DELETE", "/todos/987654", "", 404),
         case(

@@ -563,3 +563,35 @@ async fn an_unusable_request_id_is_replaced_by_a_new_one_and_a_usable_one_kept_u
     }
     app.stop().await;
 }
+
+/// Todo ids stop at 2^53 - 1 (`events::limits::MAX_ID`): the last one is handed out and reads
+/// back exactly, and a create past it is refused, writing nothing, instead of handing out an id
+/// a JavaScript client would read as another number.
+#[tokio::test]
+async fn the_last_todo_id_is_max_id_and_a_create_past_it_writes_nothing() {
+    use diesel_async::RunQueryDsl;
+    let app = spawn_app().await;
+    let mut conn = app.db().await;
+    diesel::sql_query(format!(
+        "SELECT setval(pg_get_serial_sequence('todos', 'id'), {})",
+        events::limits::MAX_ID - 1
+    ))
+    .execute(&mut conn)
+    .await
+    .expect("sequence moved to its end");
+    let last = app.create("the last id").await;
+    assert_eq!(last["id"].as_i64(), Some(events::limits::MAX_ID), "{last}");
+    let before = (app.count("todos").await, app.count("events").await);
+    let past = app.post_json("/todos", r#"{"title":"one too many"}"#).await;
+    assert!(
+        past.status().is_server_error(),
+        "a create past MAX_ID answered {}",
+        past.status()
+    );
+    assert_eq!(
+        (app.count("todos").await, app.count("events").await),
+        before,
+        "a refused create wrote"
+    );
+    app.stop().await;
+}

@@ -167,3 +167,52 @@ async fn expired_keys_are_removed_by_a_supervised_task_and_live_ones_kept() {
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     app.stop().await;
 }
+
+/// The cleanup's delete reads the expired keys through the index on `created_at`, not the
+/// whole table: with 20,000 live keys and 5 expired ones, PostgreSQL's plan for it names the
+/// index.
+#[tokio::test]
+async fn the_cleanup_of_expired_keys_goes_through_the_index_on_created_at() {
+    let app = spawn_app().await;
+    let mut conn = app.db().await;
+    for statement in [
+        "INSERT INTO idempotency_keys (key, request_hash, response_status, response_body) \
+         SELECT 'live-' || n, 'h', 201, '{}' FROM generate_series(1, 20000) AS n",
+        "INSERT INTO idempotency_keys (key, request_hash, response_status, response_body, created_at) \
+         SELECT 'old-' || n, 'h', 201, '{}', now() - interval '25 hours' FROM generate_series(1, 5) AS n",
+        "ANALYZE idempotency_keys",
+    ] {
+        diesel::sql_query(statement)
+            .execute(&mut conn)
+            .await
+            .expect(statement);
+    }
+    #[derive(diesel::QueryableByName)]
+    struct Line {
+        #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+        line: String,
+    }
+    let explain = format!(
+        "EXPLAIN {}",
+        command_service::idempotency::REMOVE_EXPIRED
+            .replace("$1", "24")
+            .replace("$2", "1000")
+    );
+    let plan: Vec<Line> = diesel::sql_query(&explain)
+        .load(&mut conn)
+        .await
+        .expect("explain");
+    let plan: Vec<String> = plan.into_iter().map(|l| l.line).collect();
+    assert!(
+        plan.iter()
+            .any(|l| l.contains("idempotency_keys_created_at_idx")),
+        "the delete does not use the index:\n{}",
+        plan.join("\n")
+    );
+    let settings = test_settings(&app.database_url, &app.exchange, Vec::new());
+    let pool =
+        command_service::db::pool(&app.database_url, 1, settings.database_limits()).expect("pool");
+    let keys = command_service::idempotency::Keys::new(settings.idempotency_ttl_hours);
+    assert_eq!(keys.remove_expired(&pool).await.expect("cleanup"), 5);
+    app.stop().await;
+}

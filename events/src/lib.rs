@@ -34,6 +34,12 @@ pub fn dead_letter_queue(queue: &str) -> String {
     format!("{queue}.dlq")
 }
 
+/// The read side's fanout exchange belonging to a consumer queue, `<queue>.changes`: each
+/// replica publishes the changes it applied there and every replica's stream listens.
+pub fn changes_exchange(queue: &str) -> String {
+    format!("{queue}.changes")
+}
+
 /// Content type of every message body.
 pub const CONTENT_TYPE: &str = "application/json";
 /// AMQP header carrying the todo id.

@@ -53,9 +53,9 @@ pub struct ConsumerConfig {
     /// Told the `(todo_id, version)` of every event settled into the store, batch by batch
     /// (`?min_version=` waiters listen).
     pub applied: tokio::sync::broadcast::Sender<Applied>,
-    /// Told the changes each batch made to the read model (`GET /todos/stream` listens). A
-    /// subscriber that falls behind loses its place; the consumer never waits for one.
-    pub changes: tokio::sync::broadcast::Sender<crate::changes::Changes>,
+    /// The fanout exchange each batch's changes to the read model are published to, for every
+    /// replica's `GET /todos/stream` (`crate::fanout`).
+    pub changes_exchange: String,
 }
 
 /// The `(todo_id, version)` pairs the read model holds after a batch.
@@ -66,6 +66,9 @@ pub type Applied = Arc<Vec<(i64, i64)>>;
 pub struct ConsumerStatus {
     /// Subscribed to the queue.
     pub connected: AtomicBool,
+    /// The change fan-out listener is subscribed (`crate::fanout`): stream clients get every
+    /// replica's changes.
+    pub fanout: AtomicBool,
 }
 
 /// First delay before a reconnect, and before the first retry of an event the store refused.
@@ -138,6 +141,17 @@ pub async fn run(
 /// The arguments must equal those in `deploy/rabbitmq/definitions.json`: RabbitMQ refuses a
 /// redeclaration with other arguments.
 pub async fn declare_topology(channel: &Channel, exchange: &str, queue: &str) -> lapin::Result<()> {
+    declare_topology_with(channel, exchange, queue, true).await
+}
+
+/// [`declare_topology`], the events exchange declared only if `declare_exchange` (a user who
+/// may not configure it only binds to it).
+async fn declare_topology_with(
+    channel: &Channel,
+    exchange: &str,
+    queue: &str,
+    declare_exchange: bool,
+) -> lapin::Result<()> {
     let durable_exchange = ExchangeDeclareOptions {
         durable: true,
         ..ExchangeDeclareOptions::default()
@@ -148,14 +162,16 @@ pub async fn declare_topology(channel: &Channel, exchange: &str, queue: &str) ->
     };
     let dlx = events::dead_letter_exchange(exchange);
     let dlq = events::dead_letter_queue(queue);
-    channel
-        .exchange_declare(
-            exchange.into(),
-            ExchangeKind::Topic,
-            durable_exchange,
-            FieldTable::default(),
-        )
-        .await?;
+    if declare_exchange {
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                durable_exchange,
+                FieldTable::default(),
+            )
+            .await?;
+    }
     channel
         .exchange_declare(
             dlx.as_str().into(),
@@ -221,12 +237,44 @@ async fn connect(config: &ConsumerConfig) -> anyhow::Result<(Connection, Channel
         ),
     )
     .await??;
+    // The events exchange belongs to the write side: with a broker user that may not configure
+    // it (deploy/rabbitmq/definitions.json), declaring it is refused, which closes the channel;
+    // then it only has to exist.
+    let declare_exchange = match declare_events_exchange(&conn, &config.exchange, false).await {
+        Ok(()) => true,
+        Err(err) if err.to_string().contains("ACCESS_REFUSED") => {
+            declare_events_exchange(&conn, &config.exchange, true).await?;
+            false
+        }
+        Err(err) => return Err(err.into()),
+    };
     let channel = conn.create_channel().await?;
     channel
         .basic_qos(config.prefetch, BasicQosOptions::default())
         .await?;
-    declare_topology(&channel, &config.exchange, &config.queue).await?;
+    declare_topology_with(&channel, &config.exchange, &config.queue, declare_exchange).await?;
+    crate::fanout::declare(&channel, &config.changes_exchange).await?;
     Ok((conn, channel))
+}
+
+/// Declares the events exchange on a channel of its own (a refusal closes the channel), or
+/// with `passive` only checks that it exists.
+async fn declare_events_exchange(conn: &Connection, exchange: &str, passive: bool) -> lapin::Result<()> {
+    let channel = conn.create_channel().await?;
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                passive,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let _ = channel.close(200, "declared".into()).await;
+    Ok(())
 }
 
 /// A delivery whose event is being applied, or waits to be tried again because the store
@@ -295,7 +343,9 @@ async fn consume(
         let (due, waiting): (Vec<Pending>, Vec<Pending>) =
             held.into_iter().partition(|p| p.due <= now);
         held = waiting;
-        if handle_batch(store, config, fresh, due, &mut held, shutdown).await? == Settled::Stopped {
+        if handle_batch(store, config, channel, fresh, due, &mut held, shutdown).await?
+            == Settled::Stopped
+        {
             // The batch is unacked and goes back to the queue with the channel, as do the held
             // events; acking a later batch with `multiple` would ack them too.
             let _ = channel
@@ -339,6 +389,7 @@ fn correlation_id(delivery: &Delivery) -> String {
 async fn handle_batch(
     store: &Store,
     config: &ConsumerConfig,
+    channel: &Channel,
     fresh: Vec<Delivery>,
     retried: Vec<Pending>,
     held: &mut Vec<Pending>,
@@ -373,9 +424,6 @@ async fn handle_batch(
         return Ok(Settled::Stopped);
     };
 
-    // Changes are built for the stream only while a client listens. Asked after the write: a
-    // client subscribing later reads this batch from the store (`Last-Event-ID`) instead.
-    let streaming = config.changes.receiver_count() > 0;
     let mut to_ack: Vec<Pending> = Vec::with_capacity(batch.len());
     let mut applied = Vec::with_capacity(batch.len());
     let mut changes = Vec::new();
@@ -403,9 +451,7 @@ async fn handle_batch(
                 config.metrics.observe_event(outcome, lag);
                 if outcome == Outcome::Applied {
                     newest_event = newest_event.max(Some(event.occurred_at));
-                    if streaming {
-                        changes.push(crate::changes::Change::of_event(event));
-                    }
+                    changes.push(crate::changes::Change::of_event(event));
                 }
                 applied.push((event.todo_id, event.version));
                 max_todo_id = max_todo_id.max(event.todo_id);
@@ -452,7 +498,8 @@ async fn handle_batch(
     }
     if !changes.is_empty() {
         changes.sort_by_key(|c| c.position);
-        let _ = config.changes.send(Arc::new(changes));
+        let batch = crate::changes::Batch { changes };
+        crate::fanout::publish(channel, &config.changes_exchange, &batch).await?;
     }
     tracing::info!(
         size,

@@ -23,6 +23,12 @@ pub enum ApiError {
     Behind { have: Option<i64>, want: i64 },
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// Every place of a bounded resource is taken (stream slots): 503, saying which.
+    #[error("busy: {0}")]
+    Busy(String),
+    /// One client holds as much of a resource as one client may: 429, saying which.
+    #[error("too many requests: {0}")]
+    TooManyRequests(String),
     /// Anything else: a bug, or a stored document this version cannot read. 500, with the
     /// cause in the log only.
     #[error(transparent)]
@@ -35,7 +41,10 @@ impl ApiError {
             ApiError::InvalidQuery(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Behind { .. } | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Behind { .. } | ApiError::Unavailable(_) | ApiError::Busy(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -77,6 +86,12 @@ impl ApiError {
                 "/problems/unavailable",
                 "Service unavailable",
                 "The read model store is unavailable. Retry later.".into(),
+            ),
+            ApiError::Busy(m) => ("/problems/busy", "Service busy", format!("{m}; retry shortly.")),
+            ApiError::TooManyRequests(m) => (
+                "/problems/too-many-requests",
+                "Too many requests",
+                format!("{m}; close one first."),
             ),
             ApiError::Internal(_) => (
                 "/problems/internal",

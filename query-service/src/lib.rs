@@ -4,6 +4,7 @@
 //! [`Application::run`]. Tests drive the same `build` the binary uses, on port 0.
 
 pub mod changes;
+pub mod fanout;
 pub mod consumer;
 pub mod error;
 pub mod http;
@@ -88,8 +89,10 @@ impl Application {
         let metrics = Arc::new(metrics::Metrics::default());
         // Batches applied, for `?min_version=` waiters; a waiter that falls behind re-reads.
         let (applied, _) = tokio::sync::broadcast::channel(256);
-        // Changes for `GET /todos/stream`: a client further behind than the buffer is dropped.
-        let (changes, _) = tokio::sync::broadcast::channel(self.settings.stream_buffer.max(1));
+        // Changes for `GET /todos/stream`, from every replica: a client further behind than its
+        // buffer is dropped.
+        let hub = changes::Hub::new(self.settings.stream_buffer_bytes);
+        let changes_exchange = events::changes_exchange(&self.settings.amqp_queue);
         let config = ConsumerConfig {
             metrics: metrics.clone(),
             amqp_url: self.settings.amqp_url.clone(),
@@ -98,12 +101,26 @@ impl Application {
             prefetch: self.settings.amqp_prefetch,
             max_backoff: Duration::from_millis(self.settings.retry_max_backoff_ms),
             applied: applied.clone(),
-            changes: changes.clone(),
+            changes_exchange: changes_exchange.clone(),
         };
         let consumer = {
             let (store, status, stop) = (self.store.clone(), status.clone(), shutdown.clone());
             self.tasks.spawn("consumer", shutdown.clone(), move || {
                 consumer::run(store.clone(), config.clone(), status.clone(), stop.clone())
+            })
+        };
+        let fanout_config = fanout::FanoutConfig {
+            amqp_url: self.settings.amqp_url.clone(),
+            exchange: changes_exchange,
+            max_backoff: Duration::from_millis(self.settings.retry_max_backoff_ms),
+            hub: hub.clone(),
+            applied: applied.clone(),
+            status: status.clone(),
+        };
+        let fanout = {
+            let stop = shutdown.clone();
+            self.tasks.spawn("fanout", shutdown.clone(), move || {
+                fanout::run(fanout_config.clone(), stop.clone())
             })
         };
         let state = http::State {
@@ -115,13 +132,17 @@ impl Application {
                 self.settings.min_version_max_waiters,
             )),
             applied,
-            changes,
-            stream_slots: Arc::new(tokio::sync::Semaphore::new(
+            streams: http::Streams::new(
+                hub.clone(),
                 self.settings.stream_max_subscribers,
-            )),
+                self.settings.stream_max_per_peer,
+                self.settings.stream_replay_max_bytes,
+                Duration::from_millis(self.settings.stream_replay_max_ms),
+            ),
             counts: http::CountsCache::default(),
             tasks: self.tasks.clone(),
         };
+        let stream_hub = hub;
         tracing::info!(addr = %self.local_addr, "query-service listening");
         let server_shutdown = shutdown.clone();
         let server = tokio::spawn(events::service::server::serve(
@@ -133,8 +154,12 @@ impl Application {
         ));
         signal.await;
         trigger.trigger();
+        // Streams never end by themselves: tell their clients to reconnect (to another
+        // replica, or to this one once it is back), so the server's drain is not held by them.
+        stream_hub.interrupt("the service is shutting down; reconnect with Last-Event-ID");
         server.await.context("HTTP server task failed")?;
         consumer.await.context("consumer task failed")?;
+        fanout.await.context("fan-out task failed")?;
         tracing::info!("query-service stopped");
         Ok(())
     }

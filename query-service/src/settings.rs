@@ -44,10 +44,22 @@ pub struct Settings {
     /// answered 503.
     #[serde(default = "default_stream_max_subscribers")]
     pub stream_max_subscribers: usize,
-    /// `STREAM_BUFFER`: batches of changes kept for a stream client that is behind; one
+    /// `STREAM_MAX_PER_PEER`: stream clients one IP address may have at once; one more is
+    /// answered 429.
+    #[serde(default = "default_stream_max_per_peer")]
+    pub stream_max_per_peer: usize,
+    /// `STREAM_BUFFER_BYTES`: bytes of changes queued for a stream client that is behind; one
     /// further behind is sent a final `dropped` event and disconnected.
-    #[serde(default = "default_stream_buffer")]
-    pub stream_buffer: usize,
+    #[serde(default = "default_stream_buffer_bytes")]
+    pub stream_buffer_bytes: usize,
+    /// `STREAM_REPLAY_MAX_BYTES`: what a reconnecting client's replay (`Last-Event-ID`) may send
+    /// before it is told to reload the list instead.
+    #[serde(default = "default_stream_replay_max_bytes")]
+    pub stream_replay_max_bytes: usize,
+    /// `STREAM_REPLAY_MAX_MS`: how long a replay may take before the client is told to reload
+    /// the list instead.
+    #[serde(default = "default_stream_replay_max_ms")]
+    pub stream_replay_max_ms: u64,
     /// `HTTP_ADDR`: address the HTTP API listens on.
     #[serde(default = "default_http_addr")]
     pub http_addr: String,
@@ -110,8 +122,17 @@ fn default_min_version_max_waiters() -> usize {
 fn default_stream_max_subscribers() -> usize {
     100
 }
-fn default_stream_buffer() -> usize {
-    256
+fn default_stream_max_per_peer() -> usize {
+    16
+}
+fn default_stream_buffer_bytes() -> usize {
+    1 << 20
+}
+fn default_stream_replay_max_bytes() -> usize {
+    4 << 20
+}
+fn default_stream_replay_max_ms() -> u64 {
+    10_000
 }
 fn default_http_addr() -> String {
     "0.0.0.0:5002".into()

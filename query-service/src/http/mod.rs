@@ -16,6 +16,7 @@ mod stream;
 mod todos;
 
 pub use ops::{CountsCache, COUNTS_MAX_AGE, OPENAPI};
+pub use stream::Streams;
 pub use params::{encode_cursor, list_query, min_version, DEFAULT_LIMIT, MAX_LIMIT};
 
 use crate::consumer::ConsumerStatus;
@@ -42,10 +43,8 @@ pub struct State {
     pub min_version_waiters: Arc<tokio::sync::Semaphore>,
     /// What this process's consumer applied, batch by batch.
     pub applied: tokio::sync::broadcast::Sender<crate::consumer::Applied>,
-    /// The changes this process's consumer applied, for `GET /todos/stream`.
-    pub changes: tokio::sync::broadcast::Sender<crate::changes::Changes>,
-    /// Stream clients served at once (`STREAM_MAX_SUBSCRIBERS`).
-    pub stream_slots: Arc<tokio::sync::Semaphore>,
+    /// `GET /todos/stream`'s hub of changes, places and bounds.
+    pub streams: Streams,
     /// `/stats` counts, recomputed at most every [`COUNTS_MAX_AGE`].
     pub counts: CountsCache,
     /// The supervised consumer's state, for `/ready`.
@@ -105,8 +104,13 @@ mod tests {
             min_version_wait: Duration::from_millis(100),
             min_version_waiters: Arc::new(tokio::sync::Semaphore::new(1)),
             applied: tokio::sync::broadcast::channel(1).0,
-            changes: tokio::sync::broadcast::channel(1).0,
-            stream_slots: Arc::new(tokio::sync::Semaphore::new(1)),
+            streams: Streams::new(
+                crate::changes::Hub::new(1 << 20),
+                1,
+                1,
+                1 << 20,
+                Duration::from_secs(1),
+            ),
             counts: CountsCache::default(),
             tasks: Arc::default(),
         }

@@ -105,6 +105,7 @@ pub(super) fn ready(state: State) -> impl Filter<Extract = (Response,), Error = 
                 Ok(Ok(()))
             );
             let consumer_up = state.consumer.connected.load(Ordering::Relaxed);
+            let fanout_up = state.consumer.fanout.load(Ordering::Relaxed);
             // Reads need MongoDB only. Without RabbitMQ the answers grow stale but stay
             // correct for the version they report, so the broker is reported, not required.
             events::service::http::readiness(
@@ -112,6 +113,7 @@ pub(super) fn ready(state: State) -> impl Filter<Extract = (Response,), Error = 
                 serde_json::json!({
                     "mongodb": if mongo_up { "up" } else { "down" },
                     "rabbitmq": if consumer_up { "up" } else { "down" },
+                    "fanout": if fanout_up { "up" } else { "down" },
                 }),
                 state.tasks.report(),
             )

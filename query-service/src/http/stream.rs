@@ -1,29 +1,129 @@
-//! `GET /todos/stream`: server-sent events, one per change the projection applies in this
-//! process (`event: todo` with the todo, or `event: deleted`), each with `id:` set to the
+//! `GET /todos/stream`: server-sent events, one per change the projection applies on any
+//! replica (`event: todo` with the todo, or `event: deleted`), each with `id:` set to the
 //! change's position in the command side's log and its data giving `id`, `version`,
 //! `position`, `deleted`, `todo` and `lag_ms` (milliseconds from the write to the send).
 //!
 //! A client that reconnects with `Last-Event-ID: N` first gets what the read model holds past
-//! position N (each todo at its current state, oldest change first), then the live changes,
-//! none twice. A comment every 15 s keeps proxies from closing an idle stream. At most
-//! `STREAM_MAX_SUBSCRIBERS` clients at once (one more is 503); a client more than
-//! `STREAM_BUFFER` batches behind gets a final `dropped` event and is disconnected: the
-//! consumer never waits for a client.
+//! position N (each todo at its current state, in the order of their last change), read page
+//! by page through the `last_position` index as the client takes them, then the live changes,
+//! none twice. A replay that would pass `STREAM_REPLAY_MAX_BYTES` or `STREAM_REPLAY_MAX_MS`
+//! ends with `event: reload` instead: the client is that far behind, and reading the list
+//! afresh is cheaper than the history.
+//!
+//! Bounds: at most `STREAM_MAX_SUBSCRIBERS` clients (one more is 503) and
+//! `STREAM_MAX_PER_PEER` from one address (429); a client more than `STREAM_BUFFER_BYTES` of
+//! changes behind gets a final `event: dropped` and is disconnected (the consumer never waits
+//! for a client); a client that reads nothing at all is disconnected by the server's write
+//! deadline (`HTTP_WRITE_TIMEOUT_MS`). A comment every 15 s keeps proxies from closing an idle
+//! stream.
 
 use super::{with_state, State};
-use crate::changes::{Change, Changes};
+use crate::changes::{Change, Hub, Item, Subscription};
 use crate::error::ApiError;
+use crate::store::Store;
 use events::service::http::{answer, request_id, RouteName};
+use events::service::server::{peer, Peer};
 use futures_util::stream::{self, Stream, StreamExt};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use warp::sse::Event;
 use warp::{Filter, Rejection, Reply};
 
-/// Changes read from the read model per page when catching a reconnecting client up.
-const REPLAY_PAGE: i64 = 500;
+/// The first replay page is small, so the first change goes out at once; later pages are
+/// larger.
+const FIRST_PAGE: i64 = 50;
+const PAGE: i64 = 500;
+/// Events produced ahead of what a client took.
+const AHEAD: usize = 64;
+
+/// What the stream holds and allows: the hub its clients subscribe to, its places, its bounds.
+#[derive(Clone)]
+pub struct Streams {
+    pub hub: Arc<Hub>,
+    /// Clients served at once (`STREAM_MAX_SUBSCRIBERS`).
+    slots: Arc<tokio::sync::Semaphore>,
+    per_peer: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    max_per_peer: usize,
+    replay_max_bytes: usize,
+    replay_max: Duration,
+}
+
+impl Streams {
+    pub fn new(
+        hub: Arc<Hub>,
+        max_subscribers: usize,
+        max_per_peer: usize,
+        replay_max_bytes: usize,
+        replay_max: Duration,
+    ) -> Self {
+        Self {
+            hub,
+            slots: Arc::new(tokio::sync::Semaphore::new(max_subscribers)),
+            per_peer: Arc::default(),
+            max_per_peer: max_per_peer.max(1),
+            replay_max_bytes,
+            replay_max,
+        }
+    }
+
+    /// A place for a client from `peer` (no address: warp's test requests), or why none.
+    fn admit(&self, peer: Option<Peer>) -> Result<Place, ApiError> {
+        let peer_place = match peer {
+            Some(Peer(ip)) => {
+                let mut counts = self.per_peer.lock().unwrap_or_else(|e| e.into_inner());
+                let n = counts.entry(ip).or_insert(0);
+                if *n >= self.max_per_peer {
+                    return Err(ApiError::TooManyRequests(format!(
+                        "this address has {} streams open, as many as one client may \
+                         (STREAM_MAX_PER_PEER)",
+                        self.max_per_peer
+                    )));
+                }
+                *n += 1;
+                Some(PeerPlace {
+                    ip,
+                    counts: self.per_peer.clone(),
+                })
+            }
+            None => None,
+        };
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            return Err(ApiError::Busy(
+                "every stream slot (STREAM_MAX_SUBSCRIBERS) is taken".into(),
+            ));
+        };
+        Ok(Place {
+            _slot: slot,
+            _peer: peer_place,
+        })
+    }
+}
+
+/// A client's place, given back when its stream ends.
+struct Place {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    _peer: Option<PeerPlace>,
+}
+
+struct PeerPlace {
+    ip: IpAddr,
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for PeerPlace {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
 
 pub(super) fn stream(
     state: State,
@@ -33,46 +133,58 @@ pub(super) fn stream(
         .and(warp::get())
         .and(request_id())
         .and(warp::header::optional::<String>("last-event-id"))
+        .and(peer())
         .and(with_state(state))
         .and_then(
-            move |rid: String, last: Option<String>, state: State| async move {
+            move |rid: String, last: Option<String>, peer: Option<Peer>, state: State| async move {
                 answer::<ApiError, _>(state.metrics.http.clone(), rid, route, async move {
                     let after = match last.as_deref().map(str::trim) {
                         None | Some("") => None,
-                        Some(raw) => Some(raw.parse::<i64>().map_err(|_| {
-                            ApiError::BadRequest(format!(
-                                "Last-Event-ID must be a position this stream sent; got {raw}."
-                            ))
-                        })?),
+                        Some(raw) => Some(
+                            raw.parse::<i64>()
+                                .ok()
+                                .filter(|p| (0..=events::limits::MAX_ID).contains(p))
+                                .ok_or_else(|| {
+                                    ApiError::BadRequest(format!(
+                                        "Last-Event-ID must be a position this stream sent \
+                                         (0 to {}); got {raw}.",
+                                        events::limits::MAX_ID
+                                    ))
+                                })?,
+                        ),
                     };
-                    let Ok(slot) = state.stream_slots.clone().try_acquire_owned() else {
-                        return Err(ApiError::Unavailable(
-                            "every stream slot (STREAM_MAX_SUBSCRIBERS) is taken".into(),
-                        ));
-                    };
+                    let streams = state.streams.clone();
+                    let place = streams.admit(peer)?;
                     // Subscribed before reading the backlog: nothing applied in between is lost.
-                    let live = state.changes.subscribe();
-                    let mut backlog = Vec::new();
-                    if let Some(mut position) = after {
-                        loop {
-                            let page = state.store.changed_after(position, REPLAY_PAGE).await?;
-                            let full = page.len() as i64 == REPLAY_PAGE;
-                            position = page.last().map_or(position, |c| c.position);
-                            backlog.extend(page);
-                            if !full {
+                    let live = streams.hub.subscribe();
+                    let replay = after.map(|position| Replay {
+                        store: state.store.clone(),
+                        position,
+                        page: FIRST_PAGE,
+                        sent_bytes: 0,
+                        started: Instant::now(),
+                        max_bytes: streams.replay_max_bytes,
+                        max: streams.replay_max,
+                    });
+                    // Produced by a task of its own, a few events ahead of what the client took
+                    // (the store's cursors cannot be shared between threads, as a response
+                    // body must be); it ends when the client goes.
+                    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(AHEAD);
+                    tokio::spawn(async move {
+                        let mut events = std::pin::pin!(changes(replay, live));
+                        while let Some(event) = events.next().await {
+                            if tx.send(event).await.is_err() {
                                 break;
                             }
                         }
-                    }
-                    // The live changes the backlog already holds are not sent twice.
-                    let sent: HashSet<(i64, i64)> =
-                        backlog.iter().map(|c| (c.id, c.version)).collect();
-                    let events = stream::iter(backlog.into_iter().map(event))
-                        .chain(live_events(live, sent))
-                        .map(move |e| {
-                            let _held = &slot; // the slot is freed when the client goes
-                            Ok::<Event, Infallible>(e)
-                        });
+                    });
+                    let events = stream::unfold(rx, |mut rx| async move {
+                        rx.recv().await.map(|event| (event, rx))
+                    })
+                    .map(move |e| {
+                        let _held = &place; // the places are given back when the client goes
+                        Ok::<Event, Infallible>(e)
+                    });
                     let keep_alive = warp::sse::keep_alive()
                         .interval(Duration::from_secs(15))
                         .text("keep-alive");
@@ -83,40 +195,123 @@ pub(super) fn stream(
         )
 }
 
-/// The live changes but those in `sent`; ends with a `dropped` event when the client fell
-/// further behind than the buffer.
-fn live_events(
-    live: tokio::sync::broadcast::Receiver<Changes>,
-    sent: HashSet<(i64, i64)>,
-) -> impl Stream<Item = Event> {
-    stream::unfold(Some((live, sent)), |state| async move {
-        let (mut live, sent) = state?;
+/// A reconnecting client's catch-up from the read model.
+struct Replay {
+    store: Store,
+    /// The last position sent.
+    position: i64,
+    page: i64,
+    sent_bytes: usize,
+    started: Instant,
+    max_bytes: usize,
+    max: Duration,
+}
+
+enum Phase {
+    Replaying(Replay),
+    Live,
+    Done,
+}
+
+struct Client {
+    phase: Phase,
+    live: Subscription,
+    /// The version each todo was last sent at (by the replay): the live changes it already has
+    /// are not sent twice. Bounded by the replay's bytes.
+    sent: HashMap<i64, i64>,
+}
+
+/// The replay (if any), page by page as the client takes them, then the live changes.
+fn changes(replay: Option<Replay>, live: Subscription) -> impl Stream<Item = Event> {
+    let client = Client {
+        phase: replay.map_or(Phase::Live, Phase::Replaying),
+        live,
+        sent: HashMap::new(),
+    };
+    stream::unfold(client, |mut client| async move {
         loop {
-            match live.recv().await {
-                Ok(batch) => {
-                    let fresh: Vec<Event> = batch
-                        .iter()
-                        .filter(|c| !sent.contains(&(c.id, c.version)))
-                        .map(|c| event(c.clone()))
+            match std::mem::replace(&mut client.phase, Phase::Done) {
+                Phase::Done => return None,
+                Phase::Replaying(mut replay) => {
+                    if replay.sent_bytes > replay.max_bytes || replay.started.elapsed() > replay.max
+                    {
+                        let reload = reload(format!(
+                            "more than {} bytes or {} ms of changes to catch up on \
+                             (STREAM_REPLAY_MAX_BYTES, STREAM_REPLAY_MAX_MS); read the list again",
+                            replay.max_bytes,
+                            replay.max.as_millis()
+                        ));
+                        return Some((stream::iter(vec![reload]), client));
+                    }
+                    let page = match replay.store.changed_after(replay.position, replay.page).await
+                    {
+                        Ok(page) => page,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "stream replay could not read the read model");
+                            let reload = reload(
+                                "the read model could not be read to catch up; read the list again"
+                                    .into(),
+                            );
+                            return Some((stream::iter(vec![reload]), client));
+                        }
+                    };
+                    let full = page.len() as i64 == replay.page;
+                    replay.position = page.last().map_or(replay.position, |c| c.position);
+                    replay.page = PAGE;
+                    let events: Vec<Event> = page
+                        .into_iter()
+                        .map(|c| {
+                            client.sent.insert(c.id, c.version);
+                            let (event, bytes) = event(&c);
+                            replay.sent_bytes += bytes;
+                            event
+                        })
                         .collect();
-                    if !fresh.is_empty() {
-                        return Some((stream::iter(fresh), Some((live, sent))));
+                    client.phase = if full {
+                        Phase::Replaying(replay)
+                    } else {
+                        Phase::Live
+                    };
+                    if !events.is_empty() {
+                        return Some((stream::iter(events), client));
                     }
                 }
-                Err(RecvError::Lagged(missed)) => {
-                    let last = Event::default().event("dropped").data(format!(
-                        "{{\"reason\":\"behind by {missed} batches; reconnect with Last-Event-ID\"}}"
-                    ));
-                    return Some((stream::iter(vec![last]), None));
-                }
-                Err(RecvError::Closed) => return None,
+                Phase::Live => match client.live.recv().await {
+                    Some(Item::Changes(batch)) => {
+                        client.phase = Phase::Live;
+                        let sent = &client.sent;
+                        let fresh: Vec<Event> = batch
+                            .changes
+                            .iter()
+                            .filter(|c| sent.get(&c.id).is_none_or(|v| *v < c.version))
+                            .map(|c| event(c).0)
+                            .collect();
+                        if !fresh.is_empty() {
+                            return Some((stream::iter(fresh), client));
+                        }
+                    }
+                    Some(Item::Interrupted(reason)) => {
+                        let last = Event::default()
+                            .event("dropped")
+                            .data(serde_json::json!({ "reason": reason }).to_string());
+                        return Some((stream::iter(vec![last]), client));
+                    }
+                    None => return None,
+                },
             }
         }
     })
     .flatten()
 }
 
-fn event(change: Change) -> Event {
+fn reload(reason: String) -> Event {
+    Event::default()
+        .event("reload")
+        .data(serde_json::json!({ "reason": reason }).to_string())
+}
+
+/// A change's event, and its data's size.
+fn event(change: &Change) -> (Event, usize) {
     let lag_ms = change.lag_ms(chrono::Utc::now());
     let data = serde_json::json!({
         "id": change.id,
@@ -125,9 +320,14 @@ fn event(change: Change) -> Event {
         "deleted": change.deleted,
         "todo": change.todo,
         "lag_ms": lag_ms,
-    });
-    Event::default()
-        .id(change.position.to_string())
-        .event(if change.deleted { "deleted" } else { "todo" })
-        .data(data.to_string())
+    })
+    .to_string();
+    let bytes = data.len();
+    (
+        Event::default()
+            .id(change.position.to_string())
+            .event(if change.deleted { "deleted" } else { "todo" })
+            .data(data),
+        bytes,
+    )
 }

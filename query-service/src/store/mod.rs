@@ -23,7 +23,7 @@ use chrono::{DateTime, Utc};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, IndexModel};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// The `_id` of the one document of `projection_stats`.
@@ -44,6 +44,9 @@ pub const INDEXES: &[IndexSpec] = &[
         "live_completed_updated_at_id",
         &["deleted", "completed", "updated_at", "_id"],
     ),
+    // `GET /todos/stream`'s replay for a client reconnecting with `Last-Event-ID` walks the
+    // read model in the order of each document's last change.
+    ("last_position", &["last_position"]),
 ];
 
 /// An index: its name and its keys (ascending).
@@ -80,7 +83,7 @@ pub struct Store {
 }
 
 /// A todo as the read API serves it: the same shape the command side answers with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Todo {
     pub id: i64,
     pub title: String,

@@ -69,6 +69,7 @@ impl Names {
                 for x in [
                     self.exchange.clone(),
                     events::dead_letter_exchange(&self.exchange),
+                    events::changes_exchange(&self.queue),
                 ] {
                     let _ = ch
                         .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
@@ -151,7 +152,7 @@ pub async fn wait_for_consumer(running: &Running) {
             Ok(r) => r
                 .json::<Value>()
                 .await
-                .is_ok_and(|b| b["checks"]["rabbitmq"] == "up"),
+                .is_ok_and(|b| b["checks"]["rabbitmq"] == "up" && b["checks"]["fanout"] == "up"),
             Err(_) => false,
         }
     })

@@ -22,6 +22,21 @@ struct Client {
 
 impl Client {
     async fn connect(query: &Running, last_event_id: Option<&str>) -> Self {
+        Self::connect_from(query, last_event_id, "127.0.0.1").await
+    }
+
+    /// A client from a loopback address of its own (`127.0.0.2` …): another peer.
+    async fn connect_from(query: &Running, last_event_id: Option<&str>, from: &str) -> Self {
+        let response = request(query, last_event_id, from).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        Client {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    async fn connect_unchecked(query: &Running, last_event_id: Option<&str>) -> Self {
         let mut request = reqwest::Client::new().get(query.url("/todos/stream"));
         if let Some(id) = last_event_id {
             request = request.header("last-event-id", id);
@@ -72,6 +87,19 @@ impl Client {
         }
         seen
     }
+}
+
+/// `GET /todos/stream` from the loopback address `from`.
+async fn request(query: &Running, last_event_id: Option<&str>, from: &str) -> reqwest::Response {
+    let client = reqwest::Client::builder()
+        .local_address(Some(from.parse().expect("address")))
+        .build()
+        .expect("client");
+    let mut request = client.get(query.url("/todos/stream"));
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id);
+    }
+    request.send().await.expect("stream")
 }
 
 fn has(events: &[Sse], id: i64, version: i64) -> bool {
@@ -215,13 +243,21 @@ fn created(todo_id: i64) -> events::Envelope {
 }
 
 /// A client that stops reading (its socket's window tiny and full) falls behind while the
-/// projection goes on: once more than `STREAM_BUFFER` batches behind, it is sent a final
-/// `dropped` event and its stream ends, and the projection applied every event meanwhile.
+/// projection goes on: once more than `STREAM_BUFFER_BYTES` of changes behind, it is sent a
+/// final `dropped` event and its stream ends, and the projection applied every event meanwhile.
+/// (The write deadline, which would also end it, is set far off here.)
 #[tokio::test]
 async fn a_client_that_never_reads_is_dropped_with_a_final_event_and_the_projection_goes_on() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let names = Names::new();
-    let query = spawn_query_with(&names, &[("STREAM_BUFFER", "2")]).await;
+    let query = spawn_query_with(
+        &names,
+        &[
+            ("STREAM_BUFFER_BYTES", "20000"),
+            ("HTTP_WRITE_TIMEOUT_MS", "600000"),
+        ],
+    )
+    .await;
     wait_for_consumer(&query).await;
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(2048).expect("small window");
@@ -280,5 +316,126 @@ async fn a_client_that_never_reads_is_dropped_with_a_final_event_and_the_project
     );
     assert!((sent as i64) < EVENTS, "it kept up after all");
     query.stop().await;
+    names.cleanup().await;
+}
+
+/// Streams are capped per address: one address's clients past `STREAM_MAX_PER_PEER` are 429,
+/// and a client from another address still gets a stream; a slot comes back when a client
+/// goes.
+#[tokio::test]
+async fn one_address_holds_at_most_its_streams_and_another_address_still_gets_one() {
+    let names = Names::new();
+    let query = spawn_query_with(&names, &[("STREAM_MAX_PER_PEER", "2")]).await;
+    let mut held = vec![
+        Client::connect_from(&query, None, "127.0.0.2").await,
+        Client::connect_from(&query, None, "127.0.0.2").await,
+    ];
+    let refused = request(&query, None, "127.0.0.2").await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(
+        refused.headers()["content-type"],
+        "application/problem+json"
+    );
+    let body: Value = refused.json().await.expect("problem");
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("STREAM_MAX_PER_PEER")),
+        "{body}"
+    );
+    let _other = Client::connect_from(&query, None, "127.0.0.3").await;
+    held.pop();
+    eventually(Duration::from_secs(5), "the slot comes back", || async {
+        request(&query, None, "127.0.0.2").await.status() == 200
+    })
+    .await;
+    drop(held);
+    query.stop().await;
+    names.cleanup().await;
+}
+
+/// A replay is bounded: one that would send more than `STREAM_REPLAY_MAX_BYTES` ends with
+/// `event: reload` (the client reads the list instead); one within the bound goes live.
+#[tokio::test]
+async fn a_replay_past_its_bound_ends_with_reload_and_one_within_it_goes_live() {
+    let names = Names::new();
+    let query = spawn_query_with(&names, &[("STREAM_REPLAY_MAX_BYTES", "20000")]).await;
+    wait_for_consumer(&query).await;
+    // 60 todos of about 2 KB each: 120 KB to replay from the start.
+    const TODOS: i64 = 60;
+    let publisher = publisher(&names.exchange).await;
+    for id in 1..=TODOS {
+        publisher.publish(&created(id)).await;
+    }
+    let client = reqwest::Client::new();
+    eventually(Duration::from_secs(30), "all applied", || async {
+        get_json::<Value>(&client, &query.url("/stats")).await["projection"]["applied"] == TODOS
+    })
+    .await;
+
+    let mut from_start = Client::connect_unchecked(&query, Some("0")).await;
+    let mut todos = 0;
+    let reload = loop {
+        let e = from_start.next().await.expect("the replay ends with reload");
+        match e.event.as_str() {
+            "todo" => todos += 1,
+            "reload" => break e,
+            other => panic!("unexpected {other}: {e:?}"),
+        }
+    };
+    assert!(
+        reload.data["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("STREAM_REPLAY_MAX_BYTES")),
+        "{reload:?}"
+    );
+    assert!((1..TODOS).contains(&todos), "sent {todos} before reload");
+    assert!(from_start.next().await.is_none(), "the stream ends");
+
+    // Within the bound: the last five, then live.
+    let mut near = Client::connect(&query, Some(&(TODOS - 5).to_string())).await;
+    let caught_up = near.until(|seen| seen.len() == 5).await;
+    assert!(caught_up.iter().all(|e| e.event == "todo"), "{caught_up:?}");
+    publisher.publish(&created(TODOS + 1)).await;
+    let live = near.until(|seen| has(seen, TODOS + 1, 1)).await;
+    assert_eq!(live.len(), 1, "{live:?}");
+    query.stop().await;
+    names.cleanup().await;
+}
+
+/// With two query-service instances on one queue, each applies part of the events, and a
+/// stream client on each sees every change, whichever instance applied it.
+#[tokio::test]
+async fn every_replicas_stream_carries_every_change_whichever_replica_applied_it() {
+    let names = Names::new();
+    let extra = [("AMQP_PREFETCH", "5")];
+    let one = spawn_query_with(&names, &extra).await;
+    let two = spawn_query_with(&names, &extra).await;
+    wait_for_consumer(&one).await;
+    wait_for_consumer(&two).await;
+    let mut on_one = Client::connect(&one, None).await;
+    let mut on_two = Client::connect(&two, None).await;
+    const TODOS: i64 = 200;
+    let publisher = publisher(&names.exchange).await;
+    for id in 1..=TODOS {
+        publisher.publish(&created(id)).await;
+    }
+    let every = |seen: &[Sse]| (1..=TODOS).all(|id| has(seen, id, 1));
+    let seen_one = on_one.until(every).await;
+    let seen_two = on_two.until(every).await;
+    assert_eq!(seen_one.len() as i64, TODOS, "each change once on one");
+    assert_eq!(seen_two.len() as i64, TODOS, "each change once on two");
+    let client = reqwest::Client::new();
+    let (by_one, by_two) = (
+        settled_by(&client, &one.address).await,
+        settled_by(&client, &two.address).await,
+    );
+    println!("applied by one: {by_one}, by two: {by_two}");
+    assert!(
+        by_one > 0.0 && by_two > 0.0,
+        "both replicas applied part: {by_one} and {by_two}"
+    );
+    one.stop().await;
+    two.stop().await;
     names.cleanup().await;
 }

@@ -48,6 +48,10 @@ pub const HEADER_TODO_ID: &str = "todo_id";
 pub const HEADER_VERSION: &str = "version";
 /// AMQP header carrying the correlation id of the request that caused the event.
 pub const HEADER_CORRELATION_ID: &str = "correlation_id";
+/// AMQP header the read side adds to a message it dead-letters: why it refused it.
+pub const HEADER_REFUSED_REASON: &str = "x-refused-reason";
+/// AMQP header the read side adds to a message it dead-letters: when (RFC 3339).
+pub const HEADER_REFUSED_AT: &str = "x-refused-at";
 /// Envelope schema version this crate writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -152,8 +156,13 @@ pub enum EnvelopeError {
     MissingData(EventType),
     #[error("TodoDeleted must not carry data")]
     UnexpectedData,
-    #[error("todo_id and version must be positive, got todo_id {todo_id} version {version}")]
-    NotPositive { todo_id: i64, version: i64 },
+    #[error(
+        "{field} {value} is outside what the write side produces (1 to {})",
+        limits::MAX_ID
+    )]
+    OutOfRange { field: &'static str, value: i64 },
+    #[error("data.{field} breaks the write side's rules: {reason}")]
+    Text { field: &'static str, reason: String },
     #[error("TodoCreated must have version 1, got {0}")]
     CreatedVersion(i64),
 }
@@ -177,16 +186,37 @@ impl Envelope {
         Ok(envelope)
     }
 
-    /// Checks the invariants a well-formed envelope holds.
+    /// Checks what the contract allows, as the write side produces it: the schema version,
+    /// the todo id, version and position within 1 to [`limits::MAX_ID`], data where the type
+    /// needs it and none where it does not, version 1 for a creation, and the todo's text
+    /// within the write side's rules ([`limits`]). The read side refuses (dead-letters) an
+    /// event outside them: only a peer with broker access, or a bug, can send one.
     pub fn validate(&self) -> Result<(), EnvelopeError> {
         if self.schema_version != SCHEMA_VERSION {
             return Err(EnvelopeError::SchemaVersion(self.schema_version));
         }
-        if self.todo_id <= 0 || self.version <= 0 {
-            return Err(EnvelopeError::NotPositive {
-                todo_id: self.todo_id,
-                version: self.version,
-            });
+        for (field, value) in [
+            ("todo_id", self.todo_id),
+            ("version", self.version),
+            ("position", self.position),
+        ] {
+            if !limits::in_id_range(value) {
+                return Err(EnvelopeError::OutOfRange { field, value });
+            }
+        }
+        if let Some(data) = &self.data {
+            if let Err(reason) = limits::title(&data.title) {
+                return Err(EnvelopeError::Text {
+                    field: "title",
+                    reason,
+                });
+            }
+            if let Some(reason) = data.description.as_deref().and_then(limits::description) {
+                return Err(EnvelopeError::Text {
+                    field: "description",
+                    reason,
+                });
+            }
         }
         match (self.event_type, &self.data) {
             (EventType::TodoDeleted, Some(_)) => return Err(EnvelopeError::UnexpectedData),
@@ -381,5 +411,84 @@ mod tests {
                 "{why}: should be rejected: {body}"
             );
         }
+    }
+
+    #[test]
+    fn events_outside_what_the_write_side_produces_are_refused_naming_the_field() {
+        let max = limits::MAX_ID.to_string();
+        let past = (limits::MAX_ID + 1).to_string();
+        let long_title = "t".repeat(limits::TITLE_MAX_CHARS + 1);
+        let long_description = "d".repeat(limits::DESCRIPTION_MAX_CHARS + 1);
+        let cases: Vec<(&str, String, &str)> = vec![
+            (
+                "an id at the top of i64",
+                UPDATED.replace("\"todo_id\": 42", &format!("\"todo_id\": {}", i64::MAX)),
+                "todo_id",
+            ),
+            (
+                "an id past MAX_ID",
+                UPDATED.replace("\"todo_id\": 42", &format!("\"todo_id\": {past}")),
+                "todo_id",
+            ),
+            (
+                "a version far ahead",
+                UPDATED.replace("\"version\": 3", &format!("\"version\": {}", 1_i64 << 62)),
+                "version",
+            ),
+            (
+                "a position past MAX_ID",
+                UPDATED.replace("\"position\": 1240", &format!("\"position\": {past}")),
+                "position",
+            ),
+            (
+                "position 0 (never stored)",
+                UPDATED.replace("\"position\": 1240", "\"position\": 0"),
+                "position",
+            ),
+            (
+                "a title past the write side's limit",
+                UPDATED.replace(
+                    "\"title\": \"Learn CQRS\"",
+                    &format!("\"title\": \"{long_title}\""),
+                ),
+                "title",
+            ),
+            (
+                "a blank title",
+                UPDATED.replace("\"title\": \"Learn CQRS\"", "\"title\": \"   \""),
+                "title",
+            ),
+            (
+                "a title of only invisible and direction-override characters",
+                UPDATED.replace(
+                    "\"title\": \"Learn CQRS\"",
+                    "\"title\": \"\\u200b\\u202e\\u2066\"",
+                ),
+                "title",
+            ),
+            (
+                "a description past the write side's limit",
+                UPDATED.replace(
+                    "\"description\": \"with outbox\"",
+                    &format!("\"description\": \"{long_description}\""),
+                ),
+                "description",
+            ),
+        ];
+        for (why, body, field) in cases {
+            let err = Envelope::from_json(body.as_bytes()).expect_err(why);
+            assert!(
+                err.to_string().contains(field),
+                "{why}: the reason names {field}: {err}"
+            );
+        }
+        // The edges themselves are inside.
+        let edge = UPDATED
+            .replace("\"todo_id\": 42", &format!("\"todo_id\": {max}"))
+            .replace("\"position\": 1240", &format!("\"position\": {max}"));
+        assert!(
+            Envelope::from_json(edge.as_bytes()).is_ok(),
+            "MAX_ID is a usable id"
+        );
     }
 }

@@ -32,8 +32,8 @@ use events::Envelope;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -89,12 +89,16 @@ pub async fn run(
     while !shutdown.is_triggered() {
         config.metrics.consumer_connect();
         let served = match connect(&config).await {
-            Ok((conn, channel)) => {
+            Ok((conn, channel, dead_letters)) => {
                 tracing::info!(queue = %config.queue, "consumer connected to RabbitMQ");
                 let connected_at = Instant::now();
                 let mut settled = false;
+                let channels = Channels {
+                    deliveries: &channel,
+                    dead_letters: &dead_letters,
+                };
                 let result =
-                    consume(&store, &config, &channel, &status, &shutdown, &mut settled).await;
+                    consume(&store, &config, channels, &status, &shutdown, &mut settled).await;
                 status.connected.store(false, Ordering::Relaxed);
                 config.metrics.set_held(0);
                 if let Err(err) = result {
@@ -228,7 +232,7 @@ pub fn quorum_args(dead_letter_exchange: Option<&str>) -> FieldTable {
     args
 }
 
-async fn connect(config: &ConsumerConfig) -> anyhow::Result<(Connection, Channel)> {
+async fn connect(config: &ConsumerConfig) -> anyhow::Result<(Connection, Channel, Channel)> {
     let conn = tokio::time::timeout(
         Duration::from_secs(5),
         Connection::connect(
@@ -254,12 +258,20 @@ async fn connect(config: &ConsumerConfig) -> anyhow::Result<(Connection, Channel
         .await?;
     declare_topology_with(&channel, &config.exchange, &config.queue, declare_exchange).await?;
     crate::fanout::declare(&channel, &config.changes_exchange).await?;
-    Ok((conn, channel))
+    let dead_letters = conn.create_channel().await?;
+    dead_letters
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok((conn, channel, dead_letters))
 }
 
 /// Declares the events exchange on a channel of its own (a refusal closes the channel), or
 /// with `passive` only checks that it exists.
-async fn declare_events_exchange(conn: &Connection, exchange: &str, passive: bool) -> lapin::Result<()> {
+async fn declare_events_exchange(
+    conn: &Connection,
+    exchange: &str,
+    passive: bool,
+) -> lapin::Result<()> {
     let channel = conn.create_channel().await?;
     channel
         .exchange_declare(
@@ -288,14 +300,23 @@ struct Pending {
     due: Instant,
 }
 
+/// The consumer's channels: the one it consumes (and acks, and publishes the changes) on, and
+/// one in confirm mode it dead-letters on.
+#[derive(Clone, Copy)]
+struct Channels<'a> {
+    deliveries: &'a Channel,
+    dead_letters: &'a Channel,
+}
+
 async fn consume(
     store: &Store,
     config: &ConsumerConfig,
-    channel: &Channel,
+    channels: Channels<'_>,
     status: &ConsumerStatus,
     shutdown: &Shutdown,
     settled: &mut bool,
 ) -> anyhow::Result<()> {
+    let channel = channels.deliveries;
     let tag = format!("query-service-{}", uuid::Uuid::new_v4().simple());
     let mut consumer = channel
         .basic_consume(
@@ -343,7 +364,7 @@ async fn consume(
         let (due, waiting): (Vec<Pending>, Vec<Pending>) =
             held.into_iter().partition(|p| p.due <= now);
         held = waiting;
-        if handle_batch(store, config, channel, fresh, due, &mut held, shutdown).await?
+        if handle_batch(store, config, channels, fresh, due, &mut held, shutdown).await?
             == Settled::Stopped
         {
             // The batch is unacked and goes back to the queue with the channel, as do the held
@@ -389,7 +410,7 @@ fn correlation_id(delivery: &Delivery) -> String {
 async fn handle_batch(
     store: &Store,
     config: &ConsumerConfig,
-    channel: &Channel,
+    channels: Channels<'_>,
     fresh: Vec<Delivery>,
     retried: Vec<Pending>,
     held: &mut Vec<Pending>,
@@ -412,7 +433,13 @@ async fn handle_batch(
                 event_span(&delivery).in_scope(|| {
                     tracing::warn!(error = %err, "message is not a valid event; dead-lettering it")
                 });
-                dead_letter(&delivery).await?;
+                dead_letter(
+                    channels.dead_letters,
+                    &config.exchange,
+                    &delivery,
+                    &err.to_string(),
+                )
+                .await?;
                 counts.add(Outcome::DeadLettered);
                 config.metrics.observe_event(Outcome::DeadLettered, None);
             }
@@ -499,7 +526,7 @@ async fn handle_batch(
     if !changes.is_empty() {
         changes.sort_by_key(|c| c.position);
         let batch = crate::changes::Batch { changes };
-        crate::fanout::publish(channel, &config.changes_exchange, &batch).await?;
+        crate::fanout::publish(channels.deliveries, &config.changes_exchange, &batch).await?;
     }
     tracing::info!(
         size,
@@ -610,12 +637,42 @@ fn event_span(delivery: &Delivery) -> tracing::Span {
     )
 }
 
-async fn dead_letter(delivery: &Delivery) -> lapin::Result<()> {
+/// Dead-letters a message that can never apply, with the reason: a copy of it (body,
+/// properties, headers) goes to the dead-letter exchange with `x-refused-reason` and
+/// `x-refused-at` added, and once the broker confirmed the copy the original is acked. A copy
+/// the broker did not confirm leaves the original unacked, to be redelivered.
+async fn dead_letter(
+    channel: &Channel,
+    exchange: &str,
+    delivery: &Delivery,
+    reason: &str,
+) -> lapin::Result<()> {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        events::HEADER_REFUSED_REASON.into(),
+        AMQPValue::LongString(reason.into()),
+    );
+    headers.insert(
+        events::HEADER_REFUSED_AT.into(),
+        AMQPValue::LongString(chrono::Utc::now().to_rfc3339().into()),
+    );
+    let properties = delivery.properties.clone().with_headers(headers);
+    let confirm = channel
+        .basic_publish(
+            events::dead_letter_exchange(exchange).as_str().into(),
+            delivery.routing_key.as_str().into(),
+            BasicPublishOptions::default(),
+            &delivery.data,
+            properties,
+        )
+        .await?
+        .await?;
+    if confirm.is_nack() {
+        tracing::warn!("the broker refused the dead letter's copy; the message stays unacked");
+        return Ok(());
+    }
     delivery
-        .nack(BasicNackOptions {
-            requeue: false,
-            ..BasicNackOptions::default()
-        })
+        .ack(BasicAckOptions { multiple: false })
         .await
         .map(|_| ())
 }

@@ -100,8 +100,14 @@ async fn listen(config: &FanoutConfig, shutdown: &Shutdown, lost: &mut bool) -> 
     let channel = conn.create_channel().await?;
     declare(&channel, &config.exchange).await?;
     let mut args = FieldTable::default();
-    args.insert("x-max-length-bytes".into(), AMQPValue::LongLongInt(QUEUE_MAX_BYTES));
-    args.insert("x-overflow".into(), AMQPValue::LongString("drop-head".into()));
+    args.insert(
+        "x-max-length-bytes".into(),
+        AMQPValue::LongLongInt(QUEUE_MAX_BYTES),
+    );
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("drop-head".into()),
+    );
     let queue = channel
         .queue_declare(
             "".into(),
@@ -134,7 +140,10 @@ async fn listen(config: &FanoutConfig, shutdown: &Shutdown, lost: &mut bool) -> 
         )
         .await?;
     tracing::info!(exchange = %config.exchange, "change fan-out listening");
-    config.status.fanout.store(true, std::sync::atomic::Ordering::Relaxed);
+    config
+        .status
+        .fanout
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     if std::mem::take(lost) {
         config
             .hub
@@ -154,13 +163,18 @@ async fn listen(config: &FanoutConfig, shutdown: &Shutdown, lost: &mut bool) -> 
                     let _ = config.applied.send(Arc::new(applied));
                     config.hub.publish(batch);
                 }
-                Err(err) => tracing::warn!(error = %err, "a fan-out notice that is not a batch of changes; ignored"),
+                Err(err) => {
+                    tracing::warn!(error = %err, "a fan-out notice that is not a batch of changes; ignored")
+                }
             },
             Some(Err(err)) => break Err(err.into()),
             None => break Err(anyhow::anyhow!("the fan-out queue's consumer ended")),
         }
     };
-    config.status.fanout.store(false, std::sync::atomic::Ordering::Relaxed);
+    config
+        .status
+        .fanout
+        .store(false, std::sync::atomic::Ordering::Relaxed);
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.close(200, "bye".into())).await;
     result
 }

@@ -4,9 +4,9 @@
 //! [`Application::run`]. Tests drive the same `build` the binary uses, on port 0.
 
 pub mod changes;
-pub mod fanout;
 pub mod consumer;
 pub mod error;
+pub mod fanout;
 pub mod http;
 pub mod metrics;
 pub mod openapi;

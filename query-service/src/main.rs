@@ -55,6 +55,10 @@ async fn main() -> anyhow::Result<()> {
                 "repair: replayed {} events through the version guard ({} applied, {} already there)",
                 replayed.read, replayed.applied, replayed.skipped
             );
+            let reset = query_service::verify::reset_ahead(&store, &found).await?;
+            println!(
+                "repair: put {reset} document(s) ahead of the log back to the log's state"
+            );
             let after = query_service::verify::verify(&store, &command_url).await?;
             print!("verify after repair: {after}");
             std::process::exit(if after.differences.is_empty() { 0 } else { 1 });

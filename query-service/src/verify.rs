@@ -9,8 +9,11 @@
 //!
 //! `--repair` replays the log through the version guard (what `replay` does: it adds what is
 //! missing and moves what is behind forward, and can never move anything backwards), then
-//! verifies again. A document for a todo the log never had is reported, not deleted: the guard
-//! has no event to apply to it, and removing data is left to a person.
+//! puts each document that is *ahead* of the log (a version the log never reached: only a
+//! forged event or a hand edit puts one there, and the guard would keep it for ever) back to
+//! the log's state, resets the highest todo id lists in id order walk to, and verifies again.
+//! A document for a todo the log never had is reported, not deleted: there is no state to put
+//! back, and removing data is left to a person.
 //!
 //! Run it while no writes are in flight: an event published after the log was read, or not
 //! yet projected, shows as a difference.
@@ -61,16 +64,24 @@ pub struct Verification {
     pub deleted: usize,
     /// One line per difference.
     pub differences: Vec<String>,
+    /// The log's newest event of each todo the read model holds at a later version than the
+    /// log has: what `--repair` puts back.
+    pub ahead: Vec<Envelope>,
+    /// The highest todo id the log has.
+    pub max_todo_id: i64,
 }
 
-fn fold(finals: &mut BTreeMap<i64, Final>, e: &Envelope) {
-    let newer = finals
-        .get(&e.todo_id)
-        .is_none_or(|f| f.version() < e.version);
-    if !newer {
-        return;
+/// Keeps each todo's newest event.
+fn fold(newest: &mut BTreeMap<i64, Envelope>, e: &Envelope) {
+    let newer = newest.get(&e.todo_id).is_none_or(|n| n.version < e.version);
+    if newer {
+        newest.insert(e.todo_id, e.clone());
     }
-    let state = match (&e.event_type, &e.data) {
+}
+
+/// The state a todo's newest event leaves it in.
+fn final_of(e: &Envelope) -> Final {
+    match (&e.event_type, &e.data) {
         (EventType::TodoCreated | EventType::TodoUpdated, Some(d)) => Final::Live(Todo {
             id: e.todo_id,
             title: d.title.clone(),
@@ -81,8 +92,7 @@ fn fold(finals: &mut BTreeMap<i64, Final>, e: &Envelope) {
             updated_at: d.updated_at,
         }),
         _ => Final::Deleted { version: e.version },
-    };
-    finals.insert(e.todo_id, state);
+    }
 }
 
 fn compare(id: i64, expected: &Final, found: Option<&Option<Stored>>) -> Option<String> {
@@ -149,7 +159,7 @@ fn compare(id: i64, expected: &Final, found: Option<&Option<Stored>>) -> Option<
 /// Reads the whole log from `command_url` and compares it with `store`.
 pub async fn verify(store: &Store, command_url: &str) -> anyhow::Result<Verification> {
     let log = LogReader::new(command_url)?;
-    let mut finals: BTreeMap<i64, Final> = BTreeMap::new();
+    let mut finals: BTreeMap<i64, Envelope> = BTreeMap::new();
     let mut report = Verification::default();
     let mut after = 0;
     loop {
@@ -167,17 +177,24 @@ pub async fn verify(store: &Store, command_url: &str) -> anyhow::Result<Verifica
     for chunk in ids.chunks(500) {
         let stored = store.get_many(chunk).await?;
         for id in chunk {
-            let expected = &finals[id];
+            let expected = final_of(&finals[id]);
             match expected {
                 Final::Live(_) => report.live += 1,
                 Final::Deleted { .. } => report.deleted += 1,
             }
-            if let Some(difference) = compare(*id, expected, stored.get(id)) {
+            let found = stored.get(id);
+            if let Some(difference) = compare(*id, &expected, found) {
                 report.differences.push(difference);
+            }
+            if let Some(Some(have)) = found {
+                if have.version() > expected.version() {
+                    report.ahead.push(finals[id].clone());
+                }
             }
         }
     }
     report.compared = finals.len();
+    report.max_todo_id = finals.keys().next_back().copied().unwrap_or(0);
     for id in store.all_ids().await? {
         if !finals.contains_key(&id) {
             report.differences.push(format!(
@@ -204,6 +221,18 @@ impl std::fmt::Display for Verification {
         }
         Ok(())
     }
+}
+
+/// Puts each document of `report.ahead` back to the log's state and the highest todo id to the
+/// log's: `--repair`'s part that the version guard cannot do. Returns how many documents were
+/// put back.
+pub async fn reset_ahead(store: &Store, report: &Verification) -> anyhow::Result<u64> {
+    let mut reset = 0;
+    for e in &report.ahead {
+        reset += store.reset_ahead(e).await?;
+    }
+    store.reset_max_todo_id(report.max_todo_id).await?;
+    Ok(reset)
 }
 
 #[cfg(test)]
@@ -248,15 +277,17 @@ mod tests {
         ] {
             fold(&mut finals, &e);
         }
-        assert!(matches!(&finals[&1], Final::Live(t) if t.title == "b" && t.version == 2));
-        assert_eq!(finals[&2], Final::Deleted { version: 2 });
+        assert!(
+            matches!(final_of(&finals[&1]), Final::Live(t) if t.title == "b" && t.version == 2)
+        );
+        assert_eq!(final_of(&finals[&2]), Final::Deleted { version: 2 });
     }
 
     #[test]
     fn every_kind_of_difference_is_named() {
         let mut finals = BTreeMap::new();
         fold(&mut finals, &event(1, 2, EventType::TodoUpdated, "b"));
-        let want = &finals[&1];
+        let want = &final_of(&finals[&1]);
         let Final::Live(todo) = want.clone() else {
             panic!("live")
         };

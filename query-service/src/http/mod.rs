@@ -16,8 +16,8 @@ mod stream;
 mod todos;
 
 pub use ops::{CountsCache, COUNTS_MAX_AGE, OPENAPI};
-pub use stream::Streams;
 pub use params::{encode_cursor, list_query, min_version, DEFAULT_LIMIT, MAX_LIMIT};
+pub use stream::Streams;
 
 use crate::consumer::ConsumerStatus;
 use crate::error::handle_rejection;

@@ -115,9 +115,9 @@ pub fn encode_cursor(c: &Cursor) -> String {
         .encode(serde_json::to_vec(c).expect("a cursor (numbers and text) always serializes"))
 }
 
-/// The largest id a cursor may hold: far above any todo id, far from overflowing the windows
-/// a page in id order walks.
-const CURSOR_MAX_ID: i64 = 1 << 62;
+/// The largest id a cursor may hold: the largest the write side produces, far from
+/// overflowing the windows a page in id order walks.
+const CURSOR_MAX_ID: i64 = events::limits::MAX_ID;
 
 fn decode_cursor(raw: &str) -> Option<Cursor> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD

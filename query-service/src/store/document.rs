@@ -61,6 +61,17 @@ pub(super) fn guarded_upsert(e: &Envelope) -> (Document, Document) {
     (filter, update)
 }
 
+/// The write that puts a document *ahead* of `e` (a later version than the log has) back to
+/// the state `e` leaves it in: the guarded upsert's update, filtered the other way round.
+pub(super) fn reset_ahead(e: &Envelope) -> (Document, Document) {
+    let (_, mut update) = guarded_upsert(e);
+    if e.data.is_some() {
+        update.insert("$unset", doc! { "deleted_at": "" });
+    }
+    let filter = doc! { "_id": e.todo_id, "version": { "$gt": e.version } };
+    (filter, update)
+}
+
 /// [`from_document`] for a read that answers a client: a document this version cannot read is
 /// an error (500 on the API), never taken for a missing todo.
 pub(super) fn read_document(d: &Document) -> mongodb::error::Result<Stored> {

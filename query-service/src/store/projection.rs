@@ -102,6 +102,25 @@ fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
 impl Store {
     /// Applies one event with the version guard described at the top of this module.
     #[tracing::instrument(skip_all, fields(todo_id = e.todo_id, version = e.version, event_type = %e.event_type))]
+    /// Puts a document that is ahead of `e` (the log's newest event of its todo) back to the
+    /// state `e` leaves it in; 1 if it was ahead, else 0. Only `verify --repair` calls it.
+    pub async fn reset_ahead(&self, e: &Envelope) -> mongodb::error::Result<u64> {
+        let (filter, update) = super::document::reset_ahead(e);
+        Ok(self.todos.update_one(filter, update).await?.modified_count)
+    }
+
+    /// Sets the highest todo id lists in id order walk to (`verify --repair`: the log's).
+    pub async fn reset_max_todo_id(&self, max: i64) -> mongodb::error::Result<()> {
+        self.stats
+            .update_one(
+                doc! { "_id": super::STATS_ID },
+                doc! { "$set": { "max_todo_id": max } },
+            )
+            .upsert(true)
+            .await?;
+        Ok(())
+    }
+
     pub async fn apply(&self, e: &Envelope) -> mongodb::error::Result<Outcome> {
         let (filter, update) = guarded_upsert(e);
         // A duplicate key means the document existed when the upsert tried to insert it, and

@@ -206,14 +206,18 @@ impl Store {
         let mut position = match (&q.after, desc) {
             (Some(c), _) => c.id,
             (None, false) => 0,
-            (None, true) => *max.insert(self.max_todo_id().await?) + 1,
+            // Ids never pass `MAX_ID` (what the write side produces), so the step past the
+            // highest one cannot overflow.
+            (None, true) => max.insert(self.max_todo_id().await?).saturating_add(1),
         };
         let mut found: Vec<Todo> = Vec::with_capacity(limit + 1);
         let mut window = limit as i64 + 1;
         let mut scanned = 0;
         let exhausted = loop {
             let ids: Vec<i64> = if desc {
-                ((position - window).max(1)..position).rev().collect()
+                (position.saturating_sub(window).max(1)..position)
+                    .rev()
+                    .collect()
             } else {
                 (position + 1..=position.saturating_add(window)).collect()
             };

@@ -135,17 +135,6 @@ async fn an_event_the_store_refuses_is_retried_with_growing_delay_until_it_lands
     names.cleanup().await;
 }
 
-fn int(value: &AMQPValue) -> Option<i64> {
-    match value {
-        AMQPValue::LongLongInt(n) => Some(*n),
-        AMQPValue::LongInt(n) => Some(i64::from(*n)),
-        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
-        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
-        AMQPValue::ShortUInt(n) => Some(i64::from(*n)),
-        _ => None,
-    }
-}
-
 fn text(value: Option<&AMQPValue>) -> String {
     match value {
         Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
@@ -197,26 +186,15 @@ async fn a_message_that_can_never_apply_is_dead_lettered_at_its_first_delivery()
             .await
             .expect("get")
             .expect("a dead letter");
-        let headers = message
-            .delivery
-            .properties
-            .headers()
-            .clone()
-            .unwrap_or_default();
-        let headers = headers.inner();
-        let Some(AMQPValue::FieldArray(deaths)) = headers.get("x-death") else {
-            panic!("x-death header: {headers:?}");
-        };
-        let deaths = deaths.as_slice();
-        assert_eq!(deaths.len(), 1, "{deaths:?}");
-        let AMQPValue::FieldTable(death) = &deaths[0] else {
-            panic!("x-death entry: {deaths:?}");
-        };
-        let death = death.inner();
-        // Rejected by the consumer, once (`x-death` does not count redeliveries: the log does).
-        assert_eq!(death.get("count").and_then(int), Some(1), "{death:?}");
-        assert_eq!(text(death.get("reason")), "rejected", "{death:?}");
-        assert_eq!(text(death.get("queue")), names.queue, "{death:?}");
+        let (reason, at) = refusal(&message.delivery);
+        assert!(
+            reason.contains("not a JSON event") || reason.contains("schema_version 99"),
+            "the consumer's reason travels with the message: {reason}"
+        );
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(&at).is_ok(),
+            "when it was refused: {at}"
+        );
     }
     let _ = conn.close(200, "done".into()).await;
     assert_eq!(seen.count(), 2, "each message was delivered once");
@@ -256,6 +234,16 @@ async fn cutting_proxy(after: Duration) -> String {
     format!("{head}@127.0.0.1:{port}/{path}")
 }
 
+/// The reason and time the consumer gave a dead letter (`x-refused-reason`, `x-refused-at`).
+fn refusal(delivery: &lapin::message::Delivery) -> (String, String) {
+    let headers = delivery.properties.headers().clone().unwrap_or_default();
+    let headers = headers.inner();
+    (
+        text(headers.get(events::HEADER_REFUSED_REASON)),
+        text(headers.get(events::HEADER_REFUSED_AT)),
+    )
+}
+
 // nextest runs each test in its own process, so this test's global log subscriber is its own.
 #[tokio::test]
 async fn a_consumer_whose_connections_fail_right_after_connecting_reconnects_with_growing_delay() {
@@ -283,6 +271,145 @@ async fn a_consumer_whose_connections_fail_right_after_connecting_reconnects_wit
     assert!((3..=6).contains(&connects), "{connects} connects in 6 s");
     let attempts = metric(&client, &query, "consumer_connection_attempts_total").await;
     assert_eq!(attempts, connects as f64, "every attempt connected");
+    query.stop().await;
+    names.cleanup().await;
+}
+
+/// Events outside the contract, as only a peer with broker access could send them: each is
+/// dead-lettered with its reason and changes nothing, and the lists stay as they were (an id at
+/// the top of i64 never becomes the highest id lists in id order walk to).
+#[tokio::test]
+async fn events_outside_the_contract_are_dead_lettered_with_their_reason_and_change_nothing() {
+    let names = Names::new();
+    let query = spawn_query(&names).await;
+    let publisher = publisher(&names.exchange).await;
+    for id in 1..=3 {
+        publisher.publish(&created(id, "kept")).await;
+    }
+    let client = reqwest::Client::new();
+    eventually(Duration::from_secs(10), "three applied", || async {
+        get_json::<Value>(&client, &query.url("/stats")).await["projection"]["applied"] == 3
+    })
+    .await;
+    let lists = [
+        "/todos",
+        "/todos?sort=-id",
+        "/todos?sort=-created_at",
+        "/todos?sort=updated_at&completed=false",
+        "/stats",
+    ];
+    let before = {
+        let mut seen = Vec::new();
+        for path in lists {
+            seen.push(get_json::<Value>(&client, &query.url(path)).await);
+        }
+        seen
+    };
+
+    let mut update = created(2, "kept");
+    update.event_type = events::EventType::TodoUpdated;
+    let forged: Vec<(&str, Envelope, &str)> = vec![
+        (
+            "an id at the top of i64",
+            created(i64::MAX, "forged"),
+            "todo_id",
+        ),
+        ("an id past 2^53 - 1", created(1 << 53, "forged"), "todo_id"),
+        (
+            "a version far ahead",
+            Envelope {
+                version: 1 << 62,
+                ..update.clone()
+            },
+            "version",
+        ),
+        (
+            "a position past the log's range",
+            Envelope {
+                position: i64::MAX,
+                version: 2,
+                ..update.clone()
+            },
+            "position",
+        ),
+        (
+            "an oversized title",
+            created(7, &"x".repeat(events::limits::TITLE_MAX_CHARS + 1)),
+            "title",
+        ),
+        (
+            "a title of only invisible characters",
+            created(8, "\u{200B}\u{202E}\u{2066}"),
+            "title",
+        ),
+        (
+            "an oversized description",
+            {
+                let mut e = created(9, "fine");
+                if let Some(data) = e.data.as_mut() {
+                    data.description = Some("d".repeat(events::limits::DESCRIPTION_MAX_CHARS + 1));
+                }
+                e
+            },
+            "description",
+        ),
+    ];
+    for (_, event, _) in &forged {
+        publisher
+            .publish_raw(
+                event.routing_key(),
+                &serde_json::to_vec(event).expect("json"),
+            )
+            .await;
+    }
+    eventually(
+        Duration::from_secs(10),
+        "every forged event dead-lettered",
+        || async { queue_depth(&names.dead_letter_queue()).await == forged.len() as u32 },
+    )
+    .await;
+
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("broker");
+    let channel = conn.create_channel().await.expect("channel");
+    for (what, event, field) in &forged {
+        let message = channel
+            .basic_get(
+                names.dead_letter_queue().as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .expect("get")
+            .expect("a dead letter");
+        let body: Envelope = serde_json::from_slice(&message.delivery.data).expect("the event");
+        assert_eq!(&body, event, "{what}: dead-lettered in order, unchanged");
+        let (reason, _) = refusal(&message.delivery);
+        assert!(
+            reason.contains(field),
+            "{what}: the reason names {field}: {reason}"
+        );
+    }
+    let _ = conn.close(200, "done".into()).await;
+
+    for (path, earlier) in lists.iter().zip(&before) {
+        let mut now = get_json::<Value>(&client, &query.url(path)).await;
+        let mut earlier = earlier.clone();
+        if *path == "/stats" {
+            assert_eq!(
+                now["projection"]["dead_lettered"],
+                forged.len(),
+                "counted: {now}"
+            );
+            for v in [&mut now, &mut earlier] {
+                v["projection"] = Value::Null;
+            }
+        }
+        assert_eq!(&now, &earlier, "{path} unchanged");
+    }
+    assert_eq!(status_of(&client, &query, "/todos/2").await, 200);
+    let todo: Value = get_json(&client, &query.url("/todos/2")).await;
+    assert_eq!(todo["version"], 1, "not pinned by a forged version");
     query.stop().await;
     names.cleanup().await;
 }

@@ -376,7 +376,10 @@ async fn a_replay_past_its_bound_ends_with_reload_and_one_within_it_goes_live() 
     let mut from_start = Client::connect_unchecked(&query, Some("0")).await;
     let mut todos = 0;
     let reload = loop {
-        let e = from_start.next().await.expect("the replay ends with reload");
+        let e = from_start
+            .next()
+            .await
+            .expect("the replay ends with reload");
         match e.event.as_str() {
             "todo" => todos += 1,
             "reload" => break e,

@@ -148,3 +148,96 @@ async fn verify_finds_each_difference_and_repair_puts_back_what_the_guard_can() 
     command.stop().await;
     names.cleanup().await;
 }
+
+/// A document ahead of the log (a version the log never reached, as a forged event or a hand
+/// edit leaves it) is kept for ever by the version guard; `--repair` puts it back to the log's
+/// state, live or deleted, and the highest todo id back to the log's, so lists in id order
+/// walk from the real ids again.
+#[tokio::test]
+async fn repair_puts_back_a_document_ahead_of_the_log_and_the_highest_id() {
+    let names = Names::new();
+    let (command, _database) = spawn_command(&names).await;
+    let query = spawn_query(&names).await;
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for title in ["pinned", "resurrected"] {
+        let created: Value = write(
+            &client,
+            "POST",
+            command.url("/todos"),
+            Some(json!({ "title": title })),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+        ids.push(created["id"].as_i64().expect("id"));
+    }
+    for id in &ids {
+        let read = client
+            .get(query.url(&format!("/todos/{id}?min_version=1")))
+            .send()
+            .await
+            .expect("read");
+        assert_eq!(read.status(), 200);
+    }
+    let mongo = mongodb::Client::with_uri_str(mongodb_uri())
+        .await
+        .expect("mongo");
+    let db = mongo.database(&names.mongo_db);
+    let todos = db.collection::<bson::Document>("todos");
+    todos
+        .update_one(
+            doc! { "_id": ids[0] },
+            doc! { "$set": { "version": events::limits::MAX_ID, "title": "forged" } },
+        )
+        .await
+        .expect("pin");
+    todos
+        .update_one(
+            doc! { "_id": ids[1] },
+            doc! {
+                "$set": { "version": 50_i64, "deleted": true, "deleted_at": "2026-12-01T00:00:00.000000Z" },
+                "$unset": { "title": "", "description": "", "completed": "" },
+            },
+        )
+        .await
+        .expect("delete ahead");
+    db.collection::<bson::Document>("projection_stats")
+        .update_one(
+            doc! { "_id": "todos" },
+            doc! { "$set": { "max_todo_id": events::limits::MAX_ID } },
+        )
+        .await
+        .expect("forge the highest id");
+    let listed: Value = get_json(&client, &query.url("/todos?sort=-id")).await;
+    assert_eq!(listed, json!([]), "the forged highest id hides the list");
+
+    let (ok, out) = run_verify(&names, &command.address, &["--repair"]).await;
+    assert!(ok, "everything put back: {out}");
+    for expected in [
+        format!(
+            "todo {}: the read model has it live at version {}, the log live at version 1",
+            ids[0],
+            events::limits::MAX_ID
+        ),
+        format!(
+            "todo {}: the read model has it deleted at version 50, the log live at version 1",
+            ids[1]
+        ),
+        "put 2 document(s) ahead of the log back".to_string(),
+    ] {
+        assert!(out.contains(&expected), "{expected:?} in {out}");
+    }
+    let after = out
+        .split("verify after repair:")
+        .nth(1)
+        .expect("a second verification");
+    assert!(after.contains("0 difference(s)"), "{out}");
+    let listed: Vec<Value> = get_json(&client, &query.url("/todos?sort=-id")).await;
+    let titles: Vec<&str> = listed.iter().filter_map(|t| t["title"].as_str()).collect();
+    assert_eq!(titles, ["resurrected", "pinned"], "{listed:?}");
+    query.stop().await;
+    command.stop().await;
+    names.cleanup().await;
+}

@@ -615,9 +615,18 @@ fn rabbitmq_definitions_match_what_the_services_declare() {
             && b["destination"] == events::DEAD_LETTER_QUEUE));
 }
 
+/// Variables the manifests set for the feed tokens and the page's write address, which the
+/// services read once that work (`FEED_TOKENS`, `FEED_TOKEN`, `COMMAND_SERVICE_URL`) is in;
+/// until then the manifests are ahead of `Settings`.
+const ADDED_WITH_FEED_TOKENS: [&str; 3] = ["FEED_TOKENS", "FEED_TOKEN", "COMMAND_SERVICE_URL"];
+
 #[test]
 fn kubernetes_manifests_name_the_compose_images_ports_and_probes() {
     let compose = yaml("docker-compose.yml").remove(0);
+    let secrets = yaml("deploy/k8s/secret.example.yaml");
+    for secret in &secrets {
+        assert_eq!(secret["kind"], "Secret");
+    }
     for (service, file, port) in [
         ("command-service", "deploy/k8s/command-service.yaml", 5001),
         ("query-service", "deploy/k8s/query-service.yaml", 5002),
@@ -643,13 +652,70 @@ fn kubernetes_manifests_name_the_compose_images_ports_and_probes() {
             "{service} memory limit"
         );
         let known = variables(service);
-        for var in container["env"].as_sequence().expect("env") {
+        let env = container["env"].as_sequence().expect("env");
+        for var in env {
             let name = str_of(&var["name"], "env name");
-            assert!(known.contains(name), "{file}: {name} is read by {service}");
+            assert!(
+                known.contains(name) || ADDED_WITH_FEED_TOKENS.contains(&name),
+                "{file}: {name} is read by {service}"
+            );
             if name == "HTTP_ADDR" {
                 assert_eq!(u64::from(port_of(str_of(&var["value"], "HTTP_ADDR"))), port);
             }
         }
+        let var = |name: &str| {
+            env.iter()
+                .find(|v| v["name"] == name)
+                .unwrap_or_else(|| panic!("{file} sets {name}"))
+        };
+        // Credentials and tokens come from the service's own Secret, none optional (writes
+        // are never open for want of a key), each key one the example Secret holds.
+        let secret_vars: &[(&str, &str)] = match service {
+            "command-service" => &[
+                ("DATABASE_URL", "database-url"),
+                ("AMQP_URL", "amqp-url"),
+                ("WRITE_TOKENS", "write-tokens"),
+                ("FEED_TOKENS", "feed-tokens"),
+            ],
+            _ => &[
+                ("MONGODB_URI", "mongodb-uri"),
+                ("AMQP_URL", "amqp-url"),
+                ("FEED_TOKEN", "feed-token"),
+            ],
+        };
+        for (name, key) in secret_vars {
+            let from = &var(name)["valueFrom"]["secretKeyRef"];
+            assert_eq!(from["name"], service, "{file}: {name} from its own Secret");
+            assert_eq!(from["key"], *key, "{file}: {name}");
+            assert!(from["optional"].is_null(), "{file}: {name} is not optional");
+            assert!(
+                var(name)["value"].is_null(),
+                "{file}: {name} only from the Secret"
+            );
+            let value = str_of(
+                &secrets
+                    .iter()
+                    .find(|s| s["metadata"]["name"] == service)
+                    .unwrap_or_else(|| panic!("secret.example.yaml has Secret {service}"))
+                    ["stringData"][key],
+                key,
+            );
+            assert!(!value.trim().is_empty(), "{service}/{key} is set");
+            if *name == "AMQP_URL" {
+                assert_eq!(amqp_url(value).host, "rabbitmq:5672");
+                assert_broker_user(service, value, false);
+            }
+        }
+        // The page's origin, and where the page writes: values to set, never localhost.
+        let (name, other) = match service {
+            "command-service" => ("CORS_ORIGINS", "query-service"),
+            _ => ("COMMAND_SERVICE_URL", "command-service"),
+        };
+        let value = str_of(&var(name)["value"], name);
+        assert!(
+            value.starts_with("https://") && !value.contains("localhost"),
+            "{file}: {name} is {other}'s public address: {value}"
+        );
         assert_eq!(docs[1]["spec"]["ports"][0]["port"].as_u64(), Some(port));
         assert_eq!(
             docs[2]["spec"]["selector"], deployment["spec"]["selector"],
@@ -660,8 +726,6 @@ fn kubernetes_manifests_name_the_compose_images_ports_and_probes() {
         .as_u64()
         .expect("replicas");
     assert!(replicas >= 2, "query-service runs as competing consumers");
-    let secret = yaml("deploy/k8s/secret.example.yaml").remove(0);
-    assert_eq!(secret["kind"], "Secret");
 }
 
 #[tokio::test]

@@ -53,6 +53,49 @@ impl Commands {
     }
 }
 
+/// PostgreSQL as `GET /ready` and `GET /metrics` ask it, on a pool of its own
+/// ([`crate::db::PROBE_CONNECTIONS`] connections with [`crate::db::Limits::for_probes`]): a
+/// write pool exhausted by slow or stalled writers never makes a probe wait or fail, and a write
+/// never waits for a connection a probe holds.
+#[derive(Clone)]
+pub struct Probes {
+    pool: PgPool,
+}
+
+impl Probes {
+    /// Builds the probe pool; like every pool it connects on demand.
+    pub fn new(database_url: &str, limits: crate::db::Limits) -> anyhow::Result<Self> {
+        Ok(Self {
+            pool: crate::db::pool(
+                database_url,
+                crate::db::PROBE_CONNECTIONS,
+                limits.for_probes(),
+            )?,
+        })
+    }
+
+    /// Events committed but not yet confirmed by RabbitMQ, and why the last publish failed.
+    pub async fn outbox(&self) -> Result<event_log::Outbox, CommandError> {
+        let mut conn = conn(&self.pool).await?;
+        Ok(event_log::outbox(&mut conn).await?)
+    }
+
+    /// Whether PostgreSQL answers.
+    pub async fn ping(&self) -> Result<(), CommandError> {
+        #[derive(QueryableByName)]
+        struct One {
+            #[diesel(sql_type = Bool)]
+            #[allow(dead_code)]
+            ok: bool,
+        }
+        let mut conn = conn(&self.pool).await?;
+        let _: One = diesel::sql_query("SELECT true AS ok")
+            .get_result(&mut conn)
+            .await?;
+        Ok(())
+    }
+}
+
 /// Why a command did not happen. Nothing here knows HTTP: `crate::error` maps each case to
 /// its answer once, at the edge.
 #[derive(Debug, thiserror::Error)]
@@ -445,27 +488,6 @@ impl Commands {
             self.wake.stamped.notify_one();
         }
         Ok(events)
-    }
-
-    /// Events committed but not yet confirmed by RabbitMQ, and why the last publish failed.
-    pub async fn outbox(&self) -> Result<event_log::Outbox, CommandError> {
-        let mut conn = conn(&self.pool).await?;
-        Ok(event_log::outbox(&mut conn).await?)
-    }
-
-    /// Whether PostgreSQL answers.
-    pub async fn ping(&self) -> Result<(), CommandError> {
-        #[derive(QueryableByName)]
-        struct One {
-            #[diesel(sql_type = Bool)]
-            #[allow(dead_code)]
-            ok: bool,
-        }
-        let mut conn = conn(&self.pool).await?;
-        let _: One = diesel::sql_query("SELECT true AS ok")
-            .get_result(&mut conn)
-            .await?;
-        Ok(())
     }
 }
 

@@ -33,7 +33,25 @@ pub struct Limits {
     pub idle_in_transaction: Duration,
 }
 
+/// Connections of the probe pool: `/ready` and `/metrics` query PostgreSQL on these, never on
+/// a connection the writes use. Two, so a readiness probe and a scrape at once do not wait for
+/// each other.
+pub const PROBE_CONNECTIONS: usize = 2;
+
 impl Limits {
+    /// The limits of the probe pool: a probe waits at most a second for a connection (or for
+    /// opening one) and its statement runs at most a second, whatever the writes are allowed.
+    /// Both stay under the two seconds `/ready` and `/metrics` give each query, so PostgreSQL
+    /// cancels a slow probe itself and the connection goes back to the pool usable.
+    pub fn for_probes(self) -> Self {
+        Self {
+            connect: Duration::from_secs(1),
+            statement: Duration::from_secs(1),
+            lock: Duration::from_millis(500),
+            idle_in_transaction: self.idle_in_transaction,
+        }
+    }
+
     /// The session settings, as the `options` startup parameter (`-c name=value`, in ms).
     fn options(&self) -> String {
         format!(

@@ -106,8 +106,13 @@ impl Application {
             BACKGROUND_CONNECTIONS,
             self.settings.database_limits(),
         )?;
+        // `/ready` and `/metrics` likewise: writers holding every connection of the pool
+        // never make them wait or fail, and a probe never takes a connection from a write.
+        let probes =
+            commands::Probes::new(&self.settings.database_url, self.settings.database_limits())?;
         let state = http::State {
             commands,
+            probes,
             relay: self.relay_status.clone(),
             tasks: self.tasks.clone(),
             metrics: metrics.clone(),

@@ -16,7 +16,7 @@ mod todos;
 
 pub use ops::OPENAPI;
 
-use crate::commands::Commands;
+use crate::commands::{Commands, Probes};
 use crate::error::handle_rejection;
 use crate::metrics::Metrics;
 use crate::relay::RelayStatus;
@@ -29,6 +29,8 @@ use warp::Filter;
 #[derive(Clone)]
 pub struct State {
     pub commands: Commands,
+    /// `/ready`'s and `/metrics`' PostgreSQL, on connections of their own.
+    pub probes: Probes,
     pub relay: Arc<RelayStatus>,
     pub tasks: Arc<events::service::supervise::Supervisor>,
     pub metrics: Arc<Metrics>,
@@ -96,19 +98,17 @@ mod tests {
 
     /// State whose database cannot be reached: routing and error mapping work without it.
     fn offline_state() -> State {
+        let url = "postgres://nobody:none@127.0.0.1:9/none";
+        let limits = crate::settings::Settings::from_vars(Vec::new())
+            .expect("defaults")
+            .database_limits();
         State {
             commands: Commands::new(
-                crate::db::pool(
-                    "postgres://nobody:none@127.0.0.1:9/none",
-                    1,
-                    crate::settings::Settings::from_vars(Vec::new())
-                        .expect("defaults")
-                        .database_limits(),
-                )
-                .expect("pool"),
+                crate::db::pool(url, 1, limits).expect("pool"),
                 crate::commands::Wake::default(),
                 crate::idempotency::Keys::new(24),
             ),
+            probes: Probes::new(url, limits).expect("probe pool"),
             relay: Arc::default(),
             tasks: Arc::default(),
             metrics: Arc::default(),

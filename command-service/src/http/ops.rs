@@ -1,6 +1,7 @@
 //! The routes for operators: `GET /health` (liveness), `GET /ready` (readiness: PostgreSQL,
 //! RabbitMQ, the outbox and the supervised tasks), `GET /metrics` (OpenMetrics) and
-//! `GET /openapi.json`.
+//! `GET /openapi.json`. `/ready` and `/metrics` query PostgreSQL through
+//! [`crate::commands::Probes`], never through the writes' pool.
 
 use super::{with_state, State};
 use std::sync::atomic::Ordering;
@@ -20,7 +21,7 @@ pub(super) fn metrics(
         .and(with_state(state))
         .then(|state: State| async move {
             if let Ok(Ok(outbox)) =
-                tokio::time::timeout(Duration::from_secs(2), state.commands.outbox()).await
+                tokio::time::timeout(Duration::from_secs(2), state.probes.outbox()).await
             {
                 state.metrics.outbox_backlog.set(outbox.backlog);
             }
@@ -34,10 +35,10 @@ pub(super) fn ready(state: State) -> impl Filter<Extract = (Response,), Error = 
         .and(with_state(state))
         .then(|state: State| async move {
             let timeout = Duration::from_secs(2);
-            let postgres = tokio::time::timeout(timeout, state.commands.ping()).await;
+            let postgres = tokio::time::timeout(timeout, state.probes.ping()).await;
             let postgres_up = matches!(postgres, Ok(Ok(())));
             let outbox = if postgres_up {
-                tokio::time::timeout(timeout, state.commands.outbox())
+                tokio::time::timeout(timeout, state.probes.outbox())
                     .await
                     .ok()
                     .and_then(Result::ok)

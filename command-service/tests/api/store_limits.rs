@@ -215,6 +215,108 @@ async fn a_request_that_finds_the_pool_exhausted_answers_503_within_the_database
     app.stop().await;
 }
 
+/// `/ready` and `/metrics` query PostgreSQL on a pool of their own: with every connection of
+/// the write pool held (`DATABASE_POOL_SIZE` 2, both by writes waiting for a row a stalled
+/// session locked) and a third write waiting for one of them, both answer 200 at once, `/ready`
+/// with PostgreSQL up and the outbox read, `/metrics` with the backlog read at scrape time.
+#[tokio::test]
+async fn ready_and_metrics_answer_at_once_while_writes_hold_every_pooled_connection() {
+    let app = spawn_app_with(Options {
+        extra: vec![
+            ("DATABASE_POOL_SIZE", "2".into()),
+            ("DATABASE_TIMEOUT_MS", "3000".into()),
+            ("DATABASE_LOCK_TIMEOUT_MS", "20000".into()),
+            ("DATABASE_STATEMENT_TIMEOUT_MS", "20000".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    // No queue is bound to the test's exchange: the create's event stays in the outbox.
+    let x = app.create("locked").await["id"].as_i64().expect("id");
+    let mut stalled = app.db().await;
+    stalled.batch_execute("BEGIN").await.expect("begin");
+    diesel::sql_query(format!("SELECT id FROM todos WHERE id = {x} FOR UPDATE"))
+        .execute(&mut stalled)
+        .await
+        .expect("row locked");
+    let holding: Vec<_> = (0..2)
+        .map(|i| {
+            let request = app
+                .client
+                .patch(app.url(&format!("/todos/{x}")))
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"title":"holding {i}"}}"#));
+            tokio::spawn(request.send())
+        })
+        .collect();
+    eventually(
+        Duration::from_secs(10),
+        "both PATCHes hold a connection, waiting for the row",
+        || async { lock_waiters(&app.database_url).await >= 2 },
+    )
+    .await;
+    // A third write finds the pool empty and waits for a connection meanwhile.
+    let waiting = {
+        let request = app
+            .client
+            .post(app.url("/todos"))
+            .header("content-type", "application/json")
+            .body(r#"{"title":"no connection for me"}"#);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            (request.send().await, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    for path in ["/ready", "/metrics", "/ready", "/metrics"] {
+        let started = Instant::now();
+        let response =
+            tokio::time::timeout(Duration::from_secs(5), app.client.get(app.url(path)).send())
+                .await
+                .unwrap_or_else(|_| panic!("{path} answered within 5 s"))
+                .expect("answered");
+        let took = started.elapsed();
+        assert_eq!(
+            response.status(),
+            200,
+            "{path} with the write pool exhausted"
+        );
+        assert!(took < Duration::from_millis(1000), "{path} took {took:?}");
+        let body = response.text().await.expect("body");
+        if path == "/ready" {
+            let ready: Value = serde_json::from_str(&body).expect("ready JSON");
+            assert_eq!(ready["status"], "ready", "{ready}");
+            assert_eq!(ready["checks"]["postgres"], "up", "{ready}");
+            assert_eq!(ready["checks"]["outbox_backlog"], 1, "{ready}");
+        } else {
+            assert_eq!(
+                events::testing::sample(&body, "outbox_backlog"),
+                Some(1.0),
+                "{body}"
+            );
+        }
+    }
+
+    // The write pool was exhausted all along: the third write got no connection.
+    let (response, took) = waiting.await.expect("task");
+    let response = response.expect("answered");
+    assert_eq!(response.status(), 503);
+    assert!(took >= Duration::from_millis(2900), "waited {took:?}");
+    for task in &holding {
+        assert!(
+            !task.is_finished(),
+            "the PATCHes still hold their connections"
+        );
+    }
+    stalled.batch_execute("ROLLBACK").await.expect("rollback");
+    for task in holding {
+        let response = task.await.expect("task").expect("answered");
+        assert_eq!(response.status(), 200);
+    }
+    app.stop().await;
+}
+
 /// PostgreSQL that cannot serve now, as a command meets it (a lock timeout, no pooled
 /// connection within the wait), answers 503 problem+json with `Retry-After: 1`; another error
 /// answers without it.

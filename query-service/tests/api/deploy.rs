@@ -8,21 +8,90 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The user and vhost of an AMQP URL are ones deploy/rabbitmq/definitions.json creates, the
-/// user with permissions on that vhost, and neither is the broker's default (guest, /).
-fn assert_vhost_granted(url: &str) {
-    let rest = url.strip_prefix("amqp://").expect("amqp URL");
-    let user = rest.split(':').next().expect("a user");
-    let vhost = rest.rsplit('/').next().expect("a vhost");
-    assert!(
-        user != "guest" && vhost != "%2f" && !vhost.is_empty(),
-        "{url}"
-    );
-    let definitions: serde_json::Value = serde_json::from_str(
+/// What each service's RabbitMQ user may do on the vhost, exactly: (user, configure, write,
+/// read). command-service declares its exchange and publishes to it, and reads nothing.
+/// query-service declares and consumes its queues, declares and publishes to the dead-letter
+/// exchange and its changes exchange, uses server-named queues (`amq.gen-…`), and binds its
+/// queues to `todo.events` and the dead-letter exchange (read on them); it cannot publish to
+/// `todo.events`. deploy/README.md lists the operation each grant is for.
+const BROKER_PERMISSIONS: [(&str, &str, &str, &str); 2] = [
+    (
+        "command-service",
+        r"^todo\.events$",
+        r"^todo\.events$",
+        "^$",
+    ),
+    (
+        "query-service",
+        r"^(query-service\..*|todo\.events\.dlx|amq\.gen-.*)$",
+        r"^(query-service\..*|todo\.events\.dlx|amq\.gen-.*)$",
+        r"^(todo\.events|todo\.events\.dlx|query-service\..*|amq\.gen-.*)$",
+    ),
+];
+
+/// The parts of `amqp://user:password@host:port/vhost`.
+struct AmqpUrl {
+    user: String,
+    password: String,
+    host: String,
+    vhost: String,
+}
+
+fn amqp_url(url: &str) -> AmqpUrl {
+    let rest = url
+        .strip_prefix("amqp://")
+        .unwrap_or_else(|| panic!("{url}: an amqp URL"));
+    let (credentials, rest) = rest
+        .split_once('@')
+        .unwrap_or_else(|| panic!("{url}: credentials"));
+    let (user, password) = credentials
+        .split_once(':')
+        .unwrap_or_else(|| panic!("{url}: user and password"));
+    let (host, vhost) = rest
+        .split_once('/')
+        .unwrap_or_else(|| panic!("{url}: a vhost"));
+    AmqpUrl {
+        user: user.into(),
+        password: password.into(),
+        host: host.into(),
+        vhost: vhost.into(),
+    }
+}
+
+fn definitions() -> serde_json::Value {
+    serde_json::from_str(
         &std::fs::read_to_string(root().join("deploy/rabbitmq/definitions.json"))
             .expect("definitions"),
     )
-    .expect("definitions JSON");
+    .expect("definitions JSON")
+}
+
+/// The AMQP URL of `service` names the user deploy/rabbitmq/definitions.json creates for it
+/// (when `password` is given, with that password), on a vhost it defines that holds every
+/// exchange, queue and binding, with exactly the permissions of [`BROKER_PERMISSIONS`] there;
+/// not the broker's default user or vhost, and not the operator's admin.
+fn assert_broker_user(service: &str, url: &str, password: bool) {
+    let url = amqp_url(url);
+    let definitions = definitions();
+    let vhost = url.vhost.as_str();
+    assert_eq!(url.user, service, "{service} connects as its own user");
+    assert!(
+        vhost != "%2f" && !vhost.is_empty(),
+        "{service}: vhost {vhost}"
+    );
+    let users = definitions["users"].as_array().expect("users");
+    let user = users
+        .iter()
+        .find(|u| u["name"] == service)
+        .unwrap_or_else(|| panic!("definitions.json creates user {service}"));
+    if password {
+        assert_eq!(
+            user["password"], url.password,
+            "{service}: the password in its URL is its user's"
+        );
+    }
+    // No tag: the management UI and its HTTP API refuse it.
+    assert_eq!(user["tags"], serde_json::json!([]), "{service}: {user}");
     assert!(
         definitions["vhosts"]
             .as_array()
@@ -31,13 +100,26 @@ fn assert_vhost_granted(url: &str) {
             .any(|v| v["name"] == vhost),
         "vhost {vhost} defined"
     );
-    assert!(
-        definitions["permissions"]
-            .as_array()
-            .expect("permissions")
-            .iter()
-            .any(|p| p["user"] == user && p["vhost"] == vhost),
-        "{user} may use {vhost}"
+    let granted: Vec<&serde_json::Value> = definitions["permissions"]
+        .as_array()
+        .expect("permissions")
+        .iter()
+        .filter(|p| p["user"] == service)
+        .collect();
+    let (_, configure, write, read) = BROKER_PERMISSIONS
+        .iter()
+        .find(|(user, ..)| *user == service)
+        .expect("permissions of the service");
+    assert_eq!(
+        granted,
+        [&serde_json::json!({
+            "user": service,
+            "vhost": vhost,
+            "configure": configure,
+            "write": write,
+            "read": read,
+        })],
+        "{service}: exactly its permissions, on {vhost} alone"
     );
     for kind in ["exchanges", "queues", "bindings"] {
         for item in definitions[kind].as_array().expect(kind) {
@@ -47,6 +129,70 @@ fn assert_vhost_granted(url: &str) {
             );
         }
     }
+}
+
+/// A `createUser` of deploy/mongo/init.js: its database, user, password (a string, or the
+/// expression giving it) and roles, as written.
+#[derive(Debug)]
+struct MongoUser {
+    db: String,
+    user: String,
+    pwd: String,
+    roles: String,
+}
+
+/// The users deploy/mongo/init.js creates. It is read as text: each
+/// `<var>.createUser({ user: "…", pwd: …, roles: [ … ] })`, `<var>` being a
+/// `const <var> = db.getSiblingDB("…")`.
+fn mongo_users() -> Vec<MongoUser> {
+    let init = std::fs::read_to_string(root().join("deploy/mongo/init.js")).expect("init.js");
+    let code: String = init
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let databases: Vec<(String, String)> = code
+        .split("const ")
+        .skip(1)
+        .filter_map(|decl| {
+            let (var, rest) = decl.split_once(" = db.getSiblingDB(\"")?;
+            let (db, _) = rest.split_once('"')?;
+            Some((var.trim().to_string(), db.to_string()))
+        })
+        .collect();
+    let field = |block: &str, name: &str| -> String {
+        let at = block
+            .find(&format!("{name}: "))
+            .unwrap_or_else(|| panic!("{name} in {block}"));
+        let value = &block[at + name.len() + 2..];
+        let end = if name == "roles" {
+            value.find(']').expect("roles end") + 1
+        } else {
+            value.find(",\n").expect("field end")
+        };
+        value[..end].trim().trim_matches('"').to_string()
+    };
+    code.match_indices(".createUser({")
+        .map(|(at, _)| {
+            let var = code[..at]
+                .rsplit(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .next()
+                .expect("variable");
+            let db = databases
+                .iter()
+                .find(|(v, _)| v == var)
+                .unwrap_or_else(|| panic!("{var} is a getSiblingDB in init.js"))
+                .1
+                .clone();
+            let block = &code[at..at + code[at..].find("});").expect("createUser end")];
+            MongoUser {
+                db,
+                user: field(block, "user"),
+                pwd: field(block, "pwd"),
+                roles: field(block, "roles"),
+            }
+        })
+        .collect()
 }
 
 fn root() -> PathBuf {
@@ -103,12 +249,6 @@ fn docker_compose_matches_what_the_services_read() {
     }
     let dockerfile =
         std::fs::read_to_string(root().join("deploy/Dockerfile")).expect("deploy/Dockerfile");
-    let definitions: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(root().join("deploy/rabbitmq/definitions.json"))
-            .expect("definitions"),
-    )
-    .expect("definitions.json parses");
-
     for (service, port, required) in [
         (
             "command-service",
@@ -173,55 +313,40 @@ fn docker_compose_matches_what_the_services_read() {
                         && !init.to_uppercase().contains("SUPERUSER"),
                     "{init}"
                 );
-                assert!(s.amqp_url.contains("@rabbitmq:5672/"), "{}", s.amqp_url);
-                assert_vhost_granted(&s.amqp_url);
+                assert_eq!(amqp_url(&s.amqp_url).host, "rabbitmq:5672");
+                assert_broker_user("command-service", &s.amqp_url, true);
                 assert_eq!(s.amqp_exchange, events::EXCHANGE);
             }
             _ => {
                 let s = query_service::settings::Settings::from_vars(vars.clone())
                     .expect("query settings parse");
-                // Its own MongoDB user, created for the read model's database only.
+                // Its own MongoDB user, created by init.js with this password, readWrite on
+                // the read model's database and nothing else.
+                let (credentials, rest) = s
+                    .mongodb_uri
+                    .strip_prefix("mongodb://")
+                    .and_then(|r| r.split_once('@'))
+                    .expect("a MongoDB URI with credentials");
                 assert!(
-                    s.mongodb_uri.starts_with("mongodb://todo:")
-                        && s.mongodb_uri.contains("@mongo:27017/")
-                        && s.mongodb_uri.contains("authSource=todo_read"),
+                    rest.starts_with("mongo:27017/") && rest.contains("authSource=todo_read"),
                     "{}",
                     s.mongodb_uri
                 );
                 assert_eq!(s.mongodb_db, "todo_read");
-                let init = std::fs::read_to_string(root().join("deploy/mongo/init.js"))
-                    .expect("deploy/mongo/init.js");
-                assert!(
-                    init.contains("getSiblingDB(\"todo_read\")")
-                        && init.contains("user: \"todo\"")
-                        && init.contains("readWrite"),
-                    "{init}"
-                );
-                assert!(s.amqp_url.contains("@rabbitmq:5672/"), "{}", s.amqp_url);
-                assert_vhost_granted(&s.amqp_url);
+                let users = mongo_users();
+                let own = users
+                    .iter()
+                    .find(|u| u.user == "query-service")
+                    .unwrap_or_else(|| panic!("init.js creates query-service: {users:?}"));
+                assert_eq!(credentials, format!("{}:{}", own.user, own.pwd));
+                assert_eq!(own.db, "todo_read");
+                assert_eq!(own.roles, r#"[{ role: "readWrite", db: "todo_read" }]"#);
+                assert_eq!(amqp_url(&s.amqp_url).host, "rabbitmq:5672");
+                assert_broker_user("query-service", &s.amqp_url, true);
                 assert_eq!(s.amqp_queue, events::QUERY_QUEUE);
                 assert_eq!(s.amqp_exchange, events::EXCHANGE);
             }
         }
-        // The AMQP user is one the broker's definitions create.
-        let amqp = vars
-            .iter()
-            .find(|(k, _)| k == "AMQP_URL")
-            .map(|(_, v)| v.clone())
-            .expect("AMQP_URL");
-        let user = amqp
-            .trim_start_matches("amqp://")
-            .split(':')
-            .next()
-            .expect("user");
-        assert!(
-            definitions["users"]
-                .as_array()
-                .expect("users")
-                .iter()
-                .any(|u| u["name"] == user),
-            "{service}: AMQP user {user} exists in deploy/rabbitmq/definitions.json"
-        );
         let ports: Vec<&str> = s["ports"]
             .as_sequence()
             .expect("ports")
@@ -280,9 +405,97 @@ fn docker_compose_matches_what_the_services_read() {
         .iter()
         .map(|p| str_of(p, "p"))
         .collect();
+    // The management UI on loopback alone, and nothing else of the broker published.
+    assert_eq!(
+        rabbit_ports,
+        ["127.0.0.1:15672:15672"],
+        "the management UI on this machine only"
+    );
+    // Its one user is the operator's admin, made from RABBITMQ_ADMIN_PASSWORD at start (no
+    // password in a file); the definitions hold the services' users only, none tagged.
+    let rabbitmq = &compose["services"]["rabbitmq"];
+    assert_eq!(
+        str_of(
+            &rabbitmq["environment"]["RABBITMQ_ADMIN_PASSWORD"],
+            "RABBITMQ_ADMIN_PASSWORD"
+        ),
+        "${RABBITMQ_ADMIN_PASSWORD:-}"
+    );
+    let start: Vec<&str> = rabbitmq["command"]
+        .as_sequence()
+        .expect("rabbitmq command")
+        .iter()
+        .map(|a| str_of(a, "arg"))
+        .collect();
+    let script = start.last().expect("a script");
+    for step in [
+        "$$RABBITMQ_ADMIN_PASSWORD\" | ctl add_user admin",
+        "set_user_tags admin administrator",
+        "exec docker-entrypoint.sh rabbitmq-server",
+    ] {
+        assert!(script.contains(step), "{step} in {script}");
+    }
+    let definitions = definitions();
+    let users: Vec<&str> = definitions["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .map(|u| u["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(users, ["command-service", "query-service"]);
+    assert_eq!(
+        rabbitmq["hostname"], "rabbitmq",
+        "a fixed node name keeps the broker's data across recreation"
+    );
+    // MongoDB: the service's user and the operator's read-only one (its password from the
+    // environment), nothing else; the root user only runs init.js.
+    let users = mongo_users();
+    let summary: Vec<(&str, &str, &str, &str)> = users
+        .iter()
+        .map(|u| {
+            (
+                u.db.as_str(),
+                u.user.as_str(),
+                u.pwd.as_str(),
+                u.roles.as_str(),
+            )
+        })
+        .collect();
+    let own_password = users
+        .iter()
+        .find(|u| u.user == "query-service")
+        .map(|u| u.pwd.as_str())
+        .expect("query-service");
+    assert_eq!(
+        summary,
+        [
+            (
+                "todo_read",
+                "query-service",
+                own_password,
+                r#"[{ role: "readWrite", db: "todo_read" }]"#
+            ),
+            (
+                "todo_read",
+                "operator",
+                "process.env.MONGO_OPERATOR_PASSWORD",
+                r#"[{ role: "read", db: "todo_read" }]"#
+            ),
+        ]
+    );
+    let mongo = &compose["services"]["mongo"]["environment"];
+    assert_eq!(
+        str_of(&mongo["MONGO_OPERATOR_PASSWORD"], "MONGO_OPERATOR_PASSWORD"),
+        "${MONGO_OPERATOR_PASSWORD:-}"
+    );
+    let root_user = str_of(&mongo["MONGO_INITDB_ROOT_USERNAME"], "root user");
+    let uri = str_of(
+        &compose["services"]["query-service"]["environment"]["MONGODB_URI"],
+        "MONGODB_URI",
+    );
     assert!(
-        rabbit_ports.contains(&"15672:15672"),
-        "the management UI is published"
+        !uri.starts_with(&format!("mongodb://{root_user}:")),
+        "query-service never connects as root"
     );
     assert!(str_of(&compose["services"]["rabbitmq"]["image"], "image").contains("management"));
     for mount in compose["services"]["rabbitmq"]["volumes"]
@@ -363,6 +576,16 @@ fn rabbitmq_definitions_match_what_the_services_declare() {
         (dlx["type"].as_str(), dlx["durable"].as_bool()),
         (Some("fanout"), Some(true))
     );
+    // query-service's changes exchange: its user may declare it, the definitions create it.
+    let changes = find("exchanges", &events::changes_exchange(events::QUERY_QUEUE));
+    assert_eq!(
+        (
+            changes["type"].as_str(),
+            changes["durable"].as_bool(),
+            changes["auto_delete"].as_bool()
+        ),
+        (Some("fanout"), Some(true), Some(false))
+    );
     let queue = find("queues", events::QUERY_QUEUE);
     assert_eq!(queue["durable"], true);
     // RabbitMQ refuses to declare a queue again with other arguments: exactly the same ones.
@@ -392,9 +615,18 @@ fn rabbitmq_definitions_match_what_the_services_declare() {
             && b["destination"] == events::DEAD_LETTER_QUEUE));
 }
 
+/// Variables the manifests set for the feed tokens and the page's write address, which the
+/// services read once that work (`FEED_TOKENS`, `FEED_TOKEN`, `COMMAND_SERVICE_URL`) is in;
+/// until then the manifests are ahead of `Settings`.
+const ADDED_WITH_FEED_TOKENS: [&str; 3] = ["FEED_TOKENS", "FEED_TOKEN", "COMMAND_SERVICE_URL"];
+
 #[test]
 fn kubernetes_manifests_name_the_compose_images_ports_and_probes() {
     let compose = yaml("docker-compose.yml").remove(0);
+    let secrets = yaml("deploy/k8s/secret.example.yaml");
+    for secret in &secrets {
+        assert_eq!(secret["kind"], "Secret");
+    }
     for (service, file, port) in [
         ("command-service", "deploy/k8s/command-service.yaml", 5001),
         ("query-service", "deploy/k8s/query-service.yaml", 5002),
@@ -420,13 +652,70 @@ fn kubernetes_manifests_name_the_compose_images_ports_and_probes() {
             "{service} memory limit"
         );
         let known = variables(service);
-        for var in container["env"].as_sequence().expect("env") {
+        let env = container["env"].as_sequence().expect("env");
+        for var in env {
             let name = str_of(&var["name"], "env name");
-            assert!(known.contains(name), "{file}: {name} is read by {service}");
+            assert!(
+                known.contains(name) || ADDED_WITH_FEED_TOKENS.contains(&name),
+                "{file}: {name} is read by {service}"
+            );
             if name == "HTTP_ADDR" {
                 assert_eq!(u64::from(port_of(str_of(&var["value"], "HTTP_ADDR"))), port);
             }
         }
+        let var = |name: &str| {
+            env.iter()
+                .find(|v| v["name"] == name)
+                .unwrap_or_else(|| panic!("{file} sets {name}"))
+        };
+        // Credentials and tokens come from the service's own Secret, none optional (writes
+        // are never open for want of a key), each key one the example Secret holds.
+        let secret_vars: &[(&str, &str)] = match service {
+            "command-service" => &[
+                ("DATABASE_URL", "database-url"),
+                ("AMQP_URL", "amqp-url"),
+                ("WRITE_TOKENS", "write-tokens"),
+                ("FEED_TOKENS", "feed-tokens"),
+            ],
+            _ => &[
+                ("MONGODB_URI", "mongodb-uri"),
+                ("AMQP_URL", "amqp-url"),
+                ("FEED_TOKEN", "feed-token"),
+            ],
+        };
+        for (name, key) in secret_vars {
+            let from = &var(name)["valueFrom"]["secretKeyRef"];
+            assert_eq!(from["name"], service, "{file}: {name} from its own Secret");
+            assert_eq!(from["key"], *key, "{file}: {name}");
+            assert!(from["optional"].is_null(), "{file}: {name} is not optional");
+            assert!(
+                var(name)["value"].is_null(),
+                "{file}: {name} only from the Secret"
+            );
+            let value = str_of(
+                &secrets
+                    .iter()
+                    .find(|s| s["metadata"]["name"] == service)
+                    .unwrap_or_else(|| panic!("secret.example.yaml has Secret {service}"))
+                    ["stringData"][key],
+                key,
+            );
+            assert!(!value.trim().is_empty(), "{service}/{key} is set");
+            if *name == "AMQP_URL" {
+                assert_eq!(amqp_url(value).host, "rabbitmq:5672");
+                assert_broker_user(service, value, false);
+            }
+        }
+        // The page's origin, and where the page writes: values to set, never localhost.
+        let (name, other) = match service {
+            "command-service" => ("CORS_ORIGINS", "query-service"),
+            _ => ("COMMAND_SERVICE_URL", "command-service"),
+        };
+        let value = str_of(&var(name)["value"], name);
+        assert!(
+            value.starts_with("https://") && !value.contains("localhost"),
+            "{file}: {name} is {other}'s public address: {value}"
+        );
         assert_eq!(docs[1]["spec"]["ports"][0]["port"].as_u64(), Some(port));
         assert_eq!(
             docs[2]["spec"]["selector"], deployment["spec"]["selector"],
@@ -437,8 +726,6 @@ fn kubernetes_manifests_name_the_compose_images_ports_and_probes() {
         .as_u64()
         .expect("replicas");
     assert!(replicas >= 2, "query-service runs as competing consumers");
-    let secret = yaml("deploy/k8s/secret.example.yaml").remove(0);
-    assert_eq!(secret["kind"], "Secret");
 }
 
 #[tokio::test]

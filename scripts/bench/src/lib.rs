@@ -7,6 +7,13 @@ pub mod process {
     use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
 
+    /// Where a service's binary is: `target/release/<name>`, or under `SERVICE_BIN_DIR` when
+    /// set (`scripts/test.sh` runs the short abuse run on the debug binaries it built).
+    pub fn binary(name: &str) -> std::path::PathBuf {
+        let dir = std::env::var("SERVICE_BIN_DIR").unwrap_or_else(|_| "target/release".into());
+        Path::new(&dir).join(name)
+    }
+
     /// A service started from its release binary (`target/release/<name>`), with only the
     /// environment it is given, its output appended to `<log_dir>/<name>-<port>.log`.
     pub struct Service {
@@ -36,7 +43,7 @@ pub mod process {
             port: u16,
             vars: &[(&str, String)],
         ) -> anyhow::Result<Self> {
-            let binary = Path::new("target/release").join(name);
+            let binary = binary(name);
             if !binary.exists() {
                 bail!(
                     "{} is missing: build with cargo build --release",
@@ -85,6 +92,11 @@ pub mod process {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+        }
+
+        /// The process id.
+        pub fn pid(&self) -> u32 {
+            self.child.id()
         }
 
         /// SIGKILL: no drain, as a crash.

@@ -180,7 +180,9 @@ impl Keys {
             match self.remove_expired(&pool).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(removed = n, "expired idempotency keys removed"),
-                Err(err) => tracing::warn!(error = %err, "idempotency key cleanup failed; trying again later"),
+                Err(err) => {
+                    tracing::warn!(error = %err, "idempotency key cleanup failed; trying again later")
+                }
             }
         }
         tracing::info!("idempotency key cleanup stopped");
@@ -192,10 +194,10 @@ impl Keys {
         let mut removed = 0;
         loop {
             let n = diesel::sql_query(REMOVE_EXPIRED)
-            .bind::<BigInt, _>(self.ttl_hours)
-            .bind::<BigInt, _>(CLEANUP_BATCH as i64)
-            .execute(&mut conn)
-            .await?;
+                .bind::<BigInt, _>(self.ttl_hours)
+                .bind::<BigInt, _>(CLEANUP_BATCH as i64)
+                .execute(&mut conn)
+                .await?;
             removed += n;
             if n < CLEANUP_BATCH {
                 return Ok(removed);

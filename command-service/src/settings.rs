@@ -67,6 +67,10 @@ pub struct Settings {
     /// need `Authorization: Bearer <one of them>`. Empty: open (the local demo).
     #[serde(default)]
     pub write_tokens: String,
+    /// `FEED_TOKENS`: comma-separated bearer tokens that may read `GET /events` and nothing
+    /// else; when set, the feed takes these only. Empty: the feed follows `WRITE_TOKENS`.
+    #[serde(default)]
+    pub feed_tokens: String,
     /// `HTTP_MAX_CONNECTIONS`: connections served at once; more wait to be accepted.
     #[serde(default = "events::service::server::default_max_connections")]
     pub http_max_connections: usize,
@@ -153,9 +157,9 @@ impl Settings {
             .collect()
     }
 
-    /// Who may write (see [`crate::http::auth::WriteTokens`]).
-    pub fn write_tokens(&self) -> crate::http::auth::WriteTokens {
-        crate::http::auth::WriteTokens::from_list(&self.write_tokens)
+    /// Who may write and read the feed (see [`crate::http::auth::Tokens`]).
+    pub fn tokens(&self) -> crate::http::auth::Tokens {
+        crate::http::auth::Tokens::from_lists(&self.write_tokens, &self.feed_tokens)
     }
 
     /// Reads the settings from the process environment.
@@ -181,12 +185,49 @@ impl Settings {
         events::service::variables::<Self>()
     }
 
-    /// Reads the settings from the given variables (the tests pass their own).
+    /// Reads the settings from the given variables (the tests pass their own). A value that
+    /// parses but cannot be used (a `CORS_ORIGINS` entry that is no origin) is an error too,
+    /// naming the variable and the entry.
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, envy::Error> {
-        envy::from_iter(vars)
+        let settings: Self = envy::from_iter(vars)?;
+        for entry in settings.cors_origins() {
+            if let Err(why) = check_origin(&entry) {
+                return Err(envy::Error::Custom(format!(
+                    "CORS_ORIGINS: {entry:?} is not an origin ({why}); write \
+                     scheme://host[:port] with http or https, comma-separated"
+                )));
+            }
+        }
+        Ok(settings)
     }
+}
+
+/// Whether `entry` is an origin as browsers send it in `Origin`: `http` or `https`, a host, a
+/// port perhaps, nothing else (no path, query, user or trailing slash). warp's CORS filter
+/// panics on anything it cannot read as an origin, so every entry is checked here first.
+fn check_origin(entry: &str) -> Result<(), &'static str> {
+    let uri: warp::http::Uri = entry.parse().map_err(|_| "not a URL")?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(_) => return Err("the scheme must be http or https"),
+        None => return Err("no scheme"),
+    }
+    let authority = uri.authority().ok_or("no host")?;
+    if authority.as_str().contains('@') {
+        return Err("an origin has no user");
+    }
+    if authority.host().is_empty() {
+        return Err("no host");
+    }
+    if entry.len() != format!("{}://{}", uri.scheme_str().unwrap_or(""), authority).len() {
+        return Err("an origin has no path, query or trailing slash");
+    }
+    if authority.port_u16() == Some(0) {
+        return Err("port 0");
+    }
+    Ok(())
 }
 
 /// Secrets never reach the log: URLs are shown without their password.
@@ -201,7 +242,7 @@ impl fmt::Debug for Settings {
             .field("http_addr", &self.http_addr)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("log_format", &self.log_format)
-            .field("write_tokens", &self.write_tokens().describe())
+            .field("tokens", &self.tokens().describe())
             .finish_non_exhaustive()
     }
 }
@@ -242,6 +283,42 @@ mod tests {
             "README.md's command-service table vs Settings:\n{}",
             mismatches.join("\n")
         );
+    }
+
+    #[test]
+    fn a_cors_origins_entry_that_is_no_origin_is_a_configuration_error_naming_it() {
+        let refused = [
+            ("not a url", "words"),
+            ("http://x/path", "a path"),
+            ("http://x/", "a trailing slash"),
+            ("ftp://x", "another scheme"),
+            ("localhost:5002", "no scheme"),
+            ("http://", "no host"),
+            ("http://user@x", "a user"),
+            ("http://x?q=1", "a query"),
+            ("http://x:0", "port 0"),
+        ];
+        for (entry, why) in refused {
+            let list = format!("http://localhost:5002, {entry}");
+            let err = Settings::from_vars([("CORS_ORIGINS".to_string(), list)])
+                .err()
+                .unwrap_or_else(|| panic!("{why}: {entry:?} accepted"));
+            let message = err.to_string();
+            assert!(
+                message.contains("CORS_ORIGINS") && message.contains(entry),
+                "{why}: {message}"
+            );
+        }
+        for list in [
+            "",
+            "http://localhost:5002,http://127.0.0.1:5002",
+            "https://todo.example.com, http://[::1]:8080",
+        ] {
+            let settings = Settings::from_vars([("CORS_ORIGINS".to_string(), list.to_string())])
+                .unwrap_or_else(|e| panic!("{list:?}: {e}"));
+            // What warp's CORS filter takes without panicking.
+            let _ = warp::cors().allow_origins(settings.cors_origins().iter().map(String::as_str));
+        }
     }
 
     #[test]

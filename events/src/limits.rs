@@ -111,10 +111,22 @@ mod tests {
     fn a_title_is_trimmed_and_kept_within_its_rules() {
         let longest = "é".repeat(TITLE_MAX_CHARS);
         let kept: &[(&str, &str, &str)] = &[
-            ("  Learn CQRS  ", "Learn CQRS", "whitespace around is trimmed"),
+            (
+                "  Learn CQRS  ",
+                "Learn CQRS",
+                "whitespace around is trimmed",
+            ),
             (&longest, &longest, "200 characters (not bytes) fit"),
-            ("a\u{200B}b", "a\u{200B}b", "an invisible character beside text stays"),
-            ("\u{200D}x", "\u{200D}x", "a visible character makes it a title"),
+            (
+                "a\u{200B}b",
+                "a\u{200B}b",
+                "an invisible character beside text stays",
+            ),
+            (
+                "\u{200D}x",
+                "\u{200D}x",
+                "a visible character makes it a title",
+            ),
         ];
         for (raw, stored, why) in kept {
             assert_eq!(title(raw).as_deref(), Ok(*stored), "{why}");
@@ -128,12 +140,28 @@ mod tests {
             ("", "blank", "empty"),
             ("   \t ", "blank", "whitespace only"),
             ("\u{200B}", "invisible", "a zero-width space alone"),
-            ("\u{200D}\u{2060}\u{FEFF}", "invisible", "ZWJ, word joiner and BOM"),
-            ("\u{202A}\u{202B}\u{202C}\u{202D}\u{202E}", "invisible", "bidi embeddings and overrides"),
-            ("\u{2066}\u{2067}\u{2068}\u{2069}", "invisible", "bidi isolates"),
+            (
+                "\u{200D}\u{2060}\u{FEFF}",
+                "invisible",
+                "ZWJ, word joiner and BOM",
+            ),
+            (
+                "\u{202A}\u{202B}\u{202C}\u{202D}\u{202E}",
+                "invisible",
+                "bidi embeddings and overrides",
+            ),
+            (
+                "\u{2066}\u{2067}\u{2068}\u{2069}",
+                "invisible",
+                "bidi isolates",
+            ),
             ("\u{200E}\u{200F}", "invisible", "direction marks"),
             ("\u{00AD}", "invisible", "a soft hyphen"),
-            (" \u{200B} \u{3000} \u{FEFF} ", "invisible", "invisible characters among spaces"),
+            (
+                " \u{200B} \u{3000} \u{FEFF} ",
+                "invisible",
+                "invisible characters among spaces",
+            ),
             (&too_long, "at most 200", "201 characters"),
             ("a\u{0000}", "U+0000", "NUL"),
             ("a\u{0007}b", "U+0007", "a control character"),
@@ -149,9 +177,17 @@ mod tests {
         let longest = "d".repeat(DESCRIPTION_MAX_CHARS);
         let cases: &[(&str, Option<&str>, &str)] = &[
             ("", None, "empty is a description"),
-            ("line\none\ttab\r\n", None, "tabs and line breaks are allowed"),
+            (
+                "line\none\ttab\r\n",
+                None,
+                "tabs and line breaks are allowed",
+            ),
             (&longest, None, "2000 characters fit"),
-            ("\u{200B}", None, "invisible characters are a description's own business"),
+            (
+                "\u{200B}",
+                None,
+                "invisible characters are a description's own business",
+            ),
             ("a\u{0000}", Some("U+0000"), "NUL"),
             ("a\u{001B}", Some("U+001B"), "escape"),
         ];

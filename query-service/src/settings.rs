@@ -58,6 +58,11 @@ pub struct Settings {
     /// its connection is closed (also how long an idle keep-alive connection is kept).
     #[serde(default = "events::service::server::default_header_read_timeout_ms")]
     pub http_header_read_timeout_ms: u64,
+    /// `FEED_TOKEN`: the bearer token `replay` and `verify` send to command-service's
+    /// `GET /events` (one of its `FEED_TOKENS`, or of its `WRITE_TOKENS` while it has no feed
+    /// tokens). Empty: none sent.
+    #[serde(default)]
+    pub feed_token: String,
     /// `LOG_FORMAT`: `pretty` (default) or `json`.
     #[serde(default)]
     pub log_format: LogFormat,
@@ -115,6 +120,11 @@ impl Settings {
         )
     }
 
+    /// `FEED_TOKEN`, if set.
+    pub fn feed_token(&self) -> Option<&str> {
+        Some(self.feed_token.as_str()).filter(|t| !t.is_empty())
+    }
+
     /// Reads the settings from the process environment.
     pub fn from_env() -> Result<Self, envy::Error> {
         Self::from_vars(std::env::vars())
@@ -145,6 +155,14 @@ impl fmt::Debug for Settings {
             .field("amqp_queue", &self.amqp_queue)
             .field("http_addr", &self.http_addr)
             .field("log_format", &self.log_format)
+            .field(
+                "feed_token",
+                &if self.feed_token().is_some() {
+                    "set"
+                } else {
+                    "unset"
+                },
+            )
             .finish_non_exhaustive()
     }
 }

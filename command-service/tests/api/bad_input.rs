@@ -172,7 +172,13 @@ async fn bad_input_is_rejected_with_problem_json_and_writes_nothing() {
             r#"{"completed":true}"#,
             404,
         ),
-        case("an id of i64::MAX", "DELETE", "/todos/9223372036854775807", "", 404),
+        case(
+            "an id of i64::MAX",
+            "DELETE",
+            "/todos/9223372036854775807",
+            "",
+            404,
+        ),
         case("negative id", "DELETE", "/todos/-3", "", 404),
         case("unknown id on DELETE", "DELETE", "/todos/987654", "", 404),
         case(

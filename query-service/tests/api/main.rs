@@ -6,6 +6,7 @@ mod consumer;
 mod convergence;
 mod deploy;
 mod end_to_end;
+mod feed_tokens;
 mod helpers;
 mod observability;
 mod openapi;

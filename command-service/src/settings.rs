@@ -193,7 +193,7 @@ impl Settings {
     ) -> Result<Self, envy::Error> {
         let settings: Self = envy::from_iter(vars)?;
         for entry in settings.cors_origins() {
-            if let Err(why) = check_origin(&entry) {
+            if let Err(why) = events::service::check_origin(&entry) {
                 return Err(envy::Error::Custom(format!(
                     "CORS_ORIGINS: {entry:?} is not an origin ({why}); write \
                      scheme://host[:port] with http or https, comma-separated"
@@ -202,32 +202,6 @@ impl Settings {
         }
         Ok(settings)
     }
-}
-
-/// Whether `entry` is an origin as browsers send it in `Origin`: `http` or `https`, a host, a
-/// port perhaps, nothing else (no path, query, user or trailing slash). warp's CORS filter
-/// panics on anything it cannot read as an origin, so every entry is checked here first.
-fn check_origin(entry: &str) -> Result<(), &'static str> {
-    let uri: warp::http::Uri = entry.parse().map_err(|_| "not a URL")?;
-    match uri.scheme_str() {
-        Some("http" | "https") => {}
-        Some(_) => return Err("the scheme must be http or https"),
-        None => return Err("no scheme"),
-    }
-    let authority = uri.authority().ok_or("no host")?;
-    if authority.as_str().contains('@') {
-        return Err("an origin has no user");
-    }
-    if authority.host().is_empty() {
-        return Err("no host");
-    }
-    if entry.len() != format!("{}://{}", uri.scheme_str().unwrap_or(""), authority).len() {
-        return Err("an origin has no path, query or trailing slash");
-    }
-    if authority.port_u16() == Some(0) {
-        return Err("port 0");
-    }
-    Ok(())
 }
 
 /// Secrets never reach the log: URLs are shown without their password.

@@ -121,6 +121,7 @@ impl Application {
             )),
             counts: http::CountsCache::default(),
             tasks: self.tasks.clone(),
+            page: http::Page::new(&self.settings.command_service_url)?,
         };
         tracing::info!(addr = %self.local_addr, "query-service listening");
         let server_shutdown = shutdown.clone();

@@ -11,6 +11,7 @@ mod helpers;
 mod observability;
 mod openapi;
 mod outage;
+mod page;
 mod projection;
 mod reads;
 mod replay;

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The live page in headless Chromium, against the running pair (query-service on 5002,
-command-service on 5001): it opens http://127.0.0.1:5002/, creates a todo from the form, sees
+command-service on 5001; PAGE_URL names another page, whose query-service's
+COMMAND_SERVICE_URL names its command-service): it opens http://127.0.0.1:5002/, creates a todo from the form, sees
 it appear in the list, completes and deletes it, checks the projection figures moved and that
 the page reported how long the read side took, and saves a screenshot at desktop and at phone
 width in .local/screenshots/. Driven over the Chrome DevTools Protocol (a websocket), so it

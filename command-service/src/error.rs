@@ -44,9 +44,11 @@ pub enum ApiError {
     /// No usable `Authorization: Bearer` while `WRITE_TOKENS` is set.
     #[error("unauthorized: {0}")]
     Unauthorized(String),
-    /// A bearer token that is not one of `WRITE_TOKENS`.
-    #[error("forbidden")]
-    Forbidden,
+    /// A bearer token that may not do what the request asks (not one of `WRITE_TOKENS` for a
+    /// write; for `GET /events`, not one of `FEED_TOKENS`, or of `WRITE_TOKENS` while that is
+    /// unset): the detail says which.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// A browser request from an origin `CORS_ORIGINS` does not list.
     #[error("cross-origin request refused: {0}")]
     CrossOrigin(String),
@@ -72,7 +74,7 @@ impl ApiError {
             }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden | ApiError::CrossOrigin(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::CrossOrigin(_) => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -95,7 +97,7 @@ impl ApiError {
             ApiError::InvalidQuery(_) => ("/problems/invalid-query", "Invalid query parameters"),
             ApiError::NotFound(_) => ("/problems/not-found", "Not found"),
             ApiError::Unauthorized(_) => ("/problems/unauthorized", "Unauthorized"),
-            ApiError::Forbidden => ("/problems/forbidden", "Forbidden"),
+            ApiError::Forbidden(_) => ("/problems/forbidden", "Forbidden"),
             ApiError::CrossOrigin(_) => ("/problems/cross-origin", "Origin not allowed"),
             ApiError::MethodNotAllowed => ("/problems/method-not-allowed", "Method not allowed"),
             ApiError::PreconditionFailed { .. } => {
@@ -116,7 +118,8 @@ impl ApiError {
             ApiError::BadRequest(m)
             | ApiError::UnsupportedMediaType(m)
             | ApiError::NotFound(m)
-            | ApiError::Unauthorized(m) => m.clone(),
+            | ApiError::Unauthorized(m)
+            | ApiError::Forbidden(m) => m.clone(),
             ApiError::PayloadTooLarge { limit } => {
                 format!("The request body is larger than the limit of {limit} bytes.")
             }
@@ -142,7 +145,6 @@ impl ApiError {
             ApiError::IdempotencyKeyReused => {
                 "This Idempotency-Key was first used with a different request body.".into()
             }
-            ApiError::Forbidden => "This bearer token may not write here.".into(),
             ApiError::CrossOrigin(m) => format!("{m}; CORS_ORIGINS lists the origins allowed."),
             ApiError::Unavailable(_) => {
                 "The store is unavailable; nothing was changed. Retry later.".into()
@@ -215,7 +217,7 @@ pub async fn handle_rejection(
             ApiError::BadRequest(m) => ApiError::BadRequest(m.clone()),
             ApiError::UnsupportedMediaType(m) => ApiError::UnsupportedMediaType(m.clone()),
             ApiError::Unauthorized(m) => ApiError::Unauthorized(m.clone()),
-            ApiError::Forbidden => ApiError::Forbidden,
+            ApiError::Forbidden(m) => ApiError::Forbidden(m.clone()),
             other => ApiError::BadRequest(other.to_string()),
         }
     } else {

@@ -117,7 +117,7 @@ impl Application {
             tasks: self.tasks.clone(),
             metrics: metrics.clone(),
             max_body_bytes: self.settings.max_body_bytes,
-            write_tokens: self.settings.write_tokens(),
+            tokens: self.settings.tokens(),
             cors_origins: self.settings.cors_origins(),
         };
         let poll = Duration::from_millis(self.settings.relay_poll_ms);

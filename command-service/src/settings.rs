@@ -67,6 +67,10 @@ pub struct Settings {
     /// need `Authorization: Bearer <one of them>`. Empty: open (the local demo).
     #[serde(default)]
     pub write_tokens: String,
+    /// `FEED_TOKENS`: comma-separated bearer tokens that may read `GET /events` and nothing
+    /// else; when set, the feed takes these only. Empty: the feed follows `WRITE_TOKENS`.
+    #[serde(default)]
+    pub feed_tokens: String,
     /// `HTTP_MAX_CONNECTIONS`: connections held at once, in any phase; at the cap a new one
     /// takes the oldest idle one's place, or is answered 503 when every one is busy.
     #[serde(default = "events::service::server::default_max_connections")]
@@ -170,9 +174,9 @@ impl Settings {
             .collect()
     }
 
-    /// Who may write (see [`crate::http::auth::WriteTokens`]).
-    pub fn write_tokens(&self) -> crate::http::auth::WriteTokens {
-        crate::http::auth::WriteTokens::from_list(&self.write_tokens)
+    /// Who may write and read the feed (see [`crate::http::auth::Tokens`]).
+    pub fn tokens(&self) -> crate::http::auth::Tokens {
+        crate::http::auth::Tokens::from_lists(&self.write_tokens, &self.feed_tokens)
     }
 
     /// Reads the settings from the process environment.
@@ -198,11 +202,22 @@ impl Settings {
         events::service::variables::<Self>()
     }
 
-    /// Reads the settings from the given variables (the tests pass their own).
+    /// Reads the settings from the given variables (the tests pass their own). A value that
+    /// parses but cannot be used (a `CORS_ORIGINS` entry that is no origin) is an error too,
+    /// naming the variable and the entry.
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, envy::Error> {
-        envy::from_iter(vars)
+        let settings: Self = envy::from_iter(vars)?;
+        for entry in settings.cors_origins() {
+            if let Err(why) = events::service::check_origin(&entry) {
+                return Err(envy::Error::Custom(format!(
+                    "CORS_ORIGINS: {entry:?} is not an origin ({why}); write \
+                     scheme://host[:port] with http or https, comma-separated"
+                )));
+            }
+        }
+        Ok(settings)
     }
 }
 
@@ -218,7 +233,7 @@ impl fmt::Debug for Settings {
             .field("http_addr", &self.http_addr)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("log_format", &self.log_format)
-            .field("write_tokens", &self.write_tokens().describe())
+            .field("tokens", &self.tokens().describe())
             .finish_non_exhaustive()
     }
 }
@@ -259,6 +274,42 @@ mod tests {
             "README.md's command-service table vs Settings:\n{}",
             mismatches.join("\n")
         );
+    }
+
+    #[test]
+    fn a_cors_origins_entry_that_is_no_origin_is_a_configuration_error_naming_it() {
+        let refused = [
+            ("not a url", "words"),
+            ("http://x/path", "a path"),
+            ("http://x/", "a trailing slash"),
+            ("ftp://x", "another scheme"),
+            ("localhost:5002", "no scheme"),
+            ("http://", "no host"),
+            ("http://user@x", "a user"),
+            ("http://x?q=1", "a query"),
+            ("http://x:0", "port 0"),
+        ];
+        for (entry, why) in refused {
+            let list = format!("http://localhost:5002, {entry}");
+            let err = Settings::from_vars([("CORS_ORIGINS".to_string(), list)])
+                .err()
+                .unwrap_or_else(|| panic!("{why}: {entry:?} accepted"));
+            let message = err.to_string();
+            assert!(
+                message.contains("CORS_ORIGINS") && message.contains(entry),
+                "{why}: {message}"
+            );
+        }
+        for list in [
+            "",
+            "http://localhost:5002,http://127.0.0.1:5002",
+            "https://todo.example.com, http://[::1]:8080",
+        ] {
+            let settings = Settings::from_vars([("CORS_ORIGINS".to_string(), list.to_string())])
+                .unwrap_or_else(|e| panic!("{list:?}: {e}"));
+            // What warp's CORS filter takes without panicking.
+            let _ = warp::cors().allow_origins(settings.cors_origins().iter().map(String::as_str));
+        }
     }
 
     #[test]

@@ -141,6 +141,7 @@ impl Application {
             ),
             counts: http::CountsCache::default(),
             tasks: self.tasks.clone(),
+            page: http::Page::new(&self.settings.command_service_url)?,
         };
         let stream_hub = hub;
         tracing::info!(addr = %self.local_addr, "query-service listening");

@@ -19,7 +19,7 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("MONGODB_URI is not a usable MongoDB connection string")?;
             store.ensure_indexes().await.context("MongoDB not reachable")?;
-            let report = query_service::replay::replay(&store, &command_url).await?;
+            let report = query_service::replay::replay(&store, &command_url, settings.feed_token()).await?;
             tracing::info!(
                 command_url,
                 read = report.read,
@@ -44,13 +44,13 @@ async fn main() -> anyhow::Result<()> {
             let store = Store::connect(&settings.mongodb_uri, &settings.mongodb_db)
                 .await
                 .context("MONGODB_URI is not a usable MongoDB connection string")?;
-            let found = query_service::verify::verify(&store, &command_url).await?;
+            let found = query_service::verify::verify(&store, &command_url, settings.feed_token()).await?;
             print!("verify: {found}");
             if found.differences.is_empty() || !repair {
                 std::process::exit(if found.differences.is_empty() { 0 } else { 1 });
             }
             store.ensure_indexes().await.context("MongoDB not reachable")?;
-            let replayed = query_service::replay::replay(&store, &command_url).await?;
+            let replayed = query_service::replay::replay(&store, &command_url, settings.feed_token()).await?;
             println!(
                 "repair: replayed {} events through the version guard ({} applied, {} already there)",
                 replayed.read, replayed.applied, replayed.skipped
@@ -59,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
             println!(
                 "repair: put {reset} document(s) ahead of the log back to the log's state"
             );
-            let after = query_service::verify::verify(&store, &command_url).await?;
+            let after = query_service::verify::verify(&store, &command_url, settings.feed_token()).await?;
             print!("verify after repair: {after}");
             std::process::exit(if after.differences.is_empty() { 0 } else { 1 });
         }

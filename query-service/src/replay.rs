@@ -36,17 +36,36 @@ pub struct Report {
 pub struct LogReader {
     client: reqwest::Client,
     base: String,
+    /// `FEED_TOKEN`, sent as `Authorization: Bearer` when given; never logged.
+    token: Option<String>,
     page_size: i64,
 }
 
+/// The feed refused the reader (401 or 403): no retry mends that, only another `FEED_TOKEN`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "GET {url} answered {status}: command-service refused the feed to this reader; {advice} \
+     ({detail})"
+)]
+pub struct FeedRefused {
+    pub url: String,
+    pub status: reqwest::StatusCode,
+    advice: &'static str,
+    detail: String,
+}
+
 impl LogReader {
-    /// A reader asking for pages of [`PAGE`] events.
-    pub fn new(command_url: &str) -> anyhow::Result<Self> {
-        Self::with_page_size(command_url, PAGE)
+    /// A reader asking for pages of [`PAGE`] events, with `token` (`FEED_TOKEN`) if given.
+    pub fn new(command_url: &str, token: Option<&str>) -> anyhow::Result<Self> {
+        Self::with_page_size(command_url, token, PAGE)
     }
 
     /// A reader asking for pages of `page_size` events (1 to [`PAGE`]).
-    pub fn with_page_size(command_url: &str, page_size: i64) -> anyhow::Result<Self> {
+    pub fn with_page_size(
+        command_url: &str,
+        token: Option<&str>,
+        page_size: i64,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(
             (1..=PAGE).contains(&page_size),
             "a page holds 1 to {PAGE} events, not {page_size}"
@@ -57,6 +76,7 @@ impl LogReader {
                 .build()
                 .context("HTTP client")?,
             base: command_url.trim_end_matches('/').to_string(),
+            token: token.filter(|t| !t.is_empty()).map(String::from),
             page_size,
         })
     }
@@ -73,17 +93,34 @@ impl LogReader {
             "{}/events?after={after}&limit={}",
             self.base, self.page_size
         );
-        let response = self
-            .client
-            .get(&url)
-            .send()
-            .await
-            .with_context(|| format!("GET {url}"))?;
+        let mut request = self.client.get(&url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.with_context(|| format!("GET {url}"))?;
         let status = response.status();
         let body = response
             .bytes()
             .await
             .with_context(|| format!("GET {url}"))?;
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+            let advice = match (&self.token, status) {
+                (None, _) => "set FEED_TOKEN to one of its FEED_TOKENS (or, while it has none, of its WRITE_TOKENS)",
+                (Some(_), reqwest::StatusCode::UNAUTHORIZED) => "FEED_TOKEN was not taken as a bearer token",
+                (Some(_), _) => "FEED_TOKEN is not one of its FEED_TOKENS (or, while it has none, of its WRITE_TOKENS)",
+            };
+            let detail = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|p| p["detail"].as_str().map(String::from))
+                .unwrap_or_default();
+            return Err(FeedRefused {
+                url,
+                status,
+                advice,
+                detail,
+            }
+            .into());
+        }
         if !status.is_success() {
             anyhow::bail!(
                 "GET {url} answered {status}: {}",
@@ -104,18 +141,24 @@ impl LogReader {
     }
 }
 
-/// Replays the whole log of the command-service at `command_url` into `store`.
-pub async fn replay(store: &Store, command_url: &str) -> anyhow::Result<Report> {
-    replay_with_page_size(store, command_url, PAGE).await
+/// Replays the whole log of the command-service at `command_url` into `store`, sending
+/// `token` (`FEED_TOKEN`) if given.
+pub async fn replay(
+    store: &Store,
+    command_url: &str,
+    token: Option<&str>,
+) -> anyhow::Result<Report> {
+    replay_with_page_size(store, command_url, token, PAGE).await
 }
 
 /// [`replay`], reading the log in pages of `page_size` events (1 to [`PAGE`]).
 pub async fn replay_with_page_size(
     store: &Store,
     command_url: &str,
+    token: Option<&str>,
     page_size: i64,
 ) -> anyhow::Result<Report> {
-    let log = LogReader::with_page_size(command_url, page_size)?;
+    let log = LogReader::with_page_size(command_url, token, page_size)?;
     let mut report = Report::default();
     loop {
         let page = log.page(report.last_position).await?;

@@ -84,6 +84,15 @@ pub struct Settings {
     /// client reads nothing) closes the connection.
     #[serde(default = "events::service::server::default_write_timeout_ms")]
     pub http_write_timeout_ms: u64,
+    /// `COMMAND_SERVICE_URL`: the origin of the command-service the live page at `GET /`
+    /// writes to (and may connect to, in its Content-Security-Policy).
+    #[serde(default = "default_command_service_url")]
+    pub command_service_url: String,
+    /// `FEED_TOKEN`: the bearer token `replay` and `verify` send to command-service's
+    /// `GET /events` (one of its `FEED_TOKENS`, or of its `WRITE_TOKENS` while it has no feed
+    /// tokens). Empty: none sent.
+    #[serde(default)]
+    pub feed_token: String,
     /// `LOG_FORMAT`: `pretty` (default) or `json`.
     #[serde(default)]
     pub log_format: LogFormat,
@@ -137,6 +146,9 @@ fn default_stream_replay_max_ms() -> u64 {
 fn default_http_addr() -> String {
     "0.0.0.0:5002".into()
 }
+fn default_command_service_url() -> String {
+    "http://127.0.0.1:5001".into()
+}
 fn default_rust_log() -> String {
     "info,query_service=info".into()
 }
@@ -153,6 +165,11 @@ impl Settings {
         })
     }
 
+    /// `FEED_TOKEN`, if set.
+    pub fn feed_token(&self) -> Option<&str> {
+        Some(self.feed_token.as_str()).filter(|t| !t.is_empty())
+    }
+
     /// Reads the settings from the process environment.
     pub fn from_env() -> Result<Self, envy::Error> {
         Self::from_vars(std::env::vars())
@@ -164,11 +181,21 @@ impl Settings {
         events::service::variables::<Self>()
     }
 
-    /// Reads the settings from the given variables (the tests pass their own).
+    /// Reads the settings from the given variables (the tests pass their own). A value that
+    /// parses but cannot be used (a `COMMAND_SERVICE_URL` that is no origin) is an error too,
+    /// naming the variable.
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, envy::Error> {
-        envy::from_iter(vars)
+        let settings: Self = envy::from_iter(vars)?;
+        if let Err(why) = events::service::check_origin(&settings.command_service_url) {
+            return Err(envy::Error::Custom(format!(
+                "COMMAND_SERVICE_URL: {:?} is not an origin ({why}); write scheme://host[:port] \
+                 with http or https",
+                settings.command_service_url
+            )));
+        }
+        Ok(settings)
     }
 }
 
@@ -182,7 +209,16 @@ impl fmt::Debug for Settings {
             .field("amqp_exchange", &self.amqp_exchange)
             .field("amqp_queue", &self.amqp_queue)
             .field("http_addr", &self.http_addr)
+            .field("command_service_url", &self.command_service_url)
             .field("log_format", &self.log_format)
+            .field(
+                "feed_token",
+                &if self.feed_token().is_some() {
+                    "set"
+                } else {
+                    "unset"
+                },
+            )
             .finish_non_exhaustive()
     }
 }
@@ -223,6 +259,31 @@ mod tests {
             "README.md's query-service table vs Settings:\n{}",
             mismatches.join("\n")
         );
+    }
+
+    #[test]
+    fn a_command_service_url_that_is_no_origin_is_a_configuration_error_naming_it() {
+        let refused = [
+            ("not a url", "words"),
+            ("http://x/path", "a path"),
+            ("ftp://x", "another scheme"),
+            ("http://x; script-src *", "a policy's separator"),
+            ("javascript:alert(1)", "a script URL"),
+        ];
+        for (value, why) in refused {
+            let err = Settings::from_vars([("COMMAND_SERVICE_URL".to_string(), value.to_string())])
+                .err()
+                .unwrap_or_else(|| panic!("{why}: {value:?} accepted"));
+            assert!(
+                err.to_string().contains("COMMAND_SERVICE_URL"),
+                "{why}: {err}"
+            );
+        }
+        for value in ["http://127.0.0.1:5001", "https://todo.example.com"] {
+            let s = Settings::from_vars([("COMMAND_SERVICE_URL".to_string(), value.to_string())])
+                .unwrap_or_else(|e| panic!("{value}: {e}"));
+            assert_eq!(s.command_service_url, value);
+        }
     }
 
     #[test]

@@ -156,9 +156,14 @@ fn compare(id: i64, expected: &Final, found: Option<&Option<Stored>>) -> Option<
     }
 }
 
-/// Reads the whole log from `command_url` and compares it with `store`.
-pub async fn verify(store: &Store, command_url: &str) -> anyhow::Result<Verification> {
-    let log = LogReader::new(command_url)?;
+/// Reads the whole log from `command_url` (sending `token`, `FEED_TOKEN`, if given) and
+/// compares it with `store`.
+pub async fn verify(
+    store: &Store,
+    command_url: &str,
+    token: Option<&str>,
+) -> anyhow::Result<Verification> {
+    let log = LogReader::new(command_url, token)?;
     let mut finals: BTreeMap<i64, Envelope> = BTreeMap::new();
     let mut report = Verification::default();
     let mut after = 0;

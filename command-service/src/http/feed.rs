@@ -1,7 +1,7 @@
 //! `GET /events?after=&limit=`: the event feed, its query parsing and its `Link` to the next
 //! page.
 
-use super::auth::authorized;
+use super::auth::{authorized, Access};
 use super::{json_response, with_state, State};
 use crate::error::{ApiError, FieldError};
 use events::service::http::{answer, request_id, RouteName};
@@ -63,7 +63,7 @@ pub(super) fn feed(
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("events")
         .and(warp::get())
-        .and(authorized(state.write_tokens.clone()))
+        .and(authorized(state.tokens.clone(), Access::Feed))
         .and(request_id())
         .and(warp::query::<HashMap<String, String>>())
         .and(with_state(state))

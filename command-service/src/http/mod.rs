@@ -35,7 +35,8 @@ pub struct State {
     pub tasks: Arc<events::service::supervise::Supervisor>,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: u64,
-    pub write_tokens: auth::WriteTokens,
+    /// Who may write and who may read `GET /events` (`WRITE_TOKENS`, `FEED_TOKENS`).
+    pub tokens: auth::Tokens,
     /// Origins browsers may call the API from (`CORS_ORIGINS`); none: no cross-origin calls.
     pub cors_origins: Vec<String>,
 }
@@ -90,6 +91,26 @@ pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Infall
         .map(warp::Reply::into_response)
         .recover(handle_rejection)
         .unify()
+        .map(vary_origin)
+}
+
+/// Every answer depends on the request's `Origin` (CORS headers on an allowed one, 403 on
+/// another): `Vary: Origin` tells caches so, preflight and actual answers alike.
+fn vary_origin(mut response: Response) -> Response {
+    use warp::http::{header::VARY, HeaderValue};
+    let varies = response
+        .headers()
+        .get_all(VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim().eq_ignore_ascii_case("origin") || v.trim() == "*");
+    if !varies {
+        response
+            .headers_mut()
+            .append(VARY, HeaderValue::from_static("origin"));
+    }
+    response
 }
 
 #[cfg(test)]
@@ -113,7 +134,7 @@ mod tests {
             tasks: Arc::default(),
             metrics: Arc::default(),
             max_body_bytes: 1024,
-            write_tokens: auth::WriteTokens::default(),
+            tokens: auth::Tokens::default(),
             cors_origins: Vec::new(),
         }
     }

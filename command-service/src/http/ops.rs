@@ -56,7 +56,8 @@ pub(super) fn ready(state: State) -> impl Filter<Extract = (Response,), Error = 
                     "outbox_backlog": outbox.as_ref().map(|o| o.backlog),
                     "relay_failed_rounds": outbox.as_ref().map(|o| o.publish_attempts),
                     "relay_last_error": outbox.as_ref().and_then(|o| o.last_error.clone()),
-                    "writes": state.write_tokens.mode(),
+                    "writes": state.tokens.write_mode(),
+                    "feed": state.tokens.feed_mode(),
                 }),
                 state.tasks.report(),
             )

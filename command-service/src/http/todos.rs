@@ -2,7 +2,7 @@
 //! request (see [`super::extract`]), runs its command and answers the todo with its `ETag`
 //! (and `Location` for a created one, replayed or not).
 
-use super::auth::authorized;
+use super::auth::{authorized, Access};
 use super::extract::{idempotency_key, json_body, precondition, todo_id};
 use super::{json_response, with_state, State};
 use crate::commands::{Change, Created, Todo};
@@ -42,7 +42,7 @@ pub(super) fn create(
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("todos")
         .and(warp::post())
-        .and(authorized(state.write_tokens.clone()))
+        .and(authorized(state.tokens.clone(), Access::Write))
         .and(request_id())
         .and(warp::header::optional::<String>("idempotency-key"))
         .and(json_body(state.max_body_bytes))
@@ -82,7 +82,7 @@ fn update_route(
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("todos" / i64)
         .and(method)
-        .and(authorized(state.write_tokens.clone()))
+        .and(authorized(state.tokens.clone(), Access::Write))
         .and(request_id())
         .and(warp::header::optional::<String>("if-match"))
         .and(json_body(state.max_body_bytes))
@@ -124,7 +124,7 @@ pub(super) fn delete(
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("todos" / i64)
         .and(warp::delete())
-        .and(authorized(state.write_tokens.clone()))
+        .and(authorized(state.tokens.clone(), Access::Write))
         .and(request_id())
         .and(warp::header::optional::<String>("if-match"))
         .and(with_state(state))

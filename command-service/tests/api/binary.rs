@@ -196,3 +196,23 @@ async fn passwords_in_the_urls_never_reach_the_real_log() {
     let leaks: Vec<&str> = log.lines().filter(|l| l.contains(&pg_secret)).collect();
     assert!(leaks.is_empty(), "{pg_secret} in the log: {leaks:#?}");
 }
+
+/// A `CORS_ORIGINS` entry that is no origin stops the binary at start with a configuration
+/// error naming the variable and the entry: exit code 1, no panic, nothing served.
+#[tokio::test]
+async fn a_cors_origins_entry_that_is_no_origin_stops_the_binary_naming_it() {
+    for entry in ["not a url", "http://x/path", "ftp://x"] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_command-service"))
+            .env("CORS_ORIGINS", format!("http://localhost:5002,{entry}"))
+            .env("HTTP_ADDR", "127.0.0.1:0")
+            .output()
+            .expect("the binary runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{entry}: {stderr}");
+        assert!(
+            stderr.contains("CORS_ORIGINS") && stderr.contains(entry),
+            "{entry}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{entry}: {stderr}");
+    }
+}

@@ -33,10 +33,20 @@ async fn allowed_origins_may_write_others_are_refused_and_write_nothing() {
         preflight.headers()["access-control-allow-origin"],
         "http://localhost:5002"
     );
+    assert_eq!(
+        preflight.headers()["vary"],
+        "origin",
+        "a preflight varies by Origin"
+    );
     for origin in ["http://localhost:5002", "http://127.0.0.1:5002"] {
         let response = post(Some(origin)).await.expect("post");
         assert_eq!(response.status(), 201, "{origin}");
         assert_eq!(response.headers()["access-control-allow-origin"], origin);
+        assert_eq!(
+            response.headers()["vary"],
+            "origin",
+            "{origin}: varies by Origin"
+        );
         let exposed = response.headers()["access-control-expose-headers"]
             .to_str()
             .expect("ascii")
@@ -51,14 +61,21 @@ async fn allowed_origins_may_write_others_are_refused_and_write_nothing() {
         "application/problem+json"
     );
     assert_eq!(
+        refused.headers()["vary"],
+        "origin",
+        "a refusal varies by Origin"
+    );
+    assert_eq!(
         (app.count("todos").await, app.count("events").await),
         before,
         "a refused origin wrote"
     );
+    let without = post(None).await.expect("post");
+    assert_eq!(without.status(), 201, "no Origin: served");
     assert_eq!(
-        post(None).await.expect("post").status(),
-        201,
-        "no Origin: served"
+        without.headers()["vary"],
+        "origin",
+        "an answer without Origin varies by it too (a cache must not hand it to a page)"
     );
     app.stop().await;
 }

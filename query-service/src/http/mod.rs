@@ -6,6 +6,8 @@
 //!
 //! - `todos.rs`: `GET /todos` and `GET /todos/{id}` (with its `?min_version=` wait);
 //! - `params.rs`: their query parameters, the list cursors and the `Link` header;
+//! - `stream.rs`: `GET /todos/stream`;
+//! - `page.rs`: `GET /`, the live page, and its security headers;
 //! - `ops.rs`: `/stats` (and its counts cache), `/health`, `/ready`, `/metrics`,
 //!   `/openapi.json`.
 
@@ -16,6 +18,7 @@ mod stream;
 mod todos;
 
 pub use ops::{CountsCache, COUNTS_MAX_AGE, OPENAPI};
+pub use page::Page;
 pub use params::{encode_cursor, list_query, min_version, DEFAULT_LIMIT, MAX_LIMIT};
 pub use stream::Streams;
 
@@ -49,6 +52,8 @@ pub struct State {
     pub counts: CountsCache,
     /// The supervised consumer's state, for `/ready`.
     pub tasks: Arc<events::service::supervise::Supervisor>,
+    /// The live page at `GET /`, writing to `COMMAND_SERVICE_URL`.
+    pub page: Page,
 }
 
 fn with_state(state: State) -> impl Filter<Extract = (State,), Error = Infallible> + Clone {
@@ -65,7 +70,7 @@ pub fn route_table(state: State) -> Vec<Route> {
             stream::stream(state.clone(), name)
         }),
         Route::new("get", "/stats", |name| ops::stats(state.clone(), name)),
-        Route::new("get", "/", |_| page::page()),
+        Route::new("get", "/", |_| page::page(state.page.clone())),
     ];
     table.extend(http::operator_routes(
         ops::ready(state.clone()).boxed(),
@@ -113,6 +118,7 @@ mod tests {
             ),
             counts: CountsCache::default(),
             tasks: Arc::default(),
+            page: Page::new("http://127.0.0.1:5001").expect("page"),
         }
     }
 

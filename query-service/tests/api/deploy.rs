@@ -615,11 +615,6 @@ fn rabbitmq_definitions_match_what_the_services_declare() {
             && b["destination"] == events::DEAD_LETTER_QUEUE));
 }
 
-/// Variables the manifests set for the feed tokens and the page's write address, which the
-/// services read once that work (`FEED_TOKENS`, `FEED_TOKEN`, `COMMAND_SERVICE_URL`) is in;
-/// until then the manifests are ahead of `Settings`.
-const ADDED_WITH_FEED_TOKENS: [&str; 3] = ["FEED_TOKENS", "FEED_TOKEN", "COMMAND_SERVICE_URL"];
-
 #[test]
 fn kubernetes_manifests_name_the_compose_images_ports_and_probes() {
     let compose = yaml("docker-compose.yml").remove(0);
@@ -655,10 +650,7 @@ fn kubernetes_manifests_name_the_compose_images_ports_and_probes() {
         let env = container["env"].as_sequence().expect("env");
         for var in env {
             let name = str_of(&var["name"], "env name");
-            assert!(
-                known.contains(name) || ADDED_WITH_FEED_TOKENS.contains(&name),
-                "{file}: {name} is read by {service}"
-            );
+            assert!(known.contains(name), "{file}: {name} is read by {service}");
             if name == "HTTP_ADDR" {
                 assert_eq!(u64::from(port_of(str_of(&var["value"], "HTTP_ADDR"))), port);
             }

@@ -180,7 +180,7 @@ async fn replay_reads_a_log_longer_than_a_page_page_by_page() {
         let before = feed_requests(&client, &command).await;
         let report = tokio::time::timeout(
             std::time::Duration::from_secs(30),
-            query_service::replay::replay_with_page_size(&store, &command.address, page_size),
+            query_service::replay::replay_with_page_size(&store, &command.address, None, page_size),
         )
         .await
         .unwrap_or_else(|_| panic!("pages of {page_size}: replay ends within 30 s"))

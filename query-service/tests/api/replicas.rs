@@ -81,7 +81,7 @@ async fn two_query_services_on_one_queue_and_a_replay_beside_them_converge_under
             let mut last = None;
             while !done.load(std::sync::atomic::Ordering::SeqCst) || runs == 0 {
                 last = Some(
-                    replay_with_page_size(&store, &url, 25)
+                    replay_with_page_size(&store, &url, None, 25)
                         .await
                         .expect("replay beside the consumers"),
                 );

@@ -63,7 +63,9 @@ impl Config {
                 bail!("unknown argument {arg:?}: --short");
             }
         }
-        let var = |name: &str| std::env::var(name).with_context(|| format!("{name} (set by scripts/abuse.sh)"));
+        let var = |name: &str| {
+            std::env::var(name).with_context(|| format!("{name} (set by scripts/abuse.sh)"))
+        };
         let run = var("ABUSE_RUN")?;
         Ok(Self {
             short,
@@ -77,7 +79,10 @@ impl Config {
                 .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?maxIdleTimeMS=60000".into()),
             amqp_command_url: var("ABUSE_AMQP_COMMAND_URL")?,
             amqp_query_url: var("ABUSE_AMQP_QUERY_URL")?,
-            work: std::env::current_dir()?.join("target").join("abuse").join(&run),
+            work: std::env::current_dir()?
+                .join("target")
+                .join("abuse")
+                .join(&run),
             write_token: format!("write-{}", uuid::Uuid::new_v4().simple()),
             feed_token: format!("feed-{}", uuid::Uuid::new_v4().simple()),
             run,
@@ -202,7 +207,8 @@ async fn start(config: &Config) -> anyhow::Result<Pair> {
         ("FEED_TOKENS", config.feed_token.clone()),
         ("LOG_FORMAT", "json".to_string()),
     ];
-    let command = Service::start(&config.work, "command-service", config.port, &command_vars).await?;
+    let command =
+        Service::start(&config.work, "command-service", config.port, &command_vars).await?;
     let query_vars = |port: u16| {
         vec![
             ("MONGODB_URI", config.mongodb_uri.clone()),
@@ -281,7 +287,10 @@ async fn least_privilege(config: &Config, pair: &Pair) -> anyhow::Result<Row> {
     let writer = amqp(&config.amqp_command_url).await?;
     let channel = writer.create_channel().await?;
     let consume = channel
-        .basic_get(events::QUERY_QUEUE.into(), BasicGetOptions { no_ack: false })
+        .basic_get(
+            events::QUERY_QUEUE.into(),
+            BasicGetOptions { no_ack: false },
+        )
         .await;
     let writer_refused = consume
         .as_ref()
@@ -335,7 +344,11 @@ fn attacker_address(n: usize) -> String {
     format!("127.0.{}.{}", 1 + n / 200, 1 + n % 200)
 }
 
-async fn connect_from(from: &str, to: SocketAddr, recv_buffer: Option<u32>) -> anyhow::Result<TcpStream> {
+async fn connect_from(
+    from: &str,
+    to: SocketAddr,
+    recv_buffer: Option<u32>,
+) -> anyhow::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     if let Some(size) = recv_buffer {
         socket.set_recv_buffer_size(size)?;
@@ -376,7 +389,9 @@ impl Slow {
     /// deadline after the buffers filled.
     fn deadline(self) -> Duration {
         match self {
-            Slow::Silent | Slow::ByteAtATime | Slow::HalfHttp2Preface => Duration::from_millis(5_000),
+            Slow::Silent | Slow::ByteAtATime | Slow::HalfHttp2Preface => {
+                Duration::from_millis(5_000)
+            }
             Slow::EndlessBody | Slow::NeverReads => Duration::from_millis(10_000),
         }
     }
@@ -384,7 +399,11 @@ impl Slow {
 
 /// Waits until the server closes `stream`: `Some(elapsed)`, or `None` if still open at
 /// `within`.
-async fn closed_within(stream: &mut TcpStream, started: Instant, within: Duration) -> Option<Duration> {
+async fn closed_within(
+    stream: &mut TcpStream,
+    started: Instant,
+    within: Duration,
+) -> Option<Duration> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match tokio::time::timeout_at(started + within, stream.read(&mut buf)).await {
@@ -412,7 +431,9 @@ async fn slow_socket(kind: Slow, from: String, to: SocketAddr) -> anyhow::Result
                     break;
                 }
                 let mut probe = [0u8; 1];
-                match tokio::time::timeout(Duration::from_millis(500), stream.read(&mut probe)).await {
+                match tokio::time::timeout(Duration::from_millis(500), stream.read(&mut probe))
+                    .await
+                {
                     Ok(Ok(0)) | Ok(Err(_)) => return Ok(Some(started.elapsed())),
                     _ => {}
                 }
@@ -432,7 +453,9 @@ async fn slow_socket(kind: Slow, from: String, to: SocketAddr) -> anyhow::Result
             loop {
                 let _ = stream.write_all(b"a").await;
                 let mut buf = [0u8; 4096];
-                match tokio::time::timeout(Duration::from_millis(1_000), stream.read(&mut buf)).await {
+                match tokio::time::timeout(Duration::from_millis(1_000), stream.read(&mut buf))
+                    .await
+                {
                     Ok(Ok(0)) | Ok(Err(_)) => return Ok(Some(started.elapsed())),
                     Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
                     Err(_) => {}
@@ -514,8 +537,10 @@ async fn slow_clients(config: &Config, pair: &Pair) -> anyhow::Result<Vec<Row>> 
             seen
         })
     };
-    let mut per_kind: Vec<(Slow, usize, usize, Duration)> =
-        Slow::ALL.iter().map(|k| (*k, 0, 0, Duration::ZERO)).collect();
+    let mut per_kind: Vec<(Slow, usize, usize, Duration)> = Slow::ALL
+        .iter()
+        .map(|k| (*k, 0, 0, Duration::ZERO))
+        .collect();
     let mut errors = 0;
     for (kind, task) in sockets {
         let entry = per_kind
@@ -553,7 +578,10 @@ async fn slow_clients(config: &Config, pair: &Pair) -> anyhow::Result<Vec<Row>> 
     for (kind, closed, open, slowest) in per_kind {
         rows.push(Row::new(
             &format!("  sockets that {}", kind.name()),
-            &format!("each closed within its deadline ({} s)", kind.deadline().as_secs()),
+            &format!(
+                "each closed within its deadline ({} s)",
+                kind.deadline().as_secs()
+            ),
             format!(
                 "{closed} closed, slowest after {:.1} s; {open} still open past it",
                 slowest.as_secs_f64()
@@ -569,7 +597,12 @@ async fn slow_clients(config: &Config, pair: &Pair) -> anyhow::Result<Vec<Row>> 
 
 /// Opens `GET /todos/stream` from `from` and reads the answer's status line; the stream stays
 /// open while the value lives.
-async fn open_stream(from: &str, to: SocketAddr, last_event_id: Option<&str>, recv_buffer: Option<u32>) -> anyhow::Result<(u16, TcpStream, Duration)> {
+async fn open_stream(
+    from: &str,
+    to: SocketAddr,
+    last_event_id: Option<&str>,
+    recv_buffer: Option<u32>,
+) -> anyhow::Result<(u16, TcpStream, Duration)> {
     let mut stream = connect_from(from, to, recv_buffer).await?;
     let started = Instant::now();
     let last = last_event_id
@@ -617,7 +650,12 @@ async fn streams_from_one_address(pair: &Pair) -> anyhow::Result<Row> {
 // ---------------------------------------------------------------------------------------------
 // 4. Replays at size
 
-async fn post_todo(client: &reqwest::Client, config: &Config, base: &str, title: &str) -> anyhow::Result<Value> {
+async fn post_todo(
+    client: &reqwest::Client,
+    config: &Config,
+    base: &str,
+    title: &str,
+) -> anyhow::Result<Value> {
     let response = client
         .post(format!("{base}/todos"))
         .bearer_auth(&config.write_token)
@@ -662,7 +700,10 @@ async fn fill(config: &Config, pair: &Pair) -> anyhow::Result<()> {
         w.await??;
     }
     loop {
-        let stats: Value = reqwest::get(format!("{}/stats", pair.query.base)).await?.json().await?;
+        let stats: Value = reqwest::get(format!("{}/stats", pair.query.base))
+            .await?
+            .json()
+            .await?;
         if stats["total"].as_u64().unwrap_or(0) >= n as u64 {
             break;
         }
@@ -671,7 +712,10 @@ async fn fill(config: &Config, pair: &Pair) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    eprintln!("[abuse] {n} todos in the read model after {:.0} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "[abuse] {n} todos in the read model after {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -722,7 +766,8 @@ async fn replays(config: &Config, pair: &Pair) -> anyhow::Result<Row> {
             let mut seen = Vec::new();
             let mut buf = [0u8; 1024];
             while !String::from_utf8_lossy(&seen).contains("\nid:") {
-                let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await??;
+                let n =
+                    tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await??;
                 if n == 0 {
                     bail!("the replay ended before its first event");
                 }
@@ -745,7 +790,10 @@ async fn replays(config: &Config, pair: &Pair) -> anyhow::Result<Row> {
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     sampler.await?;
     drop(held);
-    let grew_mib = (peak.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(before)) as f64 / 1024.0;
+    let grew_mib = (peak
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(before)) as f64
+        / 1024.0;
     let slowest_byte = first_bytes.iter().max().copied().unwrap_or_default();
     first_events.sort();
     let p50 = first_events[first_events.len() / 2];
@@ -808,7 +856,11 @@ async fn lists(base: &str) -> anyhow::Result<Vec<Value>> {
         seen.push(reqwest::get(format!("{base}{path}")).await?.json().await?);
     }
     let stats: Value = reqwest::get(format!("{base}/stats")).await?.json().await?;
-    seen.push(json!([stats["total"], stats["completed"], stats["pending"]]));
+    seen.push(json!([
+        stats["total"],
+        stats["completed"],
+        stats["pending"]
+    ]));
     Ok(seen)
 }
 
@@ -822,8 +874,16 @@ fn text(value: Option<&AMQPValue>) -> String {
 async fn forged_events(config: &Config, pair: &Pair) -> anyhow::Result<Vec<Row>> {
     let before = lists(&pair.query.base).await?;
     let cases = [
-        ("an id at the top of i64", forged(i64::MAX, 1, "forged"), "todo_id"),
-        ("a version far ahead", forged(1, 1 << 62, "forged"), "version"),
+        (
+            "an id at the top of i64",
+            forged(i64::MAX, 1, "forged"),
+            "todo_id",
+        ),
+        (
+            "a version far ahead",
+            forged(1, 1 << 62, "forged"),
+            "version",
+        ),
         (
             "an oversized title",
             forged(1, 2, &"x".repeat(events::limits::TITLE_MAX_CHARS + 1)),
@@ -833,7 +893,9 @@ async fn forged_events(config: &Config, pair: &Pair) -> anyhow::Result<Vec<Row>>
     // Published as a peer with broker access would: the writer's own user.
     let writer = amqp(&config.amqp_command_url).await?;
     let channel = writer.create_channel().await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     for (_, event, _) in &cases {
         channel
             .basic_publish(
@@ -873,7 +935,10 @@ async fn forged_events(config: &Config, pair: &Pair) -> anyhow::Result<Vec<Row>>
     let mut rows = Vec::new();
     for (what, _, field) in &cases {
         let got = channel
-            .basic_get(events::DEAD_LETTER_QUEUE.into(), BasicGetOptions { no_ack: true })
+            .basic_get(
+                events::DEAD_LETTER_QUEUE.into(),
+                BasicGetOptions { no_ack: true },
+            )
             .await?;
         let reason = got
             .as_ref()
@@ -894,7 +959,11 @@ async fn forged_events(config: &Config, pair: &Pair) -> anyhow::Result<Vec<Row>>
     rows.push(Row::new(
         "  the lists after the forged events",
         "every list, todo 1 and the counts unchanged",
-        if after == before { "unchanged".into() } else { format!("changed: {after:?}") },
+        if after == before {
+            "unchanged".into()
+        } else {
+            format!("changed: {after:?}")
+        },
         after == before,
     ));
     // A version ahead of the log, set by hand, and verify --repair.
@@ -907,8 +976,12 @@ async fn forged_events(config: &Config, pair: &Pair) -> anyhow::Result<Vec<Row>>
             doc! { "$set": { "version": events::limits::MAX_ID, "title": "by hand" } },
         )
         .await?;
-    let (repaired, out) = query_command(config, &["verify", &pair.command.base, "--repair"], true).await?;
-    let todo: Value = reqwest::get(format!("{}/todos/1", pair.query.base)).await?.json().await?;
+    let (repaired, out) =
+        query_command(config, &["verify", &pair.command.base, "--repair"], true).await?;
+    let todo: Value = reqwest::get(format!("{}/todos/1", pair.query.base))
+        .await?
+        .json()
+        .await?;
     let put_back = todo["version"] == 1 && todo["title"] != "by hand";
     rows.push(Row::new(
         "a version ahead of the log put there by hand",
@@ -927,7 +1000,11 @@ async fn forged_events(config: &Config, pair: &Pair) -> anyhow::Result<Vec<Row>>
 }
 
 /// Runs `query-service <args>` against this run's read model, with the feed token or not.
-async fn query_command(config: &Config, args: &[&str], with_token: bool) -> anyhow::Result<(bool, String)> {
+async fn query_command(
+    config: &Config,
+    args: &[&str],
+    with_token: bool,
+) -> anyhow::Result<(bool, String)> {
     let mut command = std::process::Command::new(bench::process::binary("query-service"));
     command
         .args(args)
@@ -953,9 +1030,12 @@ async fn query_command(config: &Config, args: &[&str], with_token: bool) -> anyh
 // 6. Feed tokens
 
 async fn feed_tokens(config: &Config, pair: &Pair) -> anyhow::Result<Vec<Row>> {
-    let (replayed, replay_out) = query_command(config, &["replay", &pair.command.base], true).await?;
-    let (verified, verify_out) = query_command(config, &["verify", &pair.command.base], true).await?;
-    let (without, without_out) = query_command(config, &["verify", &pair.command.base], false).await?;
+    let (replayed, replay_out) =
+        query_command(config, &["replay", &pair.command.base], true).await?;
+    let (verified, verify_out) =
+        query_command(config, &["verify", &pair.command.base], true).await?;
+    let (without, without_out) =
+        query_command(config, &["verify", &pair.command.base], false).await?;
     let client = reqwest::Client::new();
     let write_with_feed = client
         .post(format!("{}/todos", pair.command.base))
@@ -964,7 +1044,14 @@ async fn feed_tokens(config: &Config, pair: &Pair) -> anyhow::Result<Vec<Row>> {
         .send()
         .await?
         .status();
-    let last = |out: &str| out.lines().last().unwrap_or("").chars().take(160).collect::<String>();
+    let last = |out: &str| {
+        out.lines()
+            .last()
+            .unwrap_or("")
+            .chars()
+            .take(160)
+            .collect::<String>()
+    };
     Ok(vec![
         Row::new(
             "query-service replay and verify with WRITE_TOKENS and FEED_TOKENS set",
@@ -1015,7 +1102,13 @@ async fn two_replicas(config: &Config, pair: &Pair) -> anyhow::Result<Row> {
     let client = reqwest::Client::new();
     let mut ids = Vec::new();
     for k in 0..WRITES {
-        let todo = post_todo(&client, config, &pair.command.base, &format!("seen by both {k}")).await?;
+        let todo = post_todo(
+            &client,
+            config,
+            &pair.command.base,
+            &format!("seen by both {k}"),
+        )
+        .await?;
         ids.push(todo["id"].as_i64().unwrap_or(0));
     }
     let mut seen = Vec::new();
@@ -1023,7 +1116,10 @@ async fn two_replicas(config: &Config, pair: &Pair) -> anyhow::Result<Row> {
         seen.push(r.await??);
     }
     let applied = |base: String| async move {
-        let text = reqwest::get(format!("{base}/metrics")).await?.text().await?;
+        let text = reqwest::get(format!("{base}/metrics"))
+            .await?
+            .text()
+            .await?;
         anyhow::Ok(
             text.lines()
                 .filter(|l| l.starts_with("projection_events_total{") && l.contains("applied"))

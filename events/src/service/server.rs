@@ -209,6 +209,11 @@ pub async fn serve<F>(
                 let mut routes = routes.clone();
                 let answered = tower_service::Service::call(&mut routes, request);
                 async move {
+                    // One request at a time per turn: a client pipelining hundreds of requests
+                    // waits its turn between them, so a new client (a probe of /health) is
+                    // served after one request of each busy connection, not after a run of
+                    // each one's.
+                    tokio::task::yield_now().await;
                     let response = answered.await?;
                     Ok::<_, std::convert::Infallible>(response.map(|body| BusyBody {
                         body,

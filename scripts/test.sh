@@ -25,6 +25,11 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 # One build for every test binary; tests named *outage* run alone (.config/nextest.toml).
 cargo nextest run --workspace --no-fail-fast "$@"
 
+# Hostile and careless clients against the pair as binaries (scripts/abuse.sh), with smaller
+# numbers and the debug binaries just built: every attack's outcome must hold; its bounds on
+# time are measured only here (a full run on release binaries holds them).
+SERVICE_BIN_DIR=target/debug bash scripts/abuse.sh --short
+
 # `scripts/demo.sh --start` must refuse to run its walkthrough against services it did not
 # start: with another instance of the pair already on 5001 and 5002 it has to fail.
 ./target/debug/command-service >.local/test-blocker-command.log 2>&1 &

@@ -202,6 +202,33 @@ pub async fn healthcheck(http_addr: &str) -> anyhow::Result<()> {
     }
 }
 
+/// Whether `entry` is an origin as browsers send it in `Origin`: `http` or `https`, a host, a
+/// port perhaps, nothing else (no path, query, user or trailing slash). Both services check
+/// the origins they are configured with here (warp's CORS filter panics on anything it
+/// cannot read as one, and an origin goes verbatim into a Content-Security-Policy).
+pub fn check_origin(entry: &str) -> Result<(), &'static str> {
+    let uri: warp::http::Uri = entry.parse().map_err(|_| "not a URL")?;
+    let scheme = match uri.scheme_str() {
+        Some(s @ ("http" | "https")) => s,
+        Some(_) => return Err("the scheme must be http or https"),
+        None => return Err("no scheme"),
+    };
+    let authority = uri.authority().ok_or("no host")?;
+    if authority.as_str().contains('@') {
+        return Err("an origin has no user");
+    }
+    if authority.host().is_empty() {
+        return Err("no host");
+    }
+    if entry != format!("{scheme}://{authority}") {
+        return Err("an origin has no path, query or trailing slash");
+    }
+    if authority.port_u16() == Some(0) {
+        return Err("port 0");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,31 +327,4 @@ mod tests {
         let err = read("xml").expect_err("xml must fail");
         assert!(err.to_string().contains("LOG_FORMAT"), "{err}");
     }
-}
-
-/// Whether `entry` is an origin as browsers send it in `Origin`: `http` or `https`, a host, a
-/// port perhaps, nothing else (no path, query, user or trailing slash). Both services check
-/// the origins they are configured with here (warp's CORS filter panics on anything it
-/// cannot read as one, and an origin goes verbatim into a Content-Security-Policy).
-pub fn check_origin(entry: &str) -> Result<(), &'static str> {
-    let uri: warp::http::Uri = entry.parse().map_err(|_| "not a URL")?;
-    let scheme = match uri.scheme_str() {
-        Some(s @ ("http" | "https")) => s,
-        Some(_) => return Err("the scheme must be http or https"),
-        None => return Err("no scheme"),
-    };
-    let authority = uri.authority().ok_or("no host")?;
-    if authority.as_str().contains('@') {
-        return Err("an origin has no user");
-    }
-    if authority.host().is_empty() {
-        return Err("no host");
-    }
-    if entry != format!("{scheme}://{authority}") {
-        return Err("an origin has no path, query or trailing slash");
-    }
-    if authority.port_u16() == Some(0) {
-        return Err("port 0");
-    }
-    Ok(())
 }

@@ -62,7 +62,7 @@ fn hashes(html: &str, tag: &str) -> anyhow::Result<String> {
         let end = body
             .find(&close)
             .ok_or_else(|| anyhow::anyhow!("page.html: <{tag}> without </{tag}>"))?;
-        let digest = Sha256::digest(body[..end].as_bytes());
+        let digest = Sha256::digest(&body.as_bytes()[..end]);
         found.push(format!(
             "'sha256-{}'",
             base64::engine::general_purpose::STANDARD.encode(digest)

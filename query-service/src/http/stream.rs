@@ -39,11 +39,18 @@ pub(super) fn stream(
                 answer::<ApiError, _>(state.metrics.http.clone(), rid, route, async move {
                     let after = match last.as_deref().map(str::trim) {
                         None | Some("") => None,
-                        Some(raw) => Some(raw.parse::<i64>().map_err(|_| {
-                            ApiError::BadRequest(format!(
-                                "Last-Event-ID must be a position this stream sent; got {raw}."
-                            ))
-                        })?),
+                        Some(raw) => Some(
+                            raw.parse::<i64>()
+                                .ok()
+                                .filter(|p| (0..=events::limits::MAX_ID).contains(p))
+                                .ok_or_else(|| {
+                                    ApiError::BadRequest(format!(
+                                        "Last-Event-ID must be a position this stream sent \
+                                         (0 to {}); got {raw}.",
+                                        events::limits::MAX_ID
+                                    ))
+                                })?,
+                        ),
                     };
                     let Ok(slot) = state.stream_slots.clone().try_acquire_owned() else {
                         return Err(ApiError::Unavailable(

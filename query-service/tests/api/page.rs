@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 fn inline_hash(html: &str, tag: &str) -> String {
     let start = html.find(&format!("<{tag}>")).expect("an inline element") + tag.len() + 2;
     let end = start + html[start..].find(&format!("</{tag}>")).expect("closed");
-    let digest = Sha256::digest(html[start..end].as_bytes());
+    let digest = Sha256::digest(&html.as_bytes()[start..end]);
     format!(
         "'sha256-{}'",
         base64::engine::general_purpose::STANDARD.encode(digest)

@@ -25,6 +25,11 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 # One build for every test binary; tests named *outage* run alone (.config/nextest.toml).
 cargo nextest run --workspace --no-fail-fast "$@"
 
+# Both services as debug binaries against their own OpenAPI documents: schemathesis (pinned)
+# sends what each document allows and what it forbids, with every check, and fails on any
+# answer the document does not describe (scripts/schemathesis/ has its configuration).
+bash scripts/schemathesis.sh
+
 # `scripts/demo.sh --start` must refuse to run its walkthrough against services it did not
 # start: with another instance of the pair already on 5001 and 5002 it has to fail.
 ./target/debug/command-service >.local/test-blocker-command.log 2>&1 &

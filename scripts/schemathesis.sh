@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs schemathesis (pinned below) with all its checks against command-service and
 # query-service as debug binaries (cargo build first), each on a port, a PostgreSQL database,
-# a MongoDB database and RabbitMQ names of this script's own, so it runs beside anything on
-# 5001/5002. Prints one summary line; exits non-zero on any failure. Needs the local services
+# a MongoDB database and RabbitMQ names of this script's own (both databases made empty for
+# each run and dropped after it), so it runs beside anything on 5001/5002. Prints one summary line; exits non-zero on any failure. Needs the local services
 # (scripts/dev-services.sh up). Installs schemathesis into .local/venv (a venv; where Python
 # has no venv module, pip's --user install).
 #
@@ -16,10 +16,14 @@ SCHEMATHESIS_VERSION=4.32.5
 # lambda, which Python 3.11 (Debian 12's) fails on for schemathesis' largest module
 # ("AST constructor recursion depth mismatch"); this one does not.
 HYPOTHESIS_VERSION=6.130.12
+# To drop the run's MongoDB database.
+PYMONGO_VERSION=4.20.1
 EXAMPLES=${SCHEMATHESIS_EXAMPLES:-100}
 COMMAND_PORT=${SCHEMATHESIS_COMMAND_PORT:-5301}
 QUERY_PORT=${SCHEMATHESIS_QUERY_PORT:-5302}
 DATABASE=${SCHEMATHESIS_DATABASE:-todos_schemathesis}
+MONGODB_DATABASE=${SCHEMATHESIS_MONGODB_DB:-todo_read_schemathesis}
+MONGODB=${SCHEMATHESIS_MONGODB_URI:-mongodb://127.0.0.1:27017}
 PG=${SCHEMATHESIS_PG:-postgres://todo:todo@127.0.0.1:5432}
 mkdir -p .local
 
@@ -39,31 +43,37 @@ else
   PYTHON=python3
   PIP=(python3 -m pip install -q --user)
 fi
-if [[ $("$PYTHON" -c 'import importlib.metadata as m; print(m.version("schemathesis"), m.version("hypothesis"))' 2>/dev/null) \
-      != "$SCHEMATHESIS_VERSION $HYPOTHESIS_VERSION" ]]; then
+if [[ $("$PYTHON" -c 'import importlib.metadata as m; print(*(m.version(p) for p in ("schemathesis", "hypothesis", "pymongo")))' 2>/dev/null) \
+      != "$SCHEMATHESIS_VERSION $HYPOTHESIS_VERSION $PYMONGO_VERSION" ]]; then
   echo "[schemathesis] installing schemathesis==$SCHEMATHESIS_VERSION" >&2
-  "${PIP[@]}" "schemathesis==$SCHEMATHESIS_VERSION" "hypothesis==$HYPOTHESIS_VERSION"
+  "${PIP[@]}" "schemathesis==$SCHEMATHESIS_VERSION" "hypothesis==$HYPOTHESIS_VERSION" \
+    "pymongo==$PYMONGO_VERSION"
 fi
 SCHEMATHESIS=("$PYTHON" -c 'import sys; from schemathesis.cli import schemathesis; sys.exit(schemathesis())')
 
 cargo build -q -p command-service -p query-service --bins
 
-# A database of this script's own, kept between runs (the read model beside it is too).
-if [[ $(psql "$PG/postgres" -qAtX -c "SELECT 1 FROM pg_database WHERE datname = '$DATABASE'") != 1 ]]; then
-  psql "$PG/postgres" -qAtX -c "CREATE DATABASE $DATABASE" >/dev/null
-fi
+# Stores of this run's own, empty: what earlier runs wrote would only slow this one.
+drop_stores() {
+  PGOPTIONS="-c client_min_messages=warning" \
+    psql "$PG/postgres" -qAtX -c "DROP DATABASE IF EXISTS $DATABASE WITH (FORCE)" >/dev/null
+  "$PYTHON" -c 'import sys, pymongo; pymongo.MongoClient(sys.argv[1]).drop_database(sys.argv[2])' \
+    "$MONGODB" "$MONGODB_DATABASE"
+}
+drop_stores
+psql "$PG/postgres" -qAtX -c "CREATE DATABASE $DATABASE" >/dev/null
 
 export RUST_LOG=warn AMQP_EXCHANGE=schemathesis.events
 DATABASE_URL="$PG/$DATABASE" HTTP_ADDR="127.0.0.1:$COMMAND_PORT" \
   CORS_ORIGINS="http://127.0.0.1:$QUERY_PORT" \
   ./target/debug/command-service >.local/test-schemathesis-command.log 2>&1 &
 PAIR=($!)
-MONGODB_DB=${SCHEMATHESIS_MONGODB_DB:-todo_read_schemathesis} AMQP_QUEUE=schemathesis.todo-events HTTP_ADDR="127.0.0.1:$QUERY_PORT" \
+MONGODB_URI=$MONGODB MONGODB_DB=$MONGODB_DATABASE AMQP_QUEUE=schemathesis.todo-events HTTP_ADDR="127.0.0.1:$QUERY_PORT" \
   COMMAND_SERVICE_URL="http://127.0.0.1:$COMMAND_PORT" MIN_VERSION_WAIT_MS=300 \
   ./target/debug/query-service >.local/test-schemathesis-query.log 2>&1 &
 PAIR+=($!)
 stop_pair() { kill -TERM "${PAIR[@]}" 2>/dev/null || true; wait "${PAIR[@]}" 2>/dev/null || true; }
-trap stop_pair EXIT
+trap 'stop_pair; drop_stores' EXIT
 for _ in $(seq 1 120); do
   curl -fsS "http://127.0.0.1:$COMMAND_PORT/ready" >/dev/null 2>&1 \
     && curl -fsS "http://127.0.0.1:$QUERY_PORT/ready" >/dev/null 2>&1 && break
@@ -98,6 +108,7 @@ for service in command-service query-service; do
   summary+=("$service: ${verdict:-no verdict} (${cases:-no cases})")
 done
 stop_pair
+drop_stores
 trap - EXIT
 echo "[test] schemathesis $SCHEMATHESIS_VERSION: ${summary[0]}; ${summary[1]}"
 exit "$failed"

@@ -25,6 +25,11 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 # One build for every test binary; tests named *outage* run alone (.config/nextest.toml).
 cargo nextest run --workspace --no-fail-fast "$@"
 
+# Both services as debug binaries against their own OpenAPI documents: schemathesis (pinned)
+# sends what each document allows and what it forbids, with every check, and fails on any
+# answer the document does not describe (scripts/schemathesis/ has its configuration).
+bash scripts/schemathesis.sh
+
 # Hostile and careless clients against the pair as binaries (scripts/abuse.sh), with smaller
 # numbers and the debug binaries just built: every attack's outcome must hold; its bounds on
 # time are measured only here (a full run on release binaries holds them).

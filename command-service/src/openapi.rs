@@ -34,9 +34,65 @@ use utoipa::OpenApi;
 )]
 struct Document;
 
-/// The document as JSON.
+/// The document as JSON: what utoipa derives from the types, with the rules the service
+/// holds requests to written from the constants that hold them (`events::limits`,
+/// `events::service::openapi`).
 pub fn document() -> serde_json::Value {
-    serde_json::to_value(Document::openapi()).expect("an OpenAPI document serializes")
+    use events::limits::{DESCRIPTION_MAX_CHARS, DESCRIPTION_PATTERN, TITLE_PATTERN};
+    use serde_json::json;
+    let mut doc =
+        serde_json::to_value(Document::openapi()).expect("an OpenAPI document serializes");
+    for schema in ["TodoInput", "TodoPatch"] {
+        ops::merge(
+            ops::property(&mut doc, schema, "title"),
+            json!({"type": "string", "pattern": TITLE_PATTERN,
+                   "description": "Trimmed, then 1 to 200 characters, no control character, not only whitespace and invisible characters"}),
+        );
+        ops::merge(
+            ops::property(&mut doc, schema, "description"),
+            json!({"type": ["string", "null"], "maxLength": DESCRIPTION_MAX_CHARS, "pattern": DESCRIPTION_PATTERN}),
+        );
+        ops::merge(
+            ops::property(&mut doc, schema, "completed"),
+            json!({"type": "boolean"}),
+        );
+        doc["components"]["schemas"][schema]["additionalProperties"] = json!(false);
+    }
+    doc["components"]["schemas"]["TodoPatch"]["minProperties"] = json!(1);
+    // A missing `completed` is false: not required.
+    if let Some(required) = doc["components"]["schemas"]["TodoInput"]["required"].as_array_mut() {
+        required.retain(|f| f != "completed");
+    }
+    for field in ["id", "version"] {
+        *ops::property(&mut doc, "Todo", field) = ops::id_schema();
+    }
+    for parameter in ops::parameters_named(&mut doc, "after") {
+        ops::merge(
+            &mut parameter["schema"],
+            json!({"minimum": 0, "maximum": events::limits::MAX_ID}),
+        );
+    }
+    for parameter in ops::parameters_named(&mut doc, "limit") {
+        ops::merge(
+            &mut parameter["schema"],
+            json!({"minimum": 1, "maximum": crate::http::FEED_MAX_LIMIT}),
+        );
+    }
+    // A created todo is the one its next writes name: OpenAPI links from the 201's id (and
+    // its ETag, for If-Match).
+    let link = |operation: &str| {
+        json!({"operationId": operation, "parameters": {
+            "id": "$response.body#/id",
+            "If-Match": "$response.header.ETag",
+        }})
+    };
+    doc["paths"]["/todos"]["post"]["responses"]["201"]["links"] = json!({
+        "PatchTheTodo": link("patch"),
+        "PutTheTodo": link("put"),
+        "DeleteTheTodo": link("delete"),
+    });
+    ops::finish(&mut doc);
+    doc
 }
 
 const PROBLEM: &str = "application/problem+json";
@@ -44,9 +100,8 @@ const PROBLEM: &str = "application/problem+json";
 /// `POST /todos`.
 #[utoipa::path(post, path = "/todos", tag = "todos",
     params(
-        ("Authorization" = Option<String>, Header, description = "Bearer <token>, when WRITE_TOKENS is set"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 characters; the same key with the same request replays the first answer"),
-        ("X-Request-Id" = Option<String>, Header, description = "Echoed back; becomes the event's correlation_id"),
+        ("Authorization" = Option<String>, Header, description = "Bearer <token> (the scheme in any case), one of WRITE_TOKENS when it is set; a FEED_TOKENS token is 403"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters (blanks inside); the same key with the same request replays the first answer, with another request 422; another form is 400"),
     ),
     request_body(content = TodoInput, content_type = "application/json"),
     responses(
@@ -56,7 +111,7 @@ const PROBLEM: &str = "application/problem+json";
         )),
         (status = 400, description = "Malformed JSON or a bad header", body = Problem, content_type = PROBLEM),
         (status = 401, description = "WRITE_TOKENS is set and no bearer token came", body = Problem, content_type = PROBLEM, headers(("WWW-Authenticate" = String))),
-        (status = 403, description = "A bearer token that is not one of WRITE_TOKENS", body = Problem, content_type = PROBLEM),
+        (status = 403, description = "A bearer token that is not one of WRITE_TOKENS (a feed token too), or a browser Origin CORS_ORIGINS does not list", body = Problem, content_type = PROBLEM),
         (status = 413, description = "Body over MAX_BODY_BYTES", body = Problem, content_type = PROBLEM),
         (status = 415, description = "Not declared JSON", body = Problem, content_type = PROBLEM),
         (status = 422, description = "Invalid fields, or an Idempotency-Key reused with another request", body = Problem, content_type = PROBLEM),
@@ -70,21 +125,22 @@ fn create() {}
 /// `PATCH /todos/{id}`.
 #[utoipa::path(patch, path = "/todos/{id}", tag = "todos",
     params(
-        ("id" = i64, Path, description = "Todo id"),
-        ("If-Match" = Option<String>, Header, description = "*, or quoted versions; compared strongly"),
-        ("X-Request-Id" = Option<String>, Header),
+        ("id" = i64, Path, description = "Todo id, 1 to 2^53 - 1; any other is 404"),
+        ("Authorization" = Option<String>, Header, description = "Bearer <token> (the scheme in any case), one of WRITE_TOKENS when it is set; a FEED_TOKENS token is 403"),
+        ("If-Match" = Option<String>, Header, description = "*, or entity tags (\"N\" or W/\"N\"), comma-separated; compared strongly, so only \"<current version>\" or * matches (412 otherwise); another form is 400"),
     ),
     request_body(content = TodoPatch, content_type = "application/json"),
     responses(
         (status = 200, description = "The new state (the same when nothing changed)", body = Todo, headers(("ETag" = String))),
         (status = 400, body = Problem, content_type = PROBLEM),
         (status = 401, description = "WRITE_TOKENS is set and no bearer token came", body = Problem, content_type = PROBLEM, headers(("WWW-Authenticate" = String))),
-        (status = 403, description = "A bearer token that is not one of WRITE_TOKENS", body = Problem, content_type = PROBLEM),
+        (status = 403, description = "A bearer token that is not one of WRITE_TOKENS (a feed token too), or a browser Origin CORS_ORIGINS does not list", body = Problem, content_type = PROBLEM),
         (status = 404, body = Problem, content_type = PROBLEM),
         (status = 412, description = "If-Match does not match; current_version says where the todo is", body = Problem, content_type = PROBLEM),
         (status = 413, body = Problem, content_type = PROBLEM),
         (status = 415, body = Problem, content_type = PROBLEM),
         (status = 422, body = Problem, content_type = PROBLEM),
+        (status = 500, description = "Unexpected; nothing changed", body = Problem, content_type = PROBLEM),
         (status = 503, description = "Unavailable now; nothing changed", body = Problem, content_type = PROBLEM, headers(("Retry-After" = String, description = "Seconds to wait: 1"))),
     )
 )]
@@ -94,21 +150,22 @@ fn patch() {}
 /// `PUT /todos/{id}`.
 #[utoipa::path(put, path = "/todos/{id}", tag = "todos",
     params(
-        ("id" = i64, Path, description = "Todo id"),
-        ("If-Match" = Option<String>, Header, description = "*, or quoted versions; compared strongly"),
-        ("X-Request-Id" = Option<String>, Header),
+        ("id" = i64, Path, description = "Todo id, 1 to 2^53 - 1; any other is 404"),
+        ("Authorization" = Option<String>, Header, description = "Bearer <token> (the scheme in any case), one of WRITE_TOKENS when it is set; a FEED_TOKENS token is 403"),
+        ("If-Match" = Option<String>, Header, description = "*, or entity tags (\"N\" or W/\"N\"), comma-separated; compared strongly, so only \"<current version>\" or * matches (412 otherwise); another form is 400"),
     ),
     request_body(content = TodoInput, content_type = "application/json"),
     responses(
         (status = 200, description = "The new state (the same when nothing changed)", body = Todo, headers(("ETag" = String))),
         (status = 400, body = Problem, content_type = PROBLEM),
         (status = 401, description = "WRITE_TOKENS is set and no bearer token came", body = Problem, content_type = PROBLEM, headers(("WWW-Authenticate" = String))),
-        (status = 403, description = "A bearer token that is not one of WRITE_TOKENS", body = Problem, content_type = PROBLEM),
+        (status = 403, description = "A bearer token that is not one of WRITE_TOKENS (a feed token too), or a browser Origin CORS_ORIGINS does not list", body = Problem, content_type = PROBLEM),
         (status = 404, body = Problem, content_type = PROBLEM),
         (status = 412, body = Problem, content_type = PROBLEM),
         (status = 413, body = Problem, content_type = PROBLEM),
         (status = 415, body = Problem, content_type = PROBLEM),
         (status = 422, body = Problem, content_type = PROBLEM),
+        (status = 500, description = "Unexpected; nothing changed", body = Problem, content_type = PROBLEM),
         (status = 503, description = "Unavailable now; nothing changed", body = Problem, content_type = PROBLEM, headers(("Retry-After" = String, description = "Seconds to wait: 1"))),
     )
 )]
@@ -118,17 +175,18 @@ fn put() {}
 /// `DELETE /todos/{id}`.
 #[utoipa::path(delete, path = "/todos/{id}", tag = "todos",
     params(
-        ("id" = i64, Path, description = "Todo id"),
-        ("If-Match" = Option<String>, Header),
-        ("X-Request-Id" = Option<String>, Header),
+        ("id" = i64, Path, description = "Todo id, 1 to 2^53 - 1; any other is 404"),
+        ("Authorization" = Option<String>, Header, description = "Bearer <token> (the scheme in any case), one of WRITE_TOKENS when it is set; a FEED_TOKENS token is 403"),
+        ("If-Match" = Option<String>, Header, description = "*, or entity tags (\"N\" or W/\"N\"), comma-separated; compared strongly, so only \"<current version>\" or * matches (412 otherwise); another form is 400"),
     ),
     responses(
         (status = 204, description = "Deleted", headers(("ETag" = String, description = "The delete's version"))),
         (status = 400, body = Problem, content_type = PROBLEM),
         (status = 401, description = "WRITE_TOKENS is set and no bearer token came", body = Problem, content_type = PROBLEM, headers(("WWW-Authenticate" = String))),
-        (status = 403, description = "A bearer token that is not one of WRITE_TOKENS", body = Problem, content_type = PROBLEM),
+        (status = 403, description = "A bearer token that is not one of WRITE_TOKENS (a feed token too), or a browser Origin CORS_ORIGINS does not list", body = Problem, content_type = PROBLEM),
         (status = 404, body = Problem, content_type = PROBLEM),
         (status = 412, body = Problem, content_type = PROBLEM),
+        (status = 500, description = "Unexpected; nothing changed", body = Problem, content_type = PROBLEM),
         (status = 503, description = "Unavailable now; nothing changed", body = Problem, content_type = PROBLEM, headers(("Retry-After" = String, description = "Seconds to wait: 1"))),
     )
 )]
@@ -138,16 +196,18 @@ fn delete() {}
 /// `GET /events`.
 #[utoipa::path(get, path = "/events", tag = "events",
     params(
-        ("after" = Option<i64>, Query, description = "Position to read after (default 0)"),
-        ("limit" = Option<i64>, Query, description = "1 to 1000 (default 100)"),
+        ("Authorization" = Option<String>, Header, description = "Bearer <token> (the scheme in any case): one of FEED_TOKENS when it is set, else of WRITE_TOKENS when that is set"),
+        ("after" = Option<i64>, Query, description = "Position to read after: 0 (default) to 2^53 - 1"),
+        ("limit" = Option<i64>, Query, description = "Events per page: 1 to 1000 (default 100)"),
     ),
     responses(
         (status = 200, description = "Events oldest first", body = Vec<Envelope>, headers(
             ("Link" = String, description = "rel=\"next\": the next page, when this one is full"),
         )),
         (status = 400, body = Problem, content_type = PROBLEM),
-        (status = 401, description = "WRITE_TOKENS is set and no bearer token came", body = Problem, content_type = PROBLEM, headers(("WWW-Authenticate" = String))),
-        (status = 403, description = "A bearer token that is not one of WRITE_TOKENS", body = Problem, content_type = PROBLEM),
+        (status = 401, description = "FEED_TOKENS (or, while it is empty, WRITE_TOKENS) is set and no bearer token came", body = Problem, content_type = PROBLEM, headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "A bearer token that may not read the feed: with FEED_TOKENS set, any but those; else any but WRITE_TOKENS", body = Problem, content_type = PROBLEM),
+        (status = 500, description = "Unexpected", body = Problem, content_type = PROBLEM),
         (status = 503, description = "Unavailable now; nothing changed", body = Problem, content_type = PROBLEM, headers(("Retry-After" = String, description = "Seconds to wait: 1"))),
     )
 )]

@@ -19,6 +19,55 @@ pub const DESCRIPTION_MAX_CHARS: usize = 2000;
 /// other JSON readers, which read numbers as doubles) keeps exactly.
 pub const MAX_ID: i64 = 9_007_199_254_740_991;
 
+/// The characters `char::is_whitespace` (and so `str::trim`) takes, as a regex class body.
+macro_rules! ws {
+    () => {
+        r"\u0009-\u000D\u0020\u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000"
+    };
+}
+
+/// [`is_invisible`]'s characters, as a regex class body.
+macro_rules! invisible {
+    () => {
+        r"\u00AD\u034F\u061C\u115F\u1160\u180E\u200B-\u200F\u202A-\u202E\u2060-\u2064\u2066-\u206F\u3164\uFE00-\uFE0F\uFEFF\uFFA0"
+    };
+}
+
+/// The control characters (`char::is_control`), as a regex class body.
+macro_rules! control {
+    () => {
+        r"\u0000-\u001F\u007F-\u009F"
+    };
+}
+
+/// The title rules as one regular expression (ECMA-262, as JSON Schema's `pattern` reads it),
+/// for the OpenAPI documents: any amount of whitespace around; between it 1 to
+/// [`TITLE_MAX_CHARS`] characters, no control character, first and last not whitespace; and not
+/// only whitespace and invisible characters (the lookahead). `WS` is Rust's
+/// `char::is_whitespace` (what `str::trim` removes), `INVISIBLE` is [`is_invisible`].
+pub const TITLE_PATTERN: &str = concat!(
+    "^(?![",
+    ws!(),
+    invisible!(),
+    "]*$)[",
+    ws!(),
+    "]*[^",
+    ws!(),
+    control!(),
+    "](?:[^",
+    control!(),
+    "]{0,198}[^",
+    ws!(),
+    control!(),
+    "])?[",
+    ws!(),
+    "]*$"
+);
+
+/// The description rules but the length (the document's `maxLength`): no control character
+/// but tab, line feed and carriage return.
+pub const DESCRIPTION_PATTERN: &str = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$";
+
 /// Whether `n` is a usable id, version or position: 1 to [`MAX_ID`].
 pub fn in_id_range(n: i64) -> bool {
     (1..=MAX_ID).contains(&n)
@@ -205,6 +254,63 @@ mod tests {
             description(&too_long).is_some_and(|m| m.contains("at most 2000")),
             "2001 characters"
         );
+    }
+
+    #[test]
+    fn the_patterns_name_the_same_characters_as_the_rules() {
+        // Every character of the classes, read back from the pattern, against the functions.
+        let class = |body: &str| -> Vec<char> {
+            let mut chars = Vec::new();
+            let codes: Vec<u32> = body
+                .split("\\u")
+                .filter(|s| !s.is_empty())
+                .map(|s| u32::from_str_radix(&s[..4], 16).expect("hex"))
+                .collect();
+            let ranges: Vec<bool> = body
+                .split("\\u")
+                .filter(|s| !s.is_empty())
+                .map(|s| s.ends_with('-'))
+                .collect();
+            let mut i = 0;
+            while i < codes.len() {
+                let (from, to) = if ranges[i] {
+                    i += 1;
+                    (codes[i - 1], codes[i])
+                } else {
+                    (codes[i], codes[i])
+                };
+                chars.extend((from..=to).filter_map(char::from_u32));
+                i += 1;
+            }
+            chars
+        };
+        let ws = class(ws!());
+        let all: Vec<char> = (0..=0xFFFF).filter_map(char::from_u32).collect();
+        assert_eq!(
+            ws,
+            all.iter()
+                .copied()
+                .filter(|c| c.is_whitespace())
+                .collect::<Vec<_>>(),
+            "whitespace"
+        );
+        assert_eq!(
+            class(invisible!()),
+            all.iter()
+                .copied()
+                .filter(|c| is_invisible(*c))
+                .collect::<Vec<_>>(),
+            "invisible"
+        );
+        assert_eq!(
+            class(control!()),
+            all.iter()
+                .copied()
+                .filter(|c| c.is_control())
+                .collect::<Vec<_>>(),
+            "control"
+        );
+        assert!(TITLE_PATTERN.contains(&format!("{{0,{}}}", TITLE_MAX_CHARS - 2)));
     }
 
     #[test]

@@ -31,9 +31,40 @@ use utoipa::OpenApi;
 )]
 struct Document;
 
-/// The document as JSON.
+/// The document as JSON: what utoipa derives from the types, with the rules the service
+/// holds requests to written from the constants that hold them.
 pub fn document() -> serde_json::Value {
-    serde_json::to_value(Document::openapi()).expect("an OpenAPI document serializes")
+    use serde_json::json;
+    let mut doc =
+        serde_json::to_value(Document::openapi()).expect("an OpenAPI document serializes");
+    for field in ["id", "version"] {
+        *ops::property(&mut doc, "Todo", field) = ops::id_schema();
+    }
+    let position = json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": events::limits::MAX_ID});
+    let constraints = [
+        (
+            "limit",
+            json!({"type": "integer", "minimum": 1, "maximum": crate::http::MAX_LIMIT}),
+        ),
+        (
+            "sort",
+            json!({"type": "string", "enum": crate::http::SORTS}),
+        ),
+        ("completed", json!({"type": "boolean"})),
+        (
+            "cursor",
+            json!({"type": "string", "pattern": crate::http::CURSOR_PATTERN}),
+        ),
+        ("min_version", ops::id_schema()),
+        ("Last-Event-ID", position),
+    ];
+    for (name, schema) in constraints {
+        for parameter in ops::parameters_named(&mut doc, name) {
+            parameter["schema"] = schema.clone();
+        }
+    }
+    ops::finish(&mut doc);
+    doc
 }
 
 const PROBLEM: &str = "application/problem+json";
@@ -44,8 +75,7 @@ const PROBLEM: &str = "application/problem+json";
         ("completed" = Option<bool>, Query, description = "Only done (true) or open (false) todos"),
         ("sort" = Option<String>, Query, description = "id (default), created_at, updated_at; a - prefix for descending"),
         ("limit" = Option<i64>, Query, description = "1 to 200 (default 50)"),
-        ("cursor" = Option<String>, Query, description = "From the previous page's Link rel=next"),
-        ("X-Request-Id" = Option<String>, Header),
+        ("cursor" = Option<String>, Query, description = "From the previous page's Link rel=next: `<sort>~<completed: all|true|false>~<id>[~<time>]`. It continues the listing it was issued for, in its order and filter: sort and completed given beside it are not read. Another form is 400"),
     ),
     responses(
         (status = 200, description = "Live todos", body = Vec<Todo>, headers(
@@ -62,16 +92,15 @@ fn list() {}
 /// `GET /todos/{id}`.
 #[utoipa::path(get, path = "/todos/{id}", tag = "todos",
     params(
-        ("id" = i64, Path, description = "Todo id"),
-        ("min_version" = Option<i64>, Query, description = "Wait up to MIN_VERSION_WAIT_MS for this version (read your writes)"),
-        ("X-Request-Id" = Option<String>, Header),
+        ("id" = i64, Path, description = "Todo id, 1 to 2^53 - 1; any other is 404"),
+        ("min_version" = Option<i64>, Query, description = "1 to 2^53 - 1: wait up to MIN_VERSION_WAIT_MS for this version (read your writes); not there by then, or MIN_VERSION_MAX_WAITERS requests already waiting, is 503 read-model-behind"),
     ),
     responses(
         (status = 200, description = "The todo", body = Todo, headers(("ETag" = String))),
         (status = 400, body = Problem, content_type = PROBLEM),
         (status = 404, description = "Never created, or deleted", body = Problem, content_type = PROBLEM),
         (status = 500, body = Problem, content_type = PROBLEM),
-        (status = 503, description = "MongoDB unavailable, or read-model-behind (min_version not reached)", body = Problem, content_type = PROBLEM, headers(("Retry-After" = String, description = "Seconds to wait: 1"))),
+        (status = 503, description = "MongoDB unavailable, or read-model-behind: min_version not reached within MIN_VERSION_WAIT_MS, or MIN_VERSION_MAX_WAITERS requests already waiting", body = Problem, content_type = PROBLEM, headers(("Retry-After" = String, description = "Seconds to wait: 1"))),
     )
 )]
 #[allow(dead_code)]
@@ -86,11 +115,12 @@ fn page() {}
 /// `GET /todos/stream`.
 #[utoipa::path(get, path = "/todos/stream", tag = "todos",
     params(
-        ("Last-Event-ID" = Option<i64>, Header, description = "The last id received: first what the read model holds past it"),
+        ("Last-Event-ID" = Option<i64>, Header, description = "The last id received (a position, 0 to 2^53 - 1; empty is none): first what the read model holds past it; another value is 400"),
     ),
     responses(
         (status = 200, description = "Server-sent events: `todo` or `deleted`, id = the log position, data = {id, version, position, deleted, todo, lag_ms}; `dropped` before a client too far behind is disconnected", body = String, content_type = "text/event-stream"),
         (status = 400, description = "A Last-Event-ID that is not a position", body = Problem, content_type = PROBLEM),
+        (status = 500, body = Problem, content_type = PROBLEM),
         (status = 503, description = "Every stream slot is taken, or MongoDB unavailable", body = Problem, content_type = PROBLEM, headers(("Retry-After" = String))),
     ))]
 #[allow(dead_code)]

@@ -99,45 +99,63 @@ pub(super) fn todo_id(id: i64) -> Result<i64, ApiError> {
     }
 }
 
-/// Parses `If-Match`: `*`, or a list of entity tags. It compares strongly (RFC 9110 13.1.1), so
-/// only strong tags `"N"` can match; a weak `W/"N"` is well-formed but matches nothing, as does
-/// a tag that is not a version (412). A malformed header is 400.
+/// Parses `If-Match`: `*`, or a comma-separated list of entity tags (RFC 9110 8.8.3: `"…"` or
+/// `W/"…"`, the quoted part visible ASCII but `"`; `events::service::openapi::IF_MATCH_PATTERN`
+/// is the same grammar). It compares strongly (RFC 9110 13.1.1), so only strong tags `"N"` can
+/// match; a weak `W/"N"` is well-formed but matches nothing, as does a tag that is not a version
+/// (412). Anything else is 400.
 pub(super) fn precondition(raw: Option<String>) -> Result<Option<Precondition>, ApiError> {
     let Some(raw) = raw else { return Ok(None) };
-    let raw = raw.trim();
-    if raw == "*" {
+    let blanks: &[char] = &[' ', '\t'];
+    let header = raw.trim_matches(blanks);
+    if header == "*" {
         return Ok(Some(Precondition::Any));
     }
+    let malformed = || {
+        ApiError::BadRequest(format!(
+            "If-Match must be * or quoted entity tags such as \"3\", comma-separated; got {raw}."
+        ))
+    };
     let mut versions = Vec::new();
-    for tag in raw.split(',').map(str::trim) {
-        let (weak, opaque) = match tag.strip_prefix("W/") {
-            Some(opaque) => (true, opaque),
-            None => (false, tag),
+    let mut rest = header;
+    loop {
+        let (weak, tag) = match rest.strip_prefix("W/") {
+            Some(tag) => (true, tag),
+            None => (false, rest),
         };
-        let inner = opaque
-            .strip_prefix('"')
-            .and_then(|t| t.strip_suffix('"'))
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "If-Match must be * or quoted entity tags such as \"3\"; got {raw}."
-                ))
-            })?;
-        if weak {
-            continue;
+        let tag = tag.strip_prefix('"').ok_or_else(malformed)?;
+        let end = tag.find('"').ok_or_else(malformed)?;
+        let opaque = &tag[..end];
+        if !opaque
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x7E).contains(&b))
+        {
+            return Err(malformed());
         }
-        if let Ok(v) = inner.parse::<i64>() {
-            versions.push(v);
+        if !weak {
+            if let Ok(v) = opaque.parse::<i64>() {
+                versions.push(v);
+            }
         }
+        rest = tag[end + 1..].trim_start_matches(blanks);
+        if rest.is_empty() {
+            return Ok(Some(Precondition::Versions(versions)));
+        }
+        rest = rest
+            .strip_prefix(',')
+            .ok_or_else(malformed)?
+            .trim_start_matches(blanks);
     }
-    Ok(Some(Precondition::Versions(versions)))
 }
 
-/// Parses `Idempotency-Key` (1 to 255 characters), the key of the request `input`.
+/// Parses `Idempotency-Key` (1 to 255 characters, blanks around it not counted), the key of
+/// the request `input`.
 pub(super) fn idempotency_key(
     raw: Option<String>,
     input: &input::TodoInput,
 ) -> Result<Option<idempotency::Key>, ApiError> {
     let Some(key) = raw else { return Ok(None) };
+    let key = key.trim_matches([' ', '\t']).to_string();
     if key.is_empty() || key.len() > 255 {
         return Err(ApiError::BadRequest(
             "Idempotency-Key must be 1 to 255 characters.".into(),
@@ -159,6 +177,9 @@ mod tests {
             ("W/\"3\", \"4\"", Some(Precondition::Versions(vec![4]))),
             ("\"1\", \"2\"", Some(Precondition::Versions(vec![1, 2]))),
             ("\"abc\"", Some(Precondition::Versions(vec![]))),
+            ("\"a,b\", \"5\"", Some(Precondition::Versions(vec![5]))),
+            (" \"6\" ,\t\"7\" ", Some(Precondition::Versions(vec![6, 7]))),
+            ("\"\"", Some(Precondition::Versions(vec![]))),
         ];
         for (raw, expected) in cases {
             assert_eq!(
@@ -167,7 +188,19 @@ mod tests {
                 "If-Match: {raw}"
             );
         }
-        for malformed in ["3", "W/3", "\"3\", 4"] {
+        for malformed in [
+            "3",
+            "W/3",
+            "\"3\", 4",
+            "\"a b\"",
+            "\"3\"\"",
+            "\"3\",",
+            ",\"3\"",
+            "\"3\",,\"4\"",
+            "*, \"3\"",
+            "\"3",
+            "",
+        ] {
             assert!(
                 matches!(
                     precondition(Some(malformed.into())),

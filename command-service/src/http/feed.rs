@@ -11,7 +11,8 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 const FEED_DEFAULT_LIMIT: i64 = 100;
-const FEED_MAX_LIMIT: i64 = 1000;
+/// The largest page of `GET /events`.
+pub const FEED_MAX_LIMIT: i64 = 1000;
 
 #[derive(Debug, PartialEq, Eq)]
 struct FeedQuery {
@@ -27,11 +28,14 @@ fn feed_query(params: &HashMap<String, String>) -> Result<FeedQuery, ApiError> {
     let after = match params.get("after") {
         None => 0,
         Some(v) => match v.parse::<i64>() {
-            Ok(n) if n >= 0 => n,
+            Ok(n) if (0..=events::limits::MAX_ID).contains(&n) => n,
             _ => {
                 errors.push(FieldError::new(
                     "after",
-                    format!("must be a non-negative integer, got {v:?}"),
+                    format!(
+                        "must be an integer from 0 to {}, got {v:?}",
+                        events::limits::MAX_ID
+                    ),
                 ));
                 0
             }
@@ -119,6 +123,7 @@ mod tests {
         for bad in [
             vec![("after", "-1")],
             vec![("after", "x")],
+            vec![("after", "9007199254740992")],
             vec![("limit", "0")],
             vec![("limit", "1001")],
             vec![("cursor", "1")],

@@ -14,6 +14,7 @@ mod feed;
 mod ops;
 mod todos;
 
+pub use feed::FEED_MAX_LIMIT;
 pub use ops::OPENAPI;
 
 use crate::commands::{Commands, Probes};

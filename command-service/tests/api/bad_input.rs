@@ -644,3 +644,32 @@ async fn a_patch_or_put_whose_body_is_not_declared_json_is_415_and_writes_nothin
     }
     app.stop().await;
 }
+
+/// A method a path does not take is 405 with `Allow` listing the methods the route table
+/// serves there (RFC 9110 15.5.6), as problem+json.
+#[tokio::test]
+async fn a_method_the_path_does_not_take_is_405_with_allow_naming_the_methods_it_takes() {
+    let app = spawn_app().await;
+    // (why, method, path, Allow)
+    let cases = [
+        ("GET on the collection", "GET", "/todos", "POST"),
+        ("DELETE on the collection", "DELETE", "/todos", "POST"),
+        ("POST on a todo", "POST", "/todos/1", "DELETE, PATCH, PUT"),
+        ("GET on a todo", "GET", "/todos/1", "DELETE, PATCH, PUT"),
+        ("POST on the feed", "POST", "/events", "GET"),
+        ("PUT on readiness", "PUT", "/ready", "GET"),
+        ("a method no route takes", "TRACE", "/health", "GET"),
+    ];
+    for (why, method, path, allow) in cases {
+        let response = app.send(method, path, None).await;
+        assert_eq!(response.status(), 405, "{why}");
+        assert_eq!(response.headers()["allow"], allow, "{why}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{why}"
+        );
+        assert!(response.headers().contains_key("x-request-id"), "{why}");
+    }
+    app.stop().await;
+}

@@ -4,6 +4,7 @@
 use super::metrics::HttpMetrics;
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 use warp::filters::BoxedFilter;
@@ -91,7 +92,8 @@ pub fn readiness(ready: bool, checks: serde_json::Value, tasks: impl serde::Seri
 
 /// Serves exactly the routes of `table`; what none of them takes (no such route, wrong method,
 /// a malformed header or query string) is answered by `on_rejection` and counted as route
-/// `unmatched`.
+/// `unmatched`. A 405 carries `Allow`: the methods the table serves at the request's path.
+/// Every answer carries `X-Request-Id`.
 pub fn serve<H, Fut>(
     table: Vec<Route>,
     metrics: HttpMetrics,
@@ -101,21 +103,61 @@ where
     H: Fn(Rejection) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response, Infallible>> + Send,
 {
+    let routes: Arc<Vec<(&'static str, &'static str)>> =
+        Arc::new(table.iter().map(|r| (r.method, r.path)).collect());
     let mut filters = table.into_iter().map(|r| r.filter);
     let first = filters.next().expect("at least one route");
     let api = filters.fold(first, |all, next| all.or(next).unify().boxed());
-    api.recover(move |rejection| {
-        let metrics = metrics.clone();
-        let on_rejection = on_rejection.clone();
-        async move {
-            let response = on_rejection(rejection).await;
-            if let Ok(r) = &response {
-                metrics.observe("unmatched", r.status().as_u16(), Duration::ZERO);
+    let answered = api
+        .recover(move |rejection| {
+            let metrics = metrics.clone();
+            let on_rejection = on_rejection.clone();
+            async move {
+                let response = on_rejection(rejection).await;
+                if let Ok(r) = &response {
+                    metrics.observe("unmatched", r.status().as_u16(), Duration::ZERO);
+                }
+                response
+            }
+        })
+        .unify();
+    warp::path::full().and(request_id()).and(answered).map(
+        move |path: warp::path::FullPath, id: String, mut response: Response| {
+            if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+                if let Ok(allow) = HeaderValue::from_str(&allowed(&routes, path.as_str())) {
+                    response.headers_mut().insert(header::ALLOW, allow);
+                }
+            }
+            // What no handler answered (a refusal before one ran, the operator routes) carries
+            // the correlation id too.
+            if !response.headers().contains_key(REQUEST_ID) {
+                if let Ok(value) = HeaderValue::from_str(&id) {
+                    response.headers_mut().insert(REQUEST_ID, value);
+                }
             }
             response
-        }
-    })
-    .unify()
+        },
+    )
+}
+
+/// The methods `routes` (method, path template) serve at `path`, upper case, comma-separated,
+/// as `Allow` lists them. A template's `{…}` segment matches any one segment.
+pub fn allowed(routes: &[(&str, &str)], path: &str) -> String {
+    let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let mut methods: Vec<String> = routes
+        .iter()
+        .filter(|(_, template)| {
+            let t: Vec<&str> = template.trim_end_matches('/').split('/').collect();
+            t.len() == parts.len()
+                && t.iter()
+                    .zip(&parts)
+                    .all(|(t, p)| t == p || (t.starts_with('{') && t.ends_with('}')))
+        })
+        .map(|(method, _)| method.to_uppercase())
+        .collect();
+    methods.sort();
+    methods.dedup();
+    methods.join(", ")
 }
 
 /// The request's correlation id: `X-Request-Id` if the client sent a usable one (1 to 128
@@ -251,6 +293,33 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allow_lists_the_methods_served_at_the_path() {
+        let routes = [
+            ("post", "/todos"),
+            ("get", "/todos"),
+            ("patch", "/todos/{id}"),
+            ("delete", "/todos/{id}"),
+            ("get", "/todos/stream"),
+            ("get", "/"),
+        ];
+        let cases = [
+            ("/todos", "GET, POST", "a collection"),
+            ("/todos/7", "DELETE, PATCH", "an item"),
+            (
+                "/todos/stream",
+                "DELETE, GET, PATCH",
+                "a fixed path beside a template",
+            ),
+            ("/", "GET", "the root"),
+            ("/todos/", "GET, POST", "a trailing slash"),
+            ("/nowhere", "", "no route"),
+        ];
+        for (path, allow, why) in cases {
+            assert_eq!(allowed(&routes, path), allow, "{why}");
+        }
+    }
 
     #[test]
     fn a_usable_request_id_is_kept_and_any_other_replaced() {

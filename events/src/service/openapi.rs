@@ -213,6 +213,150 @@ fn is_type(value: &Value, t: &str) -> bool {
     }
 }
 
+/// `If-Match` as `precondition` reads it: `*`, or a comma-separated list of entity tags
+/// (RFC 9110 8.8.3: `"…"` or `W/"…"`, visible ASCII but `"` inside), blanks around allowed.
+pub const IF_MATCH_PATTERN: &str =
+    r#"^[ \t]*(\*|(W/)?"[\x21\x23-\x7E]*"([ \t]*,[ \t]*(W/)?"[\x21\x23-\x7E]*")*)[ \t]*$"#;
+
+/// `Idempotency-Key`: 1 to 255 characters of visible ASCII, blanks inside, none at either end
+/// (a header's own blanks around it are not part of it).
+pub const IDEMPOTENCY_KEY_PATTERN: &str =
+    r"^[ \t]*[\x21-\x7E]([\t\x20-\x7E]{0,253}[\x21-\x7E])?[ \t]*$";
+
+/// The schema of an id, a version or a log position: 1 to `events::limits::MAX_ID`.
+pub fn id_schema() -> serde_json::Value {
+    serde_json::json!({
+        "type": "integer",
+        "format": "int64",
+        "minimum": 1,
+        "maximum": crate::limits::MAX_ID,
+    })
+}
+
+/// Sets each key of `constraints` on `target` (an object).
+pub fn merge(target: &mut serde_json::Value, constraints: serde_json::Value) {
+    if let (Some(target), serde_json::Value::Object(constraints)) =
+        (target.as_object_mut(), constraints)
+    {
+        target.extend(constraints);
+    }
+}
+
+/// The schema of `property` of the component schema `schema`; panics (at start, and in the
+/// tests that build the document) when the document has no such property.
+pub fn property<'a>(
+    doc: &'a mut serde_json::Value,
+    schema: &str,
+    property: &str,
+) -> &'a mut serde_json::Value {
+    doc.pointer_mut(&format!(
+        "/components/schemas/{schema}/properties/{property}"
+    ))
+    .unwrap_or_else(|| panic!("the document has no {schema}.{property}"))
+}
+
+/// Every operation of the document, with its method and path.
+fn operations_mut(
+    doc: &mut serde_json::Value,
+) -> impl Iterator<Item = (String, String, &mut serde_json::Value)> {
+    doc["paths"]
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|paths| paths.iter_mut())
+        .flat_map(|(path, ops)| {
+            let path = path.clone();
+            ops.as_object_mut()
+                .into_iter()
+                .flat_map(|ops| ops.iter_mut())
+                .filter(|(method, _)| {
+                    ["get", "post", "put", "patch", "delete"].contains(&method.as_str())
+                })
+                .map(move |(method, op)| (method.clone(), path.clone(), op))
+        })
+}
+
+/// The schema of every parameter named `name` (case-insensitively) in the document.
+pub fn parameters_named<'a>(
+    doc: &'a mut serde_json::Value,
+    name: &'a str,
+) -> impl Iterator<Item = &'a mut serde_json::Value> + 'a {
+    operations_mut(doc).flat_map(move |(_, _, op)| {
+        op["parameters"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+            .filter(move |p| {
+                p["name"]
+                    .as_str()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
+            })
+    })
+}
+
+/// What both documents declare the same way, on top of what utoipa derived: every path id is
+/// an id ([`id_schema`]); every operation takes `X-Request-Id` (any value; an unusable one is
+/// replaced) and may answer 405 with `Allow` (a method its path does not take); every answer
+/// carries `X-Request-Id`; `If-Match` and `Idempotency-Key` have their forms.
+pub fn finish(doc: &mut serde_json::Value) {
+    use serde_json::json;
+    for parameter in parameters_named(doc, "id") {
+        parameter["schema"] = id_schema();
+    }
+    for parameter in parameters_named(doc, "If-Match") {
+        parameter["schema"] = json!({"type": "string", "pattern": IF_MATCH_PATTERN});
+    }
+    for parameter in parameters_named(doc, "Idempotency-Key") {
+        parameter["schema"] = json!({"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN});
+    }
+    let request_id = json!({
+        "name": "X-Request-Id",
+        "in": "header",
+        "required": false,
+        "description": "The request's correlation id, answered back and kept as the event's \
+            correlation_id. Any value is accepted: one that is not 1 to 128 visible ASCII \
+            characters is replaced by a new UUID, never refused.",
+        "schema": {"type": "string"},
+    });
+    for (_, _, op) in operations_mut(doc) {
+        // A header is text or absent, never null (utoipa writes an `Option<String>` as
+        // `[string, null]`).
+        for parameter in op["parameters"].as_array_mut().into_iter().flatten() {
+            if parameter["in"] == "header"
+                && parameter["schema"]["type"] == json!(["string", "null"])
+            {
+                parameter["schema"]["type"] = json!("string");
+            }
+        }
+        let parameters = op["parameters"].as_array_mut().map(std::mem::take);
+        let mut parameters: Vec<serde_json::Value> = parameters
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| {
+                !p["name"]
+                    .as_str()
+                    .is_some_and(|n| n.eq_ignore_ascii_case("x-request-id"))
+            })
+            .collect();
+        parameters.push(request_id.clone());
+        op["parameters"] = json!(parameters);
+        op["responses"]["405"] = json!({
+            "description": "The path does not take this method; Allow lists those it takes",
+            "headers": {"Allow": {
+                "required": true,
+                "description": "The methods the path takes, comma-separated",
+                "schema": {"type": "string"},
+            }},
+            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        });
+        for (_, response) in op["responses"].as_object_mut().into_iter().flatten() {
+            response["headers"]["X-Request-Id"] = json!({
+                "description": "The request's X-Request-Id if usable, else a new UUID",
+                "schema": {"type": "string"},
+            });
+        }
+    }
+}
+
 /// `GET /health`, as both documents declare it.
 #[utoipa::path(get, path = "/health", tag = "operations",
     responses((status = 200, description = "The process answers", body = serde_json::Value)))]

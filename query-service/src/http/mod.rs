@@ -19,7 +19,9 @@ mod todos;
 
 pub use ops::{CountsCache, COUNTS_MAX_AGE, OPENAPI};
 pub use page::Page;
-pub use params::{encode_cursor, list_query, min_version, DEFAULT_LIMIT, MAX_LIMIT};
+pub use params::{
+    encode_cursor, list_query, min_version, CURSOR_PATTERN, DEFAULT_LIMIT, MAX_LIMIT, SORTS,
+};
 pub use stream::Streams;
 
 use crate::consumer::ConsumerStatus;

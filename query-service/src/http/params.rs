@@ -4,12 +4,21 @@
 
 use crate::error::{ApiError, FieldError};
 use crate::store::{Cursor, ListQuery, SortKey};
-use base64::Engine;
 use std::collections::HashMap;
 
 pub const DEFAULT_LIMIT: i64 = 50;
 
 pub const MAX_LIMIT: i64 = 200;
+
+/// The values `sort` takes.
+pub const SORTS: [&str; 6] = [
+    "id",
+    "-id",
+    "created_at",
+    "-created_at",
+    "updated_at",
+    "-updated_at",
+];
 
 fn unknown_params(params: &HashMap<String, String>, known: &[&str], errors: &mut Vec<FieldError>) {
     let mut unknown: Vec<&String> = params
@@ -59,38 +68,33 @@ pub fn list_query(params: &HashMap<String, String>) -> Result<ListQuery, ApiErro
             }
         },
     };
-    let (sort, descending) = match params.get("sort").map(String::as_str) {
-        None | Some("id") => (SortKey::Id, false),
-        Some("-id") => (SortKey::Id, true),
-        Some("created_at") => (SortKey::CreatedAt, false),
-        Some("-created_at") => (SortKey::CreatedAt, true),
-        Some("updated_at") => (SortKey::UpdatedAt, false),
-        Some("-updated_at") => (SortKey::UpdatedAt, true),
-        Some(other) => {
-            errors.push(FieldError::new(
-                "sort",
-                format!("must be one of id, created_at, updated_at (prefix - for descending), got {other:?}"),
-            ));
-            (SortKey::Id, false)
-        }
+    let (mut sort, mut descending) = match params.get("sort").map(String::as_str) {
+        None => (SortKey::Id, false),
+        Some(given) => match sort_of(given) {
+            Some(sort) => sort,
+            None => {
+                errors.push(FieldError::new(
+                    "sort",
+                    format!("must be one of id, created_at, updated_at (prefix - for descending), got {given:?}"),
+                ));
+                (SortKey::Id, false)
+            }
+        },
     };
+    let mut completed = completed;
+    // A cursor continues the listing it was issued for: its order and filter are the page's,
+    // whatever `sort` and `completed` say beside it.
     let after = match params.get("cursor") {
         None => None,
-        // A cursor holds the sort value its page ended at: one made for id order has none,
-        // one made for a time order has that time.
         Some(raw) => match decode_cursor(raw) {
-            Some(c) if c.v.is_some() == (sort != SortKey::Id) => Some(c),
-            Some(_) => {
-                errors.push(FieldError::new(
-                    "cursor",
-                    "was issued for another sort; start again without it",
-                ));
-                None
+            Some(c) => {
+                (sort, descending, completed) = (c.sort, c.descending, c.completed);
+                Some(c.after)
             }
             None => {
                 errors.push(FieldError::new(
                     "cursor",
-                    "is not a cursor this service issued",
+                    "is not a cursor this service issues (see the Link header of a page)",
                 ));
                 None
             }
@@ -109,39 +113,116 @@ pub fn list_query(params: &HashMap<String, String>) -> Result<ListQuery, ApiErro
     }
 }
 
-/// The `cursor` parameter of a next link.
-pub fn encode_cursor(c: &Cursor) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(serde_json::to_vec(c).expect("a cursor (numbers and text) always serializes"))
-}
-
-/// The largest id a cursor may hold: the largest the write side produces, far from
-/// overflowing the windows a page in id order walks.
-const CURSOR_MAX_ID: i64 = events::limits::MAX_ID;
-
-fn decode_cursor(raw: &str) -> Option<Cursor> {
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(raw)
-        .ok()?;
-    let cursor: Cursor = serde_json::from_slice(&bytes).ok()?;
-    (0..=CURSOR_MAX_ID).contains(&cursor.id).then_some(cursor)
-}
-
-pub(super) fn next_link(q: &ListQuery, cursor: &Cursor) -> String {
-    let cursor = encode_cursor(cursor);
-    let sort = match (q.sort, q.descending) {
+/// `sort`'s value for an order.
+fn sort_name(sort: SortKey, descending: bool) -> &'static str {
+    match (sort, descending) {
         (SortKey::Id, false) => "id",
         (SortKey::Id, true) => "-id",
         (SortKey::CreatedAt, false) => "created_at",
         (SortKey::CreatedAt, true) => "-created_at",
         (SortKey::UpdatedAt, false) => "updated_at",
         (SortKey::UpdatedAt, true) => "-updated_at",
+    }
+}
+
+/// The order a `sort` value names.
+fn sort_of(name: &str) -> Option<(SortKey, bool)> {
+    [SortKey::Id, SortKey::CreatedAt, SortKey::UpdatedAt]
+        .into_iter()
+        .flat_map(|key| [(key, false), (key, true)])
+        .find(|(key, descending)| sort_name(*key, *descending) == name)
+}
+
+/// The form of every cursor [`encode_cursor`] writes and [`decode_cursor`] reads:
+/// `<sort>~<completed: all, true or false>~<id>`, and for a time order `~<time>` (the stored
+/// RFC 3339 text with microseconds). The OpenAPI document declares it as `cursor`'s pattern.
+pub const CURSOR_PATTERN: &str = concat!(
+    r"^(-?id~(all|true|false)~[0-9]{1,16}",
+    r"|-?(created_at|updated_at)~(all|true|false)~[0-9]{1,16}",
+    r"~[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z)$"
+);
+
+/// The `cursor` of the page after `c` in the listing `q`: the listing's order and filter and
+/// the position `c`, readable and checkable (see [`CURSOR_PATTERN`]).
+pub fn encode_cursor(q: &ListQuery, c: &Cursor) -> String {
+    let completed = match q.completed {
+        None => "all",
+        Some(true) => "true",
+        Some(false) => "false",
     };
-    let mut url = format!("/todos?limit={}&sort={sort}", q.limit);
+    let mut cursor = format!("{}~{completed}~{}", sort_name(q.sort, q.descending), c.id);
+    if let (SortKey::CreatedAt | SortKey::UpdatedAt, Some(v)) = (q.sort, &c.v) {
+        cursor.push('~');
+        cursor.push_str(v);
+    }
+    cursor
+}
+
+/// A cursor read back: the listing it continues and where.
+#[derive(Debug, PartialEq)]
+struct Decoded {
+    sort: SortKey,
+    descending: bool,
+    completed: Option<bool>,
+    after: Cursor,
+}
+
+/// Whether `v` has the form of a stored time: `YYYY-MM-DDTHH:MM:SS.ffffffZ`. It is compared as
+/// text, never read as a date, so any digits in that form are a position.
+fn is_stored_time(v: &str) -> bool {
+    v.len() == 27
+        && v.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            10 => b == b'T',
+            13 | 16 => b == b':',
+            19 => b == b'.',
+            26 => b == b'Z',
+            _ => b.is_ascii_digit(),
+        })
+}
+
+fn decode_cursor(raw: &str) -> Option<Decoded> {
+    let mut parts = raw.split('~');
+    let (sort, descending) = sort_of(parts.next()?)?;
+    let completed = match parts.next()? {
+        "all" => None,
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => return None,
+    };
+    let id = parts.next()?;
+    if id.is_empty() || id.len() > 16 || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let id: i64 = id.parse().ok()?;
+    let v = match (sort, parts.next()) {
+        (SortKey::Id, None) => None,
+        (SortKey::CreatedAt | SortKey::UpdatedAt, Some(v)) if is_stored_time(v) => {
+            Some(v.to_string())
+        }
+        _ => return None,
+    };
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(Decoded {
+        sort,
+        descending,
+        completed,
+        after: Cursor { v, id },
+    })
+}
+
+pub(super) fn next_link(q: &ListQuery, cursor: &Cursor) -> String {
+    let mut url = format!(
+        "/todos?limit={}&sort={}",
+        q.limit,
+        sort_name(q.sort, q.descending)
+    );
     if let Some(c) = q.completed {
         url.push_str(&format!("&completed={c}"));
     }
-    format!("<{url}&cursor={cursor}>; rel=\"next\"")
+    format!("<{url}&cursor={}>; rel=\"next\"", encode_cursor(q, cursor))
 }
 
 /// Parses `?min_version=N` for `GET /todos/{id}`.
@@ -151,11 +232,14 @@ pub fn min_version(params: &HashMap<String, String>) -> Result<Option<i64>, ApiE
     let v = match params.get("min_version") {
         None => None,
         Some(v) => match v.parse::<i64>() {
-            Ok(n) if n >= 1 => Some(n),
+            Ok(n) if events::limits::in_id_range(n) => Some(n),
             _ => {
                 errors.push(FieldError::new(
                     "min_version",
-                    format!("must be a positive integer, got {v:?}"),
+                    format!(
+                        "must be an integer from 1 to {}, got {v:?}",
+                        events::limits::MAX_ID
+                    ),
                 ));
                 None
             }
@@ -224,36 +308,91 @@ mod tests {
     }
 
     #[test]
-    fn cursors_round_trip() {
-        let c = Cursor {
-            v: Some("2026-11-22T10:00:00.000000Z".into()),
-            id: 42,
-        };
-        assert_eq!(decode_cursor(&encode_cursor(&c)), Some(c));
-        assert_eq!(decode_cursor("bm90IGpzb24"), None);
+    fn cursors_round_trip_and_carry_their_listing() {
+        let time = "2026-11-22T10:00:00.000000Z";
+        let cases = [
+            (SortKey::Id, false, None, None, "id~all~42"),
+            (SortKey::Id, true, Some(true), None, "-id~true~42"),
+            (
+                SortKey::CreatedAt,
+                false,
+                Some(false),
+                Some(time),
+                "created_at~false~42~2026-11-22T10:00:00.000000Z",
+            ),
+            (
+                SortKey::UpdatedAt,
+                true,
+                None,
+                Some(time),
+                "-updated_at~all~42~2026-11-22T10:00:00.000000Z",
+            ),
+        ];
+        for (sort, descending, completed, v, text) in cases {
+            let q = ListQuery {
+                completed,
+                sort,
+                descending,
+                limit: 5,
+                after: None,
+            };
+            let c = Cursor {
+                v: v.map(String::from),
+                id: 42,
+            };
+            assert_eq!(encode_cursor(&q, &c), text);
+            assert_eq!(
+                decode_cursor(text),
+                Some(Decoded {
+                    sort,
+                    descending,
+                    completed,
+                    after: c
+                }),
+                "{text}"
+            );
+        }
     }
 
     #[test]
-    fn a_cursor_for_another_sort_or_out_of_range_is_refused() {
-        let by_id = encode_cursor(&Cursor { v: None, id: 7 });
-        let by_time = encode_cursor(&Cursor {
-            v: Some("2026-11-22T10:00:00.000000Z".into()),
-            id: 7,
-        });
-        assert!(list_query(&params(&[("cursor", &by_id)])).is_ok());
-        assert!(list_query(&params(&[("cursor", &by_time), ("sort", "-updated_at")])).is_ok());
-        for (cursor, sort) in [(&by_id, "created_at"), (&by_time, "id"), (&by_time, "-id")] {
+    fn a_cursor_carries_its_order_and_filter_whatever_the_parameters_beside_it() {
+        let by_time = "-updated_at~true~7~2026-11-22T10:00:00.000000Z";
+        let q = list_query(&params(&[
+            ("cursor", by_time),
+            ("sort", "id"),
+            ("completed", "false"),
+        ]))
+        .expect("a cursor of another sort");
+        assert_eq!(
+            (q.sort, q.descending, q.completed),
+            (SortKey::UpdatedAt, true, Some(true))
+        );
+        assert_eq!(q.after.map(|c| c.id), Some(7));
+    }
+
+    #[test]
+    fn a_cursor_of_another_form_is_refused() {
+        for bad in [
+            "abc",
+            "",
+            "id~all~",
+            "id~all~x",
+            "id~maybe~7",
+            "title~all~7",
+            "id~all~7~2026-11-22T10:00:00.000000Z",
+            "created_at~all~7",
+            "created_at~all~7~2026-11-22",
+            "id~all~12345678901234567",
+            "id~all~-1",
+            "id~all~7~",
+        ] {
             assert!(
                 matches!(
-                    list_query(&params(&[("cursor", cursor), ("sort", sort)])),
+                    list_query(&params(&[("cursor", bad)])),
                     Err(ApiError::InvalidQuery(_))
                 ),
-                "{sort}"
+                "{bad:?}"
             );
-        }
-        for id in [-1, i64::MAX, CURSOR_MAX_ID + 1] {
-            let raw = encode_cursor(&Cursor { v: None, id });
-            assert_eq!(decode_cursor(&raw), None, "id {id}");
         }
     }
 
@@ -264,7 +403,7 @@ mod tests {
             Some(3)
         );
         assert_eq!(min_version(&params(&[])).expect("ok"), None);
-        for bad in ["0", "-1", "x"] {
+        for bad in ["0", "-1", "x", "9007199254740992"] {
             assert!(
                 min_version(&params(&[("min_version", bad)])).is_err(),
                 "{bad}"

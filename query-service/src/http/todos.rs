@@ -52,9 +52,10 @@ pub(super) fn get(
         .and_then(
             move |id: i64, rid: String, params: HashMap<String, String>, state: State| async move {
                 answer::<ApiError, _>(state.metrics.http.clone(), rid, route, async move {
-                    if id <= 0 {
+                    if !events::limits::in_id_range(id) {
                         return Err(ApiError::NotFound(format!(
-                            "Todo {id} does not exist; ids are positive."
+                            "Todo {id} does not exist; ids are 1 to {}.",
+                            events::limits::MAX_ID
                         )));
                     }
                     let want = min_version(&params)?;

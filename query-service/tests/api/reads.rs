@@ -155,6 +155,19 @@ async fn bad_reads_get_problem_json() {
         ("limit too large", "GET", "/todos?limit=1000", 400),
         ("unknown sort", "GET", "/todos?sort=priority", 400),
         ("forged cursor", "GET", "/todos?cursor=abc", 400),
+        (
+            "a time cursor without its time",
+            "GET",
+            "/todos?cursor=created_at~all~7",
+            400,
+        ),
+        (
+            "min_version past 2^53 - 1",
+            "GET",
+            "/todos/1?min_version=9007199254740992",
+            400,
+        ),
+        ("an id past 2^53 - 1", "GET", "/todos/9007199254740992", 404),
         ("unknown parameter", "GET", "/todos?page=2", 400),
         ("min_version zero", "GET", "/todos/1?min_version=0", 400),
         (
@@ -169,6 +182,8 @@ async fn bad_reads_get_problem_json() {
         ("unknown route", "GET", "/nowhere", 404),
         ("writes go to the command side", "POST", "/todos", 405),
         ("no deletes here", "DELETE", "/todos/1", 405),
+        ("no writes to the stream", "POST", "/todos/stream", 405),
+        ("the page is read only", "PUT", "/", 405),
     ];
     for (why, method, path, status) in cases {
         let response = client
@@ -180,6 +195,10 @@ async fn bad_reads_get_problem_json() {
             .await
             .expect("sent");
         assert_eq!(response.status().as_u16(), *status, "{why}");
+        if *status == 405 {
+            // The route table's methods at that path, for reads: GET alone.
+            assert_eq!(response.headers()["allow"], "GET", "{why}");
+        }
         assert_eq!(
             response.headers()["content-type"],
             "application/problem+json",

@@ -442,10 +442,19 @@ async fn run(config: &Config, report: &mut Report) -> anyhow::Result<()> {
         let middle = (size / 2) as i64;
         let path = format!(
             "/todos?limit=50&cursor={}",
-            query_service::http::encode_cursor(&query_service::store::Cursor {
-                v: None,
-                id: middle
-            })
+            query_service::http::encode_cursor(
+                &query_service::store::ListQuery {
+                    completed: None,
+                    sort: query_service::store::SortKey::Id,
+                    descending: false,
+                    limit: 50,
+                    after: None,
+                },
+                &query_service::store::Cursor {
+                    v: None,
+                    id: middle
+                }
+            )
         );
         let store = stores::page_rate(config, &list_db, middle, 50, 4).await?;
         let w = load::wrk_get(config, &lists.base, &path, 4).await?;

@@ -118,10 +118,11 @@ fn page() {}
         ("Last-Event-ID" = Option<i64>, Header, description = "The last id received (a position, 0 to 2^53 - 1; empty is none): first what the read model holds past it; another value is 400"),
     ),
     responses(
-        (status = 200, description = "Server-sent events: `todo` or `deleted`, id = the log position, data = {id, version, position, deleted, todo, lag_ms}; `dropped` before a client too far behind is disconnected", body = String, content_type = "text/event-stream"),
+        (status = 200, description = "Server-sent events of every replica's changes: `todo` or `deleted`, id = the log position, data = {id, version, position, deleted, todo, lag_ms}; a replay past STREAM_REPLAY_MAX_BYTES or STREAM_REPLAY_MAX_MS ends with `reload` (data: {reason}: read the list again); `dropped` (data: {reason}) before a client more than STREAM_BUFFER_BYTES behind, or told to reconnect, is disconnected", body = String, content_type = "text/event-stream"),
         (status = 400, description = "A Last-Event-ID that is not a position", body = Problem, content_type = PROBLEM),
+        (status = 429, description = "This address has STREAM_MAX_PER_PEER streams open already", body = Problem, content_type = PROBLEM),
         (status = 500, body = Problem, content_type = PROBLEM),
-        (status = 503, description = "Every stream slot is taken, or MongoDB unavailable", body = Problem, content_type = PROBLEM, headers(("Retry-After" = String))),
+        (status = 503, description = "Every stream slot (STREAM_MAX_SUBSCRIBERS) is taken, or MongoDB unavailable", body = Problem, content_type = PROBLEM, headers(("Retry-After" = String))),
     ))]
 #[allow(dead_code)]
 fn stream() {}

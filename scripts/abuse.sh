@@ -11,8 +11,8 @@
 #   scripts/abuse.sh --short    # 300 sockets a service, 3,000 todos (scripts/test.sh runs this)
 #
 # What it changes: it brings the local services up (scripts/dev-services.sh up); it creates a
-# RabbitMQ vhost and two users named abuse-<run>* (with the permissions definitions.json gives
-# its users), a PostgreSQL and a MongoDB database abuse_<run>, and removes them all at the end;
+# RabbitMQ vhost (holding the exchanges, queues and bindings definitions.json makes) and two
+# users named abuse-<run>* (with the permissions it gives its users), a PostgreSQL and a MongoDB database abuse_<run>, and removes them all at the end;
 # it runs the services on ABUSE_PORT (5401) and the next two ports and opens connections from
 # loopback addresses 127.0.1.1 to 127.0.20.200. Logs stay in target/abuse/<run>/.
 # SERVICE_BIN_DIR=target/debug runs the debug binaries instead of building release ones.
@@ -57,6 +57,21 @@ mapfile -t writer_perms < <(permissions command-service)
 mapfile -t reader_perms < <(permissions query-service)
 
 rabbitmqctl -q add_vhost "$vhost" >/dev/null
+# The exchanges, queues and bindings the definitions make (query-service's user may configure
+# none of them), on this run's vhost.
+topology="$(mktemp --suffix=.json)"
+python3 - "$vhost" >"$topology" <<'PY'
+import json, sys
+d = json.load(open("deploy/rabbitmq/definitions.json"))
+out = {k: d[k] for k in ("exchanges", "queues", "bindings")}
+for k in out:
+    for item in out[k]:
+        item["vhost"] = sys.argv[1]
+print(json.dumps(out))
+PY
+chmod 644 "$topology"
+rabbitmqctl -q import_definitions "$topology" >/dev/null
+rm -f "$topology"
 printf '%s' "$writer_password" | rabbitmqctl -q add_user "$writer" >/dev/null
 printf '%s' "$reader_password" | rabbitmqctl -q add_user "$reader" >/dev/null
 rabbitmqctl -q set_permissions -p "$vhost" "$writer" "${writer_perms[@]}" >/dev/null

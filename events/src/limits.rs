@@ -136,6 +136,30 @@ pub fn title(raw: &str) -> Result<&str, String> {
     }
 }
 
+/// Why a title an event carries could not have come from the write side, or `None`: the rules
+/// every version of command-service held titles to (stored trimmed, 1 to
+/// [`TITLE_MAX_CHARS`] characters, no control character). Laxer than [`title`] on purpose: the
+/// invisible-only rule is newer, and the log keeps titles earlier versions took, which the
+/// read side must still apply (a replay, a redelivery, a rolling upgrade).
+pub fn stored_title(title: &str) -> Option<String> {
+    let len = title.chars().count();
+    if title.contains('\0') {
+        Some(NUL.into())
+    } else if let Some(c) = control_character(title, &[]) {
+        Some(control_message(c))
+    } else if title.trim() != title {
+        Some("must be stored trimmed".into())
+    } else if len == 0 {
+        Some("must not be blank".into())
+    } else if len > TITLE_MAX_CHARS {
+        Some(format!(
+            "must be at most {TITLE_MAX_CHARS} characters, got {len}"
+        ))
+    } else {
+        None
+    }
+}
+
 /// Why `text` breaks the rules of a description, or `None` when it keeps them.
 pub fn description(text: &str) -> Option<String> {
     let len = text.chars().count();

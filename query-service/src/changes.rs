@@ -99,6 +99,8 @@ pub struct Hub {
     budget: usize,
     subscribers: Mutex<HashMap<u64, Subscriber>>,
     next: AtomicUsize,
+    /// Why the hub takes no more clients (the service is stopping), once [`Hub::close`]d.
+    closed: Mutex<Option<String>>,
 }
 
 struct Subscriber {
@@ -121,6 +123,7 @@ impl Hub {
             budget: budget.max(1),
             subscribers: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
+            closed: Mutex::new(None),
         })
     }
 
@@ -132,7 +135,24 @@ impl Hub {
         let id = self.next.fetch_add(1, Ordering::Relaxed) as u64;
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        self.lock().insert(
+        let mut subscribers = self.lock();
+        // Checked under the subscribers' lock, which `close` holds too: a client either
+        // subscribed before the close (and is interrupted by it) or is told at once.
+        let closed = self
+            .closed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(reason) = closed {
+            let _ = tx.send(Item::Interrupted(reason));
+            return Subscription {
+                id,
+                rx,
+                queued,
+                hub: Weak::new(),
+            };
+        }
+        subscribers.insert(
             id,
             Subscriber {
                 tx,
@@ -144,6 +164,16 @@ impl Hub {
             rx,
             queued,
             hub: Arc::downgrade(self),
+        }
+    }
+
+    /// Interrupts every client with `reason` and takes no more: a client subscribing after
+    /// this gets the interruption at once (the service is stopping).
+    pub fn close(&self, reason: &str) {
+        let mut subscribers = self.lock();
+        *self.closed.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_string());
+        for (_, s) in subscribers.drain() {
+            let _ = s.tx.send(Item::Interrupted(reason.to_string()));
         }
     }
 
@@ -163,7 +193,8 @@ impl Hub {
         let budget = self.budget;
         self.lock().retain(|_, s| {
             let queued = s.queued.load(Ordering::Acquire);
-            if queued + weight > budget {
+            // A batch heavier than the whole budget still goes to a client that is not behind.
+            if queued > 0 && queued + weight > budget {
                 let _ = s.tx.send(Item::Interrupted(format!(
                     "more than {budget} bytes of changes behind (STREAM_BUFFER_BYTES); \
                      reconnect with Last-Event-ID"

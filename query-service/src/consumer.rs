@@ -36,7 +36,7 @@ use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -89,13 +89,14 @@ pub async fn run(
     while !shutdown.is_triggered() {
         config.metrics.consumer_connect();
         let served = match connect(&config).await {
-            Ok((conn, channel, dead_letters)) => {
+            Ok(link) => {
                 tracing::info!(queue = %config.queue, "consumer connected to RabbitMQ");
                 let connected_at = Instant::now();
                 let mut settled = false;
                 let channels = Channels {
-                    deliveries: &channel,
-                    dead_letters: &dead_letters,
+                    deliveries: &link.deliveries,
+                    dead_letters: &link.dead_letters,
+                    notices: &link.notices,
                 };
                 let result =
                     consume(&store, &config, channels, &status, &shutdown, &mut settled).await;
@@ -104,8 +105,11 @@ pub async fn run(
                 if let Err(err) = result {
                     tracing::warn!(error = %err, "consumer lost its connection; reconnecting");
                 }
-                let _ = tokio::time::timeout(Duration::from_secs(5), conn.close(200, "bye".into()))
-                    .await;
+                for conn in [&link.consuming, &link.publishing] {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(5), conn.close(200, "bye".into()))
+                            .await;
+                }
                 settled || connected_at.elapsed() >= SERVED_AFTER
             }
             Err(err) if err.to_string().contains("inequivalent arg") => {
@@ -145,37 +149,37 @@ pub async fn run(
 /// The arguments must equal those in `deploy/rabbitmq/definitions.json`: RabbitMQ refuses a
 /// redeclaration with other arguments.
 pub async fn declare_topology(channel: &Channel, exchange: &str, queue: &str) -> lapin::Result<()> {
-    declare_topology_with(channel, exchange, queue, true).await
+    declare_topology_with(channel, exchange, queue, false).await
 }
 
-/// [`declare_topology`], the events exchange declared only if `declare_exchange` (a user who
-/// may not configure it only binds to it).
+/// [`declare_topology`]; with `passive`, each exchange and queue is only checked to exist and
+/// nothing is bound (a broker user that may configure nothing finds what the definitions made).
 async fn declare_topology_with(
     channel: &Channel,
     exchange: &str,
     queue: &str,
-    declare_exchange: bool,
+    passive: bool,
 ) -> lapin::Result<()> {
     let durable_exchange = ExchangeDeclareOptions {
         durable: true,
+        passive,
         ..ExchangeDeclareOptions::default()
     };
     let durable_queue = QueueDeclareOptions {
         durable: true,
+        passive,
         ..QueueDeclareOptions::default()
     };
     let dlx = events::dead_letter_exchange(exchange);
     let dlq = events::dead_letter_queue(queue);
-    if declare_exchange {
-        channel
-            .exchange_declare(
-                exchange.into(),
-                ExchangeKind::Topic,
-                durable_exchange,
-                FieldTable::default(),
-            )
-            .await?;
-    }
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            durable_exchange,
+            FieldTable::default(),
+        )
+        .await?;
     channel
         .exchange_declare(
             dlx.as_str().into(),
@@ -188,6 +192,12 @@ async fn declare_topology_with(
         .queue_declare(dlq.as_str().into(), durable_queue, quorum_args(None))
         .await?;
     channel
+        .queue_declare(queue.into(), durable_queue, quorum_args(Some(&dlx)))
+        .await?;
+    if passive {
+        return Ok(());
+    }
+    channel
         .queue_bind(
             dlq.as_str().into(),
             dlx.as_str().into(),
@@ -195,9 +205,6 @@ async fn declare_topology_with(
             QueueBindOptions::default(),
             FieldTable::default(),
         )
-        .await?;
-    channel
-        .queue_declare(queue.into(), durable_queue, quorum_args(Some(&dlx)))
         .await?;
     channel
         .queue_bind(
@@ -232,59 +239,74 @@ pub fn quorum_args(dead_letter_exchange: Option<&str>) -> FieldTable {
     args
 }
 
-async fn connect(config: &ConsumerConfig) -> anyhow::Result<(Connection, Channel, Channel)> {
-    let conn = tokio::time::timeout(
+/// The consumer's connections and channels: it consumes on one connection and publishes (dead
+/// letters, change notices) on another, as RabbitMQ advises: a connection that publishes is
+/// the one the broker stops reading during a memory or disk alarm, and the acks that would
+/// drain the backlog must not wait behind it.
+struct Link {
+    consuming: Connection,
+    publishing: Connection,
+    deliveries: Channel,
+    /// In confirm mode.
+    dead_letters: Channel,
+    notices: Channel,
+}
+
+async fn open(url: &str, name: &str) -> anyhow::Result<Connection> {
+    Ok(tokio::time::timeout(
         Duration::from_secs(5),
         Connection::connect(
-            &config.amqp_url,
-            ConnectionProperties::default().with_connection_name("query-service consumer".into()),
+            url,
+            ConnectionProperties::default().with_connection_name(name.into()),
         ),
     )
-    .await??;
-    // The events exchange belongs to the write side: with a broker user that may not configure
-    // it (deploy/rabbitmq/definitions.json), declaring it is refused, which closes the channel;
-    // then it only has to exist.
-    let declare_exchange = match declare_events_exchange(&conn, &config.exchange, false).await {
+    .await??)
+}
+
+async fn connect(config: &ConsumerConfig) -> anyhow::Result<Link> {
+    let consuming = open(&config.amqp_url, "query-service consumer").await?;
+    // The topology, declared where the broker user may configure it (the local services'
+    // guest); with the users deploy/rabbitmq/definitions.json ships, which may configure none of
+    // it, the first declaration is refused (closing its channel) and everything is only checked
+    // to exist, as the definitions made it.
+    let declared = match declare_on_own_channel(&consuming, config, false).await {
         Ok(()) => true,
         Err(err) if err.to_string().contains("ACCESS_REFUSED") => {
-            declare_events_exchange(&conn, &config.exchange, true).await?;
+            declare_on_own_channel(&consuming, config, true).await?;
             false
         }
         Err(err) => return Err(err.into()),
     };
-    let channel = conn.create_channel().await?;
-    channel
+    tracing::debug!(declared, "consumer topology in place");
+    let deliveries = consuming.create_channel().await?;
+    deliveries
         .basic_qos(config.prefetch, BasicQosOptions::default())
         .await?;
-    declare_topology_with(&channel, &config.exchange, &config.queue, declare_exchange).await?;
-    crate::fanout::declare(&channel, &config.changes_exchange).await?;
-    let dead_letters = conn.create_channel().await?;
+    let publishing = open(&config.amqp_url, "query-service publisher").await?;
+    let dead_letters = publishing.create_channel().await?;
     dead_letters
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    Ok((conn, channel, dead_letters))
+    let notices = publishing.create_channel().await?;
+    Ok(Link {
+        consuming,
+        publishing,
+        deliveries,
+        dead_letters,
+        notices,
+    })
 }
 
-/// Declares the events exchange on a channel of its own (a refusal closes the channel), or
-/// with `passive` only checks that it exists.
-async fn declare_events_exchange(
+/// [`declare_topology`] with the change fan-out's exchange, on a channel of its own (a refusal
+/// closes the channel); with `passive`, only checks that each exists.
+async fn declare_on_own_channel(
     conn: &Connection,
-    exchange: &str,
+    config: &ConsumerConfig,
     passive: bool,
 ) -> lapin::Result<()> {
     let channel = conn.create_channel().await?;
-    channel
-        .exchange_declare(
-            exchange.into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                passive,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    declare_topology_with(&channel, &config.exchange, &config.queue, passive).await?;
+    crate::fanout::declare(&channel, &config.changes_exchange, passive).await?;
     let _ = channel.close(200, "declared".into()).await;
     Ok(())
 }
@@ -306,6 +328,7 @@ struct Pending {
 struct Channels<'a> {
     deliveries: &'a Channel,
     dead_letters: &'a Channel,
+    notices: &'a Channel,
 }
 
 async fn consume(
@@ -415,7 +438,7 @@ async fn handle_batch(
     retried: Vec<Pending>,
     held: &mut Vec<Pending>,
     shutdown: &Shutdown,
-) -> lapin::Result<Settled> {
+) -> anyhow::Result<Settled> {
     let started = Instant::now();
     let size = fresh.len() + retried.len();
     let mut counts = Counts::default();
@@ -455,7 +478,7 @@ async fn handle_batch(
     let mut applied = Vec::with_capacity(batch.len());
     let mut changes = Vec::new();
     let mut newest_event = None;
-    let mut max_todo_id = 0;
+    let mut highest = crate::store::Highest::default();
     let mut refused_now = 0;
     for (mut pending, result) in batch.into_iter().zip(results) {
         let event = &pending.event;
@@ -481,7 +504,7 @@ async fn handle_batch(
                     changes.push(crate::changes::Change::of_event(event));
                 }
                 applied.push((event.todo_id, event.version));
-                max_todo_id = max_todo_id.max(event.todo_id);
+                highest = crate::store::Highest::of([event]).max(highest);
                 to_ack.push(pending);
             }
             Err(refused) => {
@@ -510,7 +533,7 @@ async fn handle_batch(
     // failure to record is retried like the store being away, never skipped.
     if counts.total() > 0 {
         let mut backoff = Backoff::new(Duration::from_millis(100), config.max_backoff);
-        while let Err(err) = store.record(counts, newest_event, max_todo_id).await {
+        while let Err(err) = store.record(counts, newest_event, highest).await {
             tracing::warn!(error = %err, retry_in_ms = backoff.peek().as_millis() as u64, "projection counters not updated; retrying");
             config.metrics.observe_store_unavailable();
             if !backoff.pause(shutdown).await {
@@ -518,15 +541,17 @@ async fn handle_batch(
             }
         }
     }
+    // The notice before the ack: the changes are in MongoDB already, and a batch redelivered
+    // after a failure in between is all duplicates, which make no notice of their own.
+    if !changes.is_empty() {
+        changes.sort_by_key(|c| c.position);
+        let batch = crate::changes::Batch { changes };
+        crate::fanout::publish(channels.notices, &config.changes_exchange, &batch).await?;
+    }
     ack(&mut to_ack, held).await?;
     if !applied.is_empty() {
         // Nobody listening is fine.
         let _ = config.applied.send(Arc::new(applied));
-    }
-    if !changes.is_empty() {
-        changes.sort_by_key(|c| c.position);
-        let batch = crate::changes::Batch { changes };
-        crate::fanout::publish(channels.deliveries, &config.changes_exchange, &batch).await?;
     }
     tracing::info!(
         size,
@@ -637,16 +662,21 @@ fn event_span(delivery: &Delivery) -> tracing::Span {
     )
 }
 
+/// How long the broker may take to confirm a dead letter's copy.
+const CONFIRM_WITHIN: Duration = Duration::from_secs(5);
+
 /// Dead-letters a message that can never apply, with the reason: a copy of it (body,
-/// properties, headers) goes to the dead-letter exchange with `x-refused-reason` and
-/// `x-refused-at` added, and once the broker confirmed the copy the original is acked. A copy
-/// the broker did not confirm leaves the original unacked, to be redelivered.
+/// properties, headers) goes to the dead-letter exchange, `mandatory`, with `x-refused-reason`
+/// and `x-refused-at` added, and only once the broker confirmed that the copy reached the
+/// dead-letter queue is the original acked. A copy the broker refused, returned (no queue
+/// bound) or did not confirm within [`CONFIRM_WITHIN`] is an error: the consumer reconnects and
+/// the original, unacked, is delivered again.
 async fn dead_letter(
     channel: &Channel,
     exchange: &str,
     delivery: &Delivery,
     reason: &str,
-) -> lapin::Result<()> {
+) -> anyhow::Result<()> {
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     headers.insert(
         events::HEADER_REFUSED_REASON.into(),
@@ -657,22 +687,37 @@ async fn dead_letter(
         AMQPValue::LongString(chrono::Utc::now().to_rfc3339().into()),
     );
     let properties = delivery.properties.clone().with_headers(headers);
-    let confirm = channel
-        .basic_publish(
-            events::dead_letter_exchange(exchange).as_str().into(),
-            delivery.routing_key.as_str().into(),
-            BasicPublishOptions::default(),
-            &delivery.data,
-            properties,
-        )
-        .await?
-        .await?;
-    if confirm.is_nack() {
-        tracing::warn!("the broker refused the dead letter's copy; the message stays unacked");
-        return Ok(());
+    let dlx = events::dead_letter_exchange(exchange);
+    let confirmed = tokio::time::timeout(CONFIRM_WITHIN, async {
+        channel
+            .basic_publish(
+                dlx.as_str().into(),
+                delivery.routing_key.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &delivery.data,
+                properties,
+            )
+            .await?
+            .await
+    })
+    .await;
+    match confirmed {
+        Ok(Ok(Confirmation::Ack(None))) => {}
+        Ok(Ok(Confirmation::Ack(Some(_)))) => {
+            anyhow::bail!("the dead letter's copy was returned: no queue is bound to {dlx}")
+        }
+        Ok(Ok(Confirmation::Nack(_))) => anyhow::bail!("the broker refused the dead letter's copy"),
+        Ok(Ok(Confirmation::NotRequested)) => {
+            anyhow::bail!("the dead-letter channel is not in confirm mode")
+        }
+        Ok(Err(err)) => return Err(err.into()),
+        Err(_) => anyhow::bail!(
+            "the broker did not confirm the dead letter's copy within {CONFIRM_WITHIN:?}"
+        ),
     }
-    delivery
-        .ack(BasicAckOptions { multiple: false })
-        .await
-        .map(|_| ())
+    delivery.ack(BasicAckOptions { multiple: false }).await?;
+    Ok(())
 }

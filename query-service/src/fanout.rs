@@ -23,7 +23,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What a replica's fan-out queue may hold before its oldest notices are dropped.
 const QUEUE_MAX_BYTES: i64 = 64 << 20;
@@ -39,19 +39,38 @@ pub struct FanoutConfig {
     pub status: Arc<crate::consumer::ConsumerStatus>,
 }
 
-/// Declares the fanout exchange (idempotent).
-pub async fn declare(channel: &Channel, exchange: &str) -> lapin::Result<()> {
+/// Declares the fanout exchange (idempotent); with `passive`, only checks that it exists.
+pub async fn declare(channel: &Channel, exchange: &str, passive: bool) -> lapin::Result<()> {
     channel
         .exchange_declare(
             exchange.into(),
             ExchangeKind::Fanout,
             ExchangeDeclareOptions {
                 durable: true,
+                passive,
                 ..ExchangeDeclareOptions::default()
             },
             FieldTable::default(),
         )
         .await
+}
+
+/// [`declare`] on a channel of its own; a broker user that may not configure the exchange (the
+/// definitions made it) has it checked instead.
+async fn declare_or_check(conn: &Connection, exchange: &str) -> lapin::Result<()> {
+    let channel = conn.create_channel().await?;
+    match declare(&channel, exchange, false).await {
+        Err(err) if err.to_string().contains("ACCESS_REFUSED") => {
+            let channel = conn.create_channel().await?;
+            declare(&channel, exchange, true).await?;
+            let _ = channel.close(200, "checked".into()).await;
+        }
+        other => {
+            other?;
+            let _ = channel.close(200, "declared".into()).await;
+        }
+    }
+    Ok(())
 }
 
 /// Publishes one batch's changes to every replica. Does not wait for the broker.
@@ -69,17 +88,23 @@ pub async fn publish(channel: &Channel, exchange: &str, batch: &Batch) -> lapin:
         .map(|_| ())
 }
 
-/// The listener: reconnects by itself until shutdown.
+/// The listener: reconnects by itself until shutdown, with a delay that starts over once a
+/// connection served (`crate::consumer::SERVED_AFTER`).
 pub async fn run(config: FanoutConfig, shutdown: Shutdown) {
-    let mut reconnect = Backoff::new(Duration::from_millis(200), config.max_backoff);
-    let mut lost = false;
+    let mut reconnect = Backoff::new(crate::consumer::RETRY_BASE, config.max_backoff);
+    // Clients admitted before the first subscription may have missed changes too.
+    let mut lost = true;
     while !shutdown.is_triggered() {
+        let connected = Instant::now();
         match listen(&config, &shutdown, &mut lost).await {
             Ok(()) => break,
             Err(err) => {
                 tracing::warn!(error = %err, "change fan-out listener lost RabbitMQ; reconnecting");
                 lost = true;
             }
+        }
+        if connected.elapsed() >= crate::consumer::SERVED_AFTER {
+            reconnect.reset();
         }
         if !reconnect.pause(&shutdown).await {
             break;
@@ -97,8 +122,8 @@ async fn listen(config: &FanoutConfig, shutdown: &Shutdown, lost: &mut bool) -> 
         ),
     )
     .await??;
+    declare_or_check(&conn, &config.exchange).await?;
     let channel = conn.create_channel().await?;
-    declare(&channel, &config.exchange).await?;
     let mut args = FieldTable::default();
     args.insert(
         "x-max-length-bytes".into(),

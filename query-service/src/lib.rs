@@ -157,7 +157,7 @@ impl Application {
         trigger.trigger();
         // Streams never end by themselves: tell their clients to reconnect (to another
         // replica, or to this one once it is back), so the server's drain is not held by them.
-        stream_hub.interrupt("the service is shutting down; reconnect with Last-Event-ID");
+        stream_hub.close("the service is shutting down; reconnect with Last-Event-ID");
         server.await.context("HTTP server task failed")?;
         consumer.await.context("consumer task failed")?;
         fanout.await.context("fan-out task failed")?;

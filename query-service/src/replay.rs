@@ -182,9 +182,8 @@ pub async fn replay_with_page_size(
                 }
             }
             let newest = chunk.iter().map(|e| e.occurred_at).max();
-            let max_todo_id = chunk.iter().map(|e| e.todo_id).max().unwrap_or(0);
             store
-                .record(counts, newest, max_todo_id)
+                .record(counts, newest, crate::store::Highest::of(chunk))
                 .await
                 .context("recording the projection counters in MongoDB")?;
             report.read += chunk.len() as u64;

@@ -67,8 +67,10 @@ pub struct Verification {
     /// The log's newest event of each todo the read model holds at a later version than the
     /// log has: what `--repair` puts back.
     pub ahead: Vec<Envelope>,
-    /// The highest todo id the log has.
-    pub max_todo_id: i64,
+    /// The highest todo id and position the log has.
+    pub highest: crate::store::Highest,
+    /// The read model keeps a higher todo id or position than the log's.
+    pub highest_ahead: bool,
 }
 
 /// Keeps each todo's newest event.
@@ -167,10 +169,12 @@ pub async fn verify(
     let mut finals: BTreeMap<i64, Envelope> = BTreeMap::new();
     let mut report = Verification::default();
     let mut after = 0;
+    let mut last_position = 0;
     loop {
         let page = log.page(after).await?;
         for e in &page {
             fold(&mut finals, e);
+            last_position = last_position.max(e.position);
         }
         report.events += page.len() as u64;
         match page.last() {
@@ -199,7 +203,32 @@ pub async fn verify(
         }
     }
     report.compared = finals.len();
-    report.max_todo_id = finals.keys().next_back().copied().unwrap_or(0);
+    report.highest = crate::store::Highest {
+        todo_id: finals.keys().next_back().copied().unwrap_or(0),
+        position: after.max(last_position),
+    };
+    // What lists in id order and replays walk up to: past the log's highest, they walk ids
+    // and positions that will never hold anything (a forged event before the read side held
+    // events to the contract, or a hand edit).
+    for (what, kept, log) in [
+        (
+            "todo id",
+            store.max_todo_id().await?,
+            report.highest.todo_id,
+        ),
+        (
+            "position",
+            store.max_position().await?,
+            report.highest.position,
+        ),
+    ] {
+        if kept > log {
+            report.differences.push(format!(
+                "the read model's highest {what} is {kept}, the log's {log}"
+            ));
+            report.highest_ahead = true;
+        }
+    }
     for id in store.all_ids().await? {
         if !finals.contains_key(&id) {
             report.differences.push(format!(
@@ -236,7 +265,7 @@ pub async fn reset_ahead(store: &Store, report: &Verification) -> anyhow::Result
     for e in &report.ahead {
         reset += store.reset_ahead(e).await?;
     }
-    store.reset_max_todo_id(report.max_todo_id).await?;
+    store.reset_highest(report.highest).await?;
     Ok(reset)
 }
 

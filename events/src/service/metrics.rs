@@ -77,9 +77,14 @@ impl HttpMetrics {
         }
     }
 
-    /// The connections held now.
-    pub fn connections_open(&self, n: usize) {
-        self.open.set(n as i64);
+    /// A connection was admitted.
+    pub fn connection_opened(&self) {
+        self.open.inc();
+    }
+
+    /// An admitted connection ended.
+    pub fn connection_closed(&self) {
+        self.open.dec();
     }
 
     /// A connection refused at accept, `reason` `full` or `peer`.

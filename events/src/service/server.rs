@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::Sleep;
@@ -117,6 +117,8 @@ pub fn default_write_timeout_ms() -> u64 {
 /// The largest request head (request line and headers) a client may send: 16 KiB. hyper
 /// answers a larger one 431.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Refused connections answered at once; past it, refused ones are closed unanswered.
+const REFUSALS_AT_ONCE: usize = 64;
 
 /// The address of the client that sent a request, as the server saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -159,12 +161,13 @@ pub async fn serve<F>(
     F::Extract: warp::Reply,
 {
     let registry = Arc::new(Registry::default());
+    let refusing = Arc::new(tokio::sync::Semaphore::new(REFUSALS_AT_ONCE));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(MAX_HEAD_BYTES.max(8192))
+        .max_buf_size(MAX_HEAD_BYTES)
         .max_headers(100)
         .keep_alive(true);
     let mut shutdown = std::pin::pin!(shutdown);
@@ -192,11 +195,18 @@ pub async fn serve<F>(
             }
             Err(refusal) => {
                 metrics.connection_refused(refusal.reason());
-                tokio::spawn(refuse(stream, refusal));
+                // Refusals are bounded too: past the cap of those in progress, the socket is
+                // closed without an answer.
+                if let Ok(place) = refusing.clone().try_acquire_owned() {
+                    tokio::spawn(async move {
+                        refuse(stream, refusal).await;
+                        drop(place);
+                    });
+                }
                 continue;
             }
         };
-        metrics.connections_open(registry.open());
+        metrics.connection_opened();
         let io = hyper_util::rt::TokioIo::new(WriteDeadline::new(stream, limits.write_timeout));
         let routes = warp::service(filter.clone());
         let busy = ticket.busy.clone();
@@ -226,15 +236,27 @@ pub async fn serve<F>(
         let registry = registry.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            tokio::select! {
-                ended = connection => if let Err(err) = ended {
-                    tracing::debug!(error = %err, "connection ended with an error");
-                },
-                // Dropping the connection closes its socket.
-                _ = ticket.evict.notified() => {}
+            let mut connection = std::pin::pin!(connection);
+            loop {
+                tokio::select! {
+                    ended = &mut connection => {
+                        if let Err(err) = ended {
+                            tracing::debug!(error = %err, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    // Dropping the connection closes its socket. A request that began between
+                    // the registry's look and now is answered first (the cap is passed by one
+                    // meanwhile); the connection closes after it, by its own deadlines.
+                    _ = ticket.evict.notified() => {
+                        if ticket.busy.load(Ordering::Acquire) == 0 {
+                            break;
+                        }
+                    }
+                }
             }
             registry.release(&ticket);
-            metrics.connections_open(registry.open());
+            metrics.connection_closed();
         });
     }
     drop(listener);
@@ -288,9 +310,15 @@ async fn refuse(mut stream: TcpStream, refusal: Refusal) {
          retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
+    // Then what the client sent is read and dropped until it closes (a second at most):
+    // closing with its request unread would reset the connection and could take the answer
+    // with it.
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         stream.write_all(answer.as_bytes()).await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
     })
     .await;
 }
@@ -326,10 +354,6 @@ struct Ticket {
 impl Registry {
     fn lock(&self) -> std::sync::MutexGuard<'_, Connections> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn open(&self) -> usize {
-        self.lock().open.len()
     }
 
     /// A place for a connection from `peer`, and whether an idle connection was told to go to

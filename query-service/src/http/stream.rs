@@ -172,7 +172,14 @@ pub(super) fn stream(
                     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(AHEAD);
                     tokio::spawn(async move {
                         let mut events = std::pin::pin!(changes(replay, live));
-                        while let Some(event) = events.next().await {
+                        loop {
+                            // A client that went is noticed at once, not at the next change:
+                            // the task, its hub subscription and its store reads end with it.
+                            let event = tokio::select! {
+                                _ = tx.closed() => break,
+                                event = events.next() => event,
+                            };
+                            let Some(event) = event else { break };
                             if tx.send(event).await.is_err() {
                                 break;
                             }
@@ -233,12 +240,10 @@ fn changes(replay: Option<Replay>, live: Subscription) -> impl Stream<Item = Eve
             match std::mem::replace(&mut client.phase, Phase::Done) {
                 Phase::Done => return None,
                 Phase::Replaying(mut replay) => {
-                    if replay.sent_bytes > replay.max_bytes || replay.started.elapsed() > replay.max
-                    {
+                    if replay.started.elapsed() > replay.max {
                         let reload = reload(format!(
-                            "more than {} bytes or {} ms of changes to catch up on \
-                             (STREAM_REPLAY_MAX_BYTES, STREAM_REPLAY_MAX_MS); read the list again",
-                            replay.max_bytes,
+                            "more than {} ms of changes to catch up on (STREAM_REPLAY_MAX_MS); \
+                             read the list again",
                             replay.max.as_millis()
                         ));
                         return Some((stream::iter(vec![reload]), client));
@@ -255,19 +260,31 @@ fn changes(replay: Option<Replay>, live: Subscription) -> impl Stream<Item = Eve
                             return Some((stream::iter(vec![reload]), client));
                         }
                     };
-                    let full = page.len() as i64 == replay.page;
-                    replay.position = page.last().map_or(replay.position, |c| c.position);
+                    let more = page.more;
+                    replay.position = page.next;
                     replay.page = PAGE;
-                    let events: Vec<Event> = page
-                        .into_iter()
-                        .map(|c| {
-                            client.sent.insert(c.id, c.version);
-                            let (event, bytes) = event(&c);
-                            replay.sent_bytes += bytes;
-                            event
-                        })
-                        .collect();
-                    client.phase = if full {
+                    let mut events: Vec<Event> = Vec::with_capacity(page.changes.len());
+                    let mut past_bound = false;
+                    for c in &page.changes {
+                        let (event, bytes) = event(c);
+                        // The change that would pass the bound is not sent: reload instead.
+                        if replay.sent_bytes + bytes > replay.max_bytes {
+                            past_bound = true;
+                            break;
+                        }
+                        replay.sent_bytes += bytes;
+                        client.sent.insert(c.id, c.version);
+                        events.push(event);
+                    }
+                    if past_bound {
+                        events.push(reload(format!(
+                            "more than {} bytes of changes to catch up on \
+                             (STREAM_REPLAY_MAX_BYTES); read the list again",
+                            replay.max_bytes
+                        )));
+                        return Some((stream::iter(events), client));
+                    }
+                    client.phase = if more {
                         Phase::Replaying(replay)
                     } else {
                         Phase::Live

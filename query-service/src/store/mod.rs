@@ -15,8 +15,10 @@ mod projection;
 mod reads;
 
 pub use document::timestamp;
-pub use projection::{bulk_upsert_command, BatchResult, Counts, Outcome, Refused};
-pub use reads::{Cursor, ListQuery, ProjectionStats, ReadError, SortKey, Stats, ID_SCAN_LIMIT};
+pub use projection::{bulk_upsert_command, BatchResult, Counts, Highest, Outcome, Refused};
+pub use reads::{
+    Cursor, ListQuery, ProjectionStats, ReadError, ReplayPage, SortKey, Stats, ID_SCAN_LIMIT,
+};
 
 use bson::{doc, Document};
 use chrono::{DateTime, Utc};

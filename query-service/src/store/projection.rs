@@ -100,8 +100,6 @@ fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
 }
 
 impl Store {
-    /// Applies one event with the version guard described at the top of this module.
-    #[tracing::instrument(skip_all, fields(todo_id = e.todo_id, version = e.version, event_type = %e.event_type))]
     /// Puts a document that is ahead of `e` (the log's newest event of its todo) back to the
     /// state `e` leaves it in; 1 if it was ahead, else 0. Only `verify --repair` calls it.
     pub async fn reset_ahead(&self, e: &Envelope) -> mongodb::error::Result<u64> {
@@ -109,18 +107,21 @@ impl Store {
         Ok(self.todos.update_one(filter, update).await?.modified_count)
     }
 
-    /// Sets the highest todo id lists in id order walk to (`verify --repair`: the log's).
-    pub async fn reset_max_todo_id(&self, max: i64) -> mongodb::error::Result<()> {
+    /// Sets the highest todo id and log position the read model keeps (`verify --repair`: the
+    /// log's), which lists in id order and replays walk up to.
+    pub async fn reset_highest(&self, highest: Highest) -> mongodb::error::Result<()> {
         self.stats
             .update_one(
                 doc! { "_id": super::STATS_ID },
-                doc! { "$set": { "max_todo_id": max } },
+                doc! { "$set": { "max_todo_id": highest.todo_id, "max_position": highest.position } },
             )
             .upsert(true)
             .await?;
         Ok(())
     }
 
+    /// Applies one event with the version guard described at the top of this module.
+    #[tracing::instrument(skip_all, fields(todo_id = e.todo_id, version = e.version, event_type = %e.event_type))]
     pub async fn apply(&self, e: &Envelope) -> mongodb::error::Result<Outcome> {
         let (filter, update) = guarded_upsert(e);
         // A duplicate key means the document existed when the upsert tried to insert it, and
@@ -310,9 +311,9 @@ impl Store {
         &self,
         counts: Counts,
         newest_event: Option<DateTime<Utc>>,
-        max_todo_id: i64,
+        highest: Highest,
     ) -> mongodb::error::Result<()> {
-        let mut max = doc! { "max_todo_id": max_todo_id };
+        let mut max = doc! { "max_todo_id": highest.todo_id, "max_position": highest.position };
         let mut update = doc! { "$inc": {
             "applied": counts.applied,
             "skipped_duplicates": counts.duplicates,
@@ -336,6 +337,34 @@ impl Store {
             .upsert(true)
             .await?;
         Ok(())
+    }
+}
+
+/// The highest todo id and log position a batch settled: kept with the counters, lists in id
+/// order walk up to the one, replays for `Last-Event-ID` up to the other.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Highest {
+    pub todo_id: i64,
+    pub position: i64,
+}
+
+impl Highest {
+    /// The higher of each figure.
+    pub fn max(self, other: Self) -> Self {
+        Self {
+            todo_id: self.todo_id.max(other.todo_id),
+            position: self.position.max(other.position),
+        }
+    }
+
+    /// The highest of `events`.
+    pub fn of<'a>(events: impl IntoIterator<Item = &'a Envelope>) -> Self {
+        events.into_iter().fold(Self::default(), |h, e| {
+            h.max(Self {
+                todo_id: e.todo_id,
+                position: e.position,
+            })
+        })
     }
 }
 

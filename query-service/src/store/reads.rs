@@ -89,6 +89,19 @@ pub struct ProjectionStats {
     pub lag_ms: Option<i64>,
 }
 
+/// The widest window of positions one read of a replay takes, in pages.
+pub const REPLAY_WINDOW_MAX: i64 = 64;
+/// The most windows one call of [`Store::changed_after`] reads.
+pub const REPLAY_WINDOWS: usize = 8;
+
+/// A page of a replay: the changes, where the next page starts, and whether there is more.
+#[derive(Debug, Clone)]
+pub struct ReplayPage {
+    pub changes: Vec<crate::changes::Change>,
+    pub next: i64,
+    pub more: bool,
+}
+
 impl Store {
     pub async fn get(&self, id: i64) -> Result<Option<Stored>, ReadError> {
         self.todos
@@ -278,25 +291,51 @@ impl Store {
         Ok((found, next))
     }
 
-    /// The highest todo id the read model has seen (0 for none). A read model projected before
-    /// this figure was kept gets it once from the collection itself.
     /// What the read model holds past `position` (live todos and tombstones whose last
     /// change is later), oldest first, up to `limit`: what a stream reconnecting with
     /// `Last-Event-ID` missed, each todo at its current state.
-    pub async fn changed_after(
-        &self,
-        position: i64,
-        limit: i64,
-    ) -> Result<Vec<crate::changes::Change>, ReadError> {
-        let docs: Vec<Document> = self
-            .todos
-            .find(doc! { "last_position": { "$gt": position } })
-            .sort(doc! { "last_position": 1 })
-            .limit(limit)
-            .await?
-            .try_collect()
-            .await?;
-        docs.iter()
+    ///
+    /// It reads windows of positions (`last_position` in `(from, to]`, through its index), not
+    /// everything past `position`: a store that walks a whole range before it applies a limit
+    /// (the local MongoDB-wire server does) then costs what a page holds, not what the read
+    /// model holds. Windows start at twice `limit` positions and double while they come back
+    /// short (positions whose events a later one of the same todo superseded hold nothing),
+    /// up to [`REPLAY_WINDOW_MAX`] times `limit`, and stop at the highest position recorded. One
+    /// call reads at most [`REPLAY_WINDOWS`] windows: the page says where the next one starts
+    /// and whether the read model holds anything past it.
+    pub async fn changed_after(&self, position: i64, limit: i64) -> Result<ReplayPage, ReadError> {
+        let newest = self.max_position().await?;
+        let mut docs: Vec<Document> = Vec::new();
+        let mut from = position;
+        let mut window = limit.saturating_mul(2).max(1);
+        let mut windows = 0;
+        while (docs.len() as i64) < limit && from < newest && windows < REPLAY_WINDOWS {
+            windows += 1;
+            let to = from.saturating_add(window).min(newest);
+            let page: Vec<Document> = self
+                .todos
+                .find(doc! { "last_position": { "$gt": from, "$lte": to } })
+                .sort(doc! { "last_position": 1 })
+                .limit(limit - docs.len() as i64)
+                .await?
+                .try_collect()
+                .await?;
+            let full = page.len() as i64 == limit - docs.len() as i64;
+            docs.extend(page);
+            // A window cut short by the limit ends at its last document.
+            from = if full {
+                docs.last()
+                    .and_then(|d| d.get_i64("last_position").ok())
+                    .unwrap_or(to)
+            } else {
+                to
+            };
+            window = window
+                .saturating_mul(2)
+                .min(limit.saturating_mul(REPLAY_WINDOW_MAX));
+        }
+        let changes = docs
+            .iter()
             .map(|d| {
                 let stored = read_document(d)?;
                 let field = |name: &str| {
@@ -325,9 +364,46 @@ impl Store {
                 })
             })
             .collect::<mongodb::error::Result<Vec<_>>>()
-            .map_err(ReadError::from)
+            .map_err(ReadError::from)?;
+        Ok(ReplayPage {
+            changes,
+            next: from,
+            more: from < newest,
+        })
     }
 
+    /// The highest log position the read model has applied (0 for none). A read model
+    /// projected before this figure was kept gets it once from the collection itself.
+    pub async fn max_position(&self) -> mongodb::error::Result<i64> {
+        let kept = self
+            .stats
+            .find_one(doc! { "_id": STATS_ID })
+            .projection(doc! { "max_position": 1 })
+            .await?
+            .and_then(|d| d.get("max_position").and_then(Bson::as_i64));
+        if let Some(max) = kept {
+            return Ok(max);
+        }
+        let newest = self
+            .todos
+            .find_one(doc! {})
+            .sort(doc! { "last_position": -1 })
+            .projection(doc! { "last_position": 1 })
+            .await?
+            .and_then(|d| d.get_i64("last_position").ok())
+            .unwrap_or(0);
+        self.stats
+            .update_one(
+                doc! { "_id": STATS_ID },
+                doc! { "$max": { "max_position": newest } },
+            )
+            .upsert(true)
+            .await?;
+        Ok(newest)
+    }
+
+    /// The highest todo id the read model has seen (0 for none). A read model projected before
+    /// this figure was kept gets it once from the collection itself.
     pub async fn max_todo_id(&self) -> mongodb::error::Result<i64> {
         let kept = self
             .stats

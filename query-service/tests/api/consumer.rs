@@ -338,8 +338,8 @@ async fn events_outside_the_contract_are_dead_lettered_with_their_reason_and_cha
             "title",
         ),
         (
-            "a title of only invisible characters",
-            created(8, "\u{200B}\u{202E}\u{2066}"),
+            "a title not stored trimmed",
+            created(8, "  padded  "),
             "title",
         ),
         (

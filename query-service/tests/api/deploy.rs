@@ -10,10 +10,12 @@ use std::time::Duration;
 
 /// What each service's RabbitMQ user may do on the vhost, exactly: (user, configure, write,
 /// read). command-service declares its exchange and publishes to it, and reads nothing.
-/// query-service declares and consumes its queues, declares and publishes to the dead-letter
-/// exchange and its changes exchange, uses server-named queues (`amq.gen-…`), and binds its
-/// queues to `todo.events` and the dead-letter exchange (read on them); it cannot publish to
-/// `todo.events`. deploy/README.md lists the operation each grant is for.
+/// query-service configures nothing the definitions made (it finds them, passively): it
+/// consumes its queue (read), publishes dead letters to `todo.events.dlx` and change notices
+/// to its changes exchange (write), and declares, binds to the changes exchange and consumes
+/// a server-named queue (`amq.gen-…`) per replica. It cannot publish to `todo.events`, nor bind
+/// its queue to anything (no write on it), so its password cannot put an event in its queue.
+/// deploy/README.md lists the operation each grant is for.
 const BROKER_PERMISSIONS: [(&str, &str, &str, &str); 2] = [
     (
         "command-service",
@@ -23,9 +25,9 @@ const BROKER_PERMISSIONS: [(&str, &str, &str, &str); 2] = [
     ),
     (
         "query-service",
-        r"^(query-service\..*|todo\.events\.dlx|amq\.gen-.*)$",
-        r"^(query-service\..*|todo\.events\.dlx|amq\.gen-.*)$",
-        r"^(todo\.events|todo\.events\.dlx|query-service\..*|amq\.gen-.*)$",
+        r"^amq\.gen-.*$",
+        r"^(todo\.events\.dlx|query-service\.todo-events\.changes|amq\.gen-.*)$",
+        r"^(query-service\.todo-events|query-service\.todo-events\.dlq|query-service\.todo-events\.changes|amq\.gen-.*)$",
     ),
 ];
 

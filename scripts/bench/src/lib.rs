@@ -23,6 +23,17 @@ pub mod process {
         pub base: String,
     }
 
+    /// A service still running when its value goes (a run that failed half-way) is killed, so
+    /// it holds no port after the run.
+    impl Drop for Service {
+        fn drop(&mut self) {
+            if let Ok(None) = self.child.try_wait() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+
     impl Service {
         /// Starts it and waits (up to 60 s) until `GET /ready` answers 200.
         pub async fn start(
@@ -106,7 +117,7 @@ pub mod process {
             Ok(())
         }
 
-        /// SIGTERM, then waits up to 30 s for it to exit.
+        /// SIGTERM, then waits up to 30 s for it to exit (then SIGKILL, and an error).
         pub async fn stop(mut self) -> anyhow::Result<()> {
             let _ = Command::new("kill")
                 .args(["-TERM", &self.child.id().to_string()])

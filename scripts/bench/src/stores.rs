@@ -374,7 +374,16 @@ pub async fn fill_read_model(
         applied: events.len() as i64,
         ..Counts::default()
     };
-    store.record(counts, None, to as i64).await?;
+    store
+        .record(
+            counts,
+            None,
+            store::Highest {
+                todo_id: to as i64,
+                position: to as i64,
+            },
+        )
+        .await?;
     Ok(())
 }
 

@@ -44,6 +44,8 @@ use tokio::time::Instant;
 
 struct Config {
     short: bool,
+    /// `--todos N`: the read model's size for the replays, in place of the mode's.
+    todos: Option<usize>,
     run: String,
     port: u16,
     admin_database_url: String,
@@ -57,10 +59,13 @@ struct Config {
 
 impl Config {
     fn from_env() -> anyhow::Result<Self> {
-        let short = std::env::args().skip(1).any(|a| a == "--short");
-        for arg in std::env::args().skip(1) {
-            if arg != "--short" {
-                bail!("unknown argument {arg:?}: --short");
+        let (mut short, mut todos) = (false, None);
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--short" => short = true,
+                "--todos" => todos = Some(args.next().context("--todos N")?.parse()?),
+                other => bail!("unknown argument {other:?}: --short, --todos N"),
             }
         }
         let var = |name: &str| {
@@ -69,6 +74,7 @@ impl Config {
         let run = var("ABUSE_RUN")?;
         Ok(Self {
             short,
+            todos,
             port: std::env::var("ABUSE_PORT")
                 .ok()
                 .and_then(|p| p.parse().ok())
@@ -110,7 +116,9 @@ impl Config {
 
     /// Todos in the read model for the replays.
     fn todos(&self) -> usize {
-        if self.short {
+        if let Some(n) = self.todos {
+            n
+        } else if self.short {
             3_000
         } else {
             100_000
@@ -279,10 +287,25 @@ async fn attack(config: &Config) -> anyhow::Result<Vec<Row>> {
         anyhow::Ok(())
     }
     .await;
+    // Every service stops on SIGTERM (open streams included) within 30 s.
+    let mut stopped = Vec::new();
     for service in [pair.replica, pair.query, pair.command] {
-        service.stop().await?;
+        let (name, port) = (service.name, service.port);
+        let started = Instant::now();
+        let outcome = service.stop().await;
+        stopped.push(match outcome {
+            Ok(()) => format!("{name} :{port} in {:.1} s", started.elapsed().as_secs_f64()),
+            Err(err) => format!("{name} :{port}: {err}"),
+        });
     }
     result?;
+    let all = stopped.iter().all(|s| s.contains(" in "));
+    rows.push(Row::new(
+        "SIGTERM to each process after all of the above",
+        "each stops within 30 s",
+        stopped.join("; "),
+        all,
+    ));
     Ok(rows)
 }
 
@@ -340,19 +363,35 @@ async fn least_privilege(config: &Config, pair: &Pair) -> anyhow::Result<Row> {
         .as_ref()
         .err()
         .is_some_and(|e| e.to_string().contains("ACCESS_REFUSED"));
+    // The reader's user routing what it may publish (dead letters) into its own queue.
+    let channel = reader.create_channel().await?;
+    let bound = channel
+        .queue_bind(
+            events::QUERY_QUEUE.into(),
+            events::DEAD_LETTER_EXCHANGE.into(),
+            "".into(),
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await;
+    let bind_refused = bound
+        .as_ref()
+        .err()
+        .is_some_and(|e| e.to_string().contains("ACCESS_REFUSED"));
     let _ = reader.close(200, "done".into()).await;
     Ok(Row::new(
         "the services as the broker users deploy/rabbitmq/definitions.json ships",
-        "both ready with their own users; the writer's user cannot consume, the reader's cannot publish events",
+        "both ready with their own users; the writer's user cannot consume, the reader's cannot publish events nor bind its queue to what it may publish to",
         format!(
-            "ready: command rabbitmq {}, query rabbitmq {} fanout {}; writer consuming: {}; reader publishing: {}",
+            "ready: command rabbitmq {}, query rabbitmq {} fanout {}; writer consuming: {}; reader publishing: {}; reader binding its queue to the DLX: {}",
             command_ready["checks"]["rabbitmq"],
             query_ready["checks"]["rabbitmq"],
             query_ready["checks"]["fanout"],
             if writer_refused { "ACCESS_REFUSED" } else { "allowed" },
             if reader_refused { "ACCESS_REFUSED" } else { "allowed" },
+            if bind_refused { "ACCESS_REFUSED" } else { "allowed" },
         ),
-        up && writer_refused && reader_refused,
+        up && writer_refused && reader_refused && bind_refused,
     ))
 }
 

@@ -11,7 +11,7 @@
 
 use crate::store::Todo;
 use chrono::{DateTime, Utc};
-use events::{Envelope, EventType};
+use events::Envelope;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,18 +36,7 @@ pub struct Change {
 impl Change {
     /// The change an applied event made.
     pub fn of_event(e: &Envelope) -> Self {
-        let todo = match (&e.event_type, &e.data) {
-            (EventType::TodoCreated | EventType::TodoUpdated, Some(data)) => Some(Todo {
-                id: e.todo_id,
-                title: data.title.clone(),
-                description: data.description.clone(),
-                completed: data.completed,
-                version: e.version,
-                created_at: data.created_at,
-                updated_at: data.updated_at,
-            }),
-            _ => None,
-        };
+        let todo = Todo::after(e);
         Change {
             id: e.todo_id,
             version: e.version,

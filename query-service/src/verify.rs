@@ -20,7 +20,7 @@
 
 use crate::replay::LogReader;
 use crate::store::{Store, Stored, Todo};
-use events::{Envelope, EventType};
+use events::Envelope;
 use std::collections::BTreeMap;
 
 /// A todo as the log ends it.
@@ -83,17 +83,9 @@ fn fold(newest: &mut BTreeMap<i64, Envelope>, e: &Envelope) {
 
 /// The state a todo's newest event leaves it in.
 fn final_of(e: &Envelope) -> Final {
-    match (&e.event_type, &e.data) {
-        (EventType::TodoCreated | EventType::TodoUpdated, Some(d)) => Final::Live(Todo {
-            id: e.todo_id,
-            title: d.title.clone(),
-            description: d.description.clone(),
-            completed: d.completed,
-            version: e.version,
-            created_at: d.created_at,
-            updated_at: d.updated_at,
-        }),
-        _ => Final::Deleted { version: e.version },
+    match Todo::after(e) {
+        Some(todo) => Final::Live(todo),
+        None => Final::Deleted { version: e.version },
     }
 }
 
@@ -273,7 +265,7 @@ pub async fn reset_ahead(store: &Store, report: &Verification) -> anyhow::Result
 mod tests {
     use super::*;
     use chrono::{TimeZone, Utc};
-    use events::{TodoState, SCHEMA_VERSION};
+    use events::{EventType, TodoState, SCHEMA_VERSION};
 
     fn event(todo_id: i64, version: i64, event_type: EventType, title: &str) -> Envelope {
         let at = Utc

@@ -15,7 +15,9 @@
 //!   head; a handler reading it after that gets [`BodyReadTimeout`] (answered 408).
 //! - **A client that does not read its answer**: a write that makes no progress for
 //!   `write_timeout` (the socket's send buffer full, the client not reading) fails, which
-//!   closes the connection. This is also what drops a stream client that stopped reading.
+//!   closes the connection. This is also what drops a stream client that stopped reading. The
+//!   send buffer is fixed at 256 KiB, so such a client holds that much of the kernel's memory,
+//!   not the megabytes autotuning would grow it to.
 //! - **Connection cap**: at most `max_connections` connections at once, counted from accept,
 //!   whatever phase they are in. At the cap, a new connection takes the place of the oldest one
 //!   with no request in progress (idle, or still sending its head): a flood of connections
@@ -117,6 +119,11 @@ pub fn default_write_timeout_ms() -> u64 {
 /// The largest request head (request line and headers) a client may send: 16 KiB. hyper
 /// answers a larger one 431.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// The kernel's send buffer of each connection, fixed (no autotuning up to megabytes): what a
+/// client that stops reading can make the server write, and hold, before its writes stall and
+/// the write deadline runs. Plenty for this API's answers (a page of todos is tens of KB; a
+/// stream sends changes as they come).
+const SEND_BUFFER_BYTES: usize = 256 * 1024;
 /// Refused connections answered at once; past it, refused ones are closed unanswered.
 const REFUSALS_AT_ONCE: usize = 64;
 
@@ -127,6 +134,45 @@ pub struct Peer(pub IpAddr);
 /// The request's [`Peer`]: `None` only where no server put it there (warp's test requests).
 pub fn peer() -> impl Filter<Extract = (Option<Peer>,), Error = std::convert::Infallible> + Clone {
     warp::ext::optional::<Peer>()
+}
+
+/// Places held per peer address, each capped: a connection's (here) or a route's own (the
+/// stream's clients). A place is given back when its [`PeerPlace`] drops.
+#[derive(Clone, Default)]
+pub struct PeerCounts(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+/// One place of a peer in [`PeerCounts`].
+pub struct PeerPlace {
+    ip: IpAddr,
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PeerCounts {
+    /// A place for `ip` if it holds fewer than `max`.
+    pub fn take(&self, ip: IpAddr, max: usize) -> Option<PeerPlace> {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerPlace {
+            ip,
+            counts: self.0.clone(),
+        })
+    }
+}
+
+impl Drop for PeerPlace {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// What a request's body reader gets when the body did not arrive whole within
@@ -207,6 +253,9 @@ pub async fn serve<F>(
             }
         };
         metrics.connection_opened();
+        if let Err(err) = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER_BYTES) {
+            tracing::debug!(error = %err, "the send buffer's size was not set");
+        }
         let io = hyper_util::rt::TokioIo::new(WriteDeadline::new(stream, limits.write_timeout));
         let routes = warp::service(filter.clone());
         let busy = ticket.busy.clone();
@@ -328,17 +377,18 @@ async fn refuse(mut stream: TcpStream, refusal: Refusal) {
 #[derive(Default)]
 struct Registry {
     inner: Mutex<Connections>,
+    peers: PeerCounts,
 }
 
 #[derive(Default)]
 struct Connections {
     next: u64,
     open: HashMap<u64, Entry>,
-    per_peer: HashMap<IpAddr, usize>,
 }
 
 struct Entry {
-    peer: IpAddr,
+    /// Given back when the entry goes (the connection ended, or was let go).
+    _peer: PeerPlace,
     opened: Instant,
     busy: Arc<AtomicUsize>,
     evict: Arc<Notify>,
@@ -360,9 +410,10 @@ impl Registry {
     /// make room; or why there is none.
     fn admit(&self, peer: IpAddr, limits: &Limits) -> Result<(Ticket, bool), Refusal> {
         let mut c = self.lock();
-        if c.per_peer.get(&peer).copied().unwrap_or(0) >= limits.max_connections_per_peer {
-            return Err(Refusal::Peer);
-        }
+        let place = self
+            .peers
+            .take(peer, limits.max_connections_per_peer)
+            .ok_or(Refusal::Peer)?;
         let mut evicted = false;
         if c.open.len() >= limits.max_connections {
             let oldest_idle = c
@@ -375,7 +426,6 @@ impl Registry {
                 return Err(Refusal::Full);
             };
             if let Some(gone) = c.open.remove(&id) {
-                c.forget_peer(gone.peer);
                 // `notify_one` keeps the permit if the task is not waiting yet.
                 gone.evict.notify_one();
                 evicted = true;
@@ -391,33 +441,18 @@ impl Registry {
         c.open.insert(
             id,
             Entry {
-                peer,
+                _peer: place,
                 opened: Instant::now(),
                 busy: ticket.busy.clone(),
                 evict: ticket.evict.clone(),
             },
         );
-        *c.per_peer.entry(peer).or_insert(0) += 1;
         Ok((ticket, evicted))
     }
 
     /// The connection ended (an evicted one was already forgotten).
     fn release(&self, ticket: &Ticket) {
-        let mut c = self.lock();
-        if let Some(gone) = c.open.remove(&ticket.id) {
-            c.forget_peer(gone.peer);
-        }
-    }
-}
-
-impl Connections {
-    fn forget_peer(&mut self, peer: IpAddr) {
-        if let Some(n) = self.per_peer.get_mut(&peer) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_peer.remove(&peer);
-            }
-        }
+        self.lock().open.remove(&ticket.id);
     }
 }
 

@@ -22,12 +22,11 @@ use crate::changes::{Change, Hub, Item, Subscription};
 use crate::error::ApiError;
 use crate::store::Store;
 use events::service::http::{answer, request_id, RouteName};
-use events::service::server::{peer, Peer};
+use events::service::server::{peer, Peer, PeerCounts, PeerPlace};
 use futures_util::stream::{self, Stream, StreamExt};
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use warp::sse::Event;
 use warp::{Filter, Rejection, Reply};
@@ -45,7 +44,7 @@ pub struct Streams {
     pub hub: Arc<Hub>,
     /// Clients served at once (`STREAM_MAX_SUBSCRIBERS`).
     slots: Arc<tokio::sync::Semaphore>,
-    per_peer: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    per_peer: PeerCounts,
     max_per_peer: usize,
     replay_max_bytes: usize,
     replay_max: Duration,
@@ -62,7 +61,7 @@ impl Streams {
         Self {
             hub,
             slots: Arc::new(tokio::sync::Semaphore::new(max_subscribers)),
-            per_peer: Arc::default(),
+            per_peer: PeerCounts::default(),
             max_per_peer: max_per_peer.max(1),
             replay_max_bytes,
             replay_max,
@@ -72,22 +71,13 @@ impl Streams {
     /// A place for a client from `peer` (no address: warp's test requests), or why none.
     fn admit(&self, peer: Option<Peer>) -> Result<Place, ApiError> {
         let peer_place = match peer {
-            Some(Peer(ip)) => {
-                let mut counts = self.per_peer.lock().unwrap_or_else(|e| e.into_inner());
-                let n = counts.entry(ip).or_insert(0);
-                if *n >= self.max_per_peer {
-                    return Err(ApiError::TooManyRequests(format!(
-                        "this address has {} streams open, as many as one client may \
-                         (STREAM_MAX_PER_PEER)",
-                        self.max_per_peer
-                    )));
-                }
-                *n += 1;
-                Some(PeerPlace {
-                    ip,
-                    counts: self.per_peer.clone(),
-                })
-            }
+            Some(Peer(ip)) => Some(self.per_peer.take(ip, self.max_per_peer).ok_or_else(|| {
+                ApiError::TooManyRequests(format!(
+                    "this address has {} streams open, as many as one client may \
+                     (STREAM_MAX_PER_PEER)",
+                    self.max_per_peer
+                ))
+            })?),
             None => None,
         };
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
@@ -106,23 +96,6 @@ impl Streams {
 struct Place {
     _slot: tokio::sync::OwnedSemaphorePermit,
     _peer: Option<PeerPlace>,
-}
-
-struct PeerPlace {
-    ip: IpAddr,
-    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
-
-impl Drop for PeerPlace {
-    fn drop(&mut self) {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = counts.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.ip);
-            }
-        }
-    }
 }
 
 pub(super) fn stream(

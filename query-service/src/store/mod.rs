@@ -96,6 +96,26 @@ pub struct Todo {
     pub updated_at: DateTime<Utc>,
 }
 
+impl Todo {
+    /// The todo an event leaves behind; `None` for a deletion.
+    pub fn after(e: &events::Envelope) -> Option<Todo> {
+        match (&e.event_type, &e.data) {
+            (events::EventType::TodoCreated | events::EventType::TodoUpdated, Some(data)) => {
+                Some(Todo {
+                    id: e.todo_id,
+                    title: data.title.clone(),
+                    description: data.description.clone(),
+                    completed: data.completed,
+                    version: e.version,
+                    created_at: data.created_at,
+                    updated_at: data.updated_at,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
 /// One stored document: a live todo or a tombstone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stored {

@@ -457,7 +457,7 @@ impl Slow {
 }
 
 /// What a reader that never reads is allowed beyond the write deadline: the time the server
-/// takes to fill the buffers (it writes about 3 MB to each such client) while everything else
+/// takes to fill the buffers (its 256 KiB send buffer and the client's) while everything else
 /// of the attack runs.
 const NEVER_READS_FILL: Duration = Duration::from_secs(4);
 
@@ -540,7 +540,7 @@ async fn slow_socket(
         }
         Slow::NeverReads => {
             // Requests for the largest answer, pipelined, and nothing read: the server's
-            // writes fill both sides' buffers (about 3 MB), then stall until the write
+            // writes fill both sides' buffers, then stall until the write
             // deadline closes the connection. The close cannot be seen here without reading
             // (which would let the server's writes go on): the socket is held past the
             // deadline while the servers' own count of connections is read.

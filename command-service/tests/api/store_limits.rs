@@ -3,6 +3,18 @@ use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
+/// A session of its own that locked todo `id`'s row and stalls (its transaction stays open
+/// while the value lives).
+async fn lock_row(app: &TestApp, id: i64) -> diesel_async::AsyncPgConnection {
+    let mut stalled = app.db().await;
+    stalled.batch_execute("BEGIN").await.expect("begin");
+    diesel::sql_query(format!("SELECT id FROM todos WHERE id = {id} FOR UPDATE"))
+        .execute(&mut stalled)
+        .await
+        .expect("row locked");
+    stalled
+}
+
 /// A session that locked a todo's row and stalls (a stuck client, an operator's open `psql`)
 /// must not freeze writes: writes of that todo answer 503 with `Retry-After` once the lock
 /// wait passes `DATABASE_LOCK_TIMEOUT_MS`, and writes of other todos go on meanwhile, even
@@ -17,12 +29,7 @@ async fn a_todo_locked_by_a_stalled_session_answers_503_and_blocks_no_other_writ
     let x = app.create("locked").await["id"].as_i64().expect("id");
     let y = app.create("free").await["id"].as_i64().expect("id");
 
-    let mut stalled = app.db().await;
-    stalled.batch_execute("BEGIN").await.expect("begin");
-    diesel::sql_query(format!("SELECT id FROM todos WHERE id = {x} FOR UPDATE"))
-        .execute(&mut stalled)
-        .await
-        .expect("row locked");
+    let mut stalled = lock_row(&app, x).await;
 
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -164,12 +171,7 @@ async fn a_request_that_finds_the_pool_exhausted_answers_503_within_the_database
     })
     .await;
     let x = app.create("locked").await["id"].as_i64().expect("id");
-    let mut stalled = app.db().await;
-    stalled.batch_execute("BEGIN").await.expect("begin");
-    diesel::sql_query(format!("SELECT id FROM todos WHERE id = {x} FOR UPDATE"))
-        .execute(&mut stalled)
-        .await
-        .expect("row locked");
+    let mut stalled = lock_row(&app, x).await;
     // This PATCH takes the pool's only connection and waits with it for the row.
     let holding = {
         let request = app
@@ -233,12 +235,7 @@ async fn ready_and_metrics_answer_at_once_while_writes_hold_every_pooled_connect
     .await;
     // No queue is bound to the test's exchange: the create's event stays in the outbox.
     let x = app.create("locked").await["id"].as_i64().expect("id");
-    let mut stalled = app.db().await;
-    stalled.batch_execute("BEGIN").await.expect("begin");
-    diesel::sql_query(format!("SELECT id FROM todos WHERE id = {x} FOR UPDATE"))
-        .execute(&mut stalled)
-        .await
-        .expect("row locked");
+    let mut stalled = lock_row(&app, x).await;
     let holding: Vec<_> = (0..2)
         .map(|i| {
             let request = app

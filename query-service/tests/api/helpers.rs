@@ -300,6 +300,29 @@ impl Publisher {
     }
 }
 
+/// Creates one todo per title through command-service at `command`; their ids, in order.
+pub async fn create_todos(
+    client: &reqwest::Client,
+    command: &TestApp,
+    titles: &[&str],
+) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for title in titles {
+        let created: Value = write(
+            client,
+            "POST",
+            command.url("/todos"),
+            Some(serde_json::json!({ "title": title })),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+        ids.push(created["id"].as_i64().expect("id"));
+    }
+    ids
+}
+
 /// Sends a write (`POST`, `PATCH`, `PUT`, `DELETE`) with an optional JSON body.
 pub async fn write(
     client: &reqwest::Client,

@@ -46,20 +46,7 @@ async fn replay_rebuilds_the_read_model_from_the_log_and_repairs_a_gap() {
     // No query-service consumes: the read model starts empty and only replay fills it.
     let (command, database_url) = spawn_command(&names).await;
     let client = reqwest::Client::new();
-    let mut ids = Vec::new();
-    for title in ["one", "two", "three", "four"] {
-        let created: Value = write(
-            &client,
-            "POST",
-            command.url("/todos"),
-            Some(json!({ "title": title })),
-        )
-        .await
-        .json()
-        .await
-        .expect("json");
-        ids.push(created["id"].as_i64().expect("id"));
-    }
+    let ids = create_todos(&client, &command, &["one", "two", "three", "four"]).await;
     let todo = |i: usize| command.url(&format!("/todos/{}", ids[i]));
     for (method, url, body) in [
         ("PATCH", todo(0), Some(json!({ "title": "one, renamed" }))),

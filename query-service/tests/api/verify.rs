@@ -32,20 +32,7 @@ async fn verify_finds_each_difference_and_repair_puts_back_what_the_guard_can() 
     let (command, _database) = spawn_command(&names).await;
     let query = spawn_query(&names).await;
     let client = reqwest::Client::new();
-    let mut ids = Vec::new();
-    for title in ["one", "two", "three", "four"] {
-        let created: Value = write(
-            &client,
-            "POST",
-            command.url("/todos"),
-            Some(json!({ "title": title })),
-        )
-        .await
-        .json()
-        .await
-        .expect("json");
-        ids.push(created["id"].as_i64().expect("id"));
-    }
+    let ids = create_todos(&client, &command, &["one", "two", "three", "four"]).await;
     let patched = write(
         &client,
         "PATCH",
@@ -159,20 +146,7 @@ async fn repair_puts_back_a_document_ahead_of_the_log_and_the_highest_id() {
     let (command, _database) = spawn_command(&names).await;
     let query = spawn_query(&names).await;
     let client = reqwest::Client::new();
-    let mut ids = Vec::new();
-    for title in ["pinned", "resurrected"] {
-        let created: Value = write(
-            &client,
-            "POST",
-            command.url("/todos"),
-            Some(json!({ "title": title })),
-        )
-        .await
-        .json()
-        .await
-        .expect("json");
-        ids.push(created["id"].as_i64().expect("id"));
-    }
+    let ids = create_todos(&client, &command, &["pinned", "resurrected"]).await;
     for id in &ids {
         let read = client
             .get(query.url(&format!("/todos/{id}?min_version=1")))

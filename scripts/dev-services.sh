@@ -4,6 +4,7 @@
 # there is one, else the wire-compatible server secantusdb from PyPI).
 #
 #   scripts/dev-services.sh up|down|status
+#   scripts/dev-services.sh owns postgres|rabbitmq|mongo    (exit 0 if this script started it)
 #   scripts/dev-services.sh start-postgres|stop-postgres|start-rabbitmq|stop-rabbitmq|start-mongo|stop-mongo
 #
 # `up` installs what is missing, starts what is not running (a running service is left alone),
@@ -414,6 +415,15 @@ EOF
     status || true
     ;;
   status) status ;;
+  owns)
+    # Whether this script started the service (and so may stop it): the outage tests stop
+    # only those; scripts/test.sh leaves out the ones that would stop another's.
+    case "${2:-}" in
+      postgres | rabbitmq) started_here "$2" ;;
+      mongo) mongo_pid_alive ;;
+      *) echo "usage: $0 owns postgres|rabbitmq|mongo" >&2; exit 2 ;;
+    esac
+    ;;
   start-postgres) lock; start_postgres ;;
   stop-postgres) lock; stop_postgres ;;
   start-rabbitmq) lock; start_rabbitmq ;;
@@ -421,7 +431,7 @@ EOF
   start-mongo) lock; start_mongo ;;
   stop-mongo) lock; stop_mongo ;;
   *)
-    echo "usage: $0 up|down|status|start-postgres|stop-postgres|start-rabbitmq|stop-rabbitmq|start-mongo|stop-mongo" >&2
+    echo "usage: $0 up|down|status|owns <service>|start-postgres|stop-postgres|start-rabbitmq|stop-rabbitmq|start-mongo|stop-mongo" >&2
     exit 2
     ;;
 esac

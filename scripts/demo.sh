@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The walkthrough: write on command-service (5001), read on query-service (5002).
-# Every step prints the curl command and the answer, and checks the answer; a wrong one stops
-# the demo with a non-zero exit.
+# The walkthrough of README.md, run exactly as printed: write on command-service (5001), read
+# on query-service (5002). Every line is echoed, every answer printed, and each answer's status
+# checked against the status the line's comment gives; a wrong one stops the demo with a
+# non-zero exit.
 #
 #   scripts/demo.sh            against services already running (scripts/run.sh, docker compose)
 #   scripts/demo.sh --start    builds and starts both services first, stops them at the end
@@ -74,103 +75,28 @@ else
   wait_ready "$QUERY_URL"
 fi
 
-STATUS=""
-BODY=""
-# run "description" curl-args... : prints the command, runs it, keeps STATUS and BODY.
-run() {
-  local what=$1
-  shift
-  printf '\n\033[1m== %s\033[0m\n$ curl' "$what"
-  printf " %q" "$@"
-  printf '\n'
-  local out
-  out="$(curl -sS -w '\n%{http_code}' "$@")" || fail "curl failed: $*"
-  STATUS="${out##*$'\n'}"
-  BODY="${out%$'\n'*}"
-  printf '%s %s\n' "$STATUS" "$BODY"
-}
-
-expect_status() { [[ "$STATUS" == "$1" ]] || fail "expected HTTP $1, got $STATUS: $BODY"; }
-
-# json 'python expression over j' : evaluates against the last body.
-json() { printf '%s' "$BODY" | python3 -c "import json,sys; j=json.load(sys.stdin); print($1)"; }
-
-expect_json() { # python-expression description
-  local got
-  got="$(json "$1")" || fail "answer is not the JSON expected: $BODY"
-  [[ "$got" == "True" ]] || fail "$2 (checked: $1) in ${BODY:0:2000}"
-}
-
-# Where the event log ends now: it keeps every event the pair ever accepted, so the last steps
-# read from here on and see this walkthrough's events whatever ran before.
-FEED_START=0
-while :; do
-  page="$(curl -fsS "$COMMAND_URL/events?after=$FEED_START&limit=1000")" || fail "GET /events failed"
-  last="$(printf '%s' "$page" | python3 -c 'import json,sys; j=json.load(sys.stdin); print(j[-1]["position"] if j else "")')"
-  [[ -n "$last" ]] || break
-  FEED_START=$last
+# The walkthrough is README.md's first `sh` block under "## Walkthrough", run as printed (in one
+# bash, each line echoed before it runs). Each `call` prints its answer's status first; the
+# statuses must be, in order, those the lines' comments give (`# 201`, `# 404: ...`).
+BLOCK="$(awk '/^## Walkthrough/{on=1} on && /^```sh/{inblock=1; next} inblock && /^```/{exit} inblock' README.md)"
+[[ -n "$BLOCK" ]] || fail "README.md has no sh block under ## Walkthrough"
+if [[ "$COMMAND_URL" != http://127.0.0.1:5001 || "$QUERY_URL" != http://127.0.0.1:5002 ]]; then
+  BLOCK="${BLOCK//localhost:5001/${COMMAND_URL#http://}}"
+  BLOCK="${BLOCK//localhost:5002/${QUERY_URL#http://}}"
+fi
+mapfile -t EXPECTED < <(printf '%s\n' "$BLOCK" | sed -nE 's/^call .*# ([0-9]{3})\b.*/\1/p')
+((${#EXPECTED[@]} > 0)) || fail "the walkthrough has no call with a status in its comment"
+mkdir -p .local
+printf '\033[1m== The walkthrough (README.md), as printed\033[0m\n'
+if ! printf '%s\n' "$BLOCK" | bash -v -e 2>&1 | tee .local/walkthrough.out; then
+  fail "the walkthrough stopped on an error"
+fi
+mapfile -t GOT < <(grep -E '^[0-9]{3}( |$)' .local/walkthrough.out | cut -c1-3)
+for i in "${!EXPECTED[@]}"; do
+  [[ "${GOT[$i]:-none}" == "${EXPECTED[$i]}" ]] ||
+    fail "call $((i + 1)) of the walkthrough answered ${GOT[$i]:-nothing}, its comment says ${EXPECTED[$i]}"
 done
+((${#GOT[@]} == ${#EXPECTED[@]})) || fail "${#GOT[@]} answers for ${#EXPECTED[@]} calls"
 
-run "Create a todo on the command side" -X POST "$COMMAND_URL/todos" \
-  -H 'content-type: application/json' -d '{"title":"Learn CQRS","description":"outbox, relay, projection"}'
-expect_status 201
-expect_json 'j["version"] == 1 and j["title"] == "Learn CQRS" and j["completed"] is False' "a new todo at version 1"
-ID="$(json 'j["id"]')"
-
-run "Read it on the query side, waiting for version 1 (read-your-writes)" \
-  "$QUERY_URL/todos/$ID?min_version=1"
-expect_status 200
-expect_json "j['id'] == $ID and j['version'] >= 1 and j['title'] == 'Learn CQRS'" "the read model has the todo"
-
-run "List todos on the query side" "$QUERY_URL/todos?sort=-id&limit=5"
-expect_status 200
-expect_json "any(t['id'] == $ID for t in j)" "the list holds the new todo"
-
-run "Update the title" -X PATCH "$COMMAND_URL/todos/$ID" \
-  -H 'content-type: application/json' -d '{"title":"Learn CQRS properly"}'
-expect_status 200
-expect_json 'j["version"] == 2 and j["title"] == "Learn CQRS properly"' "version 2 with the new title"
-
-run "Complete it, only if still at version 2" -X PATCH "$COMMAND_URL/todos/$ID" \
-  -H 'content-type: application/json' -H 'If-Match: "2"' -d '{"completed":true}'
-expect_status 200
-expect_json 'j["version"] == 3 and j["completed"] is True' "version 3, completed"
-
-run "A stale If-Match is refused" -X PATCH "$COMMAND_URL/todos/$ID" \
-  -H 'content-type: application/json' -H 'If-Match: "2"' -d '{"completed":false}'
-expect_status 412
-expect_json 'j["status"] == 412 and j["current_version"] == 3' "a problem+json naming the current version"
-
-run "Read the completed todo on the query side" "$QUERY_URL/todos/$ID?min_version=3"
-expect_status 200
-expect_json 'j["version"] == 3 and j["completed"] is True and j["title"] == "Learn CQRS properly"' "the read model caught up"
-
-run "Only completed todos" "$QUERY_URL/todos?completed=true&sort=-id&limit=5"
-expect_status 200
-expect_json "any(t['id'] == $ID for t in j) and all(t['completed'] for t in j)" "the filter works"
-
-run "Read model statistics" "$QUERY_URL/stats"
-expect_status 200
-expect_json 'j["total"] >= 1 and j["completed"] >= 1 and j["projection"]["applied"] >= 3' "counts and projection figures"
-
-run "Delete it" -X DELETE "$COMMAND_URL/todos/$ID" -H 'If-Match: "3"'
-expect_status 204
-
-run "Deleting again finds nothing" -X DELETE "$COMMAND_URL/todos/$ID"
-expect_status 404
-
-run "Gone from the query side once version 4 (the delete) is applied" "$QUERY_URL/todos/$ID?min_version=4"
-expect_status 404
-
-run "The event log on the command side, from where it ended before this walkthrough" \
-  "$COMMAND_URL/events?after=$FEED_START&limit=100"
-expect_status 200
-expect_json "[e['event_type'] for e in j if e['todo_id'] == $ID] == ['TodoCreated', 'TodoUpdated', 'TodoUpdated', 'TodoDeleted']" "four events for this todo, in order"
-
-run "Bad input gets a problem+json answer" -X POST "$COMMAND_URL/todos" \
-  -H 'content-type: application/json' -d '{"title":""}'
-expect_status 422
-expect_json 'j["errors"][0]["field"] == "title"' "the offending field is named"
-
-printf '\n\033[32mdemo passed: 15 steps\033[0m\n'
+printf '\n\033[32mdemo passed: %s calls, each answered what its comment says\033[0m\n' "${#EXPECTED[@]}"
 printf 'Watch it live: %s/ (the read model, its stream, and a form writing through %s)\n' "$QUERY_URL" "$COMMAND_URL"

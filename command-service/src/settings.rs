@@ -261,7 +261,7 @@ mod tests {
         assert!(err.to_string().contains("xml"), "{err}");
     }
 
-    /// README.md's command-service table under "## Configuration" against this struct, both ways:
+    /// command-service/README.md's table under "## Configuration" against this struct, both ways:
     /// every variable listed is read, every variable read is listed, with the code's default.
     #[test]
     fn the_readme_table_lists_every_variable_read_with_its_default_and_nothing_else() {
@@ -271,7 +271,7 @@ mod tests {
         );
         assert!(
             mismatches.is_empty(),
-            "README.md's command-service table vs Settings:\n{}",
+            "command-service/README.md's configuration table vs Settings:\n{}",
             mismatches.join("\n")
         );
     }

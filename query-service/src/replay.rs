@@ -1,5 +1,5 @@
 //! `query-service replay [COMMAND_URL]`: rebuilds or repairs the read model from the event log
-//! command-service keeps and serves at `GET /events` (README.md, "Guarantees", 4).
+//! command-service keeps and serves at `GET /events` (query-service/README.md, "Guarantees", 4).
 //!
 //! It reads the log oldest first, page by page, and applies every event through the same
 //! version-guarded upsert the consumer uses, so it is safe at any time: into an empty

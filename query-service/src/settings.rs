@@ -246,7 +246,7 @@ mod tests {
         assert!(err.to_string().contains("AMQP_PREFETCH"), "{err}");
     }
 
-    /// README.md's query-service table under "## Configuration" against this struct, both ways:
+    /// query-service/README.md's table under "## Configuration" against this struct, both ways:
     /// every variable listed is read, every variable read is listed, with the code's default.
     #[test]
     fn the_readme_table_lists_every_variable_read_with_its_default_and_nothing_else() {
@@ -256,7 +256,7 @@ mod tests {
         );
         assert!(
             mismatches.is_empty(),
-            "README.md's query-service table vs Settings:\n{}",
+            "query-service/README.md's configuration table vs Settings:\n{}",
             mismatches.join("\n")
         );
     }

@@ -1,5 +1,6 @@
-//! README.md's table of promises names, for each one, the test that proves it: every name it
-//! gives must be a test in this workspace.
+//! The READMEs against the tree: scripts/README.md's table of promises names, for each one,
+//! the test that proves it (every name it gives must be a test in this workspace), and each
+//! crate's README names every source file of the crate in its Layout.
 
 use std::path::{Path, PathBuf};
 
@@ -42,10 +43,11 @@ fn file_of(binary: &str, test: &str) -> (PathBuf, String) {
 
 #[test]
 fn every_test_the_readme_table_names_exists() {
-    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    let readme =
+        std::fs::read_to_string(root().join("scripts/README.md")).expect("scripts/README.md");
     let start = readme
         .find("### Each promise and the test that proves it")
-        .expect("README.md has the table of promises");
+        .expect("scripts/README.md has the table of promises");
     let section = &readme[start..];
     let section = &section[..section.find("\n## ").unwrap_or(section.len())];
     let rows: Vec<&str> = section
@@ -100,26 +102,18 @@ fn sources(krate: &str) -> Vec<String> {
     out
 }
 
-/// README.md's Layout section names every source file of the three crates in that crate's
-/// lines, and no file that is not there.
+/// Each crate's README (`<crate>/README.md`) names, in its Layout section's block, every source
+/// file of the crate and no file that is not there.
 #[test]
 fn the_readme_layout_names_every_source_file_and_only_those() {
-    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
-    let start = readme.find("## Layout").expect("a Layout section");
-    let block = &readme[start..];
-    let block = &block[block.find("```").expect("a block") + 3..];
-    let block = &block[..block.find("```").expect("the block ends")];
     let mut problems = Vec::new();
     for krate in ["events", "command-service", "query-service"] {
-        // The crate's lines: from `<krate>/` to the next line that starts a new entry.
-        let lines: Vec<&str> = block
-            .lines()
-            .skip_while(|l| !l.starts_with(&format!("{krate}/")))
-            .enumerate()
-            .take_while(|(i, l)| *i == 0 || l.starts_with(' '))
-            .map(|(_, l)| l)
-            .collect();
-        let text = lines.join("\n");
+        let path = root().join(krate).join("README.md");
+        let readme = std::fs::read_to_string(&path).expect("the crate's README.md");
+        let start = readme.find("## Layout").expect("a Layout section");
+        let block = &readme[start..];
+        let block = &block[block.find("```").expect("a block") + 3..];
+        let text = &block[..block.find("```").expect("the block ends")];
         let files = sources(krate);
         for file in &files {
             if !text.contains(file.as_str()) {

@@ -5,7 +5,7 @@
 //! the operator routes of the OpenAPI documents and their checks (`openapi`), and the
 //! healthcheck probe their containers call.
 //!
-//! It lives here because the workspace has one shared crate, `events` (README.md, Layout); the
+//! It lives here because the workspace has one shared crate, `events` (events/README.md); the
 //! feature keeps the contract itself free of warp, tokio and tracing for anyone who only needs
 //! the types.
 
@@ -40,16 +40,18 @@ pub fn variables<T: Serialize + DeserializeOwned>() -> Vec<String> {
 
 /// The rows of `service`'s table under `## Configuration` in a README: each
 /// `| `NAME` | `default` | meaning |` as (name, default), in the table's order. The table is the
-/// first one after a line holding only the service's name.
+/// first one after a line holding only the service's name, or, in a README with no such line
+/// (a service's own), the section's first.
 pub fn documented_variables(readme: &str, service: &str) -> Vec<(String, String)> {
     let section = readme
         .split_once("\n## Configuration\n")
         .map_or("", |(_, rest)| rest.split("\n## ").next().unwrap_or(""));
     let unquote = |cell: &str| cell.trim().trim_matches('`').to_string();
+    let named = section.lines().any(|line| line.trim() == service);
     section
         .lines()
-        .skip_while(|line| line.trim() != service)
-        .skip(1)
+        .skip_while(|line| named && line.trim() != service)
+        .skip(usize::from(named))
         .skip_while(|line| !line.starts_with('|'))
         .take_while(|line| line.starts_with('|'))
         .filter_map(|line| {
@@ -60,8 +62,8 @@ pub fn documented_variables(readme: &str, service: &str) -> Vec<(String, String)
         .collect()
 }
 
-/// Holds a settings struct read by envy against `service`'s configuration table in the
-/// README next to `manifest_dir` (the crate's directory), both ways, and returns every
+/// Holds a settings struct read by envy against the configuration table in the crate's own
+/// README (`manifest_dir`/README.md), both ways, and returns every
 /// mismatch:
 /// - every variable the table lists is read: set to a value no number or enum takes, it either
 ///   fails naming the variable or reaches its field;
@@ -73,7 +75,7 @@ pub fn configuration_mismatches<T: Serialize + DeserializeOwned>(
     manifest_dir: &str,
     service: &str,
 ) -> Vec<String> {
-    let path = std::path::Path::new(manifest_dir).join("../README.md");
+    let path = std::path::Path::new(manifest_dir).join("README.md");
     let readme = std::fs::read_to_string(&path).unwrap_or_default();
     let mut mismatches = check_configuration::<T>(&readme, service);
     let mut sources = vec![std::path::Path::new(manifest_dir).join("src")];
@@ -302,8 +304,15 @@ mod tests {
                 "LOG_FORMAT is read but not in the table",
             ]
         );
+        // A service's own README names no service: its section's first table is its own.
+        let own = "# svc\n\n## Configuration\n\nIntro.\n\n| Variable | Default | Meaning |\n|---|---|---|\n\
+                   | `POOL_SIZE` | `10` | pool |\n| `LOG_FORMAT` | `pretty` | format |\n\n## Layout\n";
         assert_eq!(
-            check_configuration::<Limits>(&good, "nobody"),
+            check_configuration::<Limits>(own, "svc"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            check_configuration::<Limits>("# x\n\n## Configuration\n\nnone\n", "nobody"),
             ["no configuration table for nobody"]
         );
     }

@@ -93,7 +93,15 @@ if ! command -v chromium >/dev/null 2>&1; then
   "${SUDO[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -q chromium >/dev/null
 fi
-python3 -c "import websockets" 2>/dev/null || pip install -q websockets
+# Into the project's own venv (scripts/schemathesis.sh made it): a stock Debian's pip refuses
+# installs into the system Python (PEP 668).
+PY=python3
+PIP=(python3 -m pip install -q --user)
+if [[ -x .local/venv/bin/python ]]; then
+  PY=.local/venv/bin/python
+  PIP=("$PY" -m pip install -q)
+fi
+"$PY" -c "import websockets" 2>/dev/null || "${PIP[@]}" websockets
 ./target/debug/command-service >.local/test-page-command.log 2>&1 &
 PAGE_PAIR=($!)
 ./target/debug/query-service >.local/test-page-query.log 2>&1 &
@@ -104,6 +112,8 @@ for _ in $(seq 1 120); do
   curl -fsS http://127.0.0.1:5001/ready >/dev/null 2>&1 && curl -fsS http://127.0.0.1:5002/ready >/dev/null 2>&1 && break
   sleep 0.5
 done
-python3 scripts/browser_test.py
+"$PY" scripts/browser_test.py
+# Every command the READMEs show that only reads, run as written against this pair.
+bash scripts/readme_commands.sh
 stop_pair
 trap - EXIT

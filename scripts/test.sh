@@ -86,3 +86,8 @@ done
 python3 scripts/browser_test.py
 stop_pair
 trap - EXIT
+
+# deploy/k8s as `kubectl apply -k deploy/k8s/overlays/local` builds it, with kustomize itself
+# (kubectl, pinned, in .local/venv), validated strictly against Kubernetes' schemas with the
+# Secrets deploy/k8s/secrets.sh makes (scripts/k8s_check.sh; no cluster needed).
+bash scripts/k8s_check.sh

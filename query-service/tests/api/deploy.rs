@@ -949,6 +949,12 @@ fn kubernetes_pods_run_as_non_root_with_read_only_roots_and_no_capabilities() {
         assert_eq!(pod["runAsUser"].as_u64(), Some(uid), "{name}");
         assert_eq!(pod["runAsGroup"].as_u64(), Some(uid), "{name}");
         assert_eq!(pod["seccompProfile"]["type"], "RuntimeDefault", "{name}");
+        if uid == 999 {
+            // A volume's files are made the group's once: PostgreSQL's data folder and the
+            // Erlang cookie must stay closed to the group.
+            assert_eq!(pod["fsGroup"].as_u64(), Some(999), "{name}");
+            assert_eq!(pod["fsGroupChangePolicy"], "OnRootMismatch", "{name}");
+        }
         assert_eq!(spec["automountServiceAccountToken"], false, "{name}");
         assert_eq!(spec["enableServiceLinks"], false, "{name}");
         for container in containers(workload) {

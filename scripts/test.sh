@@ -117,3 +117,8 @@ done
 bash scripts/readme_commands.sh
 stop_pair
 trap - EXIT
+
+# deploy/k8s as `kubectl apply -k deploy/k8s/overlays/local` builds it, with kustomize itself
+# (kubectl, pinned, in .local/venv), validated strictly against Kubernetes' schemas with the
+# Secrets deploy/k8s/secrets.sh makes (scripts/k8s_check.sh; no cluster needed).
+bash scripts/k8s_check.sh

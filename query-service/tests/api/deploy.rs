@@ -617,39 +617,156 @@ fn rabbitmq_definitions_match_what_the_services_declare() {
             && b["destination"] == events::DEAD_LETTER_QUEUE));
 }
 
+/// The version the images are tagged with: the workspace's (Cargo.toml), never `latest`.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Where `kubectl apply -k` is pointed, and the base it builds on.
+const K8S_BASE: &str = "deploy/k8s/base";
+const K8S_LOCAL: &str = "deploy/k8s/overlays/local";
+
+/// The objects a kustomization lists under `resources`, read as written (files, and folders
+/// with a kustomization of their own, recursively); generators, patches and transformers are
+/// not applied (scripts/k8s_check.sh renders with kustomize itself).
+fn kustomize_resources(dir: &str) -> Vec<Value> {
+    let kustomization = yaml(&format!("{dir}/kustomization.yaml")).remove(0);
+    let mut docs = Vec::new();
+    for resource in kustomization["resources"].as_sequence().expect("resources") {
+        let path = format!("{dir}/{}", str_of(resource, "resource"));
+        if root().join(&path).is_dir() {
+            docs.extend(kustomize_resources(&path));
+        } else {
+            docs.extend(yaml(&path));
+        }
+    }
+    docs
+}
+
+fn object<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind} {name} in {K8S_BASE}"))
+}
+
+fn seq<'a>(v: &'a Value, what: &str) -> &'a [Value] {
+    v.as_sequence()
+        .map(Vec::as_slice)
+        .unwrap_or_else(|| panic!("{what} is a list: {v:?}"))
+}
+
+/// Every container of a pod template: init containers and containers.
+fn containers(workload: &Value) -> Vec<&Value> {
+    let spec = &workload["spec"]["template"]["spec"];
+    ["initContainers", "containers"]
+        .iter()
+        .filter(|k| !spec[**k].is_null())
+        .flat_map(|k| seq(&spec[*k], k))
+        .collect()
+}
+
+/// A Secret deploy/k8s/secrets.sh makes, one key of it, and the value it puts there (shell
+/// text: `$variables` unexpanded). `optional` when it is put only if a value was given.
+#[derive(Debug)]
+struct SecretKey {
+    secret: String,
+    key: String,
+    value: String,
+    optional: bool,
+}
+
+/// The keys deploy/k8s/secrets.sh puts in each Secret: its `put SECRET KEY VALUE` lines.
+fn secret_keys() -> Vec<SecretKey> {
+    let script = std::fs::read_to_string(root().join("deploy/k8s/secrets.sh")).expect("secrets.sh");
+    let joined = script.replace("\\\n", " ");
+    joined
+        .lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let (optional, put) = match line.split_once("|| put ") {
+                Some((guard, put)) if guard.starts_with("[[ -z ") => (true, put),
+                _ => (false, line.strip_prefix("put ")?),
+            };
+            let mut words = put.split_whitespace();
+            let secret = words.next()?.to_string();
+            let key = words.next()?.to_string();
+            let value = words
+                .collect::<Vec<_>>()
+                .join(" ")
+                .trim_matches('"')
+                .to_string();
+            Some(SecretKey {
+                secret,
+                key,
+                value,
+                optional,
+            })
+        })
+        .collect()
+}
+
+fn secret_value<'a>(keys: &'a [SecretKey], secret: &str, key: &str) -> &'a SecretKey {
+    keys.iter()
+        .find(|k| k.secret == secret && k.key == key)
+        .unwrap_or_else(|| panic!("deploy/k8s/secrets.sh puts {secret}/{key}: {keys:?}"))
+}
+
 #[test]
 fn kubernetes_manifests_name_the_compose_images_ports_and_probes() {
     let compose = yaml("docker-compose.yml").remove(0);
-    let secrets = yaml("deploy/k8s/secret.example.yaml");
-    for secret in &secrets {
-        assert_eq!(secret["kind"], "Secret");
-    }
-    for (service, file, port) in [
-        ("command-service", "deploy/k8s/command-service.yaml", 5001),
-        ("query-service", "deploy/k8s/query-service.yaml", 5002),
-    ] {
-        let docs = yaml(file);
-        let kinds: Vec<&str> = docs.iter().map(|d| str_of(&d["kind"], "kind")).collect();
+    let docs = kustomize_resources(K8S_BASE);
+    let local = yaml(&format!("{K8S_LOCAL}/kustomization.yaml")).remove(0);
+    let keys = secret_keys();
+    for (service, port) in [("command-service", 5001), ("query-service", 5002)] {
+        let file = format!("{K8S_BASE}/{service}.yaml");
+        let deployment = object(&docs, "Deployment", service);
+        let spec = &deployment["spec"]["template"]["spec"];
+        let container = &spec["containers"][0];
+        // Tagged with the workspace's version, as compose tags what it builds.
+        let image = format!("todo-cqrs/{service}:{VERSION}");
+        assert_eq!(container["image"], image.as_str(), "{service} image");
         assert_eq!(
-            kinds,
-            ["Deployment", "Service", "PodDisruptionBudget"],
-            "{file}"
+            compose["services"][service]["image"],
+            image.as_str(),
+            "compose tags {service} with the version"
         );
-        let deployment = &docs[0];
-        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
-        assert_eq!(
-            container["image"], compose["services"][service]["image"],
-            "{service} image"
-        );
+        let pinned = seq(&local["images"], "images")
+            .iter()
+            .find(|i| i["name"] == format!("todo-cqrs/{service}").as_str())
+            .unwrap_or_else(|| panic!("{K8S_LOCAL} names the {service} image"));
+        assert_eq!(pinned["newTag"], VERSION, "{K8S_LOCAL}: {service} tag");
         assert_eq!(container["ports"][0]["containerPort"].as_u64(), Some(port));
+        // Started: the listener opens after the store answered (about 2 min of tries when
+        // it does not) and, for command-service, the migrations ran; 3 min before a restart.
+        let startup = &container["startupProbe"];
+        assert_eq!(
+            startup["httpGet"]["path"], "/health",
+            "{service} startupProbe"
+        );
+        let window = startup["periodSeconds"].as_u64().expect("period")
+            * startup["failureThreshold"]
+                .as_u64()
+                .expect("failureThreshold");
+        assert!(window >= 180, "{service}: startupProbe allows {window} s");
         assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/health");
         assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/ready");
+        // /ready waits up to 2 s on each store it asks (command-service: PostgreSQL's ping,
+        // then the outbox figures); the probe waits longer than the route can.
+        let ready_waits = if service == "command-service" { 4 } else { 2 };
+        let timeout = container["readinessProbe"]["timeoutSeconds"]
+            .as_u64()
+            .expect("readiness timeout");
         assert!(
-            !container["resources"]["limits"]["memory"].is_null(),
-            "{service} memory limit"
+            timeout > ready_waits,
+            "{service}: readiness timeout {timeout} s"
         );
+        for k in ["cpu", "memory"] {
+            assert!(
+                !container["resources"]["limits"][k].is_null()
+                    && !container["resources"]["requests"][k].is_null(),
+                "{service}: {k} request and limit"
+            );
+        }
         let known = variables(service);
-        let env = container["env"].as_sequence().expect("env");
+        let env = seq(&container["env"], "env");
         for var in env {
             let name = str_of(&var["name"], "env name");
             assert!(known.contains(name), "{file}: {name} is read by {service}");
@@ -663,7 +780,7 @@ fn kubernetes_manifests_name_the_compose_images_ports_and_probes() {
                 .unwrap_or_else(|| panic!("{file} sets {name}"))
         };
         // Credentials and tokens come from the service's own Secret, none optional (writes
-        // are never open for want of a key), each key one the example Secret holds.
+        // are never open for want of a key), each key one deploy/k8s/secrets.sh puts there.
         let secret_vars: &[(&str, &str)] = match service {
             "command-service" => &[
                 ("DATABASE_URL", "database-url"),
@@ -686,21 +803,15 @@ fn kubernetes_manifests_name_the_compose_images_ports_and_probes() {
                 var(name)["value"].is_null(),
                 "{file}: {name} only from the Secret"
             );
-            let value = str_of(
-                &secrets
-                    .iter()
-                    .find(|s| s["metadata"]["name"] == service)
-                    .unwrap_or_else(|| panic!("secret.example.yaml has Secret {service}"))
-                    ["stringData"][key],
-                key,
-            );
-            assert!(!value.trim().is_empty(), "{service}/{key} is set");
+            let put = secret_value(&keys, service, key);
+            assert!(!put.optional, "secrets.sh always puts {service}/{key}");
             if *name == "AMQP_URL" {
-                assert_eq!(amqp_url(value).host, "rabbitmq:5672");
-                assert_broker_user(service, value, false);
+                assert_eq!(amqp_url(&put.value).host, "rabbitmq:5672");
+                assert_broker_user(service, &put.value, false);
             }
         }
-        // The page's origin, and where the page writes: values to set, never localhost.
+        // The page's origin, and where the page writes: values to set, never localhost; the
+        // local overlay sets compose's, for the page on port-forwarded localhost:5002.
         let (name, other) = match service {
             "command-service" => ("CORS_ORIGINS", "query-service"),
             _ => ("COMMAND_SERVICE_URL", "command-service"),
@@ -710,16 +821,529 @@ fn kubernetes_manifests_name_the_compose_images_ports_and_probes() {
             value.starts_with("https://") && !value.contains("localhost"),
             "{file}: {name} is {other}'s public address: {value}"
         );
-        assert_eq!(docs[1]["spec"]["ports"][0]["port"].as_u64(), Some(port));
+        let patch = yaml(&format!("{K8S_LOCAL}/local-services.yaml"));
+        let patched =
+            &object(&patch, "Deployment", service)["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(patched["name"], service);
         assert_eq!(
-            docs[2]["spec"]["selector"], deployment["spec"]["selector"],
+            patched["imagePullPolicy"], "IfNotPresent",
+            "loaded, never pulled"
+        );
+        let local_value = seq(&patched["env"], "env")
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("{K8S_LOCAL} sets {name}"));
+        assert_eq!(
+            local_value["value"], compose["services"][service]["environment"][name],
+            "{K8S_LOCAL}: {name} as compose"
+        );
+        let svc = object(&docs, "Service", service);
+        assert_eq!(svc["spec"]["ports"][0]["port"].as_u64(), Some(port));
+        assert_eq!(
+            svc["spec"]["selector"],
+            deployment["spec"]["selector"]["matchLabels"]
+        );
+        // A disruption budget that lets a drain proceed at every replica count used.
+        let pdb = object(&docs, "PodDisruptionBudget", service);
+        assert_eq!(
+            pdb["spec"]["selector"], deployment["spec"]["selector"],
             "PDB selects the pods"
         );
+        let local_replicas = seq(&local["replicas"], "replicas")
+            .iter()
+            .find(|r| r["name"] == service)
+            .and_then(|r| r["count"].as_u64())
+            .unwrap_or_else(|| panic!("{K8S_LOCAL} sets {service}'s replicas"));
+        let replicas = deployment["spec"]["replicas"].as_u64().expect("replicas");
+        for count in [replicas, local_replicas] {
+            match (
+                pdb["spec"]["maxUnavailable"].as_u64(),
+                pdb["spec"]["minAvailable"].as_u64(),
+            ) {
+                (Some(max), None) => assert!(max >= 1, "{service}: maxUnavailable {max}"),
+                (None, Some(min)) => {
+                    assert!(min < count, "{service}: minAvailable {min} of {count}")
+                }
+                other => panic!("{service}: PDB {other:?}"),
+            }
+        }
+        if service == "query-service" {
+            assert!(
+                replicas >= 2 && local_replicas >= 2,
+                "query-service runs as competing consumers"
+            );
+        }
     }
-    let replicas = yaml("deploy/k8s/query-service.yaml")[0]["spec"]["replicas"]
-        .as_u64()
-        .expect("replicas");
-    assert!(replicas >= 2, "query-service runs as competing consumers");
+    // No image anywhere untagged or `latest`.
+    let mut images: Vec<String> = compose["services"]
+        .as_mapping()
+        .expect("services")
+        .values()
+        .filter_map(|s| s["image"].as_str().map(String::from))
+        .collect();
+    for workload in docs
+        .iter()
+        .filter(|d| d["kind"] == "Deployment" || d["kind"] == "StatefulSet")
+    {
+        images.extend(
+            containers(workload)
+                .iter()
+                .map(|c| str_of(&c["image"], "image").to_string()),
+        );
+    }
+    for image in &images {
+        let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+        assert!(
+            !tag.is_empty() && tag != "latest" && !tag.contains('/'),
+            "{image}: a tag, never latest"
+        );
+    }
+}
+
+/// The stores, each named as in compose: (name, port, the services that may connect).
+const STORES: [(&str, u16, &[&str]); 3] = [
+    ("postgres", 5432, &["command-service"]),
+    ("rabbitmq", 5672, &["command-service", "query-service"]),
+    ("mongo", 27017, &["query-service"]),
+];
+
+#[test]
+fn kubernetes_pods_run_as_non_root_with_read_only_roots_and_no_capabilities() {
+    let docs = kustomize_resources(K8S_BASE);
+    let dockerfile =
+        std::fs::read_to_string(root().join("deploy/Dockerfile")).expect("deploy/Dockerfile");
+    assert!(
+        dockerfile.contains("USER 10001:10001"),
+        "the services' image user"
+    );
+    let workloads: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "Deployment" || d["kind"] == "StatefulSet")
+        .collect();
+    let names: BTreeSet<&str> = workloads
+        .iter()
+        .map(|w| str_of(&w["metadata"]["name"], "name"))
+        .collect();
+    assert_eq!(
+        names,
+        BTreeSet::from([
+            "command-service",
+            "query-service",
+            "postgres",
+            "rabbitmq",
+            "mongo"
+        ])
+    );
+    for workload in workloads {
+        let name = str_of(&workload["metadata"]["name"], "name");
+        let spec = &workload["spec"]["template"]["spec"];
+        // The services as the Dockerfile's user; the stores as their official images' own
+        // (postgres, rabbitmq and mongodb are uid and gid 999 there).
+        let uid = if name.ends_with("-service") {
+            10001
+        } else {
+            999
+        };
+        let pod = &spec["securityContext"];
+        assert_eq!(pod["runAsNonRoot"], true, "{name}");
+        assert_eq!(pod["runAsUser"].as_u64(), Some(uid), "{name}");
+        assert_eq!(pod["runAsGroup"].as_u64(), Some(uid), "{name}");
+        assert_eq!(pod["seccompProfile"]["type"], "RuntimeDefault", "{name}");
+        if uid == 999 {
+            // A volume's files are made the group's once: PostgreSQL's data folder and the
+            // Erlang cookie must stay closed to the group.
+            assert_eq!(pod["fsGroup"].as_u64(), Some(999), "{name}");
+            assert_eq!(pod["fsGroupChangePolicy"], "OnRootMismatch", "{name}");
+        }
+        assert_eq!(spec["automountServiceAccountToken"], false, "{name}");
+        assert_eq!(spec["enableServiceLinks"], false, "{name}");
+        for container in containers(workload) {
+            let which = format!("{name}/{}", str_of(&container["name"], "container"));
+            let security = &container["securityContext"];
+            assert!(
+                security["runAsUser"].is_null() && security["runAsNonRoot"] != false,
+                "{which}: runs as the pod's user"
+            );
+            assert_eq!(security["allowPrivilegeEscalation"], false, "{which}");
+            assert_eq!(security["readOnlyRootFilesystem"], true, "{which}");
+            assert_eq!(
+                security["capabilities"]["drop"],
+                serde_yaml::to_value(["ALL"]).expect("a list"),
+                "{which}"
+            );
+            assert!(security["capabilities"]["add"].is_null(), "{which}");
+            assert!(security["privileged"] != true, "{which}");
+            for k in ["cpu", "memory"] {
+                assert!(
+                    !container["resources"]["limits"][k].is_null()
+                        && !container["resources"]["requests"][k].is_null(),
+                    "{which}: {k} request and limit"
+                );
+            }
+        }
+        for container in seq(&spec["containers"], "containers") {
+            for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+                assert!(!container[probe].is_null(), "{name}: {probe}");
+            }
+        }
+    }
+    // The local cluster's namespace refuses any pod that is not so.
+    let namespace = yaml(&format!("{K8S_LOCAL}/namespace.yaml")).remove(0);
+    assert_eq!(
+        namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "restricted"
+    );
+    let local = yaml(&format!("{K8S_LOCAL}/kustomization.yaml")).remove(0);
+    assert_eq!(local["namespace"], namespace["metadata"]["name"]);
+}
+
+#[test]
+fn kubernetes_secrets_come_from_outside_the_applied_folders() {
+    // No Secret in any manifest under deploy/k8s, and no kustomization there generates one
+    // from a file in it.
+    let repo = root().canonicalize().expect("the repository");
+    let k8s = repo.join("deploy/k8s");
+    let mut dirs = vec![k8s.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("deploy/k8s").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "yaml" && e != "yml") {
+                continue;
+            }
+            let relative = path.strip_prefix(&repo).expect("in the repo");
+            let relative = relative.to_str().expect("path");
+            for doc in yaml(relative) {
+                assert!(doc["kind"] != "Secret", "{relative} holds a Secret");
+                for generator in doc["secretGenerator"].as_sequence().into_iter().flatten() {
+                    for file in ["files", "envs"]
+                        .iter()
+                        .flat_map(|k| generator[*k].as_sequence().into_iter().flatten())
+                    {
+                        let file = str_of(file, "file");
+                        let file = file.rsplit('=').next().expect("file");
+                        let resolved = path.parent().expect("dir").join(file).canonicalize();
+                        assert!(
+                            resolved.is_ok_and(|p| !p.starts_with(&k8s)),
+                            "{relative}: a Secret from {file}, inside deploy/k8s"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        !root().join("deploy/k8s/secret.example.yaml").exists(),
+        "no example Secret beside the manifests"
+    );
+    // Every Secret key a pod reads is one deploy/k8s/secrets.sh puts; those a pod needs are
+    // put always, the optional ones only when given.
+    let keys = secret_keys();
+    let docs = kustomize_resources(K8S_BASE);
+    let mut read = BTreeSet::new();
+    for workload in docs
+        .iter()
+        .filter(|d| d["kind"] == "Deployment" || d["kind"] == "StatefulSet")
+    {
+        for container in containers(workload) {
+            for var in container["env"].as_sequence().into_iter().flatten() {
+                let from = &var["valueFrom"]["secretKeyRef"];
+                if from.is_null() {
+                    continue;
+                }
+                let (secret, key) = (str_of(&from["name"], "name"), str_of(&from["key"], "key"));
+                let put = secret_value(&keys, secret, key);
+                assert_eq!(
+                    put.optional,
+                    from["optional"] == true,
+                    "{secret}/{key}: optional in the pod exactly when secrets.sh may leave it out"
+                );
+                read.insert((secret.to_string(), key.to_string()));
+            }
+        }
+    }
+    let put: BTreeSet<(String, String)> = keys
+        .iter()
+        .map(|k| (k.secret.clone(), k.key.clone()))
+        .collect();
+    assert_eq!(put, read, "secrets.sh puts exactly what the pods read");
+    // The URLs name each store's user with the password the store's Secret makes it with.
+    let of = |secret: &str, key: &str| secret_value(&keys, secret, key).value.clone();
+    assert_eq!(
+        of("command-service", "database-url"),
+        format!(
+            "postgres://todo:{}@postgres:5432/todos",
+            of("postgres", "todo-password")
+        )
+    );
+    assert_eq!(
+        of("command-service", "amqp-url"),
+        format!(
+            "amqp://command-service:{}@rabbitmq:5672/todo",
+            of("rabbitmq", "command-service-password")
+        )
+    );
+    assert_eq!(
+        of("query-service", "amqp-url"),
+        format!(
+            "amqp://query-service:{}@rabbitmq:5672/todo",
+            of("rabbitmq", "query-service-password")
+        )
+    );
+    let mongodb_uri = of("query-service", "mongodb-uri");
+    assert!(
+        mongodb_uri.starts_with(&format!(
+            "mongodb://query-service:{}@mongo:27017/todo_read?",
+            of("mongo", "query-service-password")
+        )) && mongodb_uri.contains("authSource=todo_read"),
+        "{mongodb_uri}"
+    );
+    assert_eq!(
+        of("query-service", "feed-token"),
+        of("command-service", "feed-tokens")
+    );
+}
+
+#[test]
+fn kubernetes_stores_run_the_files_compose_mounts() {
+    let compose = yaml("docker-compose.yml").remove(0);
+    let docs = kustomize_resources(K8S_BASE);
+    let base = yaml(&format!("{K8S_BASE}/kustomization.yaml")).remove(0);
+    // Kustomize reads files only under the kustomization: stores/ holds copies, byte for
+    // byte (`bash scripts/k8s_check.sh --sync` makes them again).
+    let generated = |name: &str| -> Vec<String> {
+        seq(&base["configMapGenerator"], "configMapGenerator")
+            .iter()
+            .find(|g| g["name"] == name)
+            .map(|g| {
+                seq(&g["files"], "files")
+                    .iter()
+                    .map(|f| str_of(f, "file").to_string())
+                    .collect()
+            })
+            .unwrap_or_else(|| panic!("{K8S_BASE} generates ConfigMap {name}"))
+    };
+    for (configmap, originals) in [
+        (
+            "rabbitmq-config",
+            &[
+                "deploy/rabbitmq/rabbitmq.conf",
+                "deploy/rabbitmq/definitions.json",
+            ][..],
+        ),
+        ("mongo-init", &["deploy/mongo/init.js"][..]),
+        ("postgres-init", &["deploy/postgres/init.sql"][..]),
+    ] {
+        let files = generated(configmap);
+        for original in originals {
+            let copy = format!(
+                "stores/{}",
+                original.strip_prefix("deploy/").expect("deploy/")
+            );
+            assert!(files.contains(&copy), "{configmap} holds {copy}: {files:?}");
+            let read =
+                |p: &str| std::fs::read(root().join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+            assert!(
+                read(original) == read(&format!("{K8S_BASE}/{copy}")),
+                "{K8S_BASE}/{copy} differs from {original}: run `bash scripts/k8s_check.sh --sync`"
+            );
+        }
+    }
+    for (store, port, _) in STORES {
+        let set = object(&docs, "StatefulSet", store);
+        let spec = &set["spec"]["template"]["spec"];
+        let main = &spec["containers"][0];
+        assert_eq!(
+            main["image"], compose["services"][store]["image"],
+            "{store}: compose's image"
+        );
+        assert_eq!(
+            main["ports"][0]["containerPort"].as_u64(),
+            Some(u64::from(port))
+        );
+        let service = object(&docs, "Service", store);
+        assert_eq!(service["spec"]["clusterIP"], "None", "{store}: headless");
+        assert_eq!(
+            service["spec"]["ports"][0]["port"].as_u64(),
+            Some(u64::from(port))
+        );
+        assert_eq!(set["spec"]["serviceName"], store);
+        assert!(
+            !set["spec"]["volumeClaimTemplates"].is_null(),
+            "{store}: a volume of its own"
+        );
+        let mounts = seq(&main["volumeMounts"], "volumeMounts");
+        let mount = |path: &str| {
+            mounts
+                .iter()
+                .find(|m| m["mountPath"] == path)
+                .unwrap_or_else(|| panic!("{store} mounts {path}"))
+        };
+        let volume = |name: &Value| {
+            seq(&spec["volumes"], "volumes")
+                .iter()
+                .find(|v| v["name"] == *name)
+                .unwrap_or_else(|| panic!("{store}: volume {name:?}"))
+        };
+        match store {
+            "rabbitmq" => {
+                let conf = mount("/etc/rabbitmq/rabbitmq.conf");
+                assert_eq!(conf["subPath"], "rabbitmq.conf");
+                assert_eq!(
+                    volume(&conf["name"])["configMap"]["name"],
+                    "rabbitmq-config"
+                );
+                // definitions.json as rabbitmq.conf loads it, the init container's copy with
+                // the Secret's passwords in place of each service user's demo password.
+                let loaded = mount("/etc/rabbitmq/definitions.json");
+                assert_eq!(loaded["subPath"], "definitions.json");
+                let init = &spec["initContainers"][0];
+                let script = seq(&init["command"], "command")
+                    .last()
+                    .map(|s| str_of(s, "script"))
+                    .expect("script");
+                for user in definitions()["users"].as_array().expect("users") {
+                    let demo = user["password"].as_str().expect("password");
+                    assert!(
+                        script.contains(&format!(r#"s/\"password\": \"{demo}\"/"#)),
+                        "the init container replaces {demo}"
+                    );
+                }
+                assert!(
+                    std::fs::read_to_string(root().join("deploy/rabbitmq/rabbitmq.conf"))
+                        .expect("rabbitmq.conf")
+                        .contains("load_definitions = /etc/rabbitmq/definitions.json")
+                );
+            }
+            _ => {
+                let initdb = mount("/docker-entrypoint-initdb.d");
+                assert_eq!(
+                    volume(&initdb["name"])["configMap"]["name"],
+                    format!("{store}-init").as_str()
+                );
+                // After init.sql / init.js (name order), the user's password from the Secret.
+                let (script, statement) = match store {
+                    "postgres" => (
+                        "stores/postgres/set-password.sh",
+                        "ALTER ROLE todo PASSWORD",
+                    ),
+                    _ => (
+                        "stores/mongo/set-password.js",
+                        r#"getSiblingDB("todo_read").updateUser("query-service""#,
+                    ),
+                };
+                assert!(generated(&format!("{store}-init")).contains(&script.to_string()));
+                let name = script.rsplit('/').next().expect("name");
+                // init.sql and init.js run first: the files run in name order.
+                assert!(name > "init.sql", "{name} runs last");
+                let text =
+                    std::fs::read_to_string(root().join(K8S_BASE).join(script)).expect("script");
+                assert!(text.contains(statement), "{script}: {statement}");
+            }
+        }
+    }
+}
+
+#[test]
+fn kubernetes_network_policies_fence_each_service_and_store() {
+    let docs = kustomize_resources(K8S_BASE);
+    let port_of_app = |app: &str| -> u64 {
+        object(&docs, "Service", app)["spec"]["ports"][0]["port"]
+            .as_u64()
+            .expect("port")
+    };
+    let dns = BTreeSet::from([
+        ("kube-dns".to_string(), 53, "TCP"),
+        ("kube-dns".to_string(), 53, "UDP"),
+    ]);
+    // Who each pod may reach, besides DNS.
+    let egress: [(&str, &[&str]); 5] = [
+        ("command-service", &["postgres", "rabbitmq"]),
+        ("query-service", &["mongo", "rabbitmq", "command-service"]),
+        ("postgres", &[]),
+        ("rabbitmq", &[]),
+        ("mongo", &[]),
+    ];
+    for (app, reaches) in egress {
+        let policy = object(&docs, "NetworkPolicy", app);
+        let spec = &policy["spec"];
+        assert_eq!(
+            spec["podSelector"]["matchLabels"]["app.kubernetes.io/name"], app,
+            "{app}: the policy selects its pods"
+        );
+        assert_eq!(
+            spec["policyTypes"],
+            serde_yaml::to_value(["Ingress", "Egress"]).expect("a list"),
+            "{app}: in and out are both fenced"
+        );
+        // In: the pod's own port only; a store's from its services only.
+        let ingress = seq(&spec["ingress"], "ingress");
+        assert_eq!(ingress.len(), 1, "{app}: one ingress rule");
+        let ports: Vec<u64> = seq(&ingress[0]["ports"], "ports")
+            .iter()
+            .map(|p| p["port"].as_u64().expect("port"))
+            .collect();
+        assert_eq!(ports, [port_of_app(app)], "{app}: in on its port only");
+        let from: BTreeSet<&str> = ingress[0]["from"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .map(|peer| {
+                assert!(peer["namespaceSelector"].is_null() && peer["ipBlock"].is_null());
+                str_of(
+                    &peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+                    "peer",
+                )
+            })
+            .collect();
+        match STORES.iter().find(|(store, ..)| *store == app) {
+            Some((_, _, clients)) => assert_eq!(
+                from,
+                clients.iter().copied().collect(),
+                "{app}: only its services connect"
+            ),
+            None => assert!(
+                from.is_empty(),
+                "{app}: its port from anywhere (the ingress)"
+            ),
+        }
+        // Out: exactly the stores, broker and service it talks to, on their ports, and DNS.
+        let mut allowed = BTreeSet::new();
+        for rule in seq(&spec["egress"], "egress") {
+            let peers = seq(&rule["to"], "to");
+            assert_eq!(peers.len(), 1, "{app}: one peer per egress rule");
+            let peer = &peers[0];
+            assert!(peer["ipBlock"].is_null(), "{app}: no address range");
+            let target = if peer["namespaceSelector"].is_null() {
+                str_of(
+                    &peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+                    "peer",
+                )
+                .to_string()
+            } else {
+                assert_eq!(
+                    peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+                    "kube-system"
+                );
+                str_of(&peer["podSelector"]["matchLabels"]["k8s-app"], "dns").to_string()
+            };
+            for port in seq(&rule["ports"], "ports") {
+                allowed.insert((
+                    target.clone(),
+                    port["port"].as_u64().expect("port"),
+                    str_of(&port["protocol"], "protocol"),
+                ));
+            }
+        }
+        let mut expected = dns.clone();
+        for peer in reaches {
+            expected.insert((peer.to_string(), port_of_app(peer), "TCP"));
+        }
+        assert_eq!(allowed, expected, "{app}: egress");
+    }
 }
 
 #[tokio::test]

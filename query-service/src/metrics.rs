@@ -10,7 +10,9 @@
 //!   batch's write or its counters failed as a server away does) and retried after a pause
 //! - `consumer_connection_attempts_total`: connections to RabbitMQ the consumer tried
 //! - `min_version_waiting`: `?min_version=` requests waiting now (at most
-//!   `MIN_VERSION_MAX_WAITERS`)
+//!   `MIN_VERSION_MAX_WAITERS`); `min_version_rounds_total`, `min_version_round_reads_total`
+//!   and `min_version_answered_by_notice_total`: how the shared waiting room answered them
+//!   (`crate::waits`); `todo_reads_skipped_total`: reads of a todo past the highest id held
 
 use crate::store::Outcome;
 use events::service::metrics::{render, HttpMetrics};
@@ -50,6 +52,8 @@ pub struct Metrics {
     store_unavailable: Counter,
     connection_attempts: Counter,
     min_version_waiting: Gauge,
+    /// The `?min_version=` waiting room's figures (`crate::waits`).
+    pub waits: crate::waits::WaitFigures,
 }
 
 impl Default for Metrics {
@@ -99,8 +103,30 @@ impl Default for Metrics {
             "Requests waiting for a ?min_version= to be projected",
             min_version_waiting.clone(),
         );
+        let waits = crate::waits::WaitFigures::default();
+        registry.register(
+            "min_version_rounds",
+            "Rounds of the ?min_version= waiting room (each reads every todo waited for once)",
+            waits.rounds.clone(),
+        );
+        registry.register(
+            "min_version_round_reads",
+            "Todos read by the ?min_version= waiting room's rounds",
+            waits.round_reads.clone(),
+        );
+        registry.register(
+            "min_version_answered_by_notice",
+            "?min_version= waiters answered from a notice of what landed, with no store read",
+            waits.answered_by_notice.clone(),
+        );
+        registry.register(
+            "todo_reads_skipped",
+            "Reads of a todo skipped because its id is past the highest the read model holds",
+            waits.absent_without_read.clone(),
+        );
         Self {
             registry,
+            waits,
             http,
             events,
             lag,

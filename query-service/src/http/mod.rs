@@ -43,11 +43,10 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     pub min_version_wait: Duration,
     /// The requests that may wait for a `?min_version=` at once (`MIN_VERSION_MAX_WAITERS`),
-    /// shared by all of them: each waiter reads the store again and again, and a flood of them
-    /// must not slow down the projection they wait for.
+    /// shared by all of them: a flood of them must not hold unbounded memory.
     pub min_version_waiters: Arc<tokio::sync::Semaphore>,
-    /// What this process's consumer applied, batch by batch.
-    pub applied: tokio::sync::broadcast::Sender<crate::consumer::Applied>,
+    /// The `?min_version=` waiting room, which every waiter of this process shares.
+    pub waits: Arc<crate::waits::Waits>,
     /// `GET /todos/stream`'s hub of changes, places and bounds.
     pub streams: Streams,
     /// `/stats` counts, recomputed at most every [`COUNTS_MAX_AGE`].
@@ -105,12 +104,12 @@ mod tests {
         })
         .expect("client");
         State {
-            store,
+            store: store.clone(),
             consumer: Arc::default(),
             metrics: Arc::default(),
             min_version_wait: Duration::from_millis(100),
             min_version_waiters: Arc::new(tokio::sync::Semaphore::new(1)),
-            applied: tokio::sync::broadcast::channel(1).0,
+            waits: crate::waits::Waits::new(store.clone(), Default::default()),
             streams: Streams::new(
                 crate::changes::Hub::new(1 << 20),
                 1,

@@ -8,7 +8,7 @@ use crate::metrics::Metrics;
 use crate::store::Stored;
 use events::service::http::{answer, request_id, RouteName};
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
@@ -112,62 +112,43 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// How often a `?min_version=` waiter reads again when this process's consumer said nothing
-/// about its todo: another replica's consumer may have applied it.
-const MIN_VERSION_POLL: Duration = Duration::from_millis(100);
-
-/// Reads a todo; with `want`, waits (bounded) until the read model holds that version or a
-/// later one. Never answers an older version in that case: it says the read model is behind.
-/// The waiter reads again as soon as this process's consumer applied a batch holding its todo
-/// at that version or later, and every [`MIN_VERSION_POLL`] in case another replica did. A
-/// request that would wait while `MIN_VERSION_MAX_WAITERS` others are waiting is told at once
-/// that the read model is behind.
+/// Reads a todo: at most one store read per request, none when its id is past the highest
+/// the read model holds. With `want`, waits (bounded) in the shared waiting room
+/// ([`crate::waits`]) until the read model holds that version or a later one; never answers an
+/// older version then: it says the read model is behind. A request that would wait while
+/// `MIN_VERSION_MAX_WAITERS` others are waiting is told at once that the read model is behind.
 async fn read_at_least(
     state: &State,
     id: i64,
     want: Option<i64>,
 ) -> Result<Option<Stored>, ApiError> {
     let deadline = Instant::now() + state.min_version_wait;
-    // Subscribed before the first read, so no batch applied after it goes unseen.
-    let mut applied = state.applied.subscribe();
-    // Taken on the first wait, given back when the request ends (answered or abandoned).
-    let mut permit: Option<Waiting> = None;
-    loop {
-        let stored = state.store.get(id).await?;
-        let Some(want) = want else { return Ok(stored) };
-        if holds(&stored, want) {
-            return Ok(stored);
-        }
-        if permit.is_none() {
-            match state.min_version_waiters.try_acquire() {
-                Ok(p) => permit = Some(Waiting::new(p, &state.metrics)),
-                Err(_) => {
-                    tracing::debug!(id, want, "min_version wait budget spent; not waiting");
-                    let have = stored.as_ref().map(Stored::version);
-                    return Err(ApiError::Behind { have, want });
-                }
-            }
-        }
-        let poll =
-            tokio::time::sleep_until((Instant::now() + MIN_VERSION_POLL).min(deadline).into());
-        tokio::pin!(poll);
-        loop {
-            tokio::select! {
-                batch = applied.recv() => match batch {
-                    Ok(batch) if !batch.iter().any(|&(t, v)| t == id && v >= want) => continue,
-                    // Ours, or missed batches (lagged): read again.
-                    _ => break,
-                },
-                _ = &mut poll => break,
-            }
-        }
-        if Instant::now() >= deadline {
-            let stored = state.store.get(id).await?;
-            let have = stored.as_ref().map(Stored::version);
-            if have.is_some_and(|h| h >= want) || matches!(stored, Some(Stored::Deleted { .. })) {
-                return Ok(stored);
-            }
+    // In the room before the read, so that nothing landing after the read goes unseen.
+    let ticket = want.map(|want| state.waits.register(id, want));
+    let stored = if state.waits.may_exist(id).await? {
+        state.store.get(id).await?
+    } else {
+        None
+    };
+    let (Some(want), Some(ticket)) = (want, ticket) else {
+        return Ok(stored);
+    };
+    if holds(&stored, want) {
+        return Ok(stored);
+    }
+    let have = stored.as_ref().map(Stored::version);
+    let _waiting = match state.min_version_waiters.try_acquire() {
+        Ok(p) => Waiting::new(p, &state.metrics),
+        Err(_) => {
+            tracing::debug!(id, want, "min_version wait budget spent; not waiting");
             return Err(ApiError::Behind { have, want });
         }
+    };
+    match ticket.wait(have, deadline).await {
+        Ok(stored) => Ok(Some(stored)),
+        Err(behind) => Err(ApiError::Behind {
+            have: behind.have,
+            want,
+        }),
     }
 }

@@ -124,6 +124,14 @@ pub enum Stored {
 }
 
 impl Stored {
+    /// What the read model holds once `e` is applied.
+    pub fn after(e: &events::Envelope) -> Stored {
+        match Todo::after(e) {
+            Some(todo) => Stored::Live(todo),
+            None => Stored::Deleted { version: e.version },
+        }
+    }
+
     pub fn version(&self) -> i64 {
         match self {
             Stored::Live(t) => t.version,

@@ -304,6 +304,89 @@ async fn a_min_version_waiter_beyond_the_budget_is_answered_503_at_once() {
     names.cleanup().await;
 }
 
+/// Fifty `?min_version=` waiters on one todo while the read model is behind cost one store read
+/// per round, in rounds that back off; the notice of the version answers all of them without a
+/// read; a todo past the highest id is 404 without reading it.
+#[tokio::test]
+async fn min_version_waiters_share_their_reads_and_rounds_back_off() {
+    let names = Names::new();
+    let query = spawn_query(&names).await;
+    wait_for_consumer(&query).await;
+    let publisher = publisher(&names.exchange).await;
+    publisher.publish(&created(1, false)).await;
+    let client = reqwest::Client::new();
+    eventually(Duration::from_secs(10), "todo 1 projected", || async {
+        client
+            .get(query.url("/todos/1"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+
+    let skipped = metric(&client, &query, "todo_reads_skipped_total").await;
+    let response = client
+        .get(query.url("/todos/4000"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 404);
+    assert_eq!(
+        metric(&client, &query, "todo_reads_skipped_total").await,
+        skipped + 1.0,
+        "a todo past the highest id is not read"
+    );
+
+    let rounds = metric(&client, &query, "min_version_rounds_total").await;
+    let reads = metric(&client, &query, "min_version_round_reads_total").await;
+    let waiters: Vec<_> = (0..50)
+        .map(|_| {
+            let client = client.clone();
+            let url = query.url("/todos/1?min_version=2");
+            tokio::spawn(async move {
+                let response = client.get(url).send().await.expect("sent");
+                let status = response.status();
+                let body: Value = response.json().await.expect("json");
+                (status, body)
+            })
+        })
+        .collect();
+    eventually(Duration::from_secs(5), "fifty waiting", || async {
+        metric(&client, &query, "min_version_waiting").await >= 50.0
+    })
+    .await;
+    // Behind for three seconds: rounds 100, 200, 400, 800 and 1600 ms apart.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rounds_behind = metric(&client, &query, "min_version_rounds_total").await - rounds;
+    let reads_behind = metric(&client, &query, "min_version_round_reads_total").await - reads;
+    assert!(
+        (1.0..=6.0).contains(&rounds_behind),
+        "rounds back off: {rounds_behind} in 3 s"
+    );
+    assert_eq!(
+        reads_behind, rounds_behind,
+        "one read of the todo per round, shared by fifty waiters"
+    );
+
+    let answered = metric(&client, &query, "min_version_answered_by_notice_total").await;
+    let mut update = created(1, true);
+    update.event_type = EventType::TodoUpdated;
+    update.version = 2;
+    update.changed = vec![events::Field::Completed];
+    publisher.publish(&update).await;
+    for waiter in waiters {
+        let (status, body) = waiter.await.expect("waiter");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["version"], 2, "{body}");
+    }
+    assert!(
+        metric(&client, &query, "min_version_answered_by_notice_total").await - answered >= 50.0,
+        "answered from the notice of what landed"
+    );
+    query.stop().await;
+    names.cleanup().await;
+}
+
 /// A todo for the sorting tests: created_at and updated_at each in an order of their own, with
 /// ties (two todos share each time), so pages must break ties by id.
 fn timed(todo_id: i64, version: i64, completed: bool) -> Envelope {

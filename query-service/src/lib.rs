@@ -124,6 +124,25 @@ impl Application {
                 fanout::run(fanout_config.clone(), stop.clone())
             })
         };
+        // A read model an earlier version wrote gets its sort keys in the background; until
+        // then its time-ordered lists hold only the todos written since.
+        let upgrade = self.store.clone();
+        tokio::spawn(async move {
+            let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+            loop {
+                match upgrade.add_sort_keys().await {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        tracing::info!(todos = n, "sort keys added to an earlier version's read model");
+                        break;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "sort keys not added yet; retrying");
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                }
+            }
+        });
         // `?min_version=` waiters share one room, fed by both the consumer and the fan-out.
         let waits = waits::Waits::new(self.store.clone(), metrics.waits.clone());
         let waits_task = tokio::spawn(waits.clone().run(applied.subscribe(), shutdown.clone()));

@@ -198,6 +198,7 @@ pub async fn verify(
     report.highest = crate::store::Highest {
         todo_id: finals.keys().next_back().copied().unwrap_or(0),
         position: after.max(last_position),
+        ..Default::default()
     };
     // What lists in id order and replays walk up to: past the log's highest, they walk ids
     // and positions that will never hold anything (a forged event before the read side held

@@ -2,9 +2,15 @@
 //! back as a [`Todo`] or a tombstone, and the timestamps they hold.
 //!
 //! `todos` documents: `{ _id, version, title, description, completed, created_at,
-//! updated_at, deleted, deleted_at?, last_event_id, last_position, projected_at }`, `_id` =
-//! the todo id. Timestamps are stored as fixed-width RFC 3339 strings with microseconds, so
-//! they sort as text and read back exactly as the command side wrote them.
+//! updated_at, deleted, deleted_at?, last_event_id, last_position, projected_at }` and, on a
+//! live todo only, its four sort keys ([`SORT_KEYS`]); `_id` = the todo id. Timestamps are
+//! stored as fixed-width RFC 3339 strings with microseconds, so they sort as text and read
+//! back exactly as the command side wrote them.
+//!
+//! A sort key is one string that sorts as its list does: `[<completed>|]<time>|<id>`, the id
+//! zero-padded to 16 digits (every id is at most 2^53 - 1), the `completed` prefix (`0|` or
+//! `1|`) on the keys the filtered lists walk. A tombstone has none, so the sparse indexes on
+//! them hold live todos only.
 
 use super::{Stored, Todo};
 use bson::{doc, Bson, Document};
@@ -20,6 +26,52 @@ fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s)
         .ok()
         .map(|t| t.with_timezone(&Utc))
+}
+
+/// The sort key fields: `(field, time field, led by completed)`.
+pub const SORT_KEYS: [(&str, &str, bool); 4] = [
+    ("sort_created", "created_at", false),
+    ("sort_updated", "updated_at", false),
+    ("sort_completed_created", "created_at", true),
+    ("sort_completed_updated", "updated_at", true),
+];
+
+/// The prefix of the sort keys of todos whose `completed` is `c`.
+pub fn completed_prefix(c: bool) -> &'static str {
+    if c {
+        "1|"
+    } else {
+        "0|"
+    }
+}
+
+/// A sort key: `prefix`, the time, the id.
+pub fn sort_key(prefix: &str, at: &str, id: i64) -> String {
+    format!("{prefix}{at}|{id:016}")
+}
+
+/// Greater than every sort key that starts with `prefix` (`~` sorts after digits and `|`).
+pub fn keys_end(prefix: &str) -> String {
+    format!("{prefix}~")
+}
+
+/// The sort keys of a live todo.
+pub(super) fn sort_keys(id: i64, completed: bool, created_at: &str, updated_at: &str) -> Document {
+    let mut keys = Document::new();
+    for (field, time, by_completed) in SORT_KEYS {
+        let at = if time == "created_at" {
+            created_at
+        } else {
+            updated_at
+        };
+        let prefix = if by_completed {
+            completed_prefix(completed)
+        } else {
+            ""
+        };
+        keys.insert(field, sort_key(prefix, at, id));
+    }
+    keys
 }
 
 /// The version-guarded upsert of one event: its filter and its update.
@@ -43,17 +95,20 @@ pub(super) fn guarded_upsert(e: &Envelope) -> (Document, Document) {
                     .unwrap_or(Bson::Null),
             );
             set.insert("completed", data.completed);
-            set.insert("created_at", timestamp(data.created_at));
-            set.insert("updated_at", timestamp(data.updated_at));
+            let (created, updated) = (timestamp(data.created_at), timestamp(data.updated_at));
+            set.extend(sort_keys(e.todo_id, data.completed, &created, &updated));
+            set.insert("created_at", created);
+            set.insert("updated_at", updated);
             set.insert("deleted", false);
         }
         _ => {
             set.insert("deleted", true);
             set.insert("deleted_at", timestamp(e.occurred_at));
-            update.insert(
-                "$unset",
-                doc! { "title": "", "description": "", "completed": "" },
-            );
+            let mut unset = doc! { "title": "", "description": "", "completed": "" };
+            for (field, _, _) in SORT_KEYS {
+                unset.insert(field, "");
+            }
+            update.insert("$unset", unset);
         }
     }
     update.insert("$set", set);

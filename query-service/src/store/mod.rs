@@ -30,49 +30,67 @@ use std::time::Duration;
 
 /// The `_id` of the one document of `projection_stats`.
 const STATS_ID: &str = "todos";
-/// The secondary indexes of `todos`, by name: what the lists sorted by time need to walk an
-/// index in the requested order (with and without `completed`), each led by `deleted` so
-/// tombstones stay out of the walk. Lists in id order need none: they read by `_id`. The
-/// `/stats` counts use the prefixes `deleted` and `deleted, completed`. Each costs write
-/// throughput; `scripts/bench.sh` prints the store's upsert rate with each.
+/// The secondary indexes of `todos`, by name. The lists sorted by time walk one of the four
+/// sort keys (`document::SortKeys`: one string field per order, the sort value and the id,
+/// led by `completed` for the filtered lists), each a single-field index that only live todos
+/// are in (sparse: a tombstone has no sort keys). A page is one bounded range of one field,
+/// in the field's order: an index walk with no sort stage on any store. Lists in id order
+/// need none: they read by `_id`. Each costs write throughput; `scripts/bench.sh` prints the
+/// store's upsert rate with each.
 pub const INDEXES: &[IndexSpec] = &[
-    ("live_created_at_id", &["deleted", "created_at", "_id"]),
-    ("live_updated_at_id", &["deleted", "updated_at", "_id"]),
+    ("sort_created", &["sort_created"], true),
+    ("sort_updated", &["sort_updated"], true),
     (
-        "live_completed_created_at_id",
-        &["deleted", "completed", "created_at", "_id"],
+        "sort_completed_created",
+        &["sort_completed_created"],
+        true,
     ),
     (
-        "live_completed_updated_at_id",
-        &["deleted", "completed", "updated_at", "_id"],
+        "sort_completed_updated",
+        &["sort_completed_updated"],
+        true,
     ),
     // `GET /todos/stream`'s replay for a client reconnecting with `Last-Event-ID` walks the
     // read model in the order of each document's last change.
-    ("last_position", &["last_position"]),
+    ("last_position", &["last_position"], false),
 ];
 
-/// An index: its name and its keys (ascending).
-pub type IndexSpec = (&'static str, &'static [&'static str]);
+/// An index: its name, its keys (ascending) and whether it is sparse.
+pub type IndexSpec = (&'static str, &'static [&'static str], bool);
 
 /// Index models for `indexes` (ascending keys).
 pub fn index_models(indexes: &[IndexSpec]) -> Vec<IndexModel> {
     indexes
         .iter()
-        .map(|(name, keys)| {
+        .map(|(name, keys, sparse)| {
             let mut spec = Document::new();
             for key in *keys {
                 spec.insert(*key, 1);
             }
             IndexModel::builder()
                 .keys(spec)
-                .options(IndexOptions::builder().name(name.to_string()).build())
+                .options(
+                    IndexOptions::builder()
+                        .name(name.to_string())
+                        .sparse(*sparse)
+                        .build(),
+                )
                 .build()
         })
         .collect()
 }
 
-/// An index earlier versions created and this one drops.
-const RETIRED_INDEX: &str = "live_completed_id";
+/// Indexes earlier versions created and this one drops: the compound `deleted, <time>, _id`
+/// indexes the time-ordered lists used before the sort keys (a store that cannot walk a
+/// compound index past an equality prefix sorted every page in memory), and one the lists in
+/// id order used.
+const RETIRED_INDEXES: &[&str] = &[
+    "live_completed_id",
+    "live_created_at_id",
+    "live_updated_at_id",
+    "live_completed_created_at_id",
+    "live_completed_updated_at_id",
+];
 /// MongoDB's "index not found" error.
 const INDEX_NOT_FOUND: i32 = 27;
 
@@ -82,6 +100,8 @@ pub struct Store {
     db: mongodb::Database,
     todos: Collection<Document>,
     stats: Collection<Document>,
+    /// What time-ordered lists learned of the read model, shared by every copy of the handle.
+    walks: std::sync::Arc<reads::Walks>,
 }
 
 /// A todo as the read API serves it: the same shape the command side answers with.
@@ -206,6 +226,7 @@ impl Store {
         Ok(Self {
             todos: db.collection("todos"),
             stats: db.collection("projection_stats"),
+            walks: Default::default(),
             db,
             client,
         })
@@ -214,11 +235,13 @@ impl Store {
     /// Creates the indexes the list queries use (idempotent); see [`INDEXES`].
     pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
         self.todos.create_indexes(index_models(INDEXES)).await?;
-        // Kept by earlier versions for lists in id order, which now read by `_id`; it only
-        // cost writes. Absent on new read models.
-        if let Err(err) = self.todos.drop_index(RETIRED_INDEX).await {
-            if !matches!(err.kind.as_ref(), ErrorKind::Command(c) if c.code == INDEX_NOT_FOUND) {
-                tracing::debug!(error = %err, index = RETIRED_INDEX, "retired index not dropped");
+        // Kept by earlier versions; they only cost writes now. Absent on new read models.
+        for index in RETIRED_INDEXES {
+            if let Err(err) = self.todos.drop_index(*index).await {
+                if !matches!(err.kind.as_ref(), ErrorKind::Command(c) if c.code == INDEX_NOT_FOUND)
+                {
+                    tracing::debug!(error = %err, index, "retired index not dropped");
+                }
             }
         }
         Ok(())

@@ -21,6 +21,7 @@ use bson::{doc, Document};
 use chrono::{DateTime, Utc};
 use events::Envelope;
 use mongodb::error::{ErrorKind, WriteFailure};
+use futures_util::TryStreamExt;
 use std::collections::HashMap;
 
 /// MongoDB's duplicate key error.
@@ -118,6 +119,64 @@ impl Store {
             .upsert(true)
             .await?;
         Ok(())
+    }
+
+    /// Gives the live todos of a read model written by an earlier version their sort keys
+    /// (`document.rs`), once: a flag in the counters says it was done. Walks the ids in
+    /// windows of 1,000 (one `_id: {$in: …}` read and one bulk update each); each update is
+    /// guarded by the version it read, so a todo the projection changed meanwhile keeps the
+    /// keys the projection gave it. Returns how many todos it gave keys to.
+    pub async fn add_sort_keys(&self) -> mongodb::error::Result<u64> {
+        const DONE: &str = "sort_keys";
+        let flag = self
+            .stats
+            .find_one(doc! { "_id": STATS_ID })
+            .projection(doc! { DONE: 1 })
+            .await?;
+        if flag.is_some_and(|d| d.get(DONE).is_some()) {
+            return Ok(0);
+        }
+        let highest = self.max_todo_id().await?;
+        let mut added = 0;
+        let mut from = 0i64;
+        while from < highest {
+            let ids: Vec<i64> = (from + 1..=from.saturating_add(1_000).min(highest)).collect();
+            from = *ids.last().expect("a window");
+            let docs: Vec<Document> = self
+                .todos
+                .find(doc! { "_id": { "$in": &ids }, "deleted": false })
+                .await?
+                .try_collect()
+                .await?;
+            let updates: Vec<Document> = docs
+                .iter()
+                .filter(|d| !d.contains_key("sort_created"))
+                .filter_map(|d| {
+                    let keys = super::document::sort_keys(
+                        d.get_i64("_id").ok()?,
+                        d.get_bool("completed").ok()?,
+                        d.get_str("created_at").ok()?,
+                        d.get_str("updated_at").ok()?,
+                    );
+                    Some(doc! {
+                        "q": { "_id": d.get_i64("_id").ok()?, "version": d.get_i64("version").ok()?, "deleted": false },
+                        "u": { "$set": keys },
+                    })
+                })
+                .collect();
+            if !updates.is_empty() {
+                let reply = self
+                    .db
+                    .run_command(doc! { "update": self.todos.name(), "updates": updates, "ordered": false })
+                    .await?;
+                added += reply.get_i32("nModified").map_or(0, |n| n as u64);
+            }
+        }
+        self.stats
+            .update_one(doc! { "_id": STATS_ID }, doc! { "$set": { DONE: 1 } })
+            .upsert(true)
+            .await?;
+        Ok(added)
     }
 
     /// Applies one event with the version guard described at the top of this module.
@@ -314,6 +373,14 @@ impl Store {
         highest: Highest,
     ) -> mongodb::error::Result<()> {
         let mut max = doc! { "max_todo_id": highest.todo_id, "max_position": highest.position };
+        // The span of the times the sort keys hold: time-ordered lists walk windows of it.
+        let mut min = Document::new();
+        for (time, span) in [("created_at", highest.created), ("updated_at", highest.updated)] {
+            if let Some((low, high)) = span {
+                min.insert(format!("min_{time}"), timestamp(low));
+                max.insert(format!("max_{time}"), timestamp(high));
+            }
+        }
         let mut update = doc! { "$inc": {
             "applied": counts.applied,
             "skipped_duplicates": counts.duplicates,
@@ -332,6 +399,9 @@ impl Store {
             max.insert("last_event_at", timestamp(at));
         }
         update.insert("$max", max);
+        if !min.is_empty() {
+            update.insert("$min", min);
+        }
         self.stats
             .update_one(doc! { "_id": STATS_ID }, update)
             .upsert(true)
@@ -341,28 +411,47 @@ impl Store {
 }
 
 /// The highest todo id and log position a batch settled: kept with the counters, lists in id
-/// order walk up to the one, replays for `Last-Event-ID` up to the other.
+/// order walk up to the one, replays for `Last-Event-ID` up to the other. And the span of the
+/// `created_at` and `updated_at` times it wrote, which the time-ordered lists walk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Highest {
     pub todo_id: i64,
     pub position: i64,
+    pub created: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    pub updated: Option<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
+fn widest(
+    a: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    b: Option<(DateTime<Utc>, DateTime<Utc>)>,
+) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some((a.0.min(b.0), a.1.max(b.1))),
+        (a, None) => a,
+        (None, b) => b,
+    }
 }
 
 impl Highest {
-    /// The higher of each figure.
+    /// The higher of each figure, the wider of each span.
     pub fn max(self, other: Self) -> Self {
         Self {
             todo_id: self.todo_id.max(other.todo_id),
             position: self.position.max(other.position),
+            created: widest(self.created, other.created),
+            updated: widest(self.updated, other.updated),
         }
     }
 
     /// The highest of `events`.
     pub fn of<'a>(events: impl IntoIterator<Item = &'a Envelope>) -> Self {
         events.into_iter().fold(Self::default(), |h, e| {
+            let state = e.data.as_ref();
             h.max(Self {
                 todo_id: e.todo_id,
                 position: e.position,
+                created: state.map(|d| (d.created_at, d.created_at)),
+                updated: state.map(|d| (d.updated_at, d.updated_at)),
             })
         })
     }

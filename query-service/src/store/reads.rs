@@ -2,7 +2,12 @@
 //! windows, or along the time indexes), the highest todo id, the counts and the projection's
 //! stats.
 
-use super::document::{from_document, read_document, timestamp};
+use super::document::{
+    completed_prefix, from_document, keys_end, read_document, sort_key, timestamp, SORT_KEYS,
+};
+use chrono::{DateTime, Utc};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use super::{is_transient, Store, Stored, Todo, STATS_ID};
 use bson::{doc, Bson, Document};
 use futures_util::TryStreamExt;
@@ -89,6 +94,71 @@ pub struct ProjectionStats {
     pub lag_ms: Option<i64>,
 }
 
+/// The span of a time-ordered list's first window while it knows nothing of the density.
+const DEFAULT_SPAN_US: i64 = 60_000_000;
+/// The widest window of a time-ordered list: about 30 years.
+const MAX_SPAN_US: i64 = 1_000_000_000_000_000;
+/// How long a time-ordered list trusts the time bounds it read.
+pub const BOUNDS_MAX_AGE: Duration = Duration::from_secs(2);
+
+fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn time_of(sort: SortKey, todo: &Todo) -> DateTime<Utc> {
+    match sort {
+        SortKey::UpdatedAt => todo.updated_at,
+        _ => todo.created_at,
+    }
+}
+
+type Bounds = Option<(DateTime<Utc>, DateTime<Utc>)>;
+
+/// What time-ordered lists learned: the density of todos in time each order last saw (todos
+/// per microsecond), and the time bounds read from the projection's figures, with when.
+#[derive(Debug, Default)]
+pub struct Walks {
+    density: Mutex<HashMap<(&'static str, bool), f64>>,
+    bounds: Mutex<HashMap<&'static str, (Instant, Bounds)>>,
+}
+
+impl Walks {
+    fn density(&self, field: &'static str, descending: bool) -> Option<f64> {
+        self.density
+            .lock()
+            .expect("density")
+            .get(&(field, descending))
+            .copied()
+    }
+
+    fn learn(&self, field: &'static str, descending: bool, density: f64) {
+        if density.is_finite() && density > 0.0 {
+            self.density
+                .lock()
+                .expect("density")
+                .insert((field, descending), density);
+        }
+    }
+
+    fn bounds(&self, time: &'static str) -> Option<Bounds> {
+        self.bounds
+            .lock()
+            .expect("bounds")
+            .get(time)
+            .filter(|(at, _)| at.elapsed() < BOUNDS_MAX_AGE)
+            .map(|(_, b)| *b)
+    }
+
+    fn keep_bounds(&self, time: &'static str, bounds: Bounds) {
+        self.bounds
+            .lock()
+            .expect("bounds")
+            .insert(time, (Instant::now(), bounds));
+    }
+}
+
 /// The widest window of positions one read of a replay takes, in pages.
 pub const REPLAY_WINDOW_MAX: i64 = 64;
 /// The most windows one call of [`Store::changed_after`] reads.
@@ -147,40 +217,98 @@ impl Store {
         if q.sort == SortKey::Id {
             return Ok(self.list_by_id(q).await?);
         }
-        let mut filter = doc! { "deleted": false };
-        if let Some(c) = q.completed {
-            filter.insert("completed", c);
-        }
-        let (op, dir) = if q.descending {
-            ("$lt", -1)
-        } else {
-            ("$gt", 1)
+        let todos = self.walk(q).await?;
+        let more = todos.len() as i64 > q.limit;
+        let todos: Vec<Todo> = todos.into_iter().take(q.limit as usize).collect();
+        let next = match todos.last() {
+            Some(last) if more => Some(Cursor {
+                v: Some(timestamp(time_of(q.sort, last))),
+                id: last.id,
+            }),
+            _ => None,
         };
-        let key = q.sort.field();
-        if let Some(after) = &q.after {
-            // A time-ordered cursor carries its time (`list_query` refuses one that does not).
-            let v = after.v.clone().unwrap_or_default();
-            filter.insert(
-                "$or",
-                vec![
-                    Bson::Document(doc! { key: { op: &v } }),
-                    Bson::Document(doc! { key: &v, "_id": { op: after.id } }),
-                ],
-            );
+        Ok((todos, next))
+    }
+
+    /// Up to `limit + 1` live todos of a time-ordered list, past the cursor: windows of one
+    /// sort key's range (see `document.rs`), each one query `{key: {$gte: lo, $lt: hi}}` in
+    /// the key's order, which walks the key's index between two bounds with no sort stage.
+    ///
+    /// A store that reads a whole range before it applies a limit (the local MongoDB-wire
+    /// server does) pays for what a window holds, so windows are cut to hold about a page:
+    /// each list order keeps the density of todos in time it last saw ([`Walks`]), the first
+    /// window spans what should hold 1.15 pages, and windows double while they come back
+    /// short. Windows stop at the oldest (or newest) time the projection recorded; past it one
+    /// last query runs to the end of the key range, so what the figures say never decides
+    /// what a page holds, only what it costs.
+    async fn walk(&self, q: &ListQuery) -> Result<Vec<Todo>, ReadError> {
+        let by_completed = q.completed.is_some();
+        let (field, _, _) = *SORT_KEYS
+            .iter()
+            .find(|(_, time, c)| *time == q.sort.field() && *c == by_completed)
+            .expect("a sort key for every time order");
+        let prefix = q.completed.map_or("", completed_prefix);
+        let need = q.limit + 1;
+        let bounds = self.time_bounds(q.sort).await?;
+        // The open end of the walk, and where it has come to.
+        let (mut from_key, mut from_time) = match &q.after {
+            Some(c) => {
+                let v = c.v.clone().unwrap_or_default();
+                (sort_key(prefix, &v, c.id), parse_time(&v))
+            }
+            None if q.descending => (keys_end(prefix), bounds.map(|b| b.1)),
+            None => (prefix.to_string(), bounds.map(|b| b.0)),
+        };
+        let started_at = from_time;
+        let density = self.walks.density(field, q.descending);
+        let mut span_us = density.map_or(DEFAULT_SPAN_US, |d| {
+            (need as f64 * 1.15 / d).clamp(1.0, MAX_SPAN_US as f64) as i64
+        });
+        let mut docs: Vec<Document> = Vec::with_capacity(need as usize);
+        loop {
+            let remaining = need - docs.len() as i64;
+            // Where this window ends; `None`: at the end of the key range.
+            let to_time = match (from_time, bounds) {
+                (Some(at), Some((oldest, newest))) => {
+                    let span = chrono::TimeDelta::microseconds(span_us);
+                    if q.descending {
+                        at.checked_sub_signed(span).filter(|t| *t >= oldest)
+                    } else {
+                        at.checked_add_signed(span).filter(|t| *t <= newest)
+                    }
+                }
+                _ => None,
+            };
+            let to_key = match to_time {
+                Some(t) => format!("{prefix}{}", timestamp(t)),
+                None if q.descending => prefix.to_string(),
+                None => keys_end(prefix),
+            };
+            let (filter, order) = if q.descending {
+                (doc! { field: { "$gte": &to_key, "$lt": &from_key } }, -1)
+            } else {
+                (doc! { field: { "$gt": &from_key, "$lt": &to_key } }, 1)
+            };
+            let page: Vec<Document> = self
+                .todos
+                .find(filter)
+                .sort(doc! { field: order })
+                .limit(remaining)
+                .await?
+                .try_collect()
+                .await?;
+            docs.extend(page);
+            if docs.len() as i64 >= need || to_time.is_none() {
+                break;
+            }
+            // The next window starts where this one ended: a bare time sorts below every key
+            // of that instant, so each key falls in exactly one window.
+            from_key = to_key;
+            from_time = to_time;
+            span_us = span_us.saturating_mul(2).min(MAX_SPAN_US);
         }
-        let sort = doc! { key: dir, "_id": dir };
-        let docs: Vec<Document> = self
-            .todos
-            .find(filter)
-            .sort(sort)
-            .limit(q.limit + 1)
-            .await?
-            .try_collect()
-            .await?;
-        let more = docs.len() as i64 > q.limit;
         let todos: Vec<Todo> = docs
             .iter()
-            .take(q.limit as usize)
             .map(read_document)
             .collect::<mongodb::error::Result<Vec<_>>>()?
             .into_iter()
@@ -189,17 +317,43 @@ impl Store {
                 Stored::Deleted { .. } => None,
             })
             .collect();
-        let next = match todos.last() {
-            Some(last) if more => Some(Cursor {
-                v: Some(timestamp(match q.sort {
-                    SortKey::UpdatedAt => last.updated_at,
-                    _ => last.created_at,
-                })),
-                id: last.id,
-            }),
-            _ => None,
+        // What the walk saw of the density of todos in time, for the next page of this order.
+        if let (Some(start), Some(last)) = (started_at, todos.last()) {
+            let walked = (time_of(q.sort, last) - start)
+                .num_microseconds()
+                .unwrap_or(i64::MAX)
+                .abs()
+                .max(1);
+            self.walks
+                .learn(field, q.descending, todos.len() as f64 / walked as f64);
+        }
+        Ok(todos)
+    }
+
+    /// The oldest and newest times of an order the projection recorded (`None` before any),
+    /// read at most every [`BOUNDS_MAX_AGE`]: they bound the walk's windows, never what a
+    /// page holds.
+    async fn time_bounds(
+        &self,
+        sort: SortKey,
+    ) -> mongodb::error::Result<Option<(DateTime<Utc>, DateTime<Utc>)>> {
+        let time = sort.field();
+        if let Some(bounds) = self.walks.bounds(time) {
+            return Ok(bounds);
+        }
+        let kept = self
+            .stats
+            .find_one(doc! { "_id": STATS_ID })
+            .projection(doc! { format!("min_{time}"): 1, format!("max_{time}"): 1 })
+            .await?;
+        let read = |k: String| {
+            kept.as_ref()
+                .and_then(|d| d.get_str(&k).ok())
+                .and_then(parse_time)
         };
-        Ok((todos, next))
+        let bounds = read(format!("min_{time}")).zip(read(format!("max_{time}")));
+        self.walks.keep_bounds(time, bounds);
+        Ok(bounds)
     }
 
     /// A page in id order, read by id: todo ids come from PostgreSQL's identity, dense but for

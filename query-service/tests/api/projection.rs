@@ -355,3 +355,68 @@ async fn a_version_racing_another_replicas_insert_lands_on_the_second_try() {
     names.cleanup().await;
     collection.drop().await.expect("drop");
 }
+
+/// A read model an earlier version wrote has no sort keys: the upgrade gives its live todos
+/// theirs once (guarded by version), after which the time-ordered lists hold them again.
+#[tokio::test]
+async fn an_earlier_read_model_gets_its_sort_keys_once() {
+    let names = Names::new();
+    let store = Store::connect(&mongodb_uri(), &names.mongo_db)
+        .await
+        .expect("store");
+    store.ensure_indexes().await.expect("indexes");
+    let created = [1, 2, 3].map(|id| event(id, 1, EventType::TodoCreated, "old", id == 2));
+    store.apply_all(&created).await.expect("applied");
+    store
+        .apply_all(&[event(3, 2, EventType::TodoDeleted, "", false)])
+        .await
+        .expect("deleted");
+    store
+        .record(
+            Default::default(),
+            None,
+            query_service::store::Highest::of(&created),
+        )
+        .await
+        .expect("recorded");
+    // As an earlier version left them: no sort keys, no flag.
+    let client = mongodb::Client::with_uri_str(mongodb_uri())
+        .await
+        .expect("client");
+    let db = client.database(&names.mongo_db);
+    let unset = bson::doc! { "$unset": {
+        "sort_created": "", "sort_updated": "", "sort_completed_created": "", "sort_completed_updated": "",
+    } };
+    db.collection::<bson::Document>("todos")
+        .update_many(bson::doc! {}, unset)
+        .await
+        .expect("keys removed");
+    db.collection::<bson::Document>("projection_stats")
+        .update_one(bson::doc! {}, bson::doc! { "$unset": { "sort_keys": "" } })
+        .await
+        .expect("flag removed");
+    let list = |sort| query_service::store::ListQuery {
+        completed: None,
+        sort,
+        descending: true,
+        limit: 10,
+        after: None,
+    };
+    let ids = |page: Vec<query_service::store::Todo>| page.iter().map(|t| t.id).collect::<Vec<_>>();
+    let (page, _) = store
+        .list(&list(query_service::store::SortKey::CreatedAt))
+        .await
+        .expect("list");
+    assert!(page.is_empty(), "no sort keys yet: {:?}", ids(page));
+
+    assert_eq!(store.add_sort_keys().await.expect("added"), 2, "the live todos");
+    assert_eq!(store.add_sort_keys().await.expect("again"), 0, "once");
+    for sort in [
+        query_service::store::SortKey::CreatedAt,
+        query_service::store::SortKey::UpdatedAt,
+    ] {
+        let (page, _) = store.list(&list(sort)).await.expect("list");
+        assert_eq!(ids(page), vec![2, 1], "{sort:?}");
+    }
+    names.cleanup().await;
+}

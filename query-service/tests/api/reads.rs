@@ -490,6 +490,60 @@ async fn every_sort_both_ways_with_and_without_completed_lists_every_todo_once_i
     names.cleanup().await;
 }
 
+/// Times in clusters of very different density (a burst within a second, a day's trickle,
+/// todos years apart) with ties: a time-ordered list walks windows of time sized by the
+/// density it last saw, and must list every todo once, in order, wherever that guess is wrong.
+#[tokio::test]
+async fn time_ordered_lists_hold_every_todo_across_clusters_of_any_density() {
+    let names = Names::new();
+    let query = spawn_query(&names).await;
+    let publisher = publisher(&names.exchange).await;
+    let base = Utc
+        .with_ymd_and_hms(2026, 11, 22, 9, 0, 0)
+        .single()
+        .expect("time");
+    let todos: Vec<Envelope> = (1..=240)
+        .map(|id| {
+            let mut e = timed(id, 1, id % 4 == 0);
+            let at = match id % 3 {
+                // A burst: 80 todos within 0.4 s, two to each instant.
+                0 => base + Span::microseconds((id / 2) * 10_000),
+                // A day's trickle, every 18 minutes.
+                1 => base - Span::minutes(id * 18),
+                // Years apart.
+                _ => base - Span::days(id * 11),
+            };
+            let updated = at + Span::seconds(id % 5);
+            let d = e.data.as_mut().expect("data");
+            d.created_at = at;
+            d.updated_at = updated;
+            e.occurred_at = updated;
+            e
+        })
+        .collect();
+    for e in &todos {
+        publisher.publish(e).await;
+    }
+    let client = reqwest::Client::new();
+    eventually(Duration::from_secs(30), "all projected", || async {
+        settled_in_stats(&client, &query).await == todos.len() as i64
+    })
+    .await;
+    for sort in ["created_at", "-created_at", "updated_at", "-updated_at"] {
+        for completed in [None, Some(true), Some(false)] {
+            let expected = expected_order(&todos, sort, completed);
+            let filter = completed.map_or(String::new(), |c| format!("&completed={c}"));
+            for limit in [7, 50] {
+                let first = format!("/todos?sort={sort}&limit={limit}{filter}");
+                let (ids, _) = walk(&client, &query, &first).await;
+                assert_eq!(ids, expected, "{first}");
+            }
+        }
+    }
+    query.stop().await;
+    names.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_walk_sees_every_todo_once_while_writes_land_between_its_pages() {
     let names = Names::new();

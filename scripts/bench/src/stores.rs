@@ -381,6 +381,7 @@ pub async fn fill_read_model(
             store::Highest {
                 todo_id: to as i64,
                 position: to as i64,
+                ..store::Highest::of(&events)
             },
         )
         .await?;

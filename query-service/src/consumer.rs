@@ -633,7 +633,7 @@ async fn apply(
                 for e in &subset {
                     one_by_one.push(loop {
                         match store.apply(e).await {
-                            Ok(outcome) => break Some(Ok(outcome)),
+                            Ok(settled) => break Some(settled),
                             Err(err) if crate::store::is_transient(&err) => {
                                 config.metrics.observe_store_unavailable();
                                 if !backoff.pause(shutdown).await {

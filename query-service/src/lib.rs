@@ -124,13 +124,16 @@ impl Application {
                 fanout::run(fanout_config.clone(), stop.clone())
             })
         };
-        // A read model an earlier version wrote gets its sort keys in the background; until
-        // then its time-ordered lists hold only the todos written since.
+        // A read model an earlier version wrote gets its sort keys and kept counts in the
+        // background; until then its time-ordered lists hold only the todos written since, and
+        // `/stats` counts.
         let upgrade = self.store.clone();
         tokio::spawn(async move {
             let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
             loop {
-                match upgrade.add_sort_keys().await {
+                let keys = upgrade.add_sort_keys().await.map_err(anyhow::Error::from);
+                let counts = upgrade.keep_counts(false).await.map_err(anyhow::Error::from);
+                match keys.and_then(|n| counts.map(|()| n)) {
                     Ok(0) => break,
                     Ok(n) => {
                         tracing::info!(todos = n, "sort keys added to an earlier version's read model");

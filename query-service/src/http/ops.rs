@@ -1,4 +1,6 @@
-//! The service's own routes: `/stats` (the counts behind it cached for [`COUNTS_MAX_AGE`]),
+//! The service's own routes: `/stats` (one read of the projection's counters, which keep the
+//! counts; counted and cached for [`COUNTS_MAX_AGE`] on a read model an earlier version wrote,
+//! until its counts are kept),
 //! `/health`, `/ready`, `/metrics` and `/openapi.json`.
 
 use super::{json_response, with_state, State};
@@ -43,7 +45,7 @@ impl CountsCache {
             }
             match self.recount.try_lock() {
                 Ok(_recounting) => {
-                    let counts = store.counts().await?;
+                    let counts = store.count_todos().await?;
                     *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
                         Some((Instant::now(), counts));
                     return Ok(counts);
@@ -72,8 +74,13 @@ pub(super) fn stats(
         .and(with_state(state))
         .and_then(move |rid: String, state: State| async move {
             answer::<ApiError, _>(state.metrics.http.clone(), rid, route, async move {
-                let projection = state.store.projection_stats().await?;
-                let (total, completed) = state.counts.get(&state.store).await?;
+                // One point read: the counts are kept with the counters, batch by batch. A read
+                // model an earlier version wrote is counted (cached) until they are.
+                let (projection, kept) = state.store.stats_and_counts().await?;
+                let (total, completed) = match kept {
+                    Some(counts) => counts,
+                    None => state.counts.get(&state.store).await?,
+                };
                 let stats = crate::store::Stats {
                     total,
                     completed,

@@ -116,6 +116,26 @@ pub(super) fn guarded_upsert(e: &Envelope) -> (Document, Document) {
     (filter, update)
 }
 
+/// [`guarded_upsert`] over what a read found: exactly the version read, or no document at all
+/// (every stored document has a version, so the filter matches none and the upsert inserts),
+/// or a document this version cannot read (the version guard alone). So what the write
+/// replaced is known. A document changed since the read makes the upsert try to insert a
+/// second `_id`, which the unique index refuses (E11000).
+pub(super) fn upsert_over(e: &Envelope, guard: super::projection::Guard) -> (Document, Document) {
+    use super::projection::Guard;
+    let (mut filter, update) = guarded_upsert(e);
+    match guard {
+        Guard::Exactly(version) => {
+            filter.insert("version", version);
+        }
+        Guard::Absent => {
+            filter.insert("version", doc! { "$exists": false });
+        }
+        Guard::Older => {}
+    }
+    (filter, update)
+}
+
 /// The write that puts a document *ahead* of `e` (a later version than the log has) back to
 /// the state `e` leaves it in: the guarded upsert's update, filtered the other way round.
 pub(super) fn reset_ahead(e: &Envelope) -> (Document, Document) {

@@ -30,6 +30,9 @@ use std::time::Duration;
 
 /// The `_id` of the one document of `projection_stats`.
 const STATS_ID: &str = "todos";
+/// The flag of `projection_stats` that says the counts of live and completed todos are kept
+/// there (every read model this version started, and older ones once counted).
+const COUNTS_KEPT: &str = "counts_kept";
 /// The secondary indexes of `todos`, by name. The lists sorted by time walk one of the four
 /// sort keys (`document::SortKeys`: one string field per order, the sort value and the id,
 /// led by `completed` for the filtered lists), each a single-field index that only live todos
@@ -102,6 +105,9 @@ pub struct Store {
     stats: Collection<Document>,
     /// What time-ordered lists learned of the read model, shared by every copy of the handle.
     walks: std::sync::Arc<reads::Walks>,
+    /// How the writes since the last [`Store::record`] moved the counts of live and completed
+    /// todos; the record adds it to the counters.
+    tally: std::sync::Arc<std::sync::Mutex<projection::Tally>>,
 }
 
 /// A todo as the read API serves it: the same shape the command side answers with.
@@ -227,6 +233,7 @@ impl Store {
             todos: db.collection("todos"),
             stats: db.collection("projection_stats"),
             walks: Default::default(),
+            tally: Default::default(),
             db,
             client,
         })
@@ -235,6 +242,16 @@ impl Store {
     /// Creates the indexes the list queries use (idempotent); see [`INDEXES`].
     pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
         self.todos.create_indexes(index_models(INDEXES)).await?;
+        // A read model that starts empty keeps its counts from the first batch on.
+        if self.todos.find_one(doc! {}).await?.is_none() {
+            self.stats
+                .update_one(
+                    doc! { "_id": STATS_ID },
+                    doc! { "$setOnInsert": { COUNTS_KEPT: true, "sort_keys": 1 } },
+                )
+                .upsert(true)
+                .await?;
+        }
         // Kept by earlier versions; they only cost writes now. Absent on new read models.
         for index in RETIRED_INDEXES {
             if let Err(err) = self.todos.drop_index(*index).await {

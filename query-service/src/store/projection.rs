@@ -10,13 +10,20 @@
 //!
 //! [`Store::apply_batch`] applies many events in one unordered bulk `update` command: per todo
 //! only the newest event of the batch is written (each event carries the todo's full state, so
-//! the newest alone gives the same document), through the same guard.
+//! the newest alone gives the same document), through the same guard. It first reads what the
+//! batch's todos hold (one `_id: {$in: …}` read): an event not newer than that is a duplicate
+//! without a write, and each write is filtered on exactly the version read, so what it
+//! replaced is known and the counts of live and completed todos move by exactly that (kept
+//! with the counters, so `/stats` reads them, never counts). A write that meets a document
+//! changed since the read (another replica's write) fails on the `_id` index as above and is
+//! tried again from a new read.
 //!
 //! `projection_stats` holds one document of counters shared by every replica, updated once per
 //! batch by [`Store::record`].
 
 use super::document::{guarded_upsert, timestamp};
-use super::{Store, STATS_ID, WRITE_CONCERN_FAILED};
+use super::Stored;
+use super::{Store, COUNTS_KEPT, STATS_ID, WRITE_CONCERN_FAILED};
 use bson::{doc, Document};
 use chrono::{DateTime, Utc};
 use events::Envelope;
@@ -92,14 +99,6 @@ impl Counts {
     }
 }
 
-fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
-    match err.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
-        ErrorKind::Command(c) => c.code == DUPLICATE_KEY,
-        _ => false,
-    }
-}
-
 impl Store {
     /// Puts a document that is ahead of `e` (the log's newest event of its todo) back to the
     /// state `e` leaves it in; 1 if it was ahead, else 0. Only `verify --repair` calls it.
@@ -115,6 +114,34 @@ impl Store {
             .update_one(
                 doc! { "_id": super::STATS_ID },
                 doc! { "$set": { "max_todo_id": highest.todo_id, "max_position": highest.position } },
+            )
+            .upsert(true)
+            .await?;
+        Ok(())
+    }
+
+    /// Counts the live and completed todos of a read model written by an earlier version, once,
+    /// and keeps them with the counters (from then on each batch moves them); `verify
+    /// --repair` counts again. Batches applied while it counts may be counted twice or not at
+    /// all: `verify` tells.
+    pub async fn keep_counts(&self, recount: bool) -> Result<(), super::ReadError> {
+        let kept = self
+            .stats
+            .find_one(doc! { "_id": STATS_ID })
+            .projection(doc! { COUNTS_KEPT: 1 })
+            .await?;
+        if !recount && kept.is_some_and(|d| d.get(COUNTS_KEPT).is_some()) {
+            return Ok(());
+        }
+        let (live, completed) = self.count_todos().await?;
+        self.stats
+            .update_one(
+                doc! { "_id": STATS_ID },
+                doc! { "$set": {
+                    "todos_live": live as i64,
+                    "todos_completed": completed as i64,
+                    COUNTS_KEPT: true,
+                } },
             )
             .upsert(true)
             .await?;
@@ -179,30 +206,15 @@ impl Store {
         Ok(added)
     }
 
-    /// Applies one event with the version guard described at the top of this module.
-    #[tracing::instrument(skip_all, fields(todo_id = e.todo_id, version = e.version, event_type = %e.event_type))]
-    pub async fn apply(&self, e: &Envelope) -> mongodb::error::Result<Outcome> {
-        let (filter, update) = guarded_upsert(e);
-        // A duplicate key means the document existed when the upsert tried to insert it, and
-        // did not match the filter then. Once more settles why: if it now matches, another
-        // consumer (a replica) inserted an older version between our filter and our insert,
-        // and this newer version must still land; if not, what is stored is this version or
-        // newer, and the event is a duplicate. Documents are never removed (deletes leave
-        // tombstones), so the second try cannot meet a missing document again.
-        let upsert = || {
-            self.todos
-                .update_one(filter.clone(), update.clone())
-                .upsert(true)
-        };
-        match upsert().await {
-            Ok(_) => Ok(Outcome::Applied),
-            Err(err) if is_duplicate_key(&err) => match upsert().await {
-                Ok(_) => Ok(Outcome::Applied),
-                Err(err) if is_duplicate_key(&err) => Ok(Outcome::Duplicate),
-                Err(err) => Err(err),
-            },
-            Err(err) => Err(err),
-        }
+    /// Applies one event: [`Store::apply_batch`] of one. `Err(Refused)`: MongoDB refused its
+    /// write.
+    pub async fn apply(&self, e: &Envelope) -> mongodb::error::Result<Result<Outcome, Refused>> {
+        Ok(self
+            .apply_batch(std::slice::from_ref(e))
+            .await?
+            .pop()
+            .flatten()
+            .expect("the one event of a batch of one is settled"))
     }
 
     /// Applies a batch of events in one bulk command (see the top of this module). The result has
@@ -210,17 +222,17 @@ impl Store {
     /// said of any event); a [`Refused`] entry is MongoDB refusing that event's write; the
     /// older events of that todo in the batch are left unsettled (`None`).
     pub async fn apply_batch(&self, events: &[Envelope]) -> mongodb::error::Result<BatchResult> {
-        self.apply_batch_between_tries(events, || async {}).await
+        self.apply_batch_racing(events, || async {}).await
     }
 
-    /// [`Store::apply_batch`], running `between_tries` after a first try that met duplicate
-    /// keys and before the second: the moment at which, in a race, another replica's insert
-    /// has landed. A test uses it to be that replica, since a server that runs one command at
-    /// a time never interleaves two replicas' upserts by itself.
-    pub async fn apply_batch_between_tries<F, Fut>(
+    /// [`Store::apply_batch`], running `before_first_write` after the first try's read and
+    /// before its write: the moment at which, in a race, another replica's write lands. A test
+    /// uses it to be that replica, since a server that runs one command at a time never
+    /// interleaves two replicas' commands by itself.
+    pub async fn apply_batch_racing<F, Fut>(
         &self,
         events: &[Envelope],
-        mut between_tries: F,
+        mut before_first_write: F,
     ) -> mongodb::error::Result<BatchResult>
     where
         F: FnMut() -> Fut,
@@ -238,33 +250,62 @@ impl Store {
         written.sort_unstable();
         let mut results: HashMap<usize, Result<Outcome, Refused>> = HashMap::new();
         let mut pending = written;
-        // A duplicate key is tried once more, for the reason `apply` gives.
-        for attempt in 0..2 {
+        let mut tally = Tally::default();
+        // Each try reads what the todos hold now and writes over exactly that, so the counts
+        // of live and completed todos move by what each write replaced. A write that meets a
+        // document changed since the read (another replica's) is tried again.
+        for attempt in 0..WRITE_TRIES {
             if pending.is_empty() {
                 break;
             }
-            if attempt > 0 {
-                between_tries().await;
+            let ids: Vec<i64> = pending.iter().map(|&i| events[i].todo_id).collect();
+            let priors = self.get_many(&ids).await?;
+            let mut to_write = Vec::with_capacity(pending.len());
+            for &i in &pending {
+                let e = &events[i];
+                match priors.get(&e.todo_id) {
+                    Some(Some(stored)) if stored.version() >= e.version => {
+                        results.insert(i, Ok(Outcome::Duplicate));
+                    }
+                    Some(Some(stored)) => to_write.push((i, Some(stored.clone()))),
+                    // A document this version cannot read: written over by the version guard
+                    // alone, counted as if nothing was there.
+                    Some(None) | None => to_write.push((i, None)),
+                }
+            }
+            if to_write.is_empty() {
+                break;
+            }
+            if attempt == 0 {
+                before_first_write().await;
             }
             let errors = self
-                .bulk_upsert(pending.iter().map(|&i| &events[i]))
+                .bulk_upsert(to_write.iter().map(|(i, prior)| {
+                    let e = &events[*i];
+                    let guard = match (prior, priors.get(&e.todo_id)) {
+                        (Some(stored), _) => Guard::Exactly(stored.version()),
+                        (None, Some(None)) => Guard::Older,
+                        (None, _) => Guard::Absent,
+                    };
+                    (e, guard)
+                }))
                 .await?;
             let mut again = Vec::new();
-            for (k, &i) in pending.iter().enumerate() {
+            for (k, (i, prior)) in to_write.into_iter().enumerate() {
                 match errors.get(&k) {
                     None => {
                         if attempt > 0 {
                             tracing::debug!(
                                 todo_id = events[i].todo_id,
                                 version = events[i].version,
-                                "applied on the second try: another writer inserted the todo first"
+                                "applied on a later try: another writer changed the todo first"
                             );
                         }
+                        tally.replace(prior.as_ref(), &Stored::after(&events[i]));
                         results.insert(i, Ok(Outcome::Applied));
                     }
-                    Some(r) if r.code == DUPLICATE_KEY && attempt == 0 => again.push(i),
-                    Some(r) if r.code == DUPLICATE_KEY => {
-                        results.insert(i, Ok(Outcome::Duplicate));
+                    Some(r) if r.code == DUPLICATE_KEY && attempt + 1 < WRITE_TRIES => {
+                        again.push(i)
                     }
                     Some(r) => {
                         results.insert(i, Err(r.clone()));
@@ -273,6 +314,7 @@ impl Store {
             }
             pending = again;
         }
+        self.tally.lock().expect("tally").add(tally);
         Ok(events
             .iter()
             .enumerate()
@@ -321,14 +363,16 @@ impl Store {
     /// the index of the event in `events`.
     async fn bulk_upsert<'a>(
         &self,
-        events: impl Iterator<Item = &'a Envelope>,
+        events: impl Iterator<Item = (&'a Envelope, Guard)>,
     ) -> mongodb::error::Result<HashMap<usize, Refused>> {
-        let updates: Vec<&Envelope> = events.collect();
+        let updates: Vec<(&Envelope, Guard)> = events.collect();
         let reply = self
             .db
-            .run_command(bulk_upsert_command(
+            .run_command(bulk_command(
                 self.todos.name(),
-                updates.iter().copied(),
+                updates.iter().map(|(e, guard)| {
+                    super::document::upsert_over(e, *guard)
+                }),
             ))
             .await?;
         let mut errors = HashMap::new();
@@ -381,11 +425,16 @@ impl Store {
                 max.insert(format!("max_{time}"), timestamp(high));
             }
         }
+        // The counts the writes since the last record moved (taken now: a record that fails
+        // puts them back for the next).
+        let tally = std::mem::take(&mut *self.tally.lock().expect("tally"));
         let mut update = doc! { "$inc": {
             "applied": counts.applied,
             "skipped_duplicates": counts.duplicates,
             "superseded": counts.superseded,
             "dead_lettered": counts.dead_lettered,
+            "todos_live": tally.live,
+            "todos_completed": tally.completed,
         } };
         if let (true, Some(at)) = (counts.applied > 0, newest_event) {
             let now = Utc::now();
@@ -402,10 +451,15 @@ impl Store {
         if !min.is_empty() {
             update.insert("$min", min);
         }
-        self.stats
+        if let Err(err) = self
+            .stats
             .update_one(doc! { "_id": STATS_ID }, update)
             .upsert(true)
-            .await?;
+            .await
+        {
+            self.tally.lock().expect("tally").add(tally);
+            return Err(err);
+        }
         Ok(())
     }
 }
@@ -464,11 +518,53 @@ pub fn bulk_upsert_command<'a>(
     collection: &str,
     events: impl Iterator<Item = &'a Envelope>,
 ) -> Document {
-    let updates: Vec<Document> = events
-        .map(|e| {
-            let (q, u) = guarded_upsert(e);
-            doc! { "q": q, "u": u, "upsert": true }
-        })
+    bulk_command(collection, events.map(guarded_upsert))
+}
+
+fn bulk_command(collection: &str, writes: impl Iterator<Item = (Document, Document)>) -> Document {
+    let updates: Vec<Document> = writes
+        .map(|(q, u)| doc! { "q": q, "u": u, "upsert": true })
         .collect();
     doc! { "update": collection, "updates": updates, "ordered": false }
+}
+
+/// How many tries a batch's write of one todo gets while other writers keep changing it.
+const WRITE_TRIES: usize = 4;
+
+/// What a write of a batch was guarded by: the version read, the version guard alone (a
+/// document this version cannot read), or no document.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Guard {
+    Exactly(i64),
+    Older,
+    Absent,
+}
+
+/// How the counts of live and of completed live todos moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub live: i64,
+    pub completed: i64,
+}
+
+impl Tally {
+    fn weigh(stored: Option<&Stored>) -> (i64, i64) {
+        match stored {
+            Some(Stored::Live(t)) => (1, i64::from(t.completed)),
+            _ => (0, 0),
+        }
+    }
+
+    /// A write replaced `before` with `after`.
+    fn replace(&mut self, before: Option<&Stored>, after: &Stored) {
+        let (l0, c0) = Self::weigh(before);
+        let (l1, c1) = Self::weigh(Some(after));
+        self.live += l1 - l0;
+        self.completed += c1 - c0;
+    }
+
+    fn add(&mut self, other: Tally) {
+        self.live += other.live;
+        self.completed += other.completed;
+    }
 }

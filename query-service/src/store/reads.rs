@@ -586,9 +586,9 @@ impl Store {
         Ok(newest)
     }
 
-    /// How many live todos there are, and how many of them are completed. Counting reads
-    /// every live todo's index entry (every document, on a store that scans): callers cache it.
-    pub async fn counts(&self) -> Result<(u64, u64), ReadError> {
+    /// How many live todos there are, and how many of them are completed, counted: reads every
+    /// document. Only where the counts are not kept yet (callers cache it), and to keep them.
+    pub async fn count_todos(&self) -> Result<(u64, u64), ReadError> {
         let total = self
             .todos
             .count_documents(doc! { "deleted": false })
@@ -602,6 +602,14 @@ impl Store {
 
     /// The shared projection counters (one point read).
     pub async fn projection_stats(&self) -> Result<ProjectionStats, ReadError> {
+        Ok(self.stats_and_counts().await?.0)
+    }
+
+    /// The shared projection counters and the counts of live and completed todos they keep
+    /// (`None` on a read model whose counts are not kept yet): one point read.
+    pub async fn stats_and_counts(
+        &self,
+    ) -> Result<(ProjectionStats, Option<(u64, u64)>), ReadError> {
         let p = self
             .stats
             .find_one(doc! { "_id": STATS_ID })
@@ -610,7 +618,13 @@ impl Store {
             .unwrap_or_default();
         let int = |k: &str| p.get(k).and_then(Bson::as_i64).unwrap_or(0);
         let text = |k: &str| p.get_str(k).ok().map(str::to_string);
-        Ok(ProjectionStats {
+        let counts = p.get(super::COUNTS_KEPT).is_some().then(|| {
+            (
+                int("todos_live").max(0) as u64,
+                int("todos_completed").max(0) as u64,
+            )
+        });
+        let stats = ProjectionStats {
             applied: int("applied"),
             skipped_duplicates: int("skipped_duplicates"),
             superseded: int("superseded"),
@@ -618,6 +632,7 @@ impl Store {
             last_event_at: text("last_event_at"),
             last_applied_at: text("last_applied_at"),
             lag_ms: p.get("lag_ms").and_then(Bson::as_i64),
-        })
+        };
+        Ok((stats, counts))
     }
 }

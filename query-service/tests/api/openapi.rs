@@ -34,15 +34,23 @@ async fn every_answer_fits_the_schema_documented_for_its_route_and_status() {
             .is_ok_and(|r| r.status() == 200)
     })
     .await;
-    // A document this version cannot read: the 500 answer.
-    mongodb::Client::with_uri_str(mongodb_uri())
+    // A document this version cannot read, within the highest id recorded: the 500 answer.
+    let db = mongodb::Client::with_uri_str(mongodb_uri())
         .await
         .expect("client")
-        .database(&names.mongo_db)
-        .collection::<mongodb::bson::Document>("todos")
+        .database(&names.mongo_db);
+    db.collection::<mongodb::bson::Document>("todos")
         .insert_one(mongodb::bson::doc! { "_id": 1_000_000_i64, "version": "x" })
         .await
         .expect("insert");
+    db.collection::<mongodb::bson::Document>("projection_stats")
+        .update_one(
+            mongodb::bson::doc! { "_id": "todos" },
+            mongodb::bson::doc! { "$max": { "max_todo_id": 1_000_000_i64 } },
+        )
+        .upsert(true)
+        .await
+        .expect("highest id");
     let todo = format!("/todos/{id}");
     let requests: Vec<(String, u16)> = vec![
         (

@@ -287,11 +287,10 @@ async fn a_late_or_repeated_event_never_moves_a_todo_backwards_or_rewrites_it() 
     names.cleanup().await;
 }
 
-/// Another replica inserts a todo's first version between this replica's filter and its insert
-/// of the second version: the second version's upsert meets a duplicate key, tries again, now
-/// matches the older document and lands (it must not be counted a duplicate). The race is set
-/// up on purpose: a newer document is there at the first try (a real duplicate key from
-/// MongoDB), and the other replica's older version replaces it before the second.
+/// Another replica writes a todo between this replica's read and its write: the write meets
+/// the changed document (a duplicate key from MongoDB), reads again, lands over what the other
+/// wrote (it must not be counted a duplicate), and the counts of live and completed todos
+/// move once for each write. A stale event is a duplicate without a write.
 #[tokio::test]
 async fn a_version_racing_another_replicas_insert_lands_on_the_second_try() {
     let names = Names::new();
@@ -302,50 +301,49 @@ async fn a_version_racing_another_replicas_insert_lands_on_the_second_try() {
     let other = Store::connect(&mongodb_uri(), &names.mongo_db)
         .await
         .expect("store");
-    let collection = mongodb::Client::with_uri_str(mongodb_uri())
-        .await
-        .expect("client")
-        .database(&names.mongo_db)
-        .collection::<mongodb::bson::Document>("todos");
-    // What the first try meets: todo 1 at version 3 (so the upsert of version 2 does not match
-    // and its insert collides); and a stale todo 2 at version 5 for an event that is a real
-    // duplicate on both tries.
     store
-        .apply_batch(&[
-            event(1, 3, EventType::TodoUpdated, "blocking", false),
-            event(2, 5, EventType::TodoUpdated, "newer", false),
-        ])
+        .apply_batch(&[event(2, 5, EventType::TodoUpdated, "newer", false)])
         .await
         .expect("seed");
+    store
+        .record(Default::default(), None, Default::default())
+        .await
+        .expect("recorded");
     let batch = [
         event(1, 2, EventType::TodoUpdated, "v2", true),
         event(2, 4, EventType::TodoUpdated, "old", false),
     ];
-    let mut tries = 0;
+    let mut raced = 0;
     let results = store
-        .apply_batch_between_tries(&batch, || {
-            tries += 1;
-            let (collection, other) = (collection.clone(), other.clone());
+        .apply_batch_racing(&batch, || {
+            raced += 1;
+            let other = other.clone();
             async move {
-                // The other replica's insert of version 1 is what the first try collided with.
-                collection
-                    .delete_one(mongodb::bson::doc! {"_id": 1})
-                    .await
-                    .expect("delete");
+                // The other replica's version 1, between this one's read and its write.
                 other
                     .apply_batch(&[event(1, 1, EventType::TodoCreated, "v1", false)])
                     .await
                     .expect("other replica");
+                other
+                    .record(Default::default(), None, Default::default())
+                    .await
+                    .expect("other recorded");
             }
         })
         .await
         .expect("batch");
-    assert_eq!(tries, 1, "one pause between the first and the second try");
+    assert_eq!(raced, 1, "one race, before the first write");
     assert_eq!(
         results,
         vec![Some(Ok(Outcome::Applied)), Some(Ok(Outcome::Duplicate))],
         "the racing version lands, the stale one stays a duplicate"
     );
+    store
+        .record(Default::default(), None, Default::default())
+        .await
+        .expect("recorded");
+    let (_, counts) = store.stats_and_counts().await.expect("stats");
+    assert_eq!(counts, Some((2, 1)), "two live todos, one completed");
     let stored = store.get(1).await.expect("read").expect("stored");
     assert_eq!(stored.version(), 2);
     assert_eq!(
@@ -353,7 +351,6 @@ async fn a_version_racing_another_replicas_insert_lands_on_the_second_try() {
         5
     );
     names.cleanup().await;
-    collection.drop().await.expect("drop");
 }
 
 /// A read model an earlier version wrote has no sort keys: the upgrade gives its live todos

@@ -727,16 +727,25 @@ async fn a_stored_document_that_cannot_be_read_is_500_not_404_or_503() {
     let names = Names::new();
     let query = spawn_query(&names).await;
     let client = reqwest::Client::new();
-    mongodb::Client::with_uri_str(mongodb_uri())
+    let db = mongodb::Client::with_uri_str(mongodb_uri())
         .await
         .expect("client")
-        .database(&names.mongo_db)
-        .collection::<mongodb::bson::Document>("todos")
+        .database(&names.mongo_db);
+    db.collection::<mongodb::bson::Document>("todos")
         .insert_one(mongodb::bson::doc! {
             "_id": 7_i64, "version": "three", "deleted": false, "title": 5,
         })
         .await
         .expect("insert");
+    // Within the highest id the projection recorded: a todo past it is not read at all.
+    db.collection::<mongodb::bson::Document>("projection_stats")
+        .update_one(
+            mongodb::bson::doc! { "_id": "todos" },
+            mongodb::bson::doc! { "$max": { "max_todo_id": 7_i64 } },
+        )
+        .upsert(true)
+        .await
+        .expect("highest id");
     for path in ["/todos/7", "/todos", "/todos?limit=1"] {
         let response = client.get(query.url(path)).send().await.expect("read");
         assert_eq!(response.status(), 500, "{path}");

@@ -136,6 +136,17 @@ pub(super) fn upsert_over(e: &Envelope, guard: super::projection::Guard) -> (Doc
     (filter, update)
 }
 
+/// The document the guarded upsert of `e` inserts where there was none (`scripts/bench.sh`
+/// fills a read model with such documents in bulk, as the projection would have left them).
+pub fn document_after(e: &Envelope) -> Document {
+    let (_, update) = guarded_upsert(e);
+    let mut document = doc! { "_id": e.todo_id };
+    if let Ok(set) = update.get_document("$set") {
+        document.extend(set.clone());
+    }
+    document
+}
+
 /// The write that puts a document *ahead* of `e` (a later version than the log has) back to
 /// the state `e` leaves it in: the guarded upsert's update, filtered the other way round.
 pub(super) fn reset_ahead(e: &Envelope) -> (Document, Document) {

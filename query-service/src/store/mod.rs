@@ -14,7 +14,7 @@ mod document;
 mod projection;
 mod reads;
 
-pub use document::timestamp;
+pub use document::{completed_prefix, document_after, sort_key, timestamp, SORT_KEYS};
 pub use projection::{bulk_upsert_command, BatchResult, Counts, Highest, Outcome, Refused};
 pub use reads::{
     Cursor, ListQuery, ProjectionStats, ReadError, ReplayPage, SortKey, Stats, ID_SCAN_LIMIT,

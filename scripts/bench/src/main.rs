@@ -49,6 +49,11 @@ pub struct Config {
     pub burst: usize,
     /// `BENCH_PORT`: first of four ports for the services (default 5201).
     pub port: u16,
+    /// `BENCH_LIST_SIZES`: read model sizes the list phase fills to and measures at
+    /// (default `1000,20000`; say `100000,1000000` for production size).
+    pub list_sizes: Vec<usize>,
+    /// `BENCH_ONLY_LISTS=1`: run the list phase alone.
+    pub only_lists: bool,
     pub admin_database_url: String,
     pub amqp_url: String,
     pub mongodb_uri: String,
@@ -81,6 +86,13 @@ impl Config {
                 .context("BENCH_RATES")?,
             burst: env_or("BENCH_BURST", 10_000)?,
             port: env_or("BENCH_PORT", 5201)?,
+            list_sizes: std::env::var("BENCH_LIST_SIZES")
+                .unwrap_or_else(|_| "1000,20000".into())
+                .split(',')
+                .map(|r| r.trim().parse::<usize>())
+                .collect::<Result<_, _>>()
+                .context("BENCH_LIST_SIZES")?,
+            only_lists: std::env::var("BENCH_ONLY_LISTS").is_ok_and(|v| v == "1"),
             admin_database_url: std::env::var("TEST_ADMIN_DATABASE_URL")
                 .unwrap_or_else(|_| "postgres://todo:todo@127.0.0.1:5432/postgres".into()),
             amqp_url: std::env::var("AMQP_URL")
@@ -216,6 +228,9 @@ async fn run(config: &Config, report: &mut Report) -> anyhow::Result<()> {
         stores::mongo_server(config).await.unwrap_or_default(),
     ));
 
+    if config.only_lists {
+        return lists(config, report).await;
+    }
     // ------------------------------------------------------------------ writes, alone
     let pg_db = format!("bench_pg_{}", config.run);
     let cs_db = format!("bench_{}", config.run);
@@ -424,7 +439,12 @@ async fn run(config: &Config, report: &mut Report) -> anyhow::Result<()> {
     command.stop().await?;
     query.stop().await?;
 
-    // ------------------------------------------------------------------ list pages
+    lists(config, report).await
+}
+
+/// The list phase: pages in every order at each of `BENCH_LIST_SIZES`, each beside the store's
+/// cheapest query for the same documents, and `/stats`.
+async fn lists(config: &Config, report: &mut Report) -> anyhow::Result<()> {
     let list_db = format!("bench_list_{}", config.run);
     let list_vars = vec![
         ("AMQP_URL", config.amqp_url.clone()),
@@ -436,8 +456,13 @@ async fn run(config: &Config, report: &mut Report) -> anyhow::Result<()> {
     ];
     let lists = Service::start(&config.work, "query-service", config.port + 2, &list_vars).await?;
     let mut have = 0;
-    for size in [1_000usize, 20_000] {
-        stores::fill_read_model(config, &list_db, have, size).await?;
+    for &size in &config.list_sizes {
+        let filled = Instant::now();
+        stores::fast_fill(config, &list_db, have, size).await?;
+        report.note(format!(
+            "read model filled from {have} to {size} todos in {:.0} s",
+            filled.elapsed().as_secs_f64()
+        ));
         have = size;
         let middle = (size / 2) as i64;
         let path = format!(
@@ -473,16 +498,86 @@ async fn run(config: &Config, report: &mut Report) -> anyhow::Result<()> {
                 "no SORT stage"
             }
         ));
+        for sort in ["created_at", "-created_at", "updated_at", "-updated_at"] {
+            for completed in [None, Some(true)] {
+                time_page(config, report, &lists.base, &list_db, size, sort, completed).await?;
+            }
+        }
+        let stats = load::wrk_get(config, &lists.base, "/stats", 1).await?;
+        report.row(
+            format!("GET /stats, {size} todos, 1 connection"),
+            format!("{} (p99 {})", rate(stats.rate), load::ms(stats.p99)),
+            String::new(),
+            None,
+        );
     }
-    let time_page =
-        load::wrk_get(config, &lists.base, "/todos?limit=50&sort=-updated_at", 1).await?;
-    let time_store = stores::time_page_rate(config, &list_db, 50).await?;
-    report.row(
-        "GET /todos?limit=50&sort=-updated_at, 20000 todos, 1 connection",
-        format!("{} (p99 {})", rate(time_page.rate), load::ms(time_page.p99)),
-        format!("store, same keyset query: {}", rate(time_store)),
-        ratio(time_page.rate, time_store),
-    );
     lists.stop().await?;
     Ok(())
 }
+
+/// A middle page of 50 of a time-ordered list: the service under wrk, beside the store's rate
+/// for the range of the page's keys (its first to its last) and its plan.
+async fn time_page(
+    config: &Config,
+    report: &mut Report,
+    base: &str,
+    database: &str,
+    size: usize,
+    sort: &str,
+    completed: Option<bool>,
+) -> anyhow::Result<()> {
+    let filter = completed.map_or(String::new(), |c| format!("&completed={c}"));
+    let client = reqwest::Client::new();
+    // The second page, by the first page's cursor: a page past a cursor, as scrolling reads.
+    let first = client
+        .get(format!("{base}/todos?limit=50&sort={sort}{filter}"))
+        .send()
+        .await?;
+    let link = first
+        .headers()
+        .get("link")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|l| l.split('<').nth(1)?.split('>').next().map(str::to_string))
+        .context("a next page")?;
+    let page: Vec<serde_json::Value> = client.get(format!("{base}{link}")).send().await?.json().await?;
+    let time = sort.trim_start_matches('-');
+    let key = |t: &serde_json::Value| {
+        let prefix = completed.map_or("", query_service::store::completed_prefix);
+        query_service::store::sort_key(
+            prefix,
+            t[time].as_str().unwrap_or_default(),
+            t["id"].as_i64().unwrap_or_default(),
+        )
+    };
+    let (Some(a), Some(b)) = (page.first(), page.last()) else {
+        anyhow::bail!("{sort}: an empty second page");
+    };
+    let field = query_service::store::SORT_KEYS
+        .iter()
+        .find(|(_, t, c)| *t == time && *c == completed.is_some())
+        .map(|(f, _, _)| *f)
+        .context("a sort key")?;
+    let (store_rate, plan) = stores::sort_page_rate(
+        config,
+        database,
+        field,
+        (key(a), key(b)),
+        sort.starts_with('-'),
+        page.len() as i64,
+    )
+    .await?;
+    let w = load::wrk_get(config, base, &link, 1).await?;
+    report.row(
+        format!("GET /todos?limit=50&sort={sort}{filter} (page 2), {size} todos"),
+        format!("{} (p99 {})", rate(w.rate), load::ms(w.p99)),
+        format!("store, the page's key range: {}", rate(store_rate)),
+        ratio(w.rate, store_rate),
+    );
+    report.note(format!(
+        "explain of the store's query for sort={sort}{filter} at {size}: {plan}{}",
+        if plan.contains("SORT") { " (a SORT stage)" } else { " (no SORT stage)" }
+    ));
+    Ok(())
+}
+
+

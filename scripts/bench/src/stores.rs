@@ -356,9 +356,10 @@ where
     Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Grows the read model of `database` from `from` to `to` todos through the projection's own
-/// code (bulk writes and counters), as the consumer would have.
-pub async fn fill_read_model(
+/// Grows the read model of `database` from `from` to `to` todos fast: the documents the
+/// projection would have left (`store::document_after`), inserted in bulk, and the counters it
+/// would have kept.
+pub async fn fast_fill(
     config: &Config,
     database: &str,
     from: usize,
@@ -366,26 +367,84 @@ pub async fn fill_read_model(
 ) -> anyhow::Result<()> {
     let store = Store::connect(&config.mongodb_uri, database).await?;
     store.ensure_indexes().await?;
-    let events: Vec<Envelope> = (from as i64 + 1..=to as i64).map(created).collect();
-    for chunk in events.chunks(500) {
-        store.apply_batch(chunk).await?;
+    let client = Client::with_uri_str(&config.mongodb_uri).await?;
+    let db = client.database(database);
+    let todos = db.collection::<Document>("todos");
+    let ids: Vec<i64> = (from as i64 + 1..=to as i64).collect();
+    let mut completed = 0i64;
+    for chunk in ids.chunks(5_000) {
+        let events: Vec<Envelope> = chunk.iter().map(|&id| created(id)).collect();
+        completed += events
+            .iter()
+            .filter(|e| e.data.as_ref().is_some_and(|d| d.completed))
+            .count() as i64;
+        todos
+            .insert_many(events.iter().map(store::document_after))
+            .ordered(false)
+            .await?;
+        store
+            .record(Counts::default(), None, store::Highest::of(&events))
+            .await?;
     }
-    let counts = Counts {
-        applied: events.len() as i64,
-        ..Counts::default()
-    };
-    store
-        .record(
-            counts,
-            None,
-            store::Highest {
-                todo_id: to as i64,
-                position: to as i64,
-                ..store::Highest::of(&events)
-            },
+    db.collection::<Document>("projection_stats")
+        .update_one(
+            doc! { "_id": "todos" },
+            doc! { "$inc": { "todos_live": ids.len() as i64, "todos_completed": completed },
+                   "$set": { "counts_kept": true, "sort_keys": 1 } },
         )
+        .upsert(true)
         .await?;
     Ok(())
+}
+
+/// The store's rate for the cheapest query that returns a page of a time-ordered list: the
+/// range of its sort key from the page's first key to its last, in the key's order (the
+/// bounds known in advance, which the service does not know), and its plan's stages.
+pub async fn sort_page_rate(
+    config: &Config,
+    database: &str,
+    field: &'static str,
+    keys: (String, String),
+    descending: bool,
+    limit: i64,
+) -> anyhow::Result<(f64, String)> {
+    let client = Client::with_uri_str(&config.mongodb_uri).await?;
+    let db = client.database(database);
+    let todos = db.collection::<Document>("todos");
+    let (low, high) = if keys.0 <= keys.1 { keys } else { (keys.1, keys.0) };
+    let filter = doc! { field: { "$gte": &low, "$lte": &high } };
+    let order = if descending { -1 } else { 1 };
+    let reply = db
+        .run_command(doc! {
+            "explain": { "find": "todos", "filter": filter.clone(), "sort": { field: order }, "limit": limit },
+            "verbosity": "queryPlanner",
+        })
+        .await?;
+    let mut names = Vec::new();
+    if let Ok(plan) = reply
+        .get_document("queryPlanner")
+        .and_then(|q| q.get_document("winningPlan"))
+    {
+        stages(plan, &mut names);
+    }
+    let rate = timed(config, 1, move || {
+        let (todos, filter) = (todos.clone(), filter.clone());
+        async move {
+            let docs: Vec<Document> = todos
+                .find(filter)
+                .sort(doc! { field: order })
+                .limit(limit)
+                .await?
+                .try_collect()
+                .await?;
+            if docs.is_empty() {
+                bail!("the page is empty");
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    Ok((rate, names.join(" <- ")))
 }
 
 fn page_ids(after: i64, n: i64) -> Vec<i64> {
@@ -466,26 +525,6 @@ pub async fn explain_page(
     stages(plan, &mut names);
     let sorted = names.iter().any(|s| s == "SORT");
     Ok((names.join(" <- "), sorted))
-}
-
-/// The first page sorted by `-updated_at` as query-service asks the store for it, per second.
-pub async fn time_page_rate(config: &Config, database: &str, limit: i64) -> anyhow::Result<f64> {
-    let client = Client::with_uri_str(&config.mongodb_uri).await?;
-    let todos = client.database(database).collection::<Document>("todos");
-    timed(config, 1, move || {
-        let todos = todos.clone();
-        async move {
-            let _: Vec<Document> = todos
-                .find(doc! { "deleted": false })
-                .sort(doc! { "updated_at": -1, "_id": -1 })
-                .limit(limit + 1)
-                .await?
-                .try_collect()
-                .await?;
-            Ok(())
-        }
-    })
-    .await
 }
 
 /// Removes every database, queue and exchange of this run.

@@ -4,7 +4,10 @@ command-service on 5001; PAGE_URL names another page, whose query-service's
 COMMAND_SERVICE_URL names its command-service): it opens http://127.0.0.1:5002/, creates a todo from the form, sees
 it appear in the list, completes and deletes it, checks the projection figures moved and that
 the page reported how long the read side took, and saves a screenshot at desktop and at phone
-width in .local/screenshots/. Driven over the Chrome DevTools Protocol (a websocket), so it
+width in .local/screenshots/. With `--first-rows` it only opens the page and prints how long
+after navigation its first rows showed and how many requests went to query-service before
+they did (`scripts/bench.sh` runs it at each read model size); it fails when none show within
+10 s. Driven over the Chrome DevTools Protocol (a websocket), so it
 needs only Debian's `chromium` and the `websockets` package. Exits non-zero on a failure."""
 
 import asyncio, json, os, shutil, subprocess, sys, tempfile, time, urllib.request, uuid, base64
@@ -23,7 +26,7 @@ def fail(message):
 
 class Page:
     def __init__(self, ws):
-        self.ws, self.next_id = ws, 0
+        self.ws, self.next_id, self.events = ws, 0, None
 
     async def call(self, method, **params):
         self.next_id += 1
@@ -31,6 +34,8 @@ class Page:
         await self.ws.send(json.dumps({"id": my, "method": method, "params": params}))
         while True:
             message = json.loads(await self.ws.recv())
+            if self.events is not None and message.get("method") == "Network.requestWillBeSent":
+                self.events.append(message["params"]["request"]["url"])
             if message.get("id") == my:
                 if "error" in message:
                     fail(f"{method}: {message['error']}")
@@ -93,6 +98,34 @@ async def run(ws_url):
               + str(await page.js("document.getElementById('s-applied').textContent")))
 
 
+async def first_rows(ws_url):
+    """Time from navigation to the first rows on screen, and the requests to the page's own
+    origin before them (the Network domain's events)."""
+    async with websockets.connect(ws_url, max_size=32 * 1024 * 1024) as ws:
+        page = Page(ws)
+        await page.call("Page.enable")
+        await page.call("Runtime.enable")
+        await page.call("Network.enable")
+        await page.call("Network.setCacheDisabled", cacheDisabled=True)
+        origin = PAGE.split("/", 3)[:3]
+        origin = "/".join(origin)
+        requests = []
+        page.events = requests
+        started = time.monotonic()
+        await page.call("Page.navigate", url=PAGE)
+        deadline = started + 10
+        while time.monotonic() < deadline:
+            if await page.js("document.querySelectorAll('#todos li').length > 0"):
+                break
+        else:
+            fail("no rows within 10 s of navigation")
+        took = time.monotonic() - started
+        rows = await page.js("document.querySelectorAll('#todos li').length")
+        ours = [u for u in requests if u.startswith(origin)]
+        print(f"[browser] first rows after {took * 1000:.0f} ms ({rows} rows); "
+              f"{len(ours)} requests to query-service before them: {', '.join(u[len(origin):] for u in ours)}")
+
+
 def main():
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
@@ -116,7 +149,7 @@ def main():
             time.sleep(0.2)
         if not ws_url:
             fail("chromium did not open its debugging port")
-        asyncio.run(run(ws_url))
+        asyncio.run(first_rows(ws_url) if "--first-rows" in sys.argv[1:] else run(ws_url))
     finally:
         browser.terminate()
         try:

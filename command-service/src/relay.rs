@@ -421,7 +421,9 @@ async fn publish_round(
     Ok(round)
 }
 
-async fn publish(
+/// Publishes one event as the relay does (persistent, mandatory, its headers); the confirm is
+/// the caller's to wait for. `scripts/bench.sh` publishes with it for the broker's own rate.
+pub async fn publish(
     channel: &Channel,
     exchange: &str,
     envelope: &events::Envelope,

@@ -52,8 +52,15 @@ pub struct Config {
     /// `BENCH_LIST_SIZES`: read model sizes the list phase fills to and measures at
     /// (default `1000,20000`; say `100000,1000000` for production size).
     pub list_sizes: Vec<usize>,
-    /// `BENCH_ONLY_LISTS=1`: run the list phase alone.
-    pub only_lists: bool,
+    /// `BENCH_VERIFY_MAX`: the largest filled pair `query-service verify` runs on (default
+    /// 100000: it reads the whole log over HTTP).
+    pub verify_max: usize,
+    /// `BENCH_TODOS`: sizes of the pair the open loop runs at, each filled on both sides
+    /// (default `0`; the README's table: `0,100000,1000000`).
+    pub pair_sizes: Vec<usize>,
+    /// `BENCH_PHASES`: which phases run, of `main` (writes, projection, open loop at the
+    /// burst's size, reads), `lists` and `sizes` (default all three).
+    pub phases: Vec<String>,
     pub admin_database_url: String,
     pub amqp_url: String,
     pub mongodb_uri: String,
@@ -92,7 +99,18 @@ impl Config {
                 .map(|r| r.trim().parse::<usize>())
                 .collect::<Result<_, _>>()
                 .context("BENCH_LIST_SIZES")?,
-            only_lists: std::env::var("BENCH_ONLY_LISTS").is_ok_and(|v| v == "1"),
+            verify_max: env_or("BENCH_VERIFY_MAX", 100_000)?,
+            pair_sizes: std::env::var("BENCH_TODOS")
+                .unwrap_or_else(|_| "0".into())
+                .split(',')
+                .map(|r| r.trim().parse::<usize>())
+                .collect::<Result<_, _>>()
+                .context("BENCH_TODOS")?,
+            phases: std::env::var("BENCH_PHASES")
+                .unwrap_or_else(|_| "main,lists,sizes".into())
+                .split(',')
+                .map(|p| p.trim().to_string())
+                .collect(),
             admin_database_url: std::env::var("TEST_ADMIN_DATABASE_URL")
                 .unwrap_or_else(|_| "postgres://todo:todo@127.0.0.1:5432/postgres".into()),
             amqp_url: std::env::var("AMQP_URL")
@@ -116,6 +134,14 @@ impl Config {
 
     fn queue(&self) -> String {
         format!("bench.{}.projection", self.run)
+    }
+
+    fn size_queue(&self, size: usize) -> String {
+        format!("{}.size{size}", self.queue())
+    }
+
+    fn runs(&self, phase: &str) -> bool {
+        self.phases.iter().any(|p| p == phase)
     }
 }
 
@@ -228,9 +254,138 @@ async fn run(config: &Config, report: &mut Report) -> anyhow::Result<()> {
         stores::mongo_server(config).await.unwrap_or_default(),
     ));
 
-    if config.only_lists {
-        return lists(config, report).await;
+    if config.runs("main") {
+        main_phase(config, report).await?;
     }
+    if config.runs("lists") {
+        lists(config, report).await?;
+    }
+    if config.runs("sizes") {
+        for &size in &config.pair_sizes {
+            at_size(config, report, size).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The pair at `size` todos (both sides filled as the pipeline leaves them, `verify` run on
+/// it): the store's own saturation rate on what each write costs it, and open loops at
+/// fractions of it, for the highest rate held with write-to-readable p99 under 50 ms and max
+/// under 1 s.
+async fn at_size(config: &Config, report: &mut Report, size: usize) -> anyhow::Result<()> {
+    let pg_db = format!("bench_size{size}_{}", config.run);
+    let mongo_db = pg_db.clone();
+    stores::create_database(config, &pg_db).await?;
+    stores::migrate(&config.database_url(&pg_db)).await?;
+    let filled = Instant::now();
+    stores::fill_pair(config, &pg_db, &mongo_db, size).await?;
+    let fill_s = filled.elapsed().as_secs_f64();
+    let command_vars = vec![
+        ("DATABASE_URL", config.database_url(&pg_db)),
+        ("AMQP_URL", config.amqp_url.clone()),
+        ("AMQP_EXCHANGE", config.exchange()),
+        ("RUST_LOG", "warn".to_string()),
+    ];
+    let query_vars = vec![
+        ("AMQP_URL", config.amqp_url.clone()),
+        ("AMQP_EXCHANGE", config.exchange()),
+        ("MONGODB_URI", config.mongodb_uri.clone()),
+        ("MONGODB_DB", mongo_db.clone()),
+        ("AMQP_QUEUE", config.size_queue(size)),
+        ("RUST_LOG", "warn".to_string()),
+    ];
+    let command = Service::start(&config.work, "command-service", config.port, &command_vars).await?;
+    let query = Service::start(&config.work, "query-service", config.port + 1, &query_vars).await?;
+    if size <= config.verify_max {
+        let verified = Instant::now();
+        let out = std::process::Command::new(bench::process::binary("query-service"))
+            .args(["verify", &command.base])
+            .env("MONGODB_URI", &config.mongodb_uri)
+            .env("MONGODB_DB", &mongo_db)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        report.note(format!(
+            "{size} todos: filled both sides in {fill_s:.0} s; query-service verify ({:.0} s): {}",
+            verified.elapsed().as_secs_f64(),
+            text.lines().next().unwrap_or("no output")
+        ));
+        if !out.status.success() {
+            anyhow::bail!("verify failed on the filled pair: {text}");
+        }
+    } else {
+        report.note(format!(
+            "{size} todos: filled both sides in {fill_s:.0} s (verify runs up to BENCH_VERIFY_MAX={})",
+            config.verify_max
+        ));
+    }
+    let bulk = 50;
+    let cpu = cpu::Sampler::start();
+    let saturation = stores::saturation_rate(config, &mongo_db, bulk).await?;
+    report.cpu(format!("store saturation at {size} todos"), cpu);
+    report.row(
+        format!("store saturation, {size} todos"),
+        format!("{} (bulks of {bulk}: an $in read, the upserts; a read by id per write)", rate(saturation)),
+        String::new(),
+        None,
+    );
+    let mut held: Option<(u32, load::Open)> = None;
+    for fraction in [0.5, 0.65, 0.8, 0.9, 1.0, 1.2] {
+        let per_second = ((saturation * fraction) as u32).max(1);
+        let cpu = cpu::Sampler::start();
+        let o = load::open_loop(
+            &command.base,
+            &query.base,
+            per_second,
+            Duration::from_secs(config.open_seconds),
+        )
+        .await?;
+        report.cpu(format!("open loop {per_second}/s at {size} todos"), cpu);
+        let ok = o.readable_p99 < 0.050
+            && o.readable_max < 1.0
+            && o.failed_writes == 0
+            && o.failed_reads == 0
+            && o.sent_rate >= per_second as f64 * 0.95;
+        report.row(
+            format!("  open loop {per_second}/s ({:.2}x saturation), {size} todos", fraction),
+            format!(
+                "write-to-readable p99 {} max {}; POST p99 {}; {} failed{}",
+                load::ms(o.readable_p99),
+                load::ms(o.readable_max),
+                load::ms(o.post_p99),
+                o.failed_writes + o.failed_reads,
+                if ok { "; held" } else { "; not held" }
+            ),
+            String::new(),
+            None,
+        );
+        load::wait_for_idle(&query.base).await?;
+        if !ok {
+            break;
+        }
+        held = Some((per_second, o));
+    }
+    match held {
+        Some((per_second, _)) => report.row(
+            format!("highest fixed write rate held, {size} todos"),
+            format!("{per_second}/s (p99 < 50 ms, max < 1 s)"),
+            format!("store saturation: {}", rate(saturation)),
+            ratio(per_second as f64, saturation),
+        ),
+        None => report.row(
+            format!("highest fixed write rate held, {size} todos"),
+            "none of the rates tried".into(),
+            format!("store saturation: {}", rate(saturation)),
+            None,
+        ),
+    }
+    command.stop().await?;
+    query.stop().await?;
+    Ok(())
+}
+
+/// Writes (alone, then beside the projection), the projection's drain, the open loop on the
+/// burst's read model and reads by id.
+async fn main_phase(config: &Config, report: &mut Report) -> anyhow::Result<()> {
     // ------------------------------------------------------------------ writes, alone
     let pg_db = format!("bench_pg_{}", config.run);
     let cs_db = format!("bench_{}", config.run);
@@ -245,9 +400,35 @@ async fn run(config: &Config, report: &mut Report) -> anyhow::Result<()> {
     for clients in [1u32, 16] {
         let cpu = cpu::Sampler::start();
         let tps = stores::pgbench(config, &pg_db, &pgbench_script, clients).await?;
+        report.note(format!(
+            "CPU, pgbench c={clients}: {}",
+            cpu.per_op(tps * config.seconds as f64, "transaction")
+        ));
         report.cpu(format!("pgbench c={clients} ({tps:.0} tps)"), cpu);
         pgbench.push((clients, tps));
     }
+    // The limit of the design as the stores do it together: the service's statement under
+    // pgbench and a plain publisher of the same envelopes to the same quorum queue, at once.
+    // A write needs both, so the pair of them is the lower of the two rates.
+    let mut combined = Vec::new();
+    for clients in [1u32, 16] {
+        let cpu = cpu::Sampler::start();
+        let (tps, published) = tokio::join!(
+            stores::pgbench(config, &pg_db, &pgbench_script, clients),
+            stores::publisher_rate(config)
+        );
+        let (tps, published) = (tps?, published?);
+        let limit = tps.min(published);
+        report.row(
+            format!("the stores together: pgbench c={clients} and a plain publisher at once"),
+            format!("{} (pgbench {}, publisher {})", rate(limit), rate(tps), rate(published)),
+            String::new(),
+            None,
+        );
+        report.cpu(format!("pgbench c={clients} and the plain publisher at once"), cpu);
+        combined.push((clients, limit));
+    }
+    stores::purge_queue(config).await?;
 
     let mongo_db = format!("bench_{}", config.run);
     let command_vars = vec![
@@ -258,7 +439,7 @@ async fn run(config: &Config, report: &mut Report) -> anyhow::Result<()> {
     ];
     let command =
         Service::start(&config.work, "command-service", config.port, &command_vars).await?;
-    for &(clients, tps) in &pgbench {
+    for (&(clients, tps), &(_, together)) in pgbench.iter().zip(&combined) {
         let cpu = cpu::Sampler::start();
         let w = load::wrk_post(config, &command.base, clients).await?;
         report.row(
@@ -267,6 +448,16 @@ async fn run(config: &Config, report: &mut Report) -> anyhow::Result<()> {
             format!("pgbench c={clients}: {}", rate(tps)),
             ratio(w.rate, tps),
         );
+        report.row(
+            format!("POST /todos, {clients} connection(s), against the stores together"),
+            format!("{} (p99 {})", rate(w.rate), load::ms(w.p99)),
+            format!("pgbench + publisher at once: {}", rate(together)),
+            ratio(w.rate, together),
+        );
+        report.note(format!(
+            "CPU, POST c={clients}, command-service alone: {}",
+            cpu.per_op(w.rate * config.seconds as f64, "write")
+        ));
         report.cpu(format!("POST c={clients}, command-service alone"), cpu);
         if w.errors > 0 {
             report.note(format!(
@@ -439,7 +630,7 @@ async fn run(config: &Config, report: &mut Report) -> anyhow::Result<()> {
     command.stop().await?;
     query.stop().await?;
 
-    lists(config, report).await
+    Ok(())
 }
 
 /// The list phase: pages in every order at each of `BENCH_LIST_SIZES`, each beside the store's
@@ -503,6 +694,15 @@ async fn lists(config: &Config, report: &mut Report) -> anyhow::Result<()> {
                 time_page(config, report, &lists.base, &list_db, size, sort, completed).await?;
             }
         }
+        match first_rows(&lists.base) {
+            Ok(line) => report.row(
+                format!("the live page in Chromium, {size} todos"),
+                line,
+                String::new(),
+                None,
+            ),
+            Err(err) => report.note(format!("the live page at {size} todos not measured: {err:#}")),
+        }
         let stats = load::wrk_get(config, &lists.base, "/stats", 1).await?;
         report.row(
             format!("GET /stats, {size} todos, 1 connection"),
@@ -513,6 +713,28 @@ async fn lists(config: &Config, report: &mut Report) -> anyhow::Result<()> {
     }
     lists.stop().await?;
     Ok(())
+}
+
+/// `scripts/browser_test.py --first-rows` against the page at `base`: how long after navigation
+/// its first rows showed, and the requests to query-service before them.
+fn first_rows(base: &str) -> anyhow::Result<String> {
+    let python = if std::path::Path::new(".local/venv/bin/python").exists() {
+        ".local/venv/bin/python"
+    } else {
+        "python3"
+    };
+    let out = std::process::Command::new(python)
+        .args(["scripts/browser_test.py", "--first-rows"])
+        .env("PAGE_URL", format!("{base}/"))
+        .env("CDP_PORT", "9334")
+        .output()
+        .context("scripts/browser_test.py")?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("[browser] first rows"))
+        .with_context(|| format!("no timing from scripts/browser_test.py: {}", text.trim()))?;
+    Ok(line.trim_start_matches("[browser] ").to_string())
 }
 
 /// A middle page of 50 of a time-ordered list: the service under wrk, beside the store's rate

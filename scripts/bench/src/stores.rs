@@ -7,7 +7,7 @@ use bson::{doc, Document};
 use chrono::{TimeZone, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use events::{Envelope, EventType, TodoState, SCHEMA_VERSION};
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
@@ -170,6 +170,39 @@ pub async fn pgbench(
         .find(|l| l.starts_with("tps = "))
         .and_then(|l| l[6..].split_whitespace().next()?.parse().ok())
         .with_context(|| format!("no tps in pgbench's output: {text}"))
+}
+
+/// A plain publisher: the envelopes the relay would send, published as the relay publishes them
+/// (`command_service::relay::publish`: persistent, mandatory, with confirms) to the run's
+/// exchange and so to the projection's quorum queue, in rounds of `RELAY_BATCH_SIZE` (100)
+/// whose confirms are awaited together, for `BENCH_SECONDS`. Messages per second.
+pub async fn publisher_rate(config: &Config) -> anyhow::Result<f64> {
+    let conn = amqp(config).await?;
+    let channel = conn.create_channel().await?;
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await?;
+    let exchange = config.exchange();
+    let started = Instant::now();
+    let until = started + Duration::from_secs(config.seconds);
+    let mut sent = 0i64;
+    while Instant::now() < until {
+        let mut confirms = Vec::with_capacity(100);
+        for _ in 0..100 {
+            sent += 1;
+            let e = created(sent);
+            confirms.push(command_service::relay::publish(&channel, &exchange, &e).await?);
+        }
+        for c in confirms {
+            let confirmation = c.await?;
+            if !confirmation.is_ack() {
+                bail!("the broker did not confirm a message: {confirmation:?}");
+            }
+        }
+    }
+    let rate = sent as f64 / started.elapsed().as_secs_f64();
+    let _ = conn.close(200, "done".into()).await;
+    Ok(rate)
 }
 
 async fn amqp(config: &Config) -> anyhow::Result<Connection> {
@@ -397,6 +430,93 @@ pub async fn fast_fill(
     Ok(())
 }
 
+/// Fills a fresh pair to `size` todos on both sides, as the pipeline would leave them: in
+/// PostgreSQL (`database`, migrated, empty) the todos, their `TodoCreated` events at positions
+/// 1..=size and the relay's cursor past them (published), all by `generate_series`; in MongoDB
+/// (`mongo_db`) the documents the projection leaves for those same events, and its counters
+/// ([`fast_fill`]). `query-service verify` passes on it.
+pub async fn fill_pair(
+    config: &Config,
+    database: &str,
+    mongo_db: &str,
+    size: usize,
+) -> anyhow::Result<()> {
+    let mut conn = AsyncPgConnection::establish(&config.database_url(database)).await?;
+    // The same todos as `created` builds: title, description, completed every third, created
+    // (and updated) 1 ms apart from 2026-11-25.
+    let series = format!(
+        "FROM generate_series(1, {size}) AS g, \
+         LATERAL (SELECT timestamptz '2026-11-25 00:00:00+00' + g * interval '1 millisecond' AS t) AS x, \
+         LATERAL (SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS ts) AS y"
+    );
+    for statement in [
+        format!(
+            "INSERT INTO todos (id, title, description, completed, version, created_at, updated_at) \
+             SELECT g, 'bench todo ' || g, 'written by scripts/bench.sh', g % 3 = 0, 1, t, t {series}"
+        ),
+        format!("SELECT setval(pg_get_serial_sequence('todos', 'id'), {size})"),
+        format!(
+            "INSERT INTO events (position, event_id, event_type, todo_id, version, occurred_at, correlation_id, data) \
+             SELECT g, gen_random_uuid(), 'TodoCreated', g, 1, t, 'bench', jsonb_build_object( \
+               'title', 'bench todo ' || g, 'description', 'written by scripts/bench.sh', \
+               'completed', g % 3 = 0, 'created_at', ts, 'updated_at', ts) {series}"
+        ),
+        format!("UPDATE relay_cursor SET position = {size}"),
+        "ANALYZE".to_string(),
+    ] {
+        diesel::sql_query(&statement)
+            .execute(&mut conn)
+            .await
+            .with_context(|| statement.clone())?;
+    }
+    fast_fill(config, mongo_db, 0, size).await
+}
+
+/// The rate at which the store itself saturates on what the projection and a reader of each
+/// write do, per write: its share of a bulk of the projection's reads of what the todos hold
+/// (`_id: {$in: …}`) and version-guarded upserts, and one read by id (the writer reading it
+/// back). `bulk` new todos (ids from 2^40, out of the way of the service's) per round; the
+/// reads of a round run 16 at a time. Writes per second over `BENCH_SECONDS`.
+pub async fn saturation_rate(config: &Config, mongo_db: &str, bulk: usize) -> anyhow::Result<f64> {
+    let client = Client::with_uri_str(&config.mongodb_uri).await?;
+    let db = client.database(mongo_db);
+    let todos = db.collection::<Document>("todos");
+    let started = Instant::now();
+    let until = started + Duration::from_secs(config.seconds);
+    let mut next: i64 = 1 << 40;
+    let mut written = 0usize;
+    while Instant::now() < until {
+        let events: Vec<Envelope> = (next..next + bulk as i64).map(created).collect();
+        next += bulk as i64;
+        let ids: Vec<i64> = events.iter().map(|e| e.todo_id).collect();
+        let _: Vec<Document> = todos
+            .find(doc! { "_id": { "$in": &ids } })
+            .await?
+            .try_collect()
+            .await?;
+        let reply = db
+            .run_command(store::bulk_upsert_command("todos", events.iter()))
+            .await?;
+        if reply.get_array("writeErrors").is_ok_and(|e| !e.is_empty()) {
+            bail!("the store refused upserts: {reply}");
+        }
+        futures_util::stream::iter(ids.clone())
+            .map(|id| {
+                let todos = todos.clone();
+                async move { todos.find_one(doc! { "_id": id }).await }
+            })
+            .buffer_unordered(16)
+            .try_collect::<Vec<_>>()
+            .await?;
+        written += bulk;
+    }
+    let rate = written as f64 / started.elapsed().as_secs_f64();
+    todos
+        .delete_many(doc! { "_id": { "$gte": 1_i64 << 40 } })
+        .await?;
+    Ok(rate)
+}
+
 /// The store's rate for the cheapest query that returns a page of a time-ordered list: the
 /// range of its sort key from the page's first key to its last, in the key's order (the
 /// bounds known in advance, which the service does not know), and its plan's stages.
@@ -530,11 +650,14 @@ pub async fn explain_page(
 /// Removes every database, queue and exchange of this run.
 pub async fn cleanup(config: &Config) -> anyhow::Result<()> {
     let mut conn = admin(config).await?;
-    for db in [
-        format!("bench_pg_{}", config.run),
-        format!("bench_{}", config.run),
-    ] {
-        diesel::sql_query(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+    let databases: Vec<Text> = diesel::sql_query(format!(
+        "SELECT datname AS t FROM pg_database WHERE datname LIKE 'bench\\_%{}'",
+        config.run
+    ))
+    .load(&mut conn)
+    .await?;
+    for db in databases {
+        diesel::sql_query(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.t))
             .execute(&mut conn)
             .await?;
     }
@@ -546,8 +669,15 @@ pub async fn cleanup(config: &Config) -> anyhow::Result<()> {
     }
     let amqp = amqp(config).await?;
     let channel = amqp.create_channel().await?;
-    let queues = [config.queue(), format!("{}.lists", config.queue())];
+    let mut queues = vec![config.queue(), format!("{}.lists", config.queue())];
+    queues.extend(config.pair_sizes.iter().map(|s| config.size_queue(*s)));
     for q in &queues {
+        let _ = channel
+            .exchange_delete(
+                events::changes_exchange(q).as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
         for name in [q.clone(), events::dead_letter_queue(q)] {
             channel
                 .queue_delete(name.as_str().into(), QueueDeleteOptions::default())

@@ -33,7 +33,7 @@ impl Page {
         let html = PAGE.replace("{{COMMAND_SERVICE_URL}}", &escape(command_service_url));
         let policy = format!(
             "default-src 'self'; script-src {}; style-src {}; connect-src 'self' {}; \
-             img-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; \
+             img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'none'; \
              frame-ancestors 'none'",
             hashes(&html, "script")?,
             hashes(&html, "style")?,

@@ -140,7 +140,7 @@ impl Application {
                         break;
                     }
                     Err(err) => {
-                        tracing::warn!(error = %err, "sort keys not added yet; retrying");
+                        tracing::warn!(error = %err, "sort keys or counts of an earlier read model not kept yet; retrying");
                         tokio::time::sleep(backoff.next_delay()).await;
                     }
                 }

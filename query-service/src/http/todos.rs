@@ -79,14 +79,11 @@ pub(super) fn get(
         )
 }
 
-/// Whether the read model has version `want` of a todo or later. A delete is final: no later
-/// version can follow a tombstone.
+/// Whether the read model has version `want` of a todo or later (or its deletion).
 fn holds(stored: &Option<Stored>, want: i64) -> bool {
-    match stored {
-        Some(Stored::Deleted { .. }) => true,
-        Some(s) => s.version() >= want,
-        None => false,
-    }
+    stored
+        .as_ref()
+        .is_some_and(|s| crate::waits::settles(s, want))
 }
 
 /// A request's place in the `?min_version=` wait budget, counted in `min_version_waiting`
@@ -112,8 +109,9 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// Reads a todo: at most one store read per request, none when its id is past the highest
-/// the read model holds. With `want`, waits (bounded) in the shared waiting room
+/// Reads a todo: one store read per request, none when its id is past the highest the read
+/// model holds (known, or read from the counters at most every
+/// [`crate::waits::HIGHEST_REFRESH`]). With `want`, waits (bounded) in the shared waiting room
 /// ([`crate::waits`]) until the read model holds that version or a later one; never answers an
 /// older version then: it says the read model is behind. A request that would wait while
 /// `MIN_VERSION_MAX_WAITERS` others are waiting is told at once that the read model is behind.
@@ -124,7 +122,7 @@ async fn read_at_least(
 ) -> Result<Option<Stored>, ApiError> {
     let deadline = Instant::now() + state.min_version_wait;
     // In the room before the read, so that nothing landing after the read goes unseen.
-    let ticket = want.map(|want| state.waits.register(id, want));
+    let ticket = want.map(|want| state.waits.register(id, want, deadline));
     let stored = if state.waits.may_exist(id).await? {
         state.store.get(id).await?
     } else {
@@ -144,7 +142,7 @@ async fn read_at_least(
             return Err(ApiError::Behind { have, want });
         }
     };
-    match ticket.wait(have, deadline).await {
+    match ticket.wait(have).await {
         Ok(stored) => Ok(Some(stored)),
         Err(behind) => Err(ApiError::Behind {
             have: behind.have,

@@ -4,19 +4,20 @@
 //! Applying an event is one version-guarded upsert (built by `document::guarded_upsert`): the
 //! filter `{_id, version: {$lt: v}}` matches only a document older than the event. A newer or
 //! equal document makes the upsert try to insert a second `_id`, which the unique `_id` index
-//! refuses (E11000): that is how a duplicate or late event is recognised and skipped. A delete
-//! keeps the document as a tombstone with its version, so nothing older can bring the todo
-//! back.
+//! refuses (E11000). A delete keeps the document as a tombstone with its version, so nothing
+//! older can bring the todo back.
 //!
 //! [`Store::apply_batch`] applies many events in one unordered bulk `update` command: per todo
 //! only the newest event of the batch is written (each event carries the todo's full state, so
-//! the newest alone gives the same document), through the same guard. It first reads what the
-//! batch's todos hold (one `_id: {$in: …}` read): an event not newer than that is a duplicate
-//! without a write, and each write is filtered on exactly the version read, so what it
-//! replaced is known and the counts of live and completed todos move by exactly that (kept
-//! with the counters, so `/stats` reads them, never counts). A write that meets a document
-//! changed since the read (another replica's write) fails on the `_id` index as above and is
-//! tried again from a new read.
+//! the newest alone gives the same document). It first reads what the batch's todos hold (one
+//! `_id: {$in: …}` read): an event not newer than that is a duplicate, skipped without a write
+//! (that is how a duplicate or late event is recognised). Each write is filtered on exactly
+//! the version read (or, where there was nothing, inserts only), so what it replaced is known
+//! and the counts of live and completed todos move by exactly that (kept with the counters, so
+//! `/stats` reads them, never counts). A write that meets a document changed since the read
+//! (another replica's write) fails on the `_id` index (E11000) and is tried again from a new
+//! read, up to four times; then it is refused, and the consumer holds the event and
+//! tries later. Over a document this version cannot read, the version guard alone decides.
 //!
 //! `projection_stats` holds one document of counters shared by every replica, updated once per
 //! batch by [`Store::record`].
@@ -250,7 +251,6 @@ impl Store {
         written.sort_unstable();
         let mut results: HashMap<usize, Result<Outcome, Refused>> = HashMap::new();
         let mut pending = written;
-        let mut tally = Tally::default();
         // Each try reads what the todos hold now and writes over exactly that, so the counts
         // of live and completed todos move by what each write replaced. A write that meets a
         // document changed since the read (another replica's) is tried again.
@@ -279,18 +279,24 @@ impl Store {
             if attempt == 0 {
                 before_first_write().await;
             }
+            let guards: Vec<Guard> = to_write
+                .iter()
+                .map(|(i, prior)| match (prior, priors.get(&events[*i].todo_id)) {
+                    (Some(stored), _) => Guard::Exactly(stored.version()),
+                    (None, Some(None)) => Guard::Older,
+                    (None, _) => Guard::Absent,
+                })
+                .collect();
             let errors = self
-                .bulk_upsert(to_write.iter().map(|(i, prior)| {
-                    let e = &events[*i];
-                    let guard = match (prior, priors.get(&e.todo_id)) {
-                        (Some(stored), _) => Guard::Exactly(stored.version()),
-                        (None, Some(None)) => Guard::Older,
-                        (None, _) => Guard::Absent,
-                    };
-                    (e, guard)
-                }))
+                .bulk_upsert(
+                    to_write
+                        .iter()
+                        .zip(&guards)
+                        .map(|((i, _), guard)| (&events[*i], *guard)),
+                )
                 .await?;
             let mut again = Vec::new();
+            let mut tally = Tally::default();
             for (k, (i, prior)) in to_write.into_iter().enumerate() {
                 match errors.get(&k) {
                     None => {
@@ -304,6 +310,11 @@ impl Store {
                         tally.replace(prior.as_ref(), &Stored::after(&events[i]));
                         results.insert(i, Ok(Outcome::Applied));
                     }
+                    // Over a document this version cannot read, the guard alone decides, as
+                    // it always did: a duplicate key means it is not older.
+                    Some(r) if r.code == DUPLICATE_KEY && guards[k] == Guard::Older => {
+                        results.insert(i, Ok(Outcome::Duplicate));
+                    }
                     Some(r) if r.code == DUPLICATE_KEY && attempt + 1 < WRITE_TRIES => {
                         again.push(i)
                     }
@@ -312,9 +323,10 @@ impl Store {
                     }
                 }
             }
+            // What landed is counted now, before a later try can fail the whole batch.
+            self.tally.lock().unwrap_or_else(|e| e.into_inner()).add(tally);
             pending = again;
         }
-        self.tally.lock().expect("tally").add(tally);
         Ok(events
             .iter()
             .enumerate()
@@ -427,7 +439,7 @@ impl Store {
         }
         // The counts the writes since the last record moved (taken now: a record that fails
         // puts them back for the next).
-        let tally = std::mem::take(&mut *self.tally.lock().expect("tally"));
+        let tally = std::mem::take(&mut *self.tally.lock().unwrap_or_else(|e| e.into_inner()));
         let mut update = doc! { "$inc": {
             "applied": counts.applied,
             "skipped_duplicates": counts.duplicates,
@@ -457,7 +469,9 @@ impl Store {
             .upsert(true)
             .await
         {
-            self.tally.lock().expect("tally").add(tally);
+            // Put back for the next record. (A record that landed but whose answer was lost
+            // counts twice: `verify` reports counts that differ from the log's.)
+            self.tally.lock().unwrap_or_else(|e| e.into_inner()).add(tally);
             return Err(err);
         }
         Ok(())
@@ -533,7 +547,7 @@ const WRITE_TRIES: usize = 4;
 
 /// What a write of a batch was guarded by: the version read, the version guard alone (a
 /// document this version cannot read), or no document.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Guard {
     Exactly(i64),
     Older,

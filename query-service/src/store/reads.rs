@@ -120,32 +120,32 @@ type Bounds = Option<(DateTime<Utc>, DateTime<Utc>)>;
 /// per microsecond), and the time bounds read from the projection's figures, with when.
 #[derive(Debug, Default)]
 pub struct Walks {
-    density: Mutex<HashMap<(&'static str, bool), f64>>,
+    density: Mutex<HashMap<(&'static str, &'static str, bool), f64>>,
     bounds: Mutex<HashMap<&'static str, (Instant, Bounds)>>,
 }
 
 impl Walks {
-    fn density(&self, field: &'static str, descending: bool) -> Option<f64> {
+    fn density(&self, field: &'static str, prefix: &'static str, descending: bool) -> Option<f64> {
         self.density
             .lock()
-            .expect("density")
-            .get(&(field, descending))
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(field, prefix, descending))
             .copied()
     }
 
-    fn learn(&self, field: &'static str, descending: bool, density: f64) {
+    fn learn(&self, field: &'static str, prefix: &'static str, descending: bool, density: f64) {
         if density.is_finite() && density > 0.0 {
             self.density
                 .lock()
-                .expect("density")
-                .insert((field, descending), density);
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((field, prefix, descending), density);
         }
     }
 
     fn bounds(&self, time: &'static str) -> Option<Bounds> {
         self.bounds
             .lock()
-            .expect("bounds")
+            .unwrap_or_else(|e| e.into_inner())
             .get(time)
             .filter(|(at, _)| at.elapsed() < BOUNDS_MAX_AGE)
             .map(|(_, b)| *b)
@@ -154,7 +154,7 @@ impl Walks {
     fn keep_bounds(&self, time: &'static str, bounds: Bounds) {
         self.bounds
             .lock()
-            .expect("bounds")
+            .unwrap_or_else(|e| e.into_inner())
             .insert(time, (Instant::now(), bounds));
     }
 }
@@ -259,30 +259,37 @@ impl Store {
             None if q.descending => (keys_end(prefix), bounds.map(|b| b.1)),
             None => (prefix.to_string(), bounds.map(|b| b.0)),
         };
-        let started_at = from_time;
-        let density = self.walks.density(field, q.descending);
+        let density = self.walks.density(field, prefix, q.descending);
         let mut span_us = density.map_or(DEFAULT_SPAN_US, |d| {
             (need as f64 * 1.15 / d).clamp(1.0, MAX_SPAN_US as f64) as i64
         });
-        let mut docs: Vec<Document> = Vec::with_capacity(need as usize);
+        let mut todos: Vec<Todo> = Vec::with_capacity(need as usize);
+        let mut window_end: Option<(String, Option<DateTime<Utc>>)> = None;
         loop {
-            let remaining = need - docs.len() as i64;
-            // Where this window ends; `None`: at the end of the key range.
-            let to_time = match (from_time, bounds) {
-                (Some(at), Some((oldest, newest))) => {
-                    let span = chrono::TimeDelta::microseconds(span_us);
-                    if q.descending {
-                        at.checked_sub_signed(span).filter(|t| *t >= oldest)
-                    } else {
-                        at.checked_add_signed(span).filter(|t| *t <= newest)
-                    }
+            let remaining = need - todos.len() as i64;
+            // Where this window ends (`None`: at the end of the key range); a window cut short
+            // by the limit goes on from its last key to the same end.
+            let (to_key, to_time) = match window_end.take() {
+                Some(end) => end,
+                None => {
+                    let to_time = match (from_time, bounds) {
+                        (Some(at), Some((oldest, newest))) => {
+                            let span = chrono::TimeDelta::microseconds(span_us);
+                            if q.descending {
+                                at.checked_sub_signed(span).filter(|t| *t >= oldest)
+                            } else {
+                                at.checked_add_signed(span).filter(|t| *t <= newest)
+                            }
+                        }
+                        _ => None,
+                    };
+                    let to_key = match to_time {
+                        Some(t) => format!("{prefix}{}", timestamp(t)),
+                        None if q.descending => prefix.to_string(),
+                        None => keys_end(prefix),
+                    };
+                    (to_key, to_time)
                 }
-                _ => None,
-            };
-            let to_key = match to_time {
-                Some(t) => format!("{prefix}{}", timestamp(t)),
-                None if q.descending => prefix.to_string(),
-                None => keys_end(prefix),
             };
             let (filter, order) = if q.descending {
                 (doc! { field: { "$gte": &to_key, "$lt": &from_key } }, -1)
@@ -297,8 +304,29 @@ impl Store {
                 .await?
                 .try_collect()
                 .await?;
-            docs.extend(page);
-            if docs.len() as i64 >= need || to_time.is_none() {
+            let cut = page.len() as i64 == remaining;
+            let last_key = page
+                .last()
+                .and_then(|d| d.get_str(field).ok())
+                .map(str::to_string);
+            // Only live todos of the filter count toward the page: a document that still has
+            // a key it should not (written by an earlier version) is passed over.
+            for d in &page {
+                if let Stored::Live(t) = read_document(d)? {
+                    if q.completed.is_none_or(|c| c == t.completed) {
+                        todos.push(t);
+                    }
+                }
+            }
+            if todos.len() as i64 >= need {
+                break;
+            }
+            if let (true, Some(last)) = (cut, last_key) {
+                from_key = last;
+                window_end = Some((to_key, to_time));
+                continue;
+            }
+            if to_time.is_none() {
                 break;
             }
             // The next window starts where this one ended: a bare time sorts below every key
@@ -307,25 +335,22 @@ impl Store {
             from_time = to_time;
             span_us = span_us.saturating_mul(2).min(MAX_SPAN_US);
         }
-        let todos: Vec<Todo> = docs
-            .iter()
-            .map(read_document)
-            .collect::<mongodb::error::Result<Vec<_>>>()?
-            .into_iter()
-            .filter_map(|s| match s {
-                Stored::Live(t) => Some(t),
-                Stored::Deleted { .. } => None,
-            })
-            .collect();
-        // What the walk saw of the density of todos in time, for the next page of this order.
-        if let (Some(start), Some(last)) = (started_at, todos.last()) {
-            let walked = (time_of(q.sort, last) - start)
+        // What the walk saw of the density of todos in time (from its first todo to its last,
+        // at least a millisecond), for the next page of this order.
+        if let (Some(first), Some(last)) = (todos.first(), todos.last()) {
+            let walked = (time_of(q.sort, last) - time_of(q.sort, first))
                 .num_microseconds()
                 .unwrap_or(i64::MAX)
                 .abs()
-                .max(1);
-            self.walks
-                .learn(field, q.descending, todos.len() as f64 / walked as f64);
+                .max(1_000);
+            if todos.len() > 1 {
+                self.walks.learn(
+                    field,
+                    prefix,
+                    q.descending,
+                    (todos.len() - 1) as f64 / walked as f64,
+                );
+            }
         }
         Ok(todos)
     }

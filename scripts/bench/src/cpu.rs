@@ -90,6 +90,48 @@ fn machine() -> (u64, u64) {
     (total.saturating_sub(idle), total)
 }
 
+/// CPU seconds of each group between one second into a run of `seconds` and half a second
+/// before its end, and that window's length: while the run's processes are all alive (a
+/// pgbench backend exits with its connection, and its time with it).
+pub async fn window(seconds: u64) -> (BTreeMap<&'static str, f64>, f64) {
+    // A run shorter than 2 s is measured from its start.
+    let lead = if seconds >= 2 { 1.0 } else { 0.0 };
+    let length = (seconds as f64 - lead - 0.5).max(0.2);
+    tokio::time::sleep(std::time::Duration::from_secs_f64(lead)).await;
+    let before = snapshot();
+    let started = Instant::now();
+    tokio::time::sleep(std::time::Duration::from_secs_f64(length)).await;
+    let after = snapshot();
+    let took = started.elapsed().as_secs_f64();
+    let used = after
+        .iter()
+        .map(|(g, t)| (*g, t.saturating_sub(before.get(g).copied().unwrap_or(0)) as f64 / TICKS))
+        .collect();
+    (used, took)
+}
+
+/// "postgres 92 µs, rabbitmq 40 µs, … per write" from a [`window`] and the rate of operations.
+pub fn per_op((used, took): &(BTreeMap<&'static str, f64>, f64), rate: f64, what: &str) -> String {
+    per_op_of(&(used.clone(), *took), rate, what, None)
+}
+
+/// [`per_op`] of the groups in `only`.
+pub fn per_op_of(
+    (used, took): &(BTreeMap<&'static str, f64>, f64),
+    rate: f64,
+    what: &str,
+    only: Option<&[&str]>,
+) -> String {
+    let ops = rate * took;
+    let parts: Vec<String> = used
+        .iter()
+        .filter(|(g, _)| only.is_none_or(|o| o.contains(g)))
+        .filter(|(_, s)| **s > 0.0 && ops > 0.0)
+        .map(|(g, s)| format!("{g} {:.0} µs", s / ops * 1e6))
+        .collect();
+    format!("{} per {what}", parts.join(", "))
+}
+
 pub struct Sampler {
     started: Instant,
     groups: BTreeMap<&'static str, u64>,
@@ -103,21 +145,6 @@ impl Sampler {
             groups: snapshot(),
             machine: machine(),
         }
-    }
-
-    /// CPU time per operation for each group, `ops` operations done since the start: "postgres
-    /// 92 µs, rabbitmq 40 µs, … per write".
-    pub fn per_op(&self, ops: f64, what: &str) -> String {
-        let after = snapshot();
-        let mut parts = Vec::new();
-        for (group, ticks) in &after {
-            let before = self.groups.get(group).copied().unwrap_or(0);
-            let used = ticks.saturating_sub(before) as f64 / TICKS;
-            if used > 0.0 && ops > 0.0 {
-                parts.push(format!("{group} {:.0} µs", used / ops * 1e6));
-            }
-        }
-        format!("{} per {what}", parts.join(", "))
     }
 
     /// "machine 190% busy of 200%: postgres 95%, rabbitmq 40%, …" (processes that exited

@@ -140,6 +140,10 @@ impl Config {
         format!("{}.size{size}", self.queue())
     }
 
+    fn size_exchange(&self, size: usize) -> String {
+        format!("{}.size{size}", self.exchange())
+    }
+
     fn runs(&self, phase: &str) -> bool {
         self.phases.iter().any(|p| p == phase)
     }
@@ -280,15 +284,17 @@ async fn at_size(config: &Config, report: &mut Report, size: usize) -> anyhow::R
     let filled = Instant::now();
     stores::fill_pair(config, &pg_db, &mongo_db, size).await?;
     let fill_s = filled.elapsed().as_secs_f64();
+    // An exchange of its own: the earlier phases' queues stay bound to the run's exchange,
+    // and every message to them would be stored again by queues nobody reads.
     let command_vars = vec![
         ("DATABASE_URL", config.database_url(&pg_db)),
         ("AMQP_URL", config.amqp_url.clone()),
-        ("AMQP_EXCHANGE", config.exchange()),
+        ("AMQP_EXCHANGE", config.size_exchange(size)),
         ("RUST_LOG", "warn".to_string()),
     ];
     let query_vars = vec![
         ("AMQP_URL", config.amqp_url.clone()),
-        ("AMQP_EXCHANGE", config.exchange()),
+        ("AMQP_EXCHANGE", config.size_exchange(size)),
         ("MONGODB_URI", config.mongodb_uri.clone()),
         ("MONGODB_DB", mongo_db.clone()),
         ("AMQP_QUEUE", config.size_queue(size)),
@@ -399,10 +405,14 @@ async fn main_phase(config: &Config, report: &mut Report) -> anyhow::Result<()> 
     let mut pgbench = Vec::new();
     for clients in [1u32, 16] {
         let cpu = cpu::Sampler::start();
-        let tps = stores::pgbench(config, &pg_db, &pgbench_script, clients).await?;
+        let (tps, used) = tokio::join!(
+            stores::pgbench(config, &pg_db, &pgbench_script, clients),
+            cpu::window(config.seconds)
+        );
+        let tps = tps?;
         report.note(format!(
             "CPU, pgbench c={clients}: {}",
-            cpu.per_op(tps * config.seconds as f64, "transaction")
+            cpu::per_op(&used, tps, "transaction")
         ));
         report.cpu(format!("pgbench c={clients} ({tps:.0} tps)"), cpu);
         pgbench.push((clients, tps));
@@ -413,12 +423,18 @@ async fn main_phase(config: &Config, report: &mut Report) -> anyhow::Result<()> 
     let mut combined = Vec::new();
     for clients in [1u32, 16] {
         let cpu = cpu::Sampler::start();
-        let (tps, published) = tokio::join!(
+        let (tps, published, used) = tokio::join!(
             stores::pgbench(config, &pg_db, &pgbench_script, clients),
-            stores::publisher_rate(config)
+            stores::publisher_rate(config),
+            cpu::window(config.seconds)
         );
         let (tps, published) = (tps?, published?);
         let limit = tps.min(published);
+        report.note(format!(
+            "CPU, pgbench c={clients} with the plain publisher at once: {}; {} (the publisher is `load`)",
+            cpu::per_op_of(&used, tps, "transaction", Some(&["postgres"])),
+            cpu::per_op_of(&used, published, "message", Some(&["rabbitmq", "load"]))
+        ));
         report.row(
             format!("the stores together: pgbench c={clients} and a plain publisher at once"),
             format!("{} (pgbench {}, publisher {})", rate(limit), rate(tps), rate(published)),
@@ -441,7 +457,11 @@ async fn main_phase(config: &Config, report: &mut Report) -> anyhow::Result<()> 
         Service::start(&config.work, "command-service", config.port, &command_vars).await?;
     for (&(clients, tps), &(_, together)) in pgbench.iter().zip(&combined) {
         let cpu = cpu::Sampler::start();
-        let w = load::wrk_post(config, &command.base, clients).await?;
+        let (w, used) = tokio::join!(
+            load::wrk_post(config, &command.base, clients),
+            cpu::window(config.seconds)
+        );
+        let w = w?;
         report.row(
             format!("POST /todos, {clients} connection(s), command-service alone"),
             format!("{} (p99 {})", rate(w.rate), load::ms(w.p99)),
@@ -455,8 +475,8 @@ async fn main_phase(config: &Config, report: &mut Report) -> anyhow::Result<()> 
             ratio(w.rate, together),
         );
         report.note(format!(
-            "CPU, POST c={clients}, command-service alone: {}",
-            cpu.per_op(w.rate * config.seconds as f64, "write")
+            "CPU, POST c={clients}, command-service alone: {} (wrk is `load`)",
+            cpu::per_op(&used, w.rate, "write")
         ));
         report.cpu(format!("POST c={clients}, command-service alone"), cpu);
         if w.errors > 0 {
@@ -763,13 +783,15 @@ async fn time_page(
         .context("a next page")?;
     let page: Vec<serde_json::Value> = client.get(format!("{base}{link}")).send().await?.json().await?;
     let time = sort.trim_start_matches('-');
+    // The stored keys hold fixed-width times, as `store::timestamp` writes them.
     let key = |t: &serde_json::Value| {
         let prefix = completed.map_or("", query_service::store::completed_prefix);
-        query_service::store::sort_key(
-            prefix,
-            t[time].as_str().unwrap_or_default(),
-            t["id"].as_i64().unwrap_or_default(),
-        )
+        let at = t[time]
+            .as_str()
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .map(|d| query_service::store::timestamp(d.with_timezone(&chrono::Utc)))
+            .unwrap_or_default();
+        query_service::store::sort_key(prefix, &at, t["id"].as_i64().unwrap_or_default())
     };
     let (Some(a), Some(b)) = (page.first(), page.last()) else {
         anyhow::bail!("{sort}: an empty second page");

@@ -441,6 +441,9 @@ pub async fn fill_pair(
     mongo_db: &str,
     size: usize,
 ) -> anyhow::Result<()> {
+    if size == 0 {
+        return Ok(());
+    }
     let mut conn = AsyncPgConnection::establish(&config.database_url(database)).await?;
     // The same todos as `created` builds: title, description, completed every third, created
     // (and updated) 1 ms apart from 2026-11-25.
@@ -684,10 +687,12 @@ pub async fn cleanup(config: &Config) -> anyhow::Result<()> {
                 .await?;
         }
     }
-    for name in [
-        config.exchange(),
-        events::dead_letter_exchange(&config.exchange()),
-    ] {
+    let mut exchanges = vec![config.exchange()];
+    exchanges.extend(config.pair_sizes.iter().map(|s| config.size_exchange(*s)));
+    for name in exchanges
+        .iter()
+        .flat_map(|e| [e.clone(), events::dead_letter_exchange(e)])
+    {
         channel
             .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
             .await?;

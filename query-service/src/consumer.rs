@@ -534,6 +534,11 @@ async fn handle_batch(
         }
     }
     config.metrics.set_held(held.len());
+    // The waiters of this process first: what the batch wrote is in MongoDB already, and they
+    // need not wait for the counters, the fan-out notice and the ack. Nobody listening is fine.
+    if !applied.is_empty() {
+        let _ = config.applied.send(Arc::new(applied));
+    }
     // Before the ack: lists in id order walk up to the highest todo id recorded here, so a
     // failure to record is retried like the store being away, never skipped.
     if counts.total() > 0 {
@@ -554,10 +559,6 @@ async fn handle_batch(
         crate::fanout::publish(channels.notices, &config.changes_exchange, &batch).await?;
     }
     ack(&mut to_ack, held).await?;
-    if !applied.is_empty() {
-        // Nobody listening is fine.
-        let _ = config.applied.send(Arc::new(applied));
-    }
     tracing::info!(
         size,
         applied = counts.applied,

@@ -335,7 +335,11 @@ async fn at_size(config: &Config, report: &mut Report, size: usize) -> anyhow::R
         None,
     );
     let mut held: Option<(u32, load::Open)> = None;
-    for fraction in [0.5, 0.65, 0.8, 0.9, 1.0, 1.2] {
+    // Up from half the saturation rate while rates are held; down from it while they are not.
+    let mut fractions = vec![0.5];
+    let mut up = [0.65, 0.8, 0.9, 1.0, 1.2].into_iter();
+    let mut down = [0.35, 0.25, 0.15, 0.1].into_iter();
+    while let Some(&fraction) = fractions.last() {
         let per_second = ((saturation * fraction) as u32).max(1);
         let cpu = cpu::Sampler::start();
         let o = load::open_loop(
@@ -365,10 +369,25 @@ async fn at_size(config: &Config, report: &mut Report, size: usize) -> anyhow::R
             None,
         );
         load::wait_for_idle(&query.base).await?;
-        if !ok {
-            break;
+        let going_down = fractions.len() > 1 && fraction < 0.5;
+        let next = match (ok, held.is_some()) {
+            (true, _) => {
+                held = Some((per_second, o));
+                // Held on the way down: the highest held.
+                if going_down {
+                    None
+                } else {
+                    up.next()
+                }
+            }
+            // Not held after a rate that was: the one before is the answer.
+            (false, true) => None,
+            (false, false) => down.next(),
+        };
+        match next {
+            Some(f) => fractions.push(f),
+            None => break,
         }
-        held = Some((per_second, o));
     }
     match held {
         Some((per_second, _)) => report.row(

@@ -10,8 +10,9 @@
 //! [`Store::apply_batch`] applies many events in one unordered bulk `update` command: per todo
 //! only the newest event of the batch is written (each event carries the todo's full state, so
 //! the newest alone gives the same document). It first reads what the batch's todos hold (one
-//! `_id: {$in: …}` read): an event not newer than that is a duplicate, skipped without a write
-//! (that is how a duplicate or late event is recognised). Each write is filtered on exactly
+//! `_id: {$in: …}` read; a todo's first version is not read for, but written only where no
+//! document is): an event not newer than that is a duplicate, skipped without a write (that is
+//! how a duplicate or late event is recognised). Each write is filtered on exactly
 //! the version read (or, where there was nothing, inserts only), so what it replaced is known
 //! and the counts of live and completed todos move by exactly that (kept with the counters, so
 //! `/stats` reads them, never counts). A write that meets a document changed since the read
@@ -258,8 +259,18 @@ impl Store {
             if pending.is_empty() {
                 break;
             }
-            let ids: Vec<i64> = pending.iter().map(|&i| events[i].todo_id).collect();
-            let priors = self.get_many(&ids).await?;
+            // A todo's first version needs no read: it is written only where nothing is (and
+            // meets the `_id` index otherwise, then is read on the next try).
+            let ids: Vec<i64> = pending
+                .iter()
+                .filter(|&&i| attempt > 0 || events[i].version > 1)
+                .map(|&i| events[i].todo_id)
+                .collect();
+            let priors = if ids.is_empty() {
+                HashMap::new()
+            } else {
+                self.get_many(&ids).await?
+            };
             let mut to_write = Vec::with_capacity(pending.len());
             for &i in &pending {
                 let e = &events[i];

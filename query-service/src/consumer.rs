@@ -507,7 +507,8 @@ async fn handle_batch(
                     version: event.version,
                     // An applied event's state is what the read model holds now; of a
                     // duplicate or a superseded one, only that it holds this version or later.
-                    state: (outcome == Outcome::Applied).then(|| crate::store::Stored::after(event)),
+                    state: (outcome == Outcome::Applied)
+                        .then(|| crate::store::Stored::after(event)),
                 });
                 highest = crate::store::Highest::of([event]).max(highest);
                 to_ack.push(pending);

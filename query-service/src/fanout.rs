@@ -183,8 +183,11 @@ async fn listen(config: &FanoutConfig, shutdown: &Shutdown, lost: &mut bool) -> 
         match next {
             Some(Ok(delivery)) => match serde_json::from_slice::<Batch>(&delivery.data) {
                 Ok(batch) => {
-                    let applied: Vec<crate::waits::Landed> =
-                        batch.changes.iter().map(crate::waits::Landed::of_change).collect();
+                    let applied: Vec<crate::waits::Landed> = batch
+                        .changes
+                        .iter()
+                        .map(crate::waits::Landed::of_change)
+                        .collect();
                     let _ = config.applied.send(Arc::new(applied));
                     config.hub.publish(batch);
                 }

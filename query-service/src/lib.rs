@@ -132,11 +132,17 @@ impl Application {
             let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
             loop {
                 let keys = upgrade.add_sort_keys().await.map_err(anyhow::Error::from);
-                let counts = upgrade.keep_counts(false).await.map_err(anyhow::Error::from);
+                let counts = upgrade
+                    .keep_counts(false)
+                    .await
+                    .map_err(anyhow::Error::from);
                 match keys.and_then(|n| counts.map(|()| n)) {
                     Ok(0) => break,
                     Ok(n) => {
-                        tracing::info!(todos = n, "sort keys added to an earlier version's read model");
+                        tracing::info!(
+                            todos = n,
+                            "sort keys added to an earlier version's read model"
+                        );
                         break;
                     }
                     Err(err) => {
@@ -187,7 +193,9 @@ impl Application {
         server.await.context("HTTP server task failed")?;
         consumer.await.context("consumer task failed")?;
         fanout.await.context("fan-out task failed")?;
-        waits_task.await.context("min_version waiting room failed")?;
+        waits_task
+            .await
+            .context("min_version waiting room failed")?;
         tracing::info!("query-service stopped");
         Ok(())
     }

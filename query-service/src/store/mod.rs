@@ -43,16 +43,8 @@ const COUNTS_KEPT: &str = "counts_kept";
 pub const INDEXES: &[IndexSpec] = &[
     ("sort_created", &["sort_created"], true),
     ("sort_updated", &["sort_updated"], true),
-    (
-        "sort_completed_created",
-        &["sort_completed_created"],
-        true,
-    ),
-    (
-        "sort_completed_updated",
-        &["sort_completed_updated"],
-        true,
-    ),
+    ("sort_completed_created", &["sort_completed_created"], true),
+    ("sort_completed_updated", &["sort_completed_updated"], true),
     // `GET /todos/stream`'s replay for a client reconnecting with `Last-Event-ID` walks the
     // read model in the order of each document's last change.
     ("last_position", &["last_position"], false),

@@ -29,8 +29,8 @@ use super::{Store, COUNTS_KEPT, STATS_ID, WRITE_CONCERN_FAILED};
 use bson::{doc, Document};
 use chrono::{DateTime, Utc};
 use events::Envelope;
-use mongodb::error::{ErrorKind, WriteFailure};
 use futures_util::TryStreamExt;
+use mongodb::error::{ErrorKind, WriteFailure};
 use std::collections::HashMap;
 
 /// MongoDB's duplicate key error.
@@ -196,7 +196,9 @@ impl Store {
             if !updates.is_empty() {
                 let reply = self
                     .db
-                    .run_command(doc! { "update": self.todos.name(), "updates": updates, "ordered": false })
+                    .run_command(
+                        doc! { "update": self.todos.name(), "updates": updates, "ordered": false },
+                    )
                     .await?;
                 added += reply.get_i32("nModified").map_or(0, |n| n as u64);
             }
@@ -292,11 +294,13 @@ impl Store {
             }
             let guards: Vec<Guard> = to_write
                 .iter()
-                .map(|(i, prior)| match (prior, priors.get(&events[*i].todo_id)) {
-                    (Some(stored), _) => Guard::Exactly(stored.version()),
-                    (None, Some(None)) => Guard::Older,
-                    (None, _) => Guard::Absent,
-                })
+                .map(
+                    |(i, prior)| match (prior, priors.get(&events[*i].todo_id)) {
+                        (Some(stored), _) => Guard::Exactly(stored.version()),
+                        (None, Some(None)) => Guard::Older,
+                        (None, _) => Guard::Absent,
+                    },
+                )
                 .collect();
             let errors = self
                 .bulk_upsert(
@@ -335,7 +339,10 @@ impl Store {
                 }
             }
             // What landed is counted now, before a later try can fail the whole batch.
-            self.tally.lock().unwrap_or_else(|e| e.into_inner()).add(tally);
+            self.tally
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .add(tally);
             pending = again;
         }
         Ok(events
@@ -393,9 +400,9 @@ impl Store {
             .db
             .run_command(bulk_command(
                 self.todos.name(),
-                updates.iter().map(|(e, guard)| {
-                    super::document::upsert_over(e, *guard)
-                }),
+                updates
+                    .iter()
+                    .map(|(e, guard)| super::document::upsert_over(e, *guard)),
             ))
             .await?;
         let mut errors = HashMap::new();
@@ -442,7 +449,10 @@ impl Store {
         let mut max = doc! { "max_todo_id": highest.todo_id, "max_position": highest.position };
         // The span of the times the sort keys hold: time-ordered lists walk windows of it.
         let mut min = Document::new();
-        for (time, span) in [("created_at", highest.created), ("updated_at", highest.updated)] {
+        for (time, span) in [
+            ("created_at", highest.created),
+            ("updated_at", highest.updated),
+        ] {
             if let Some((low, high)) = span {
                 min.insert(format!("min_{time}"), timestamp(low));
                 max.insert(format!("max_{time}"), timestamp(high));
@@ -482,7 +492,10 @@ impl Store {
         {
             // Put back for the next record. (A record that landed but whose answer was lost
             // counts twice: `verify` reports counts that differ from the log's.)
-            self.tally.lock().unwrap_or_else(|e| e.into_inner()).add(tally);
+            self.tally
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .add(tally);
             return Err(err);
         }
         Ok(())

@@ -5,14 +5,14 @@
 use super::document::{
     completed_prefix, from_document, keys_end, read_document, sort_key, timestamp, SORT_KEYS,
 };
-use chrono::{DateTime, Utc};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 use super::{is_transient, Store, Stored, Todo, STATS_ID};
 use bson::{doc, Bson, Document};
+use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use serde::Serialize;
 use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Why a read the API serves could not answer: the store cannot serve now (retrying mends
 /// it), or anything else (a fault, a stored document this version cannot read).

@@ -406,7 +406,11 @@ async fn an_earlier_read_model_gets_its_sort_keys_once() {
         .expect("list");
     assert!(page.is_empty(), "no sort keys yet: {:?}", ids(page));
 
-    assert_eq!(store.add_sort_keys().await.expect("added"), 2, "the live todos");
+    assert_eq!(
+        store.add_sort_keys().await.expect("added"),
+        2,
+        "the live todos"
+    );
     assert_eq!(store.add_sort_keys().await.expect("again"), 0, "once");
     for sort in [
         query_service::store::SortKey::CreatedAt,

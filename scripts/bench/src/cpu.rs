@@ -105,7 +105,12 @@ pub async fn window(seconds: u64) -> (BTreeMap<&'static str, f64>, f64) {
     let took = started.elapsed().as_secs_f64();
     let used = after
         .iter()
-        .map(|(g, t)| (*g, t.saturating_sub(before.get(g).copied().unwrap_or(0)) as f64 / TICKS))
+        .map(|(g, t)| {
+            (
+                *g,
+                t.saturating_sub(before.get(g).copied().unwrap_or(0)) as f64 / TICKS,
+            )
+        })
         .collect();
     (used, took)
 }

@@ -300,7 +300,8 @@ async fn at_size(config: &Config, report: &mut Report, size: usize) -> anyhow::R
         ("AMQP_QUEUE", config.size_queue(size)),
         ("RUST_LOG", "warn".to_string()),
     ];
-    let command = Service::start(&config.work, "command-service", config.port, &command_vars).await?;
+    let command =
+        Service::start(&config.work, "command-service", config.port, &command_vars).await?;
     let query = Service::start(&config.work, "query-service", config.port + 1, &query_vars).await?;
     if size <= config.verify_max {
         let verified = Instant::now();
@@ -330,7 +331,10 @@ async fn at_size(config: &Config, report: &mut Report, size: usize) -> anyhow::R
     report.cpu(format!("store saturation at {size} todos"), cpu);
     report.row(
         format!("store saturation, {size} todos"),
-        format!("{} (bulks of {bulk}: an $in read, the upserts; a read by id per write)", rate(saturation)),
+        format!(
+            "{} (bulks of {bulk}: an $in read, the upserts; a read by id per write)",
+            rate(saturation)
+        ),
         String::new(),
         None,
     );
@@ -356,7 +360,10 @@ async fn at_size(config: &Config, report: &mut Report, size: usize) -> anyhow::R
             && o.failed_reads == 0
             && o.sent_rate >= per_second as f64 * 0.95;
         report.row(
-            format!("  open loop {per_second}/s ({:.2}x saturation), {size} todos", fraction),
+            format!(
+                "  open loop {per_second}/s ({:.2}x saturation), {size} todos",
+                fraction
+            ),
             format!(
                 "write-to-readable p99 {} max {}; POST p99 {}; {} failed{}",
                 load::ms(o.readable_p99),
@@ -456,11 +463,19 @@ async fn main_phase(config: &Config, report: &mut Report) -> anyhow::Result<()> 
         ));
         report.row(
             format!("the stores together: pgbench c={clients} and a plain publisher at once"),
-            format!("{} (pgbench {}, publisher {})", rate(limit), rate(tps), rate(published)),
+            format!(
+                "{} (pgbench {}, publisher {})",
+                rate(limit),
+                rate(tps),
+                rate(published)
+            ),
             String::new(),
             None,
         );
-        report.cpu(format!("pgbench c={clients} and the plain publisher at once"), cpu);
+        report.cpu(
+            format!("pgbench c={clients} and the plain publisher at once"),
+            cpu,
+        );
         combined.push((clients, limit));
     }
     stores::purge_queue(config).await?;
@@ -740,7 +755,9 @@ async fn lists(config: &Config, report: &mut Report) -> anyhow::Result<()> {
                 String::new(),
                 None,
             ),
-            Err(err) => report.note(format!("the live page at {size} todos not measured: {err:#}")),
+            Err(err) => report.note(format!(
+                "the live page at {size} todos not measured: {err:#}"
+            )),
         }
         let stats = load::wrk_get(config, &lists.base, "/stats", 1).await?;
         report.row(
@@ -768,7 +785,8 @@ fn first_rows(base: &str) -> anyhow::Result<String> {
         .env("CDP_PORT", "9334")
         .output()
         .context("scripts/browser_test.py")?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     let line = text
         .lines()
         .find(|l| l.starts_with("[browser] first rows"))
@@ -800,7 +818,12 @@ async fn time_page(
         .and_then(|v| v.to_str().ok())
         .and_then(|l| l.split('<').nth(1)?.split('>').next().map(str::to_string))
         .context("a next page")?;
-    let page: Vec<serde_json::Value> = client.get(format!("{base}{link}")).send().await?.json().await?;
+    let page: Vec<serde_json::Value> = client
+        .get(format!("{base}{link}"))
+        .send()
+        .await?
+        .json()
+        .await?;
     let time = sort.trim_start_matches('-');
     // The stored keys hold fixed-width times, as `store::timestamp` writes them.
     let key = |t: &serde_json::Value| {
@@ -838,9 +861,11 @@ async fn time_page(
     );
     report.note(format!(
         "explain of the store's query for sort={sort}{filter} at {size}: {plan}{}",
-        if plan.contains("SORT") { " (a SORT stage)" } else { " (no SORT stage)" }
+        if plan.contains("SORT") {
+            " (a SORT stage)"
+        } else {
+            " (no SORT stage)"
+        }
     ));
     Ok(())
 }
-
-

@@ -423,7 +423,7 @@ pub async fn fast_fill(
         .update_one(
             doc! { "_id": "todos" },
             doc! { "$inc": { "todos_live": ids.len() as i64, "todos_completed": completed },
-                   "$set": { "counts_kept": true, "sort_keys": 1 } },
+            "$set": { "counts_kept": true, "sort_keys": 1 } },
         )
         .upsert(true)
         .await?;
@@ -534,7 +534,11 @@ pub async fn sort_page_rate(
     let client = Client::with_uri_str(&config.mongodb_uri).await?;
     let db = client.database(database);
     let todos = db.collection::<Document>("todos");
-    let (low, high) = if keys.0 <= keys.1 { keys } else { (keys.1, keys.0) };
+    let (low, high) = if keys.0 <= keys.1 {
+        keys
+    } else {
+        (keys.1, keys.0)
+    };
     let filter = doc! { field: { "$gte": &low, "$lte": &high } };
     let order = if descending { -1 } else { 1 };
     let reply = db

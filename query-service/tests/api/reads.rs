@@ -369,6 +369,7 @@ async fn min_version_waiters_share_their_reads_and_rounds_back_off() {
     );
 
     let answered = metric(&client, &query, "min_version_answered_by_notice_total").await;
+    let reads_before = metric(&client, &query, "min_version_round_reads_total").await;
     let mut update = created(1, true);
     update.event_type = EventType::TodoUpdated;
     update.version = 2;
@@ -379,9 +380,14 @@ async fn min_version_waiters_share_their_reads_and_rounds_back_off() {
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["version"], 2, "{body}");
     }
+    // The notice answers them; a round that was due at the same moment may read the todo
+    // once and answer some first: fifty answers cost at most one read.
+    let by_notice =
+        metric(&client, &query, "min_version_answered_by_notice_total").await - answered;
+    let reads_after = metric(&client, &query, "min_version_round_reads_total").await - reads_before;
     assert!(
-        metric(&client, &query, "min_version_answered_by_notice_total").await - answered >= 50.0,
-        "answered from the notice of what landed"
+        reads_after <= 1.0 && (reads_after == 1.0 || by_notice >= 50.0),
+        "fifty answered by the notice ({by_notice}) and at most one read ({reads_after})"
     );
     query.stop().await;
     names.cleanup().await;

@@ -192,11 +192,6 @@ impl Waits {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// How many todos someone waits for now.
-    pub fn waited_for(&self) -> usize {
-        self.slots().len()
-    }
-
     /// Whether todo `id` may be in the read model: `false` when its id is past the highest
     /// one the read model holds (known from notices, or read from the counters at most every
     /// [`HIGHEST_REFRESH`]).

@@ -116,8 +116,8 @@ pub async fn window(seconds: u64) -> (BTreeMap<&'static str, f64>, f64) {
 }
 
 /// "postgres 92 µs, rabbitmq 40 µs, … per write" from a [`window`] and the rate of operations.
-pub fn per_op((used, took): &(BTreeMap<&'static str, f64>, f64), rate: f64, what: &str) -> String {
-    per_op_of(&(used.clone(), *took), rate, what, None)
+pub fn per_op(window: &(BTreeMap<&'static str, f64>, f64), rate: f64, what: &str) -> String {
+    per_op_of(window, rate, what, None)
 }
 
 /// [`per_op`] of the groups in `only`.

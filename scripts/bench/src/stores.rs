@@ -531,47 +531,72 @@ pub async fn sort_page_rate(
     descending: bool,
     limit: i64,
 ) -> anyhow::Result<(f64, String)> {
-    let client = Client::with_uri_str(&config.mongodb_uri).await?;
-    let db = client.database(database);
-    let todos = db.collection::<Document>("todos");
     let (low, high) = if keys.0 <= keys.1 {
         keys
     } else {
         (keys.1, keys.0)
     };
     let filter = doc! { field: { "$gte": &low, "$lte": &high } };
-    let order = if descending { -1 } else { 1 };
-    let reply = db
-        .run_command(doc! {
-            "explain": { "find": "todos", "filter": filter.clone(), "sort": { field: order }, "limit": limit },
-            "verbosity": "queryPlanner",
-        })
-        .await?;
-    let mut names = Vec::new();
-    if let Ok(plan) = reply
-        .get_document("queryPlanner")
-        .and_then(|q| q.get_document("winningPlan"))
-    {
-        stages(plan, &mut names);
-    }
-    let rate = timed(config, 1, move || {
-        let (todos, filter) = (todos.clone(), filter.clone());
+    let sort = doc! { field: if descending { -1 } else { 1 } };
+    let plan = winning_plan(config, database, &filter, &sort, Some(limit)).await?;
+    let rate = find_rate(config, database, 1, filter, sort, Some(limit)).await?;
+    Ok((rate, plan.join(" <- ")))
+}
+
+/// `find(filter).sort(sort)[.limit(limit)]` per second on `todos`, `concurrency` at a time,
+/// for `BENCH_SECONDS`; an empty answer is an error.
+async fn find_rate(
+    config: &Config,
+    database: &str,
+    concurrency: usize,
+    filter: Document,
+    sort: Document,
+    limit: Option<i64>,
+) -> anyhow::Result<f64> {
+    let client = Client::with_uri_str(&config.mongodb_uri).await?;
+    let todos = client.database(database).collection::<Document>("todos");
+    timed(config, concurrency, move || {
+        let (todos, filter, sort) = (todos.clone(), filter.clone(), sort.clone());
         async move {
-            let docs: Vec<Document> = todos
-                .find(filter)
-                .sort(doc! { field: order })
-                .limit(limit)
-                .await?
-                .try_collect()
-                .await?;
+            let mut find = todos.find(filter).sort(sort);
+            if let Some(limit) = limit {
+                find = find.limit(limit);
+            }
+            let docs: Vec<Document> = find.await?.try_collect().await?;
             if docs.is_empty() {
                 bail!("the page is empty");
             }
             Ok(())
         }
     })
-    .await?;
-    Ok((rate, names.join(" <- ")))
+    .await
+}
+
+/// The stages of the store's winning plan for `find(filter).sort(sort)[.limit(limit)]` on
+/// `todos`, outermost first.
+async fn winning_plan(
+    config: &Config,
+    database: &str,
+    filter: &Document,
+    sort: &Document,
+    limit: Option<i64>,
+) -> anyhow::Result<Vec<String>> {
+    let client = Client::with_uri_str(&config.mongodb_uri).await?;
+    let mut find = doc! { "find": "todos", "filter": filter.clone(), "sort": sort.clone() };
+    if let Some(limit) = limit {
+        find.insert("limit", limit);
+    }
+    let reply = client
+        .database(database)
+        .run_command(doc! { "explain": find, "verbosity": "queryPlanner" })
+        .await?;
+    let plan = reply
+        .get_document("queryPlanner")
+        .and_then(|q| q.get_document("winningPlan"))
+        .with_context(|| format!("no winning plan in {reply}"))?;
+    let mut names = Vec::new();
+    stages(plan, &mut names);
+    Ok(names)
 }
 
 fn page_ids(after: i64, n: i64) -> Vec<i64> {
@@ -587,24 +612,15 @@ pub async fn page_rate(
     limit: i64,
     concurrency: usize,
 ) -> anyhow::Result<f64> {
-    let client = Client::with_uri_str(&config.mongodb_uri).await?;
-    let todos = client.database(database).collection::<Document>("todos");
-    let ids = page_ids(after, limit + 1);
-    timed(config, concurrency, move || {
-        let (todos, ids) = (todos.clone(), ids.clone());
-        async move {
-            let docs: Vec<Document> = todos
-                .find(doc! { "_id": { "$in": ids } })
-                .sort(doc! { "_id": 1 })
-                .await?
-                .try_collect()
-                .await?;
-            if docs.is_empty() {
-                bail!("the page is empty");
-            }
-            Ok(())
-        }
-    })
+    let filter = doc! { "_id": { "$in": page_ids(after, limit + 1) } };
+    find_rate(
+        config,
+        database,
+        concurrency,
+        filter,
+        doc! { "_id": 1 },
+        None,
+    )
     .await
 }
 
@@ -632,24 +648,8 @@ pub async fn explain_page(
     after: i64,
     limit: i64,
 ) -> anyhow::Result<(String, bool)> {
-    let client = Client::with_uri_str(&config.mongodb_uri).await?;
-    let reply = client
-        .database(database)
-        .run_command(doc! {
-            "explain": {
-                "find": "todos",
-                "filter": { "_id": { "$in": page_ids(after, limit + 1) } },
-                "sort": { "_id": 1 },
-            },
-            "verbosity": "queryPlanner",
-        })
-        .await?;
-    let plan = reply
-        .get_document("queryPlanner")
-        .and_then(|q| q.get_document("winningPlan"))
-        .with_context(|| format!("no winning plan in {reply}"))?;
-    let mut names = Vec::new();
-    stages(plan, &mut names);
+    let filter = doc! { "_id": { "$in": page_ids(after, limit + 1) } };
+    let names = winning_plan(config, database, &filter, &doc! { "_id": 1 }, None).await?;
     let sorted = names.iter().any(|s| s == "SORT");
     Ok((names.join(" <- "), sorted))
 }

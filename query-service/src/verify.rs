@@ -19,32 +19,9 @@
 //! yet projected, shows as a difference.
 
 use crate::replay::LogReader;
-use crate::store::{Store, Stored, Todo};
+use crate::store::{Store, Stored};
 use events::Envelope;
 use std::collections::BTreeMap;
-
-/// A todo as the log ends it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Final {
-    Live(Todo),
-    Deleted { version: i64 },
-}
-
-impl Final {
-    fn version(&self) -> i64 {
-        match self {
-            Final::Live(t) => t.version,
-            Final::Deleted { version } => *version,
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Final::Live(t) => format!("live at version {}", t.version),
-            Final::Deleted { version } => format!("deleted at version {version}"),
-        }
-    }
-}
 
 fn describe(stored: &Stored) -> String {
     match stored {
@@ -81,20 +58,12 @@ fn fold(newest: &mut BTreeMap<i64, Envelope>, e: &Envelope) {
     }
 }
 
-/// The state a todo's newest event leaves it in.
-fn final_of(e: &Envelope) -> Final {
-    match Todo::after(e) {
-        Some(todo) => Final::Live(todo),
-        None => Final::Deleted { version: e.version },
-    }
-}
-
-fn compare(id: i64, expected: &Final, found: Option<&Option<Stored>>) -> Option<String> {
+fn compare(id: i64, expected: &Stored, found: Option<&Option<Stored>>) -> Option<String> {
     let found = match found {
         None => {
             return Some(format!(
                 "todo {id}: missing from the read model (the log has it {})",
-                expected.describe()
+                describe(expected)
             ))
         }
         Some(None) => {
@@ -105,9 +74,9 @@ fn compare(id: i64, expected: &Final, found: Option<&Option<Stored>>) -> Option<
         Some(Some(stored)) => stored,
     };
     match (expected, found) {
-        (Final::Deleted { version }, Stored::Deleted { version: have }) if version == have => None,
-        (Final::Live(want), Stored::Live(have)) if want == have => None,
-        (Final::Live(want), Stored::Live(have)) if want.version == have.version => {
+        (Stored::Deleted { version }, Stored::Deleted { version: have }) if version == have => None,
+        (Stored::Live(want), Stored::Live(have)) if want == have => None,
+        (Stored::Live(want), Stored::Live(have)) if want.version == have.version => {
             let mut fields = Vec::new();
             if want.title != have.title {
                 fields.push(format!("title {:?} (log {:?})", have.title, want.title));
@@ -145,7 +114,7 @@ fn compare(id: i64, expected: &Final, found: Option<&Option<Stored>>) -> Option<
         (want, have) => Some(format!(
             "todo {id}: the read model has it {}, the log {}",
             describe(have),
-            want.describe()
+            describe(want)
         )),
     }
 }
@@ -178,10 +147,10 @@ pub async fn verify(
     for chunk in ids.chunks(500) {
         let stored = store.get_many(chunk).await?;
         for id in chunk {
-            let expected = final_of(&finals[id]);
+            let expected = Stored::after(&finals[id]);
             match expected {
-                Final::Live(_) => report.live += 1,
-                Final::Deleted { .. } => report.deleted += 1,
+                Stored::Live(_) => report.live += 1,
+                Stored::Deleted { .. } => report.deleted += 1,
             }
             let found = stored.get(id);
             if let Some(difference) = compare(*id, &expected, found) {
@@ -282,6 +251,7 @@ pub async fn reset_ahead(store: &Store, report: &Verification) -> anyhow::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Todo;
     use chrono::{TimeZone, Utc};
     use events::{EventType, TodoState, SCHEMA_VERSION};
 
@@ -322,17 +292,17 @@ mod tests {
             fold(&mut finals, &e);
         }
         assert!(
-            matches!(final_of(&finals[&1]), Final::Live(t) if t.title == "b" && t.version == 2)
+            matches!(Stored::after(&finals[&1]), Stored::Live(t) if t.title == "b" && t.version == 2)
         );
-        assert_eq!(final_of(&finals[&2]), Final::Deleted { version: 2 });
+        assert_eq!(Stored::after(&finals[&2]), Stored::Deleted { version: 2 });
     }
 
     #[test]
     fn every_kind_of_difference_is_named() {
         let mut finals = BTreeMap::new();
         fold(&mut finals, &event(1, 2, EventType::TodoUpdated, "b"));
-        let want = &final_of(&finals[&1]);
-        let Final::Live(todo) = want.clone() else {
+        let want = &Stored::after(&finals[&1]);
+        let Stored::Live(todo) = want.clone() else {
             panic!("live")
         };
         assert_eq!(

@@ -54,7 +54,7 @@ impl Application {
         let limits = settings.database_limits();
         let pool = db::pool(&settings.database_url, settings.database_pool_size, limits)?;
         db::migrate(&settings.database_url, 20, limits).await?;
-        let listener = TcpListener::bind(&settings.http_addr)
+        let listener = events::service::server::listen(&settings.http_addr)
             .await
             .with_context(|| format!("cannot listen on HTTP_ADDR={}", settings.http_addr))?;
         let local_addr = listener.local_addr()?;

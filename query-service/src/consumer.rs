@@ -5,9 +5,15 @@
 //! - Manual acknowledgements with a prefetch: a message is acked only after MongoDB has the
 //!   change (or already had it: duplicates and late events are acked as skipped).
 //! - Batches: the consumer takes whatever has arrived (up to the prefetch, never waiting for
-//!   more) and applies it as one bulk write ([`Store::apply_batch`]), then settles it with one
-//!   `multiple` ack and one update of the shared counters. One info line per batch; each
-//!   event's line (with its correlation id) is at debug.
+//!   more) and applies it as one bulk write ([`Store::apply_batch`]). This process's
+//!   `?min_version=` waiters are told what it wrote at once. Settling it (one update of the
+//!   shared counters, the fan-out notice, one `multiple` ack) happens at most every
+//!   [`SETTLE_EVERY`]: under load the batches written in that time settle together, so the
+//!   store, the broker and this process pay those three once for all of them instead of once per
+//!   batch of a few events; a lone batch settles at once. Until settled, a batch's messages are
+//!   unacked, so a crash between its write and its settling redelivers them (duplicates, which
+//!   the version guard skips). One info line per batch; each event's line (with its
+//!   correlation id) is at debug.
 //! - Only a message that can never apply is dead-lettered, at its first delivery: a body that
 //!   is not a JSON event, has an unsupported `schema_version` or fails `Envelope::validate`.
 //! - An event MongoDB refuses (a write error of its own: a validator, a full disk, a lost
@@ -21,8 +27,9 @@
 //!   with backoff; the batch stays unacked meanwhile, so nothing is lost.
 //! - lapin does not reconnect by itself: the loop here reconnects with a backoff that starts
 //!   again from its base only after a connection has served (see [`SERVED_AFTER`]).
-//! - On shutdown the consumer is cancelled, the batch in hand is finished, and the
-//!   connection is closed; unacked messages (prefetched or held) go back to the queue.
+//! - On shutdown the consumer is cancelled, the batch in hand is finished and settled with
+//!   those written before it, and the connection is closed; unacked messages (prefetched or
+//!   held) go back to the queue.
 
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -40,6 +47,9 @@ use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKin
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The shortest time between two settlings of written batches (see the module header).
+pub const SETTLE_EVERY: Duration = Duration::from_millis(20);
 
 #[derive(Clone)]
 pub struct ConsumerConfig {
@@ -353,20 +363,32 @@ async fn consume(
     // Events the store refused, unacked, each waiting for its `due` time. They hold prefetch
     // slots: with all slots held the broker sends nothing more and only retries run.
     let mut held: Vec<Pending> = Vec::new();
+    // What batches wrote since the last settling, and when that was.
+    let mut unsettled = Unsettled::default();
+    let mut last_settled = Instant::now() - SETTLE_EVERY;
+    let cancel = || async {
+        let _ = channel
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await;
+    };
     loop {
         let next_retry = held.iter().map(|p| p.due).min();
+        let settle_at = (!unsettled.is_empty()).then(|| last_settled + SETTLE_EVERY);
         let started = Instant::now();
         let mut fresh = Vec::new();
         tokio::select! {
-            // Shutdown first: a stopping consumer takes no new batch.
+            // Shutdown first: a stopping consumer takes no new batch, and settles what it wrote.
             biased;
             _ = shutdown.triggered() => {
-                let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                cancel().await;
+                settle(store, config, channels, &mut unsettled, &held, shutdown).await?;
                 return Ok(());
             }
             // (With nothing held the branch is off; its deadline is never awaited.)
             _ = tokio::time::sleep_until(next_retry.unwrap_or(started).into()),
                 if next_retry.is_some() => {}
+            _ = tokio::time::sleep_until(settle_at.unwrap_or(started).into()),
+                if settle_at.is_some() => {}
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => fresh.push(delivery),
                 Some(Err(err)) => return Err(err.into()),
@@ -386,26 +408,113 @@ async fn consume(
         let (due, waiting): (Vec<Pending>, Vec<Pending>) =
             held.into_iter().partition(|p| p.due <= now);
         held = waiting;
-        if handle_batch(store, config, channels, fresh, due, &mut held, shutdown).await?
-            == Settled::Stopped
+        if (!fresh.is_empty() || !due.is_empty())
+            && handle_batch(
+                store,
+                config,
+                channels,
+                (fresh, due),
+                &mut held,
+                &mut unsettled,
+                shutdown,
+            )
+            .await?
+                == Settled::Stopped
         {
             // The batch is unacked and goes back to the queue with the channel, as do the held
-            // events; acking a later batch with `multiple` would ack them too.
-            let _ = channel
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                .await;
+            // events and the batches not settled yet; acking a later batch with `multiple`
+            // would ack them too.
+            cancel().await;
             return Ok(());
         }
-        *settled = true;
+        // Settled now when the last settling is old enough, or when the unacked messages hold
+        // half the prefetch (the broker would soon send nothing more).
+        if !unsettled.is_empty()
+            && (last_settled.elapsed() >= SETTLE_EVERY
+                || unsettled.to_ack.len() + held.len() >= most.div_ceil(2))
+        {
+            if settle(store, config, channels, &mut unsettled, &held, shutdown).await?
+                == Settled::Stopped
+            {
+                cancel().await;
+                return Ok(());
+            }
+            last_settled = Instant::now();
+            *settled = true;
+        }
     }
 }
 
-/// How a batch ended.
+/// What the batches since the last settling wrote: counted, announced and acked together by
+/// [`settle`].
+#[derive(Default)]
+struct Unsettled {
+    counts: Counts,
+    newest_event: Option<chrono::DateTime<chrono::Utc>>,
+    highest: crate::store::Highest,
+    changes: Vec<crate::changes::Change>,
+    to_ack: Vec<Pending>,
+}
+
+impl Unsettled {
+    fn is_empty(&self) -> bool {
+        self.counts.total() == 0 && self.to_ack.is_empty()
+    }
+}
+
+/// Settles what the batches since the last settling wrote: the shared counters, then the
+/// fan-out notice, then the ack. `Stopped` (nothing acked) when shutdown came while the store
+/// refused the counters' update.
+async fn settle(
+    store: &Store,
+    config: &ConsumerConfig,
+    channels: Channels<'_>,
+    unsettled: &mut Unsettled,
+    held: &[Pending],
+    shutdown: &Shutdown,
+) -> anyhow::Result<Settled> {
+    let Unsettled {
+        counts,
+        newest_event,
+        highest,
+        changes,
+        to_ack,
+    } = unsettled;
+    // Before the ack: lists in id order walk up to the highest todo id recorded here, so a
+    // failure to record is retried like the store being away, never skipped.
+    if counts.total() > 0 {
+        let mut backoff = Backoff::new(Duration::from_millis(100), config.max_backoff);
+        while let Err(err) = store.record(*counts, *newest_event, *highest).await {
+            tracing::warn!(error = %err, retry_in_ms = backoff.peek().as_millis() as u64, "projection counters not updated; retrying");
+            config.metrics.observe_store_unavailable();
+            if !backoff.pause(shutdown).await {
+                return Ok(Settled::Stopped);
+            }
+        }
+        *counts = Counts::default();
+    }
+    // The notice before the ack: the changes are in MongoDB already, and batches redelivered
+    // after a failure in between are all duplicates, which make no notice of their own.
+    if !changes.is_empty() {
+        changes.sort_by_key(|c| c.position);
+        let batch = crate::changes::Batch {
+            changes: std::mem::take(changes),
+        };
+        crate::fanout::publish(channels.notices, &config.changes_exchange, &batch).await?;
+    }
+    ack(to_ack, held).await?;
+    to_ack.clear();
+    *unsettled = Unsettled::default();
+    Ok(Settled::All)
+}
+
+/// How a batch, or a settling, ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Settled {
-    /// Every delivery was acked, nacked, or held for a retry.
+    /// Every delivery was written (to be settled, or settled), dead-lettered, or held for a
+    /// retry.
     All,
-    /// Shutdown came while the store was away: nothing of the batch was acked.
+    /// Shutdown came while the store was away: nothing of it was acked.
     Stopped,
 }
 
@@ -426,16 +535,17 @@ fn correlation_id(delivery: &Delivery) -> String {
 }
 
 /// Applies a batch, the new deliveries `fresh` with the held events whose retry is due
-/// (`retried`), and settles each: see the module header. Events the store refused join `held`.
+/// (`retried`), and tells this process's waiters what it wrote: see the module header. What
+/// it wrote joins `unsettled` (for [`settle`]); events the store refused join `held`.
 /// Returns an error only when the broker connection failed (the caller reconnects; unsettled
 /// messages are redelivered).
 async fn handle_batch(
     store: &Store,
     config: &ConsumerConfig,
     channels: Channels<'_>,
-    fresh: Vec<Delivery>,
-    retried: Vec<Pending>,
+    (fresh, retried): (Vec<Delivery>, Vec<Pending>),
     held: &mut Vec<Pending>,
+    unsettled: &mut Unsettled,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Settled> {
     let started = Instant::now();
@@ -540,26 +650,11 @@ async fn handle_batch(
     if !applied.is_empty() {
         let _ = config.applied.send(Arc::new(applied));
     }
-    // Before the ack: lists in id order walk up to the highest todo id recorded here, so a
-    // failure to record is retried like the store being away, never skipped.
-    if counts.total() > 0 {
-        let mut backoff = Backoff::new(Duration::from_millis(100), config.max_backoff);
-        while let Err(err) = store.record(counts, newest_event, highest).await {
-            tracing::warn!(error = %err, retry_in_ms = backoff.peek().as_millis() as u64, "projection counters not updated; retrying");
-            config.metrics.observe_store_unavailable();
-            if !backoff.pause(shutdown).await {
-                return Ok(Settled::Stopped);
-            }
-        }
-    }
-    // The notice before the ack: the changes are in MongoDB already, and a batch redelivered
-    // after a failure in between is all duplicates, which make no notice of their own.
-    if !changes.is_empty() {
-        changes.sort_by_key(|c| c.position);
-        let batch = crate::changes::Batch { changes };
-        crate::fanout::publish(channels.notices, &config.changes_exchange, &batch).await?;
-    }
-    ack(&mut to_ack, held).await?;
+    unsettled.counts.merge(counts);
+    unsettled.newest_event = unsettled.newest_event.max(newest_event);
+    unsettled.highest = unsettled.highest.max(highest);
+    unsettled.changes.append(&mut changes);
+    unsettled.to_ack.append(&mut to_ack);
     tracing::info!(
         size,
         applied = counts.applied,

@@ -56,7 +56,7 @@ impl Application {
                 Err(err) => return Err(anyhow::Error::new(err).context("MongoDB not reachable")),
             }
         }
-        let listener = TcpListener::bind(&settings.http_addr)
+        let listener = events::service::server::listen(&settings.http_addr)
             .await
             .with_context(|| format!("cannot listen on HTTP_ADDR={}", settings.http_addr))?;
         let local_addr = listener.local_addr()?;

@@ -127,6 +127,32 @@ const SEND_BUFFER_BYTES: usize = 256 * 1024;
 /// Refused connections answered at once; past it, refused ones are closed unanswered.
 const REFUSALS_AT_ONCE: usize = 64;
 
+/// The listen backlog asked of the kernel (which caps it at `net.core.somaxconn`: 4096 on
+/// current Linux). Tokio's default of 1,024 overflows when a few thousand connections arrive at
+/// once: the kernel then drops further SYNs, and a real client's connect waits for its first
+/// retransmission, a second later, however quickly the server accepts.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` (`host:port`, the first address it resolves to) with [`LISTEN_BACKLOG`] and
+/// `SO_REUSEADDR` (a restarted service binds again while its old connections are in
+/// `TIME_WAIT`).
+pub async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let resolved = tokio::net::lookup_host(addr).await?.next().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolves to nothing",
+        )
+    })?;
+    let socket = if resolved.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(resolved)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// The address of the client that sent a request, as the server saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Peer(pub IpAddr);

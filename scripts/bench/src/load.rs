@@ -170,6 +170,47 @@ pub async fn settled(base: &str) -> anyhow::Result<i64> {
         .sum::<f64>() as i64)
 }
 
+/// A histogram on a service's `/metrics`: each bucket's upper bound with its cumulative count.
+pub async fn histogram(base: &str, name: &str) -> anyhow::Result<Vec<(f64, f64)>> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await?
+        .text()
+        .await?;
+    let prefix = format!("{name}_bucket{{le=\"");
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (bound, count) = rest.split_once("\"}")?;
+            let bound = if bound == "+Inf" {
+                f64::INFINITY
+            } else {
+                bound.parse().ok()?
+            };
+            Some((bound, count.trim().parse().ok()?))
+        })
+        .collect())
+}
+
+/// The upper bound of the bucket that holds the `p`-th percentile of what a histogram observed
+/// between two readings of it (`None`: nothing observed).
+pub fn percentile_bound(before: &[(f64, f64)], after: &[(f64, f64)], p: f64) -> Option<f64> {
+    let count = |buckets: &[(f64, f64)], bound: f64| {
+        buckets
+            .iter()
+            .find(|(b, _)| *b == bound)
+            .map_or(0.0, |(_, c)| *c)
+    };
+    let total = after.last()?.1 - count(before, f64::INFINITY);
+    if total <= 0.0 {
+        return None;
+    }
+    after
+        .iter()
+        .find(|(bound, c)| c - count(before, *bound) >= total * p / 100.0)
+        .map(|(bound, _)| *bound)
+}
+
 pub async fn wait_for_settled(base: &str, n: i64, within: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
     loop {

@@ -346,6 +346,7 @@ async fn at_size(config: &Config, report: &mut Report, size: usize) -> anyhow::R
     while let Some(&fraction) = fractions.last() {
         let per_second = ((saturation * fraction) as u32).max(1);
         let cpu = cpu::Sampler::start();
+        let lag_before = load::histogram(&query.base, "projection_lag_seconds").await?;
         let o = load::open_loop(
             &command.base,
             &query.base,
@@ -354,6 +355,11 @@ async fn at_size(config: &Config, report: &mut Report, size: usize) -> anyhow::R
         )
         .await?;
         report.cpu(format!("open loop {per_second}/s at {size} todos"), cpu);
+        // Where the time goes: from a write's commit to its application in MongoDB (the
+        // sequencer, the relay, the broker and the consumer), the rest being the answer.
+        let lag_after = load::histogram(&query.base, "projection_lag_seconds").await?;
+        let applied_p99 = load::percentile_bound(&lag_before, &lag_after, 99.0)
+            .map_or("none".to_string(), |b| format!("≤ {}", load::ms(b)));
         let ok = o.readable_p99 < 0.050
             && o.readable_max < 1.0
             && o.failed_writes == 0
@@ -365,7 +371,7 @@ async fn at_size(config: &Config, report: &mut Report, size: usize) -> anyhow::R
                 fraction
             ),
             format!(
-                "write-to-readable p99 {} max {}; POST p99 {}; {} failed{}",
+                "write-to-readable p99 {} max {}; commit-to-applied p99 {applied_p99}; POST p99 {}; {} failed{}",
                 load::ms(o.readable_p99),
                 load::ms(o.readable_max),
                 load::ms(o.post_p99),

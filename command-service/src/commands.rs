@@ -163,22 +163,43 @@ pub struct Todo {
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When the todo is due; `null` when it has no due date.
+    pub due_at: Option<DateTime<Utc>>,
+}
+
+/// The fields a write sets: what a `PUT` gives whole and a `PATCH` leaves or changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fields {
+    title: String,
+    description: Option<String>,
+    completed: bool,
+    due_at: Option<DateTime<Utc>>,
+}
+
+impl Fields {
+    fn of(input: &TodoInput) -> Self {
+        Fields {
+            title: input.title.clone(),
+            description: input.description.clone(),
+            completed: input.completed,
+            due_at: input.due_at,
+        }
+    }
 }
 
 /// The JSON of an event's `data`: the todo's full state after the change.
 fn state_json(
-    title: &str,
-    description: &Option<String>,
-    completed: bool,
+    fields: &Fields,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 ) -> Result<serde_json::Value, CommandError> {
     serde_json::to_value(TodoState {
-        title: title.to_string(),
-        description: description.clone(),
-        completed,
+        title: fields.title.clone(),
+        description: fields.description.clone(),
+        completed: fields.completed,
         created_at,
         updated_at,
+        due_at: fields.due_at,
     })
     .map_err(|e| CommandError::Internal(anyhow::Error::new(e)))
 }
@@ -257,28 +278,28 @@ async fn conn(pool: &PgPool) -> Result<PooledConn, CommandError> {
 /// implicit transaction. `scripts/bench.sh` runs this very statement under pgbench.
 pub const CREATE: &str = "\
 WITH todo AS ( \
-  INSERT INTO todos (title, description, completed, version, created_at, updated_at) \
-  VALUES ($1, $2, $3, 1, $4, $4) \
-  RETURNING id, title, description, completed, version, created_at, updated_at \
+  INSERT INTO todos (title, description, completed, version, created_at, updated_at, due_at) \
+  VALUES ($1, $2, $3, 1, $4, $4, $8) \
+  RETURNING id, title, description, completed, version, created_at, updated_at, due_at \
 ), event AS ( \
   INSERT INTO events (event_id, event_type, todo_id, version, occurred_at, correlation_id, data) \
   SELECT $5, 'TodoCreated', id, 1, $4, $6, $7 FROM todo \
 ) \
-SELECT id, title, description, completed, version, created_at, updated_at FROM todo";
+SELECT id, title, description, completed, version, created_at, updated_at, due_at FROM todo";
 
 /// Sets the new state and appends its `TodoUpdated` in one statement (after `locked`).
 const UPDATE: &str = "\
 WITH todo AS ( \
   UPDATE todos SET title = $2, description = $3, completed = $4, version = version + 1, \
-                   updated_at = $5 \
+                   updated_at = $5, due_at = $10 \
   WHERE id = $1 \
-  RETURNING id, title, description, completed, version, created_at, updated_at \
+  RETURNING id, title, description, completed, version, created_at, updated_at, due_at \
 ), event AS ( \
   INSERT INTO events (event_id, event_type, todo_id, version, occurred_at, correlation_id, \
                       data, changed) \
   SELECT $6, 'TodoUpdated', id, version, $5, $7, $8, $9 FROM todo \
 ) \
-SELECT id, title, description, completed, version, created_at, updated_at FROM todo";
+SELECT id, title, description, completed, version, created_at, updated_at, due_at FROM todo";
 
 /// Removes the row and appends its `TodoDeleted` (the next version) in one statement.
 const DELETE: &str = "\
@@ -302,7 +323,7 @@ async fn insert_todo(
     correlation_id: &str,
 ) -> Result<Todo, CommandError> {
     let at = now();
-    let data = state_json(&input.title, &input.description, input.completed, at, at)?;
+    let data = state_json(&Fields::of(input), at, at)?;
     let statement = prepared(
         CREATE,
         (
@@ -313,6 +334,7 @@ async fn insert_todo(
             bind::<SqlUuid, _>(Uuid::now_v7()),
             bind::<Text, _>(correlation_id),
             bind::<Jsonb, _>(data),
+            bind::<Nullable<Timestamptz>, _>(input.due_at),
         ),
     );
     Ok(statement.get_result(conn).await?)
@@ -388,49 +410,51 @@ impl Commands {
                 if let Some(p) = &precondition {
                     p.check(current.version)?;
                 }
-                let (title, description, completed) = match &change {
-                    Change::Put(input) => (
-                        input.title.clone(),
-                        input.description.clone(),
-                        input.completed,
-                    ),
-                    Change::Patch(p) => (
-                        p.title.clone().unwrap_or_else(|| current.title.clone()),
-                        p.description
+                let fields = match &change {
+                    Change::Put(input) => Fields::of(input),
+                    Change::Patch(p) => Fields {
+                        title: p.title.clone().unwrap_or_else(|| current.title.clone()),
+                        description: p
+                            .description
                             .clone()
                             .unwrap_or_else(|| current.description.clone()),
-                        p.completed.unwrap_or(current.completed),
-                    ),
+                        completed: p.completed.unwrap_or(current.completed),
+                        due_at: p.due_at.unwrap_or(current.due_at),
+                    },
                 };
                 let mut changed = Vec::new();
-                if title != current.title {
+                if fields.title != current.title {
                     changed.push(Field::Title);
                 }
-                if description != current.description {
+                if fields.description != current.description {
                     changed.push(Field::Description);
                 }
-                if completed != current.completed {
+                if fields.completed != current.completed {
                     changed.push(Field::Completed);
+                }
+                if fields.due_at != current.due_at {
+                    changed.push(Field::DueAt);
                 }
                 if changed.is_empty() {
                     return Ok((current, false));
                 }
                 let at = now();
-                let data = state_json(&title, &description, completed, current.created_at, at)?;
+                let data = state_json(&fields, current.created_at, at)?;
                 let changed = serde_json::to_value(&changed)
                     .map_err(|e| CommandError::Internal(anyhow::Error::new(e)))?;
                 let statement = prepared(
                     UPDATE,
                     (
                         bind::<BigInt, _>(id),
-                        bind::<Text, _>(&title),
-                        bind::<Nullable<Text>, _>(&description),
-                        bind::<Bool, _>(completed),
+                        bind::<Text, _>(&fields.title),
+                        bind::<Nullable<Text>, _>(&fields.description),
+                        bind::<Bool, _>(fields.completed),
                         bind::<Timestamptz, _>(at),
                         bind::<SqlUuid, _>(Uuid::now_v7()),
                         bind::<Text, _>(correlation_id),
                         bind::<Jsonb, _>(data),
                         bind::<Jsonb, _>(changed),
+                        bind::<Nullable<Timestamptz>, _>(fields.due_at),
                     ),
                 );
                 let todo: Todo = statement.get_result(conn).await?;

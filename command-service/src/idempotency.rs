@@ -240,6 +240,7 @@ mod tests {
             version: 1,
             created_at: chrono::Utc::now(),
             updated_at: chrono::Utc::now(),
+            due_at: None,
         };
         let stored = |status: i32, body: serde_json::Value| Stored {
             request_hash: String::new(),

@@ -2,15 +2,17 @@
 //! offending field at once and a wrong type is reported as such (not as "malformed JSON").
 //!
 //! Rules (command-service/README.md, "HTTP API"): `title` required; `description` a string or null; `completed` a
-//! boolean; unknown fields rejected. What the texts may hold is `events::limits` (title
+//! boolean; `due_at` an RFC 3339 date-time (years 1970 to 9999, kept to the microsecond) or
+//! null; unknown fields rejected. What the texts may hold is `events::limits` (title
 //! trimmed, 1..=200 characters, not only invisible characters; description at most 2000; no
 //! U+0000 nor other control characters), shared with the read side.
 
 use crate::error::{ApiError, FieldError};
+use chrono::{DateTime, SubsecRound, Utc};
 use events::limits;
 use serde_json::{Map, Value};
 
-const FIELDS: [&str; 3] = ["title", "description", "completed"];
+const FIELDS: [&str; 4] = ["title", "description", "completed", "due_at"];
 
 /// Full state given by `POST /todos` and `PUT /todos/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
@@ -18,15 +20,18 @@ pub struct TodoInput {
     pub title: String,
     pub description: Option<String>,
     pub completed: bool,
+    /// RFC 3339; kept to the microsecond.
+    pub due_at: Option<DateTime<Utc>>,
 }
 
 /// Partial change given by `PATCH /todos/{id}`: `None` leaves a field as it is;
-/// `description: Some(None)` clears the description.
+/// `description: Some(None)` clears the description, `due_at: Some(None)` the due date.
 #[derive(Debug, Clone, Default, PartialEq, Eq, utoipa::ToSchema)]
 pub struct TodoPatch {
     pub title: Option<String>,
     pub description: Option<Option<String>>,
     pub completed: Option<bool>,
+    pub due_at: Option<Option<DateTime<Utc>>>,
 }
 
 /// Parses a body as a JSON object: syntax errors are 400, anything but an object is 422, and
@@ -194,8 +199,61 @@ fn completed(value: &Value, errors: &mut Vec<FieldError>) -> Option<bool> {
     }
 }
 
+/// The earliest and latest due dates taken: a date before 1970 or past 9999 is a mistake, and
+/// some readers of RFC 3339 cannot hold it.
+const DUE_YEARS: std::ops::RangeInclusive<i32> = 1970..=9999;
+
+/// The form of a due date the OpenAPI document declares (with `format: date-time`): RFC 3339
+/// with a year from 1971 to 9998, inside [`DUE_YEARS`] whatever the offset does to the UTC
+/// date, so every value of that form is taken.
+pub const DUE_AT_PATTERN: &str = concat!(
+    r"^(197[1-9]|19[89][0-9]|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])",
+    r"-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])",
+    r"T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+);
+
+fn due_at(value: &Value, errors: &mut Vec<FieldError>) -> Option<Option<DateTime<Utc>>> {
+    use chrono::Datelike;
+    match value {
+        Value::Null => Some(None),
+        Value::String(s) => match DateTime::parse_from_rfc3339(s) {
+            Ok(t) if DUE_YEARS.contains(&t.with_timezone(&Utc).year()) => {
+                Some(Some(t.with_timezone(&Utc).trunc_subsecs(6)))
+            }
+            Ok(_) => {
+                errors.push(FieldError::new(
+                    "due_at",
+                    format!(
+                        "must be between the years {} and {} (UTC)",
+                        DUE_YEARS.start(),
+                        DUE_YEARS.end()
+                    ),
+                ));
+                None
+            }
+            Err(e) => {
+                errors.push(FieldError::new(
+                    "due_at",
+                    format!("must be an RFC 3339 date-time such as 2026-12-31T17:00:00Z ({e})"),
+                ));
+                None
+            }
+        },
+        other => {
+            errors.push(FieldError::new(
+                "due_at",
+                format!(
+                    "must be an RFC 3339 date-time string or null, got {}",
+                    kind(other)
+                ),
+            ));
+            None
+        }
+    }
+}
+
 /// Validates the body of `POST /todos` or `PUT /todos/{id}`: a whole todo. A missing
-/// `description` is null, a missing `completed` is false.
+/// `description` is null, a missing `completed` is false, a missing `due_at` is null.
 pub fn todo_input(body: &[u8]) -> Result<TodoInput, ApiError> {
     let map = parse_object(body)?;
     let mut errors = Vec::new();
@@ -215,12 +273,19 @@ pub fn todo_input(body: &[u8]) -> Result<TodoInput, ApiError> {
         Some(v) => completed(v, &mut errors),
         None => Some(false),
     };
-    match (t, d, c) {
-        (Some(title), Some(description), Some(completed)) if errors.is_empty() => Ok(TodoInput {
-            title,
-            description,
-            completed,
-        }),
+    let due = match map.get("due_at") {
+        Some(v) => due_at(v, &mut errors),
+        None => Some(None),
+    };
+    match (t, d, c, due) {
+        (Some(title), Some(description), Some(completed), Some(due_at)) if errors.is_empty() => {
+            Ok(TodoInput {
+                title,
+                description,
+                completed,
+                due_at,
+            })
+        }
         _ => Err(ApiError::Validation(errors)),
     }
 }
@@ -236,11 +301,12 @@ pub fn todo_patch(body: &[u8]) -> Result<TodoPatch, ApiError> {
             .get("description")
             .and_then(|v| description(v, &mut errors)),
         completed: map.get("completed").and_then(|v| completed(v, &mut errors)),
+        due_at: map.get("due_at").and_then(|v| due_at(v, &mut errors)),
     };
     if errors.is_empty() && map.is_empty() {
         errors.push(FieldError::new(
             "body",
-            "must change at least one of title, description, completed",
+            "must change at least one of title, description, completed, due_at",
         ));
     }
     if errors.is_empty() {
@@ -269,8 +335,16 @@ mod tests {
             TodoInput {
                 title: "Learn CQRS".into(),
                 description: None,
-                completed: false
+                completed: false,
+                due_at: None,
             }
+        );
+        let due = todo_input(br#"{"title":"t","due_at":"2026-12-31T18:00:00.1234567+01:00"}"#)
+            .expect("a due date with an offset and nanoseconds");
+        assert_eq!(
+            due.due_at,
+            "2026-12-31T17:00:00.123456Z".parse().ok(),
+            "UTC, kept to the microsecond"
         );
         let title_200 = format!(r#"{{"title":"{}","completed":true}}"#, "é".repeat(200));
         assert!(
@@ -324,6 +398,26 @@ mod tests {
                 r#"{"title":"","completed":1,"x":0}"#.into(),
                 vec!["x", "title", "completed"],
             ),
+            (
+                "due date not RFC 3339",
+                r#"{"title":"t","due_at":"next tuesday"}"#.into(),
+                vec!["due_at"],
+            ),
+            (
+                "due date without a zone",
+                r#"{"title":"t","due_at":"2026-12-31T17:00:00"}"#.into(),
+                vec!["due_at"],
+            ),
+            (
+                "due date before 1970",
+                r#"{"title":"t","due_at":"1969-12-31T23:59:59Z"}"#.into(),
+                vec!["due_at"],
+            ),
+            (
+                "number due date",
+                r#"{"title":"t","due_at":1767200400}"#.into(),
+                vec!["due_at"],
+            ),
             ("array body", "[1]".into(), vec!["body"]),
             ("string body", r#""t""#.into(), vec!["body"]),
             (
@@ -372,5 +466,10 @@ mod tests {
             fields(todo_patch(br#"{"description":"\u0000"}"#).expect_err("NUL")),
             ["description"]
         );
+        let p = todo_patch(br#"{"due_at":null}"#).expect("clearing the due date");
+        assert_eq!(p.due_at, Some(None));
+        let p = todo_patch(br#"{"due_at":"2027-01-01T00:00:00Z"}"#).expect("a due date");
+        assert_eq!(p.due_at, Some("2027-01-01T00:00:00Z".parse().ok()));
+        assert_eq!(todo_patch(br#"{"title":"t"}"#).expect("valid").due_at, None);
     }
 }

@@ -56,6 +56,10 @@ pub fn document() -> serde_json::Value {
             ops::property(&mut doc, schema, "completed"),
             json!({"type": "boolean"}),
         );
+        *ops::property(&mut doc, schema, "due_at") = json!({
+            "type": ["string", "null"], "format": "date-time", "pattern": crate::input::DUE_AT_PATTERN,
+            "description": "When the todo is due: RFC 3339, years 1970 to 9999, kept to the microsecond; null for none"
+        });
         doc["components"]["schemas"][schema]["additionalProperties"] = json!(false);
     }
     doc["components"]["schemas"]["TodoPatch"]["minProperties"] = json!(1);

@@ -9,6 +9,7 @@ diesel::table! {
         version -> Int8,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        due_at -> Nullable<Timestamptz>,
     }
 }
 

@@ -52,8 +52,45 @@ pub const HEADER_CORRELATION_ID: &str = "correlation_id";
 pub const HEADER_REFUSED_REASON: &str = "x-refused-reason";
 /// AMQP header the read side adds to a message it dead-letters: when (RFC 3339).
 pub const HEADER_REFUSED_AT: &str = "x-refused-at";
-/// Envelope schema version this crate writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The contract's version this build writes, and the newest it reads in full.
+///
+/// Every version of the contract only adds to the one before: optional fields, read as absent
+/// by an older reader (a change that takes something away or changes a meaning is a new
+/// contract, on exchanges of its own, not a new version of this one). So a reader takes every
+/// version: an older one is upcast to this one ([`upcast`], one step per version), a newer one
+/// is read as this one, the fields this build does not know left out of the way.
+///
+/// - 1: the first.
+/// - 2: `data.due_at`, the todo's due date (RFC 3339, or `null`).
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The steps from each older version to the next, as JSON: `UPCASTS[n - 1]` takes an event
+/// of version `n` to version `n + 1`. A version 3 adds one function here.
+const UPCASTS: [fn(&mut serde_json::Value); SCHEMA_VERSION as usize - 1] = [v1_to_v2];
+
+/// Version 2 added `data.due_at`: a version 1 todo had no due date.
+fn v1_to_v2(event: &mut serde_json::Value) {
+    if let Some(data) = event.get_mut("data").and_then(|d| d.as_object_mut()) {
+        data.entry("due_at").or_insert(serde_json::Value::Null);
+    }
+}
+
+/// Takes an event of any older version (its JSON) to [`SCHEMA_VERSION`], one step at a time.
+/// An event of this version or a newer one, or without a usable `schema_version`, is left as
+/// it is.
+pub fn upcast(mut event: serde_json::Value) -> serde_json::Value {
+    let Some(from) = event.get("schema_version").and_then(|v| v.as_u64()) else {
+        return event;
+    };
+    if from == 0 || from >= u64::from(SCHEMA_VERSION) {
+        return event;
+    }
+    for step in &UPCASTS[from as usize - 1..] {
+        step(&mut event);
+    }
+    event["schema_version"] = SCHEMA_VERSION.into();
+    event
+}
 
 /// The three things that can happen to a todo, named in the past tense.
 #[cfg_attr(feature = "service", derive(utoipa::ToSchema))]
@@ -109,18 +146,23 @@ pub enum Field {
     Title,
     Description,
     Completed,
+    /// Version 2.
+    DueAt,
 }
 
-/// The full state of a todo after a change.
+/// The full state of a todo after a change. A field a newer version of the contract added
+/// and this build does not know is left out (see [`SCHEMA_VERSION`]).
 #[cfg_attr(feature = "service", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TodoState {
     pub title: String,
     pub description: Option<String>,
     pub completed: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When the todo is due (version 2); `null` when it has no due date.
+    #[serde(default)]
+    pub due_at: Option<DateTime<Utc>>,
 }
 
 /// One event as it travels: stored in the command side's log, published as one AMQP message,
@@ -140,9 +182,20 @@ pub struct Envelope {
     pub correlation_id: String,
     /// Full state after the change; `None` for a delete.
     pub data: Option<TodoState>,
-    /// Fields a `TodoUpdated` changed; empty for the other types.
-    #[serde(default)]
+    /// Fields a `TodoUpdated` changed; empty for the other types. A field a newer version
+    /// added and this build does not know is left out.
+    #[serde(default, deserialize_with = "known_fields")]
     pub changed: Vec<Field>,
+}
+
+/// The entries of `changed` this build knows; the others (a newer version's fields) are left
+/// out. Anything but an array of strings is refused.
+fn known_fields<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Field>, D::Error> {
+    let names: Vec<String> = Vec::deserialize(d)?;
+    Ok(names
+        .into_iter()
+        .filter_map(|name| serde_json::from_value(serde_json::Value::String(name)).ok())
+        .collect())
 }
 
 /// Why a message body is not a usable event.
@@ -150,7 +203,7 @@ pub struct Envelope {
 pub enum EnvelopeError {
     #[error("body is not a JSON event envelope: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("unsupported schema_version {0} (this build reads {SCHEMA_VERSION})")]
+    #[error("schema_version {0} is not a version of the contract (they start at 1)")]
     SchemaVersion(u32),
     #[error("{0} must carry data")]
     MissingData(EventType),
@@ -179,21 +232,32 @@ impl Envelope {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// Parses and checks a message body: the JSON shape and the invariants both services rely on.
+    /// Parses and checks a message body: the JSON shape and the invariants both services rely
+    /// on. An event of an older version is upcast ([`upcast`]); one of a newer version is read
+    /// as this build's version, without the fields it does not know. Either way the envelope
+    /// returned says [`SCHEMA_VERSION`]: it holds what this build reads, nothing more.
     pub fn from_json(body: &[u8]) -> Result<Self, EnvelopeError> {
-        let envelope: Envelope = serde_json::from_slice(body)?;
+        let mut envelope: Envelope = serde_json::from_slice(body)?;
+        if envelope.schema_version == 0 {
+            return Err(EnvelopeError::SchemaVersion(0));
+        }
+        if envelope.schema_version < SCHEMA_VERSION {
+            let value: serde_json::Value = serde_json::from_slice(body)?;
+            envelope = serde_json::from_value(upcast(value))?;
+        }
+        envelope.schema_version = SCHEMA_VERSION;
         envelope.validate()?;
         Ok(envelope)
     }
 
-    /// Checks what the contract allows, as the write side produces it: the schema version,
-    /// the todo id, version and position within 1 to [`limits::MAX_ID`], data where the type
+    /// Checks what the contract allows, as the write side produces it: a schema version from
+    /// 1, the todo id, version and position within 1 to [`limits::MAX_ID`], data where the type
     /// needs it and none where it does not, version 1 for a creation, and the todo's text
     /// within the write side's rules ([`limits`]). The read side refuses (dead-letters) an
     /// event outside them: only a peer with broker access, or a bug, can send one.
     pub fn validate(&self) -> Result<(), EnvelopeError> {
-        if self.schema_version != SCHEMA_VERSION {
-            return Err(EnvelopeError::SchemaVersion(self.schema_version));
+        if self.schema_version == 0 {
+            return Err(EnvelopeError::SchemaVersion(0));
         }
         for (field, value) in [
             ("todo_id", self.todo_id),
@@ -238,25 +302,78 @@ mod tests {
 
     const CREATED: &str = r#"{
         "event_id": "0b8f6a52-3c39-4c6e-9a53-2f0a4a1d6f10", "event_type": "TodoCreated",
+        "schema_version": 2, "todo_id": 42, "version": 1, "position": 1234,
+        "occurred_at": "2026-11-22T10:00:00Z", "correlation_id": "req-1",
+        "data": { "title": "Learn CQRS", "description": null, "completed": false,
+                  "created_at": "2026-11-22T10:00:00Z", "updated_at": "2026-11-22T10:00:00Z",
+                  "due_at": null },
+        "changed": [] }"#;
+
+    const UPDATED: &str = r#"{
+        "event_id": "6d1c1c0e-7f0b-4c55-8d2e-9c7f2b6c1a22", "event_type": "TodoUpdated",
+        "schema_version": 2, "todo_id": 42, "version": 3, "position": 1240,
+        "occurred_at": "2026-11-22T10:05:00.123456Z", "correlation_id": "req-7",
+        "data": { "title": "Learn CQRS", "description": "with outbox", "completed": true,
+                  "created_at": "2026-11-22T10:00:00Z", "updated_at": "2026-11-22T10:05:00.123456Z",
+                  "due_at": "2026-11-30T17:00:00Z" },
+        "changed": ["completed", "description"] }"#;
+
+    const DELETED: &str = r#"{
+        "event_id": "9a0e5c1b-2d3f-4e5a-8b6c-7d8e9f0a1b2c", "event_type": "TodoDeleted",
+        "schema_version": 2, "todo_id": 42, "version": 4, "position": 1300,
+        "occurred_at": "2026-11-22T11:00:00Z", "correlation_id": "req-9",
+        "data": null, "changed": [] }"#;
+
+    /// [`CREATED`] as version 1 wrote it: no due date.
+    const CREATED_V1: &str = r#"{
+        "event_id": "0b8f6a52-3c39-4c6e-9a53-2f0a4a1d6f10", "event_type": "TodoCreated",
         "schema_version": 1, "todo_id": 42, "version": 1, "position": 1234,
         "occurred_at": "2026-11-22T10:00:00Z", "correlation_id": "req-1",
         "data": { "title": "Learn CQRS", "description": null, "completed": false,
                   "created_at": "2026-11-22T10:00:00Z", "updated_at": "2026-11-22T10:00:00Z" },
         "changed": [] }"#;
 
-    const UPDATED: &str = r#"{
-        "event_id": "6d1c1c0e-7f0b-4c55-8d2e-9c7f2b6c1a22", "event_type": "TodoUpdated",
-        "schema_version": 1, "todo_id": 42, "version": 3, "position": 1240,
-        "occurred_at": "2026-11-22T10:05:00.123456Z", "correlation_id": "req-7",
-        "data": { "title": "Learn CQRS", "description": "with outbox", "completed": true,
-                  "created_at": "2026-11-22T10:00:00Z", "updated_at": "2026-11-22T10:05:00.123456Z" },
-        "changed": ["completed", "description"] }"#;
+    #[test]
+    fn a_version_1_event_is_upcast_to_this_version() {
+        let value: serde_json::Value = serde_json::from_str(CREATED_V1).expect("JSON");
+        let expected: serde_json::Value = serde_json::from_str(CREATED).expect("JSON");
+        assert_eq!(upcast(value), expected, "the upcast JSON is this version's");
+        let parsed = Envelope::from_json(CREATED_V1.as_bytes()).expect("a version 1 event");
+        assert_eq!(parsed.schema_version, SCHEMA_VERSION);
+        assert_eq!(parsed.data.as_ref().and_then(|d| d.due_at), None);
+        assert_eq!(
+            parsed,
+            Envelope::from_json(CREATED.as_bytes()).expect("the same event, version 2")
+        );
+        // A version 1 delete has no data to add to.
+        let deleted_v1 = DELETED.replace("\"schema_version\": 2", "\"schema_version\": 1");
+        let deleted = Envelope::from_json(deleted_v1.as_bytes()).expect("a version 1 delete");
+        assert_eq!(deleted.data, None);
+        // This version and newer ones are not touched.
+        let current: serde_json::Value = serde_json::from_str(UPDATED).expect("JSON");
+        assert_eq!(upcast(current.clone()), current);
+    }
 
-    const DELETED: &str = r#"{
-        "event_id": "9a0e5c1b-2d3f-4e5a-8b6c-7d8e9f0a1b2c", "event_type": "TodoDeleted",
-        "schema_version": 1, "todo_id": 42, "version": 4, "position": 1300,
-        "occurred_at": "2026-11-22T11:00:00Z", "correlation_id": "req-9",
-        "data": null, "changed": [] }"#;
+    #[test]
+    fn a_newer_version_is_read_as_this_one_without_what_it_does_not_know() {
+        let newer = UPDATED
+            .replace("\"schema_version\": 2", "\"schema_version\": 3")
+            .replace(
+                "\"due_at\": \"2026-11-30T17:00:00Z\"",
+                "\"due_at\": \"2026-11-30T17:00:00Z\", \"priority\": \"high\", \"tags\": [\"a\"]",
+            )
+            .replace("\"changed\":", "\"tenant\": \"acme\", \"changed\":")
+            .replace("\"description\"]", "\"description\", \"priority\"]");
+        let read = Envelope::from_json(newer.as_bytes()).expect("a version 3 event is read");
+        assert_eq!(
+            read,
+            Envelope::from_json(UPDATED.as_bytes()).expect("version 2"),
+            "read as this version: the unknown fields are left out"
+        );
+        let written: serde_json::Value = serde_json::from_slice(&read.to_json()).expect("JSON");
+        assert_eq!(written["schema_version"], 2);
+        assert!(written["data"].get("priority").is_none());
+    }
 
     #[test]
     fn literal_samples_of_each_type_parse() {
@@ -269,11 +386,16 @@ mod tests {
         let data = created.data.as_ref().expect("created carries data");
         assert_eq!(data.title, "Learn CQRS");
         assert_eq!(data.description, None);
+        assert_eq!(data.due_at, None);
 
         let updated = Envelope::from_json(UPDATED.as_bytes()).expect("TodoUpdated sample");
         assert_eq!(updated.event_type, EventType::TodoUpdated);
         assert_eq!(updated.changed, vec![Field::Completed, Field::Description]);
         assert!(updated.data.as_ref().is_some_and(|d| d.completed));
+        assert_eq!(
+            updated.data.as_ref().and_then(|d| d.due_at),
+            "2026-11-30T17:00:00Z".parse().ok()
+        );
 
         let deleted = Envelope::from_json(DELETED.as_bytes()).expect("TodoDeleted sample");
         assert_eq!(deleted.event_type, EventType::TodoDeleted);
@@ -330,8 +452,8 @@ mod tests {
             .collect();
         assert_eq!(
             data_keys.len(),
-            5,
-            "data has title, description, completed, created_at, updated_at: {data_keys:?}"
+            6,
+            "data has title, description, completed, created_at, updated_at, due_at: {data_keys:?}"
         );
     }
 
@@ -368,8 +490,12 @@ mod tests {
                 CREATED.replace("TodoCreated", "TodoArchived"),
             ),
             (
-                "future schema version",
-                CREATED.replace("\"schema_version\": 1", "\"schema_version\": 2"),
+                "schema version 0",
+                CREATED.replace("\"schema_version\": 2", "\"schema_version\": 0"),
+            ),
+            (
+                "a due date that is not RFC 3339",
+                UPDATED.replace("2026-11-30T17:00:00Z", "next tuesday"),
             ),
             (
                 "created without data",

@@ -240,6 +240,7 @@ mod tests {
                 version: 1,
                 created_at: Utc::now(),
                 updated_at: Utc::now(),
+                due_at: None,
             }),
             occurred_at: Some(Utc::now()),
         }

@@ -51,6 +51,7 @@ pub fn document() -> serde_json::Value {
             json!({"type": "string", "enum": crate::http::SORTS}),
         ),
         ("completed", json!({"type": "boolean"})),
+        ("overdue", json!({"type": "boolean", "enum": [true]})),
         (
             "cursor",
             json!({"type": "string", "pattern": crate::http::CURSOR_PATTERN}),
@@ -73,9 +74,10 @@ const PROBLEM: &str = "application/problem+json";
 #[utoipa::path(get, path = "/todos", tag = "todos",
     params(
         ("completed" = Option<bool>, Query, description = "Only done (true) or open (false) todos"),
-        ("sort" = Option<String>, Query, description = "id (default), created_at, updated_at; a - prefix for descending"),
+        ("overdue" = Option<bool>, Query, description = "true: only the open todos whose due date is past (at the first page's time), in due-date order (sort due_at, the default, or -due_at); completed=true beside it is 400"),
+        ("sort" = Option<String>, Query, description = "id (default), created_at, updated_at, due_at (the todos with a due date only); a - prefix for descending"),
         ("limit" = Option<i64>, Query, description = "1 to 200 (default 50)"),
-        ("cursor" = Option<String>, Query, description = "From the previous page's Link rel=next: `<sort>~<completed: all|true|false>~<id>[~<time>]`. It continues the listing it was issued for, in its order and filter: sort and completed given beside it are not read. Another form is 400"),
+        ("cursor" = Option<String>, Query, description = "From the previous page's Link rel=next: `<sort>~<filter: all|true|false|overdue.<time>>~<id>[~<time>]`. It continues the listing it was issued for, in its order and filter: sort and completed given beside it are not read. Another form is 400"),
     ),
     responses(
         (status = 200, description = "Live todos", body = Vec<Todo>, headers(

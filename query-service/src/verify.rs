@@ -275,6 +275,7 @@ mod tests {
                 completed: false,
                 created_at: at,
                 updated_at: at,
+                due_at: None,
             }),
             changed: Vec::new(),
         }

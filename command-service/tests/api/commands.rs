@@ -93,6 +93,116 @@ async fn create_patch_and_delete_follow_the_http_contract() {
 }
 
 #[tokio::test]
+async fn a_due_date_is_set_on_create_changed_and_cleared_and_every_event_carries_it() {
+    let app = spawn_app().await;
+    let created: Value = app
+        .post_json(
+            "/todos",
+            r#"{"title":"file taxes","due_at":"2027-04-15T23:59:00.1234567-04:00"}"#,
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    let id = created["id"].as_i64().expect("id");
+    assert_eq!(
+        created["due_at"], "2027-04-16T03:59:00.123456Z",
+        "in UTC, to the microsecond: {created}"
+    );
+    let path = format!("/todos/{id}");
+    let moved: Value = app
+        .send("PATCH", &path, Some(r#"{"due_at":"2027-05-01T12:00:00Z"}"#))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(moved["due_at"], "2027-05-01T12:00:00Z");
+    assert_eq!(
+        moved["title"], "file taxes",
+        "a PATCH keeps what it does not name"
+    );
+    let kept: Value = app
+        .send("PATCH", &path, Some(r#"{"completed":true}"#))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(kept["due_at"], "2027-05-01T12:00:00Z", "{kept}");
+    let cleared: Value = app
+        .send("PATCH", &path, Some(r#"{"due_at":null}"#))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(cleared["due_at"], Value::Null);
+    let put: Value = app
+        .send(
+            "PUT",
+            &path,
+            Some(r#"{"title":"file taxes","due_at":"2028-01-01T00:00:00Z"}"#),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(put["due_at"], "2028-01-01T00:00:00Z");
+    let put_without: Value = app
+        .send("PUT", &path, Some(r#"{"title":"file taxes"}"#))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        put_without["due_at"],
+        Value::Null,
+        "a PUT is the whole todo"
+    );
+
+    // Each bad due date is 422 naming the field, and writes nothing.
+    let before = app.events().await.len();
+    for body in [
+        r#"{"due_at":"tomorrow"}"#,
+        r#"{"due_at":"2027-02-30T00:00:00Z"}"#,
+        r#"{"due_at":"1969-07-20T20:17:00Z"}"#,
+        r#"{"due_at":1700000000}"#,
+    ] {
+        let response = app.send("PATCH", &path, Some(body)).await;
+        assert_eq!(response.status(), 422, "{body}");
+        let problem: Value = response.json().await.expect("json");
+        assert_eq!(problem["errors"][0]["field"], "due_at", "{body}: {problem}");
+    }
+    assert_eq!(app.events().await.len(), before);
+
+    let events = app.events().await;
+    let dues: Vec<(i64, Value, Value)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["schema_version"].as_i64().expect("schema_version"),
+                e["data"]["due_at"].clone(),
+                e["changed"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        dues,
+        [
+            (2, json!("2027-04-16T03:59:00.123456Z"), json!([])),
+            (2, json!("2027-05-01T12:00:00Z"), json!(["due_at"])),
+            (2, json!("2027-05-01T12:00:00Z"), json!(["completed"])),
+            (2, Value::Null, json!(["due_at"])),
+            (
+                2,
+                json!("2028-01-01T00:00:00Z"),
+                json!(["completed", "due_at"])
+            ),
+            (2, Value::Null, json!(["due_at"])),
+        ]
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn put_replaces_the_whole_todo_and_a_no_op_change_writes_no_event() {
     let app = spawn_app().await;
     let todo = app.create("Write docs").await;

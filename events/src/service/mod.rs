@@ -9,6 +9,7 @@
 //! feature keeps the contract itself free of warp, tokio and tracing for anyone who only needs
 //! the types.
 
+pub mod asyncapi;
 pub mod backoff;
 pub mod http;
 pub mod metrics;

@@ -11,13 +11,15 @@ pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 200;
 
 /// The values `sort` takes.
-pub const SORTS: [&str; 6] = [
+pub const SORTS: [&str; 8] = [
     "id",
     "-id",
     "created_at",
     "-created_at",
     "updated_at",
     "-updated_at",
+    "due_at",
+    "-due_at",
 ];
 
 fn unknown_params(params: &HashMap<String, String>, known: &[&str], errors: &mut Vec<FieldError>) {
@@ -34,13 +36,16 @@ fn unknown_params(params: &HashMap<String, String>, known: &[&str], errors: &mut
     }
 }
 
-/// Parses `GET /todos` parameters: `completed=true|false`, `limit=1..=200`,
-/// `sort=id|-id|created_at|-created_at|updated_at|-updated_at`, `cursor` from a `Link` header.
+/// Parses `GET /todos` parameters: `completed=true|false`, `overdue=true`, `limit=1..=200`,
+/// `sort=id|-id|created_at|-created_at|updated_at|-updated_at|due_at|-due_at`, `cursor` from
+/// a `Link` header. `sort=due_at` lists the todos that have a due date; `overdue=true` the
+/// ones not completed whose due date is past (at the time of the first page: the cursor
+/// carries it), in due-date order.
 pub fn list_query(params: &HashMap<String, String>) -> Result<ListQuery, ApiError> {
     let mut errors = Vec::new();
     unknown_params(
         params,
-        &["completed", "limit", "cursor", "sort"],
+        &["completed", "overdue", "limit", "cursor", "sort"],
         &mut errors,
     );
     let completed = match params.get("completed").map(String::as_str) {
@@ -68,27 +73,53 @@ pub fn list_query(params: &HashMap<String, String>) -> Result<ListQuery, ApiErro
             }
         },
     };
+    let overdue = match params.get("overdue").map(String::as_str) {
+        None => false,
+        Some("true") => true,
+        Some(other) => {
+            errors.push(FieldError::new(
+                "overdue",
+                format!("must be true (leave it out for every todo), got {other:?}"),
+            ));
+            false
+        }
+    };
     let (mut sort, mut descending) = match params.get("sort").map(String::as_str) {
+        None if overdue => (SortKey::DueAt, false),
         None => (SortKey::Id, false),
         Some(given) => match sort_of(given) {
             Some(sort) => sort,
             None => {
                 errors.push(FieldError::new(
                     "sort",
-                    format!("must be one of id, created_at, updated_at (prefix - for descending), got {given:?}"),
+                    format!("must be one of id, created_at, updated_at, due_at (prefix - for descending), got {given:?}"),
                 ));
                 (SortKey::Id, false)
             }
         },
     };
-    let mut completed = completed;
+    if overdue && sort != SortKey::DueAt {
+        errors.push(FieldError::new(
+            "sort",
+            "overdue todos are listed in due-date order: due_at or -due_at",
+        ));
+    }
+    if overdue && completed == Some(true) {
+        errors.push(FieldError::new(
+            "completed",
+            "an overdue todo is not completed: leave completed out or set it false",
+        ));
+    }
+    let mut completed = if overdue { Some(false) } else { completed };
+    let mut due_before = overdue.then(|| crate::store::timestamp(chrono::Utc::now()));
     // A cursor continues the listing it was issued for: its order and filter are the page's,
     // whatever `sort` and `completed` say beside it.
     let after = match params.get("cursor") {
         None => None,
         Some(raw) => match decode_cursor(raw) {
             Some(c) => {
-                (sort, descending, completed) = (c.sort, c.descending, c.completed);
+                (sort, descending, completed, due_before) =
+                    (c.sort, c.descending, c.completed, c.due_before);
                 Some(c.after)
             }
             None => {
@@ -103,6 +134,11 @@ pub fn list_query(params: &HashMap<String, String>) -> Result<ListQuery, ApiErro
     if errors.is_empty() {
         Ok(ListQuery {
             completed,
+            due_before: due_before.as_deref().and_then(|t| {
+                chrono::DateTime::parse_from_rfc3339(t)
+                    .ok()
+                    .map(|t| t.with_timezone(&chrono::Utc))
+            }),
             sort,
             descending,
             limit,
@@ -122,36 +158,48 @@ fn sort_name(sort: SortKey, descending: bool) -> &'static str {
         (SortKey::CreatedAt, true) => "-created_at",
         (SortKey::UpdatedAt, false) => "updated_at",
         (SortKey::UpdatedAt, true) => "-updated_at",
+        (SortKey::DueAt, false) => "due_at",
+        (SortKey::DueAt, true) => "-due_at",
     }
 }
 
 /// The order a `sort` value names.
 fn sort_of(name: &str) -> Option<(SortKey, bool)> {
-    [SortKey::Id, SortKey::CreatedAt, SortKey::UpdatedAt]
-        .into_iter()
-        .flat_map(|key| [(key, false), (key, true)])
-        .find(|(key, descending)| sort_name(*key, *descending) == name)
+    [
+        SortKey::Id,
+        SortKey::CreatedAt,
+        SortKey::UpdatedAt,
+        SortKey::DueAt,
+    ]
+    .into_iter()
+    .flat_map(|key| [(key, false), (key, true)])
+    .find(|(key, descending)| sort_name(*key, *descending) == name)
 }
 
 /// The form of every cursor [`encode_cursor`] writes and [`decode_cursor`] reads:
-/// `<sort>~<completed: all, true or false>~<id>`, and for a time order `~<time>` (the stored
-/// RFC 3339 text with microseconds). The OpenAPI document declares it as `cursor`'s pattern.
+/// `<sort>~<filter>~<id>`, and for a time order `~<time>` (the stored RFC 3339 text with
+/// microseconds). The filter is `all`, `true` or `false` (`completed`), or for the overdue
+/// list `overdue.<time>`, the time it is overdue at. The OpenAPI document declares it as
+/// `cursor`'s pattern.
 pub const CURSOR_PATTERN: &str = concat!(
     r"^(-?id~(all|true|false)~[0-9]{1,16}",
-    r"|-?(created_at|updated_at)~(all|true|false)~[0-9]{1,16}",
-    r"~[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z)$"
+    r"|-?(created_at|updated_at|due_at)~(all|true|false)~[0-9]{1,16}",
+    r"~[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z",
+    r"|-?due_at~overdue\.[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z",
+    r"~[0-9]{1,16}~[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z)$"
 );
 
 /// The `cursor` of the page after `c` in the listing `q`: the listing's order and filter and
 /// the position `c`, readable and checkable (see [`CURSOR_PATTERN`]).
 pub fn encode_cursor(q: &ListQuery, c: &Cursor) -> String {
-    let completed = match q.completed {
-        None => "all",
-        Some(true) => "true",
-        Some(false) => "false",
+    let filter = match (q.due_before, q.completed) {
+        (Some(t), _) => format!("overdue.{}", crate::store::timestamp(t)),
+        (None, None) => "all".to_string(),
+        (None, Some(true)) => "true".to_string(),
+        (None, Some(false)) => "false".to_string(),
     };
-    let mut cursor = format!("{}~{completed}~{}", sort_name(q.sort, q.descending), c.id);
-    if let (SortKey::CreatedAt | SortKey::UpdatedAt, Some(v)) = (q.sort, &c.v) {
+    let mut cursor = format!("{}~{filter}~{}", sort_name(q.sort, q.descending), c.id);
+    if let (SortKey::CreatedAt | SortKey::UpdatedAt | SortKey::DueAt, Some(v)) = (q.sort, &c.v) {
         cursor.push('~');
         cursor.push_str(v);
     }
@@ -164,6 +212,8 @@ struct Decoded {
     sort: SortKey,
     descending: bool,
     completed: Option<bool>,
+    /// The overdue list's time, as stored.
+    due_before: Option<String>,
     after: Cursor,
 }
 
@@ -184,10 +234,17 @@ fn is_stored_time(v: &str) -> bool {
 fn decode_cursor(raw: &str) -> Option<Decoded> {
     let mut parts = raw.split('~');
     let (sort, descending) = sort_of(parts.next()?)?;
-    let completed = match parts.next()? {
-        "all" => None,
-        "true" => Some(true),
-        "false" => Some(false),
+    let (completed, due_before) = match parts.next()? {
+        "all" => (None, None),
+        "true" => (Some(true), None),
+        "false" => (Some(false), None),
+        overdue if sort == SortKey::DueAt => {
+            let at = overdue.strip_prefix("overdue.")?;
+            if !is_stored_time(at) {
+                return None;
+            }
+            (Some(false), Some(at.to_string()))
+        }
         _ => return None,
     };
     let id = parts.next()?;
@@ -197,7 +254,9 @@ fn decode_cursor(raw: &str) -> Option<Decoded> {
     let id: i64 = id.parse().ok()?;
     let v = match (sort, parts.next()) {
         (SortKey::Id, None) => None,
-        (SortKey::CreatedAt | SortKey::UpdatedAt, Some(v)) if is_stored_time(v) => {
+        (SortKey::CreatedAt | SortKey::UpdatedAt | SortKey::DueAt, Some(v))
+            if is_stored_time(v) =>
+        {
             Some(v.to_string())
         }
         _ => return None,
@@ -209,6 +268,7 @@ fn decode_cursor(raw: &str) -> Option<Decoded> {
         sort,
         descending,
         completed,
+        due_before,
         after: Cursor { v, id },
     })
 }
@@ -219,7 +279,9 @@ pub(super) fn next_link(q: &ListQuery, cursor: &Cursor) -> String {
         q.limit,
         sort_name(q.sort, q.descending)
     );
-    if let Some(c) = q.completed {
+    if q.due_before.is_some() {
+        url.push_str("&overdue=true");
+    } else if let Some(c) = q.completed {
         url.push_str(&format!("&completed={c}"));
     }
     format!("<{url}&cursor={}>; rel=\"next\"", encode_cursor(q, cursor))
@@ -331,6 +393,7 @@ mod tests {
         for (sort, descending, completed, v, text) in cases {
             let q = ListQuery {
                 completed,
+                due_before: None,
                 sort,
                 descending,
                 limit: 5,
@@ -347,10 +410,64 @@ mod tests {
                     sort,
                     descending,
                     completed,
+                    due_before: None,
                     after: c
                 }),
                 "{text}"
             );
+        }
+        // The overdue list's cursor carries the time it is overdue at.
+        let at = "2026-12-05T10:00:00.000000Z";
+        let q = ListQuery {
+            completed: Some(false),
+            due_before: at.parse().ok(),
+            sort: SortKey::DueAt,
+            descending: true,
+            limit: 5,
+            after: None,
+        };
+        let c = Cursor {
+            v: Some(time.to_string()),
+            id: 42,
+        };
+        let text = encode_cursor(&q, &c);
+        assert_eq!(
+            text,
+            "-due_at~overdue.2026-12-05T10:00:00.000000Z~42~2026-11-22T10:00:00.000000Z"
+        );
+        let back = list_query(&params(&[("cursor", &text)])).expect("the overdue cursor");
+        assert_eq!(back.due_before, q.due_before);
+        assert_eq!(
+            (back.sort, back.descending, back.completed),
+            (SortKey::DueAt, true, Some(false))
+        );
+    }
+
+    #[test]
+    fn overdue_lists_are_in_due_date_order_and_not_completed() {
+        let q = list_query(&params(&[("overdue", "true")])).expect("overdue");
+        assert_eq!(
+            (q.sort, q.descending, q.completed),
+            (SortKey::DueAt, false, Some(false))
+        );
+        assert!(q.due_before.is_some());
+        for (why, pairs, field) in [
+            (
+                "another order",
+                &[("overdue", "true"), ("sort", "id")][..],
+                "sort",
+            ),
+            (
+                "completed ones",
+                &[("overdue", "true"), ("completed", "true")][..],
+                "completed",
+            ),
+            ("overdue false", &[("overdue", "false")][..], "overdue"),
+        ] {
+            match list_query(&params(pairs)) {
+                Err(ApiError::InvalidQuery(errors)) => assert_eq!(errors[0].field, field, "{why}"),
+                other => panic!("{why}: expected an invalid query, got {other:?}"),
+            }
         }
     }
 

@@ -2,8 +2,9 @@
 //! back as a [`Todo`] or a tombstone, and the timestamps they hold.
 //!
 //! `todos` documents: `{ _id, version, title, description, completed, created_at,
-//! updated_at, deleted, deleted_at?, last_event_id, last_position, projected_at }` and, on a
-//! live todo only, its four sort keys ([`SORT_KEYS`]); `_id` = the todo id. Timestamps are
+//! updated_at, due_at, deleted, deleted_at?, last_event_id, last_position, projected_at }`
+//! and, on a live todo only, its sort keys ([`SORT_KEYS`]: four, and two more when it has a
+//! due date); `_id` = the todo id. Timestamps are
 //! stored as fixed-width RFC 3339 strings with microseconds, so they sort as text and read
 //! back exactly as the command side wrote them.
 //!
@@ -28,12 +29,15 @@ fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-/// The sort key fields: `(field, time field, led by completed)`.
-pub const SORT_KEYS: [(&str, &str, bool); 4] = [
+/// The sort key fields: `(field, time field, led by completed)`. The `due_at` keys are on the
+/// todos that have a due date only: the lists in due-date order hold those.
+pub const SORT_KEYS: [(&str, &str, bool); 6] = [
     ("sort_created", "created_at", false),
     ("sort_updated", "updated_at", false),
     ("sort_completed_created", "created_at", true),
     ("sort_completed_updated", "updated_at", true),
+    ("sort_due", "due_at", false),
+    ("sort_completed_due", "due_at", true),
 ];
 
 /// The prefix of the sort keys of todos whose `completed` is `c`.
@@ -55,14 +59,18 @@ pub fn keys_end(prefix: &str) -> String {
     format!("{prefix}~")
 }
 
-/// The sort keys of a live todo.
-pub(super) fn sort_keys(id: i64, completed: bool, created_at: &str, updated_at: &str) -> Document {
+/// The sort keys of a live todo (`times`: its `created_at`, `updated_at` and `due_at`, as
+/// stored).
+pub(super) fn sort_keys(id: i64, completed: bool, times: [Option<&str>; 3]) -> Document {
     let mut keys = Document::new();
     for (field, time, by_completed) in SORT_KEYS {
-        let at = if time == "created_at" {
-            created_at
-        } else {
-            updated_at
+        let at = match time {
+            "created_at" => times[0],
+            "updated_at" => times[1],
+            _ => times[2],
+        };
+        let Some(at) = at else {
+            continue;
         };
         let prefix = if by_completed {
             completed_prefix(completed)
@@ -96,15 +104,30 @@ pub(super) fn guarded_upsert(e: &Envelope) -> (Document, Document) {
             );
             set.insert("completed", data.completed);
             let (created, updated) = (timestamp(data.created_at), timestamp(data.updated_at));
-            set.extend(sort_keys(e.todo_id, data.completed, &created, &updated));
+            let due = data.due_at.map(timestamp);
+            set.extend(sort_keys(
+                e.todo_id,
+                data.completed,
+                [Some(&created), Some(&updated), due.as_deref()],
+            ));
             set.insert("created_at", created);
             set.insert("updated_at", updated);
+            match due {
+                Some(due) => {
+                    set.insert("due_at", due);
+                }
+                // No due date: no due-date keys either (an earlier version's may be there).
+                None => {
+                    set.insert("due_at", Bson::Null);
+                    update.insert("$unset", doc! { "sort_due": "", "sort_completed_due": "" });
+                }
+            }
             set.insert("deleted", false);
         }
         _ => {
             set.insert("deleted", true);
             set.insert("deleted_at", timestamp(e.occurred_at));
-            let mut unset = doc! { "title": "", "description": "", "completed": "" };
+            let mut unset = doc! { "title": "", "description": "", "completed": "", "due_at": "" };
             for (field, _, _) in SORT_KEYS {
                 unset.insert(field, "");
             }
@@ -186,6 +209,12 @@ pub(super) fn from_document(d: &Document) -> Option<Stored> {
         version,
         created_at: parse_timestamp(d.get_str("created_at").ok()?)?,
         updated_at: parse_timestamp(d.get_str("updated_at").ok()?)?,
+        // Absent on a document written before due dates, null without one.
+        due_at: match d.get("due_at") {
+            None | Some(Bson::Null) => None,
+            Some(Bson::String(s)) => Some(parse_timestamp(s)?),
+            Some(_) => return None,
+        },
     }))
 }
 

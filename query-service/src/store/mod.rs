@@ -33,7 +33,7 @@ const STATS_ID: &str = "todos";
 /// The flag of `projection_stats` that says the counts of live and completed todos are kept
 /// there (every read model this version started, and older ones once counted).
 const COUNTS_KEPT: &str = "counts_kept";
-/// The secondary indexes of `todos`, by name. The lists sorted by time walk one of the four
+/// The secondary indexes of `todos`, by name. The lists sorted by time walk one of the six
 /// sort keys (`document::SortKeys`: one string field per order, the sort value and the id,
 /// led by `completed` for the filtered lists), each a single-field index that only live todos
 /// are in (sparse: a tombstone has no sort keys). A page is one bounded range of one field,
@@ -45,6 +45,9 @@ pub const INDEXES: &[IndexSpec] = &[
     ("sort_updated", &["sort_updated"], true),
     ("sort_completed_created", &["sort_completed_created"], true),
     ("sort_completed_updated", &["sort_completed_updated"], true),
+    // Todos with a due date only: the lists in due-date order and the overdue filter.
+    ("sort_due", &["sort_due"], true),
+    ("sort_completed_due", &["sort_completed_due"], true),
     // `GET /todos/stream`'s replay for a client reconnecting with `Last-Event-ID` walks the
     // read model in the order of each document's last change.
     ("last_position", &["last_position"], false),
@@ -112,6 +115,8 @@ pub struct Todo {
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When the todo is due; `null` when it has no due date.
+    pub due_at: Option<DateTime<Utc>>,
 }
 
 impl Todo {
@@ -127,6 +132,7 @@ impl Todo {
                     version: e.version,
                     created_at: data.created_at,
                     updated_at: data.updated_at,
+                    due_at: data.due_at,
                 })
             }
             _ => None,

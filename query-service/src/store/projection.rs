@@ -189,11 +189,15 @@ impl Store {
                 .iter()
                 .filter(|d| !d.contains_key("sort_created"))
                 .filter_map(|d| {
+                    // A read model written before sort keys predates due dates too.
                     let keys = super::document::sort_keys(
                         d.get_i64("_id").ok()?,
                         d.get_bool("completed").ok()?,
-                        d.get_str("created_at").ok()?,
-                        d.get_str("updated_at").ok()?,
+                        [
+                            Some(d.get_str("created_at").ok()?),
+                            Some(d.get_str("updated_at").ok()?),
+                            None,
+                        ],
                     );
                     Some(doc! {
                         "q": { "_id": d.get_i64("_id").ok()?, "version": d.get_i64("version").ok()?, "deleted": false },
@@ -460,6 +464,7 @@ impl Store {
         for (time, span) in [
             ("created_at", highest.created),
             ("updated_at", highest.updated),
+            ("due_at", highest.due),
         ] {
             if let Some((low, high)) = span {
                 min.insert(format!("min_{time}"), timestamp(low));
@@ -519,6 +524,7 @@ pub struct Highest {
     pub position: i64,
     pub created: Option<(DateTime<Utc>, DateTime<Utc>)>,
     pub updated: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    pub due: Option<(DateTime<Utc>, DateTime<Utc>)>,
 }
 
 fn widest(
@@ -540,6 +546,7 @@ impl Highest {
             position: self.position.max(other.position),
             created: widest(self.created, other.created),
             updated: widest(self.updated, other.updated),
+            due: widest(self.due, other.due),
         }
     }
 
@@ -552,6 +559,7 @@ impl Highest {
                 position: e.position,
                 created: state.map(|d| (d.created_at, d.created_at)),
                 updated: state.map(|d| (d.updated_at, d.updated_at)),
+                due: state.and_then(|d| d.due_at).map(|t| (t, t)),
             })
         })
     }

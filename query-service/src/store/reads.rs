@@ -42,6 +42,8 @@ pub enum SortKey {
     Id,
     CreatedAt,
     UpdatedAt,
+    /// The todos with a due date only.
+    DueAt,
 }
 
 impl SortKey {
@@ -50,6 +52,7 @@ impl SortKey {
             SortKey::Id => "_id",
             SortKey::CreatedAt => "created_at",
             SortKey::UpdatedAt => "updated_at",
+            SortKey::DueAt => "due_at",
         }
     }
 }
@@ -58,6 +61,9 @@ impl SortKey {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListQuery {
     pub completed: Option<bool>,
+    /// Only the todos due before this time (the overdue ones: with `completed` false and the
+    /// due-date order).
+    pub due_before: Option<DateTime<Utc>>,
     pub sort: SortKey,
     pub descending: bool,
     pub limit: i64,
@@ -110,6 +116,8 @@ fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 fn time_of(sort: SortKey, todo: &Todo) -> DateTime<Utc> {
     match sort {
         SortKey::UpdatedAt => todo.updated_at,
+        // A due-date list holds the todos with a due date only.
+        SortKey::DueAt => todo.due_at.unwrap_or(todo.created_at),
         _ => todo.created_at,
     }
 }
@@ -250,13 +258,25 @@ impl Store {
         let prefix = q.completed.map_or("", completed_prefix);
         let need = q.limit + 1;
         let bounds = self.time_bounds(q.sort).await?;
+        // The top of the key range: its end, or the first key of `due_before` (a bare time
+        // sorts below every key of that instant).
+        let top = match q.due_before {
+            Some(t) => format!("{prefix}{}", timestamp(t)),
+            None => keys_end(prefix),
+        };
         // The open end of the walk, and where it has come to.
         let (mut from_key, mut from_time) = match &q.after {
             Some(c) => {
                 let v = c.v.clone().unwrap_or_default();
                 (sort_key(prefix, &v, c.id), parse_time(&v))
             }
-            None if q.descending => (keys_end(prefix), bounds.map(|b| b.1)),
+            None if q.descending => (
+                top.clone(),
+                match (bounds, q.due_before) {
+                    (Some(b), Some(t)) => Some(b.1.min(t)),
+                    (b, _) => b.map(|b| b.1),
+                },
+            ),
             None => (prefix.to_string(), bounds.map(|b| b.0)),
         };
         let density = self.walks.density(field, prefix, q.descending);
@@ -283,12 +303,13 @@ impl Store {
                         }
                         _ => None,
                     };
-                    let to_key = match to_time {
-                        Some(t) => format!("{prefix}{}", timestamp(t)),
-                        None if q.descending => prefix.to_string(),
-                        None => keys_end(prefix),
-                    };
-                    (to_key, to_time)
+                    match to_time {
+                        Some(t) if q.descending || format!("{prefix}{}", timestamp(t)) < top => {
+                            (format!("{prefix}{}", timestamp(t)), Some(t))
+                        }
+                        None if q.descending => (prefix.to_string(), None),
+                        _ => (top.clone(), None),
+                    }
                 }
             };
             let (filter, order) = if q.descending {
@@ -313,7 +334,8 @@ impl Store {
             // a key it should not (written by an earlier version) is passed over.
             for d in &page {
                 if let Stored::Live(t) = read_document(d)? {
-                    if q.completed.is_none_or(|c| c == t.completed) {
+                    let due = q.due_before.is_none_or(|b| t.due_at.is_some_and(|d| d < b));
+                    if q.completed.is_none_or(|c| c == t.completed) && due {
                         todos.push(t);
                     }
                 }

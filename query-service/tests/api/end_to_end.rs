@@ -144,7 +144,7 @@ async fn writes_on_the_command_side_become_reads_on_the_query_side() {
 }
 
 /// A message published to the exchange beside command-service's, for a todo PostgreSQL never
-/// had: `schema_version` 99 (a newer writer), or a create at version 2.
+/// had: `schema_version` 0 (no version of the contract), or a create at version 2.
 fn foreign_message(todo_id: i64, schema_version: i64, version: i64) -> Vec<u8> {
     let at = chrono::Utc::now();
     let event = events::Envelope {
@@ -162,6 +162,7 @@ fn foreign_message(todo_id: i64, schema_version: i64, version: i64) -> Vec<u8> {
             completed: false,
             created_at: at,
             updated_at: at,
+            due_at: None,
         }),
         changed: Vec::new(),
     };
@@ -189,7 +190,7 @@ async fn messages_the_write_side_never_sent_leave_no_document_beside_its_writes(
     let first: Value = create("before").await.json().await.expect("json");
     let id = first["id"].as_i64().expect("id");
     publisher
-        .publish_raw("todo.created", &foreign_message(id + 1000, 99, 1))
+        .publish_raw("todo.created", &foreign_message(id + 1000, 0, 1))
         .await;
     publisher
         .publish_raw("todo.created", &foreign_message(id + 1001, 1, 2))

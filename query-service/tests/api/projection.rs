@@ -28,6 +28,7 @@ fn event(todo_id: i64, version: i64, kind: EventType, title: &str, completed: bo
             completed,
             created_at: base + Span::seconds(todo_id * 100 + 1),
             updated_at: at,
+            due_at: None,
         }),
         changed: if kind == EventType::TodoUpdated {
             vec![Field::Title, Field::Completed]
@@ -393,6 +394,7 @@ async fn an_earlier_read_model_gets_its_sort_keys_once() {
         .await
         .expect("flag removed");
     let list = |sort| query_service::store::ListQuery {
+        due_before: None,
         completed: None,
         sort,
         descending: true,
@@ -482,6 +484,7 @@ async fn a_time_ordered_walk_passes_over_documents_with_stale_sort_keys() {
         let mut after = None;
         loop {
             let q = query_service::store::ListQuery {
+                due_before: None,
                 completed,
                 sort: query_service::store::SortKey::CreatedAt,
                 descending: false,

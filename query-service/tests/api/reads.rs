@@ -26,6 +26,7 @@ fn created(todo_id: i64, completed: bool) -> Envelope {
             completed,
             created_at: at,
             updated_at: at,
+            due_at: None,
         }),
         changed: Vec::new(),
     }
@@ -421,6 +422,7 @@ fn timed(todo_id: i64, version: i64, completed: bool) -> Envelope {
             completed,
             created_at,
             updated_at,
+            due_at: None,
         }),
         changed: if version == 1 {
             Vec::new()
@@ -437,12 +439,15 @@ fn expected_order(todos: &[Envelope], sort: &str, completed: Option<bool>) -> Ve
     let mut rows: Vec<(String, i64)> = todos
         .iter()
         .filter(|e| completed.is_none_or(|c| e.data.as_ref().is_some_and(|d| d.completed == c)))
+        // A due-date order lists the todos that have one.
+        .filter(|e| key != "due_at" || e.data.as_ref().is_some_and(|d| d.due_at.is_some()))
         .map(|e| {
             let d = e.data.as_ref().expect("data");
             let k = match key {
                 "id" => format!("{:020}", e.todo_id),
                 "created_at" => query_service::store::timestamp(d.created_at),
                 "updated_at" => query_service::store::timestamp(d.updated_at),
+                "due_at" => query_service::store::timestamp(d.due_at.expect("a due date")),
                 other => panic!("unknown sort {other}"),
             };
             (k, e.todo_id)
@@ -546,6 +551,81 @@ async fn time_ordered_lists_hold_every_todo_across_clusters_of_any_density() {
             }
         }
     }
+    query.stop().await;
+    names.cleanup().await;
+}
+
+#[tokio::test]
+async fn due_date_orders_and_the_overdue_list_hold_every_todo_with_a_due_date_once() {
+    let names = Names::new();
+    let query = spawn_query(&names).await;
+    let publisher = publisher(&names.exchange).await;
+    let now = Utc::now();
+    let mut todos: Vec<Envelope> = (1..=120)
+        .map(|id| {
+            let mut e = timed(id, 1, id % 4 == 0);
+            let d = e.data.as_mut().expect("data");
+            d.due_at = match id % 3 {
+                // No due date: in no due-date list.
+                0 => None,
+                // Past: overdue unless completed (hours to months ago, two to an instant).
+                1 => Some(now - Span::hours((id / 2) * 37)),
+                // Ahead: days to years from now.
+                _ => Some(now + Span::days(id * 9)),
+            };
+            e
+        })
+        .collect();
+    for e in &todos {
+        publisher.publish(e).await;
+    }
+    // A later version takes one todo's due date away and gives another one.
+    for (id, due) in [(1, None), (3, Some(now - Span::minutes(5)))] {
+        let mut e = timed(id, 2, false);
+        e.data.as_mut().expect("data").due_at = due;
+        publisher.publish(&e).await;
+        todos[(id - 1) as usize] = e;
+    }
+    let client = reqwest::Client::new();
+    eventually(Duration::from_secs(30), "all projected", || async {
+        settled_in_stats(&client, &query).await == todos.len() as i64 + 2
+    })
+    .await;
+    for sort in ["due_at", "-due_at"] {
+        for completed in [None, Some(true), Some(false)] {
+            let expected = expected_order(&todos, sort, completed);
+            let filter = completed.map_or(String::new(), |c| format!("&completed={c}"));
+            for limit in [7, 50] {
+                let first = format!("/todos?sort={sort}&limit={limit}{filter}");
+                let (ids, _) = walk(&client, &query, &first).await;
+                assert_eq!(ids, expected, "{first}");
+            }
+        }
+        // Overdue: open, due before now.
+        let overdue: Vec<Envelope> = todos
+            .iter()
+            .filter(|e| {
+                e.data
+                    .as_ref()
+                    .is_some_and(|d| !d.completed && d.due_at.is_some_and(|t| t < Utc::now()))
+            })
+            .cloned()
+            .collect();
+        let expected = expected_order(&overdue, sort, None);
+        assert!(expected.len() > 10, "{expected:?}");
+        assert!(expected.contains(&3) && !expected.contains(&1));
+        for limit in [7, 50] {
+            let first = format!("/todos?overdue=true&sort={sort}&limit={limit}");
+            let (ids, _) = walk(&client, &query, &first).await;
+            assert_eq!(ids, expected, "{first}");
+        }
+    }
+    let bad = client
+        .get(query.url("/todos?overdue=true&sort=created_at"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(bad.status(), 400);
     query.stop().await;
     names.cleanup().await;
 }

@@ -35,6 +35,7 @@ fn event(todo_id: i64, version: i64) -> Envelope {
             completed: version % 2 == 0,
             created_at: at,
             updated_at: at + chrono::Duration::seconds(version),
+            due_at: None,
         }),
         changed: if version == 1 {
             Vec::new()

@@ -238,6 +238,7 @@ fn created(todo_id: i64) -> events::Envelope {
             completed: false,
             created_at: at,
             updated_at: at,
+            due_at: None,
         }),
         changed: Vec::new(),
     }

@@ -720,6 +720,7 @@ async fn lists(config: &Config, report: &mut Report) -> anyhow::Result<()> {
             "/todos?limit=50&cursor={}",
             query_service::http::encode_cursor(
                 &query_service::store::ListQuery {
+                    due_before: None,
                     completed: None,
                     sort: query_service::store::SortKey::Id,
                     descending: false,

@@ -97,6 +97,7 @@ pub async fn log_size(config: &Config, database: &str) -> anyhow::Result<(i64, i
 pub fn pgbench_script(config: &Config) -> anyhow::Result<PathBuf> {
     let data = r#"'{"title": "bench todo", "description": "written by pgbench", "completed": false, "created_at": "2026-11-25T00:00:00Z", "updated_at": "2026-11-25T00:00:00Z"}'::jsonb"#;
     let values = [
+        ("$8", "NULL"),
         ("$7", data),
         ("$6", "'pgbench'"),
         ("$5", "gen_random_uuid()"),
@@ -273,6 +274,7 @@ fn created(todo_id: i64) -> Envelope {
             completed: todo_id % 3 == 0,
             created_at: at,
             updated_at: at,
+            due_at: None,
         }),
         changed: Vec::new(),
     }

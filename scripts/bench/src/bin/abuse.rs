@@ -993,6 +993,7 @@ fn forged(todo_id: i64, version: i64, title: &str) -> events::Envelope {
             completed: true,
             created_at: at,
             updated_at: at,
+            due_at: None,
         }),
         changed: vec![events::Field::Completed],
     }

@@ -21,8 +21,14 @@
 //!   doubles from [`RETRY_BASE`] up to `RETRY_MAX_BACKOFF_MS`, for as long as the store refuses
 //!   it. Meanwhile the rest of its batch is acked one by one (a `multiple` ack would ack it
 //!   too) and the consumer goes on with later messages; refused events hold prefetch slots, so
-//!   at most `AMQP_PREFETCH` of them are held. The broker's `x-delivery-count` is not read:
-//!   returns after a reconnect say nothing about an event.
+//!   at most `AMQP_PREFETCH` of them are held.
+//! - A message the broker has delivered `AMQP_MAX_DELIVERIES` times without it being settled
+//!   (its quorum queue's `x-delivery-count` header) is dead-lettered with that reason before it
+//!   is even parsed: a message that makes the consumer fail every time (a crash, a panic, a
+//!   process killed while it holds it) cannot loop for ever. Each return counts, also one after a
+//!   reconnect while the event was held for a store that refused it, so the bound is set well
+//!   above the reconnects such an outage costs (20 by default); a valid event dead-lettered
+//!   that way says so in its reason, and `query-service dead-letters redrive` sends it back.
 //! - A transient MongoDB error of the whole batch (server away, restarting) is retried in place
 //!   with backoff; the batch stays unacked meanwhile, so nothing is lost.
 //! - lapin does not reconnect by itself: the loop here reconnects with a backoff that starts
@@ -66,6 +72,9 @@ pub struct ConsumerConfig {
     /// The fanout exchange each batch's changes to the read model are published to, for every
     /// replica's `GET /todos/stream` (`crate::fanout`).
     pub changes_exchange: String,
+    /// `AMQP_MAX_DELIVERIES`: a message delivered this many times without being settled is
+    /// dead-lettered with that reason (0: never).
+    pub max_deliveries: u32,
 }
 
 pub use crate::waits::Applied;
@@ -78,7 +87,12 @@ pub struct ConsumerStatus {
     /// The change fan-out listener is subscribed (`crate::fanout`): stream clients get every
     /// replica's changes.
     pub fanout: AtomicBool,
+    /// Messages in the dead-letter queue as last read (`None`: not read yet).
+    pub dead_letters: std::sync::Mutex<Option<u32>>,
 }
+
+/// How often the consumer reads how many messages the dead-letter queue holds.
+pub const DEAD_LETTERS_EVERY: Duration = Duration::from_secs(5);
 
 /// First delay before a reconnect, and before the first retry of an event the store refused.
 pub const RETRY_BASE: Duration = Duration::from_millis(200);
@@ -106,6 +120,7 @@ pub async fn run(
                     deliveries: &link.deliveries,
                     dead_letters: &link.dead_letters,
                     notices: &link.notices,
+                    probe: &link.probe,
                 };
                 let result =
                     consume(&store, &config, channels, &status, &shutdown, &mut settled).await;
@@ -259,6 +274,7 @@ struct Link {
     /// In confirm mode.
     dead_letters: Channel,
     notices: Channel,
+    probe: Channel,
 }
 
 async fn open(url: &str, name: &str) -> anyhow::Result<Connection> {
@@ -297,12 +313,14 @@ async fn connect(config: &ConsumerConfig) -> anyhow::Result<Link> {
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let notices = publishing.create_channel().await?;
+    let probe = publishing.create_channel().await?;
     Ok(Link {
         consuming,
         publishing,
         deliveries,
         dead_letters,
         notices,
+        probe,
     })
 }
 
@@ -338,6 +356,9 @@ struct Channels<'a> {
     deliveries: &'a Channel,
     dead_letters: &'a Channel,
     notices: &'a Channel,
+    /// Reads the dead-letter queue's depth (a passive declare, which closes the channel it
+    /// runs on if it fails: never one of the others).
+    probe: &'a Channel,
 }
 
 async fn consume(
@@ -366,6 +387,9 @@ async fn consume(
     // What batches wrote since the last settling, and when that was.
     let mut unsettled = Unsettled::default();
     let mut last_settled = Instant::now() - SETTLE_EVERY;
+    let dlq = events::dead_letter_queue(&config.queue);
+    let mut dead_letters_tick = tokio::time::interval(DEAD_LETTERS_EVERY);
+    dead_letters_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let cancel = || async {
         let _ = channel
             .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
@@ -389,6 +413,15 @@ async fn consume(
                 if next_retry.is_some() => {}
             _ = tokio::time::sleep_until(settle_at.unwrap_or(started).into()),
                 if settle_at.is_some() => {}
+            _ = dead_letters_tick.tick() => {
+                match crate::dead_letters::depth(channels.probe, &dlq).await {
+                    Ok(n) => {
+                        config.metrics.set_dead_letters(n);
+                        *status.dead_letters.lock().unwrap_or_else(|e| e.into_inner()) = Some(n);
+                    }
+                    Err(err) => tracing::debug!(error = %err, "the dead-letter queue's depth is unknown"),
+                }
+            }
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => fresh.push(delivery),
                 Some(Err(err)) => return Err(err.into()),
@@ -522,6 +555,22 @@ fn header<'a>(delivery: &'a Delivery, key: &str) -> Option<&'a AMQPValue> {
     delivery.properties.headers().as_ref()?.inner().get(key)
 }
 
+/// How many times the broker has delivered `delivery`, this time included: its quorum queue
+/// counts the earlier ones in `x-delivery-count` (absent on a first delivery).
+fn deliveries(delivery: &Delivery) -> u32 {
+    let earlier = match header(delivery, "x-delivery-count") {
+        Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
+        Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::LongUInt(n)) => *n,
+        Some(AMQPValue::ShortInt(n)) => u32::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::ShortUInt(n)) => u32::from(*n),
+        Some(AMQPValue::ShortShortInt(n)) => u32::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::ShortShortUInt(n)) => u32::from(*n),
+        _ => 0,
+    };
+    earlier.saturating_add(1)
+}
+
 fn correlation_id(delivery: &Delivery) -> String {
     match header(delivery, events::HEADER_CORRELATION_ID) {
         Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
@@ -554,6 +603,21 @@ async fn handle_batch(
     // Held events first: they are the older deliveries.
     let mut batch = retried;
     for delivery in fresh {
+        let delivered = deliveries(&delivery);
+        if config.max_deliveries > 0 && delivered >= config.max_deliveries {
+            let reason = format!(
+                "delivered {delivered} times without being settled (AMQP_MAX_DELIVERIES is {}): \
+                 the consumer failed or stopped each time it held it",
+                config.max_deliveries
+            );
+            event_span(&delivery).in_scope(|| {
+                tracing::error!(delivered, "message delivered too often; dead-lettering it")
+            });
+            dead_letter(channels.dead_letters, &config.exchange, &delivery, &reason).await?;
+            counts.add(Outcome::DeadLettered);
+            config.metrics.observe_event(Outcome::DeadLettered, None);
+            continue;
+        }
         match Envelope::from_json(&delivery.data) {
             Ok(event) => batch.push(Pending {
                 delivery,

@@ -5,6 +5,7 @@
 
 pub mod changes;
 pub mod consumer;
+pub mod dead_letters;
 pub mod error;
 pub mod fanout;
 pub mod http;
@@ -103,6 +104,7 @@ impl Application {
             max_backoff: Duration::from_millis(self.settings.retry_max_backoff_ms),
             applied: applied.clone(),
             changes_exchange: changes_exchange.clone(),
+            max_deliveries: self.settings.amqp_max_deliveries,
         };
         let consumer = {
             let (store, status, stop) = (self.store.clone(), status.clone(), shutdown.clone());

@@ -5,7 +5,8 @@ use query_service::{settings::Settings, shutdown, store::Store, telemetry, Appli
 /// `query-service replay [COMMAND_URL]` rebuilds or repairs the read model from
 /// command-service's event log (default `http://127.0.0.1:5001`);
 /// `query-service verify [COMMAND_URL] [--repair]` compares the read model with that log
-/// (exit code 1 on a difference).
+/// (exit code 1 on a difference); `query-service dead-letters list | redrive [--all | <event
+/// id>...] | purge --yes` works the dead-letter queue (`query_service::dead_letters`).
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
@@ -63,8 +64,12 @@ async fn main() -> anyhow::Result<()> {
             print!("verify after repair: {after}");
             std::process::exit(if after.differences.is_empty() { 0 } else { 1 });
         }
+        Some("dead-letters") => {
+            let rest: Vec<String> = args.collect();
+            return dead_letters(&settings, &rest).await;
+        }
         Some(other) => anyhow::bail!(
-            "unknown command {other:?}: use no argument (serve), `healthcheck`, `replay [COMMAND_URL]` or `verify [COMMAND_URL] [--repair]`"
+            "unknown command {other:?}: use no argument (serve), `healthcheck`, `replay [COMMAND_URL]`, `verify [COMMAND_URL] [--repair]` or `dead-letters list|redrive|purge`"
         ),
         None => {}
     }
@@ -72,4 +77,56 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(?settings, "starting query-service");
     let app = Application::build(settings).await?;
     app.run(shutdown::signal()).await
+}
+
+/// `query-service dead-letters ...`: prints what it did, one line per message.
+async fn dead_letters(settings: &Settings, args: &[String]) -> anyhow::Result<()> {
+    use query_service::dead_letters::{self, Selection};
+    let (url, queue) = (&settings.amqp_url, &settings.amqp_queue);
+    let dlq = events::dead_letter_queue(queue);
+    match args.first().map(String::as_str) {
+        Some("list") if args.len() == 1 => {
+            let letters = dead_letters::list(url, queue).await?;
+            println!("{dlq}: {} dead letter(s)", letters.len());
+            for l in &letters {
+                println!("{l}");
+            }
+        }
+        Some("redrive") if args.len() > 1 => {
+            let selection = if args[1..] == ["--all".to_string()] {
+                Selection::All
+            } else if args[1..].iter().any(|a| a.starts_with('-')) {
+                anyhow::bail!("redrive takes --all or event ids, not {:?}", &args[1..]);
+            } else {
+                Selection::EventIds(args[1..].to_vec())
+            };
+            let report = dead_letters::redrive(url, queue, &selection).await?;
+            for l in &report.sent {
+                println!("redriven to {queue}: {l}");
+            }
+            for id in &report.missing {
+                println!("not in {dlq}: {id}");
+            }
+            println!(
+                "{} redriven, {} left in {dlq}{}",
+                report.sent.len(),
+                report.kept,
+                if report.missing.is_empty() { "" } else { "; some ids were not there" }
+            );
+            if !report.missing.is_empty() {
+                std::process::exit(1);
+            }
+        }
+        Some("purge") if args.len() == 2 && args[1] == "--yes" => {
+            let purged = dead_letters::purge(url, queue).await?;
+            println!("purged {purged} dead letter(s) from {dlq}");
+        }
+        Some("purge") => anyhow::bail!(
+            "purge drops every message of {dlq} for good: say so with `dead-letters purge --yes`"
+        ),
+        _ => anyhow::bail!(
+            "usage: query-service dead-letters list | redrive --all | redrive <event id>... | purge --yes"
+        ),
+    }
+    Ok(())
 }

@@ -9,6 +9,8 @@
 //! - `projection_store_unavailable_total`: times the consumer found MongoDB unavailable (a
 //!   batch's write or its counters failed as a server away does) and retried after a pause
 //! - `consumer_connection_attempts_total`: connections to RabbitMQ the consumer tried
+//! - `dead_letter_queue_messages`: messages in the dead-letter queue, as the consumer last
+//!   read it (every [`crate::consumer::DEAD_LETTERS_EVERY`]; -1 before it could)
 //! - `min_version_waiting`: `?min_version=` requests waiting now (at most
 //!   `MIN_VERSION_MAX_WAITERS`); `min_version_rounds_total`, `min_version_round_reads_total`
 //!   and `min_version_answered_by_notice_total`: how the shared waiting room answered them
@@ -52,6 +54,7 @@ pub struct Metrics {
     store_unavailable: Counter,
     connection_attempts: Counter,
     min_version_waiting: Gauge,
+    dead_letters: Gauge,
     /// The `?min_version=` waiting room's figures (`crate::waits`).
     pub waits: crate::waits::WaitFigures,
 }
@@ -103,6 +106,13 @@ impl Default for Metrics {
             "Requests waiting for a ?min_version= to be projected",
             min_version_waiting.clone(),
         );
+        let dead_letters = Gauge::default();
+        dead_letters.set(-1);
+        registry.register(
+            "dead_letter_queue_messages",
+            "Messages in the dead-letter queue as the consumer last read it (-1: not read yet)",
+            dead_letters.clone(),
+        );
         let waits = crate::waits::WaitFigures::default();
         registry.register(
             "min_version_rounds",
@@ -135,6 +145,7 @@ impl Default for Metrics {
             store_unavailable,
             connection_attempts,
             min_version_waiting,
+            dead_letters,
         }
     }
 }
@@ -151,6 +162,11 @@ impl Metrics {
     /// MongoDB refused an event's write once more.
     pub fn observe_refusal(&self) {
         self.refusals.inc();
+    }
+
+    /// How many messages the dead-letter queue holds.
+    pub fn set_dead_letters(&self, n: u32) {
+        self.dead_letters.set(i64::from(n));
     }
 
     /// How many refused events the consumer holds for a retry.

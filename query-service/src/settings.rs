@@ -29,6 +29,10 @@ pub struct Settings {
     /// `AMQP_PREFETCH`: unacknowledged deliveries the consumer holds at once.
     #[serde(default = "default_prefetch")]
     pub amqp_prefetch: u16,
+    /// `AMQP_MAX_DELIVERIES`: a message delivered this many times without being settled (a
+    /// consumer that fails on it every time) is dead-lettered with that reason; 0: never.
+    #[serde(default = "default_max_deliveries")]
+    pub amqp_max_deliveries: u32,
     /// `RETRY_MAX_BACKOFF_MS`: ceiling of the backoff between retries of a store or broker,
     /// and between retries of an event the store refused.
     #[serde(default = "default_max_backoff_ms")]
@@ -118,6 +122,9 @@ fn default_queue() -> String {
 }
 fn default_prefetch() -> u16 {
     100
+}
+fn default_max_deliveries() -> u32 {
+    20
 }
 fn default_max_backoff_ms() -> u64 {
     5_000

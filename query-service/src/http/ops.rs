@@ -86,6 +86,11 @@ pub(super) fn stats(
                     completed,
                     pending: total.saturating_sub(completed),
                     projection,
+                    dead_letter_queue: *state
+                        .consumer
+                        .dead_letters
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()),
                 };
                 Ok(json_response(StatusCode::OK, &stats))
             })

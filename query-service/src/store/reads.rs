@@ -83,6 +83,9 @@ pub struct Stats {
     pub completed: u64,
     pub pending: u64,
     pub projection: ProjectionStats,
+    /// Messages in the dead-letter queue, as this replica's consumer last read it (every 5 s);
+    /// null before it could. `query-service dead-letters list` shows them.
+    pub dead_letter_queue: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]

@@ -4,6 +4,7 @@
 
 mod consumer;
 mod convergence;
+mod dead_letters;
 mod deploy;
 mod end_to_end;
 mod feed_tokens;

@@ -204,11 +204,12 @@ fn completed(value: &Value, errors: &mut Vec<FieldError>) -> Option<bool> {
 const DUE_YEARS: std::ops::RangeInclusive<i32> = 1970..=9999;
 
 /// The form of a due date the OpenAPI document declares (with `format: date-time`): RFC 3339
-/// with a year from 1971 to 9998, inside [`DUE_YEARS`] whatever the offset does to the UTC
-/// date, so every value of that form is taken.
+/// with a year from 1971 to 9998 (inside [`DUE_YEARS`] whatever the offset does to the UTC
+/// date) and a day from 1 to 28 (a day every month has), so that every value of that form is
+/// taken; the service takes every RFC 3339 date-time within [`DUE_YEARS`].
 pub const DUE_AT_PATTERN: &str = concat!(
     r"^(197[1-9]|19[89][0-9]|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])",
-    r"-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])",
+    r"-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])",
     r"T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
 );
 

@@ -74,7 +74,7 @@ const PROBLEM: &str = "application/problem+json";
 #[utoipa::path(get, path = "/todos", tag = "todos",
     params(
         ("completed" = Option<bool>, Query, description = "Only done (true) or open (false) todos"),
-        ("overdue" = Option<bool>, Query, description = "true: only the open todos whose due date is past (at the first page's time), in due-date order (sort due_at, the default, or -due_at); completed=true beside it is 400"),
+        ("overdue" = Option<bool>, Query, description = "true: only the open todos whose due date is past (at the first page's time), in due-date order (sort beside it gives the direction only: a - prefix for descending); with completed=true the list is empty"),
         ("sort" = Option<String>, Query, description = "id (default), created_at, updated_at, due_at (the todos with a due date only); a - prefix for descending"),
         ("limit" = Option<i64>, Query, description = "1 to 200 (default 50)"),
         ("cursor" = Option<String>, Query, description = "From the previous page's Link rel=next: `<sort>~<filter: all|true|false|overdue.<time>>~<id>[~<time>]`. It continues the listing it was issued for, in its order and filter: sort and completed given beside it are not read. Another form is 400"),

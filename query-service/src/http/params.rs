@@ -40,7 +40,8 @@ fn unknown_params(params: &HashMap<String, String>, known: &[&str], errors: &mut
 /// `sort=id|-id|created_at|-created_at|updated_at|-updated_at|due_at|-due_at`, `cursor` from
 /// a `Link` header. `sort=due_at` lists the todos that have a due date; `overdue=true` the
 /// ones not completed whose due date is past (at the time of the first page: the cursor
-/// carries it), in due-date order.
+/// carries it), in due-date order (`sort` beside it gives only the direction; with
+/// `completed=true` the list is empty).
 pub fn list_query(params: &HashMap<String, String>) -> Result<ListQuery, ApiError> {
     let mut errors = Vec::new();
     unknown_params(
@@ -84,7 +85,7 @@ pub fn list_query(params: &HashMap<String, String>) -> Result<ListQuery, ApiErro
             false
         }
     };
-    let (mut sort, mut descending) = match params.get("sort").map(String::as_str) {
+    let (mut sort, mut descending): (SortKey, bool) = match params.get("sort").map(String::as_str) {
         None if overdue => (SortKey::DueAt, false),
         None => (SortKey::Id, false),
         Some(given) => match sort_of(given) {
@@ -98,19 +99,16 @@ pub fn list_query(params: &HashMap<String, String>) -> Result<ListQuery, ApiErro
             }
         },
     };
-    if overdue && sort != SortKey::DueAt {
-        errors.push(FieldError::new(
-            "sort",
-            "overdue todos are listed in due-date order: due_at or -due_at",
-        ));
+    // The overdue list is in due-date order: `sort` beside it gives the direction only. An
+    // overdue todo is open: with `completed=true` the list is empty (the store is not asked).
+    if overdue {
+        sort = SortKey::DueAt;
     }
-    if overdue && completed == Some(true) {
-        errors.push(FieldError::new(
-            "completed",
-            "an overdue todo is not completed: leave completed out or set it false",
-        ));
-    }
-    let mut completed = if overdue { Some(false) } else { completed };
+    let mut completed = match (overdue, completed) {
+        (true, Some(true)) => Some(true),
+        (true, _) => Some(false),
+        (false, c) => c,
+    };
     let mut due_before = overdue.then(|| crate::store::timestamp(chrono::Utc::now()));
     // A cursor continues the listing it was issued for: its order and filter are the page's,
     // whatever `sort` and `completed` say beside it.
@@ -451,23 +449,16 @@ mod tests {
             (SortKey::DueAt, false, Some(false))
         );
         assert!(q.due_before.is_some());
-        for (why, pairs, field) in [
-            (
-                "another order",
-                &[("overdue", "true"), ("sort", "id")][..],
-                "sort",
-            ),
-            (
-                "completed ones",
-                &[("overdue", "true"), ("completed", "true")][..],
-                "completed",
-            ),
-            ("overdue false", &[("overdue", "false")][..], "overdue"),
-        ] {
-            match list_query(&params(pairs)) {
-                Err(ApiError::InvalidQuery(errors)) => assert_eq!(errors[0].field, field, "{why}"),
-                other => panic!("{why}: expected an invalid query, got {other:?}"),
-            }
+        // `sort` beside it gives the direction; completed=true, a list with nothing in it.
+        let q = list_query(&params(&[("overdue", "true"), ("sort", "-created_at")]))
+            .expect("overdue, descending");
+        assert_eq!((q.sort, q.descending), (SortKey::DueAt, true));
+        let q = list_query(&params(&[("overdue", "true"), ("completed", "true")]))
+            .expect("overdue and completed");
+        assert_eq!(q.completed, Some(true));
+        match list_query(&params(&[("overdue", "false")])) {
+            Err(ApiError::InvalidQuery(errors)) => assert_eq!(errors[0].field, "overdue"),
+            other => panic!("overdue=false: expected an invalid query, got {other:?}"),
         }
     }
 

@@ -225,6 +225,10 @@ impl Store {
 
     /// One page of live todos, and the cursor of the next page when more may follow.
     pub async fn list(&self, q: &ListQuery) -> Result<(Vec<Todo>, Option<Cursor>), ReadError> {
+        // Overdue and completed: nothing is both.
+        if q.due_before.is_some() && q.completed == Some(true) {
+            return Ok((Vec::new(), None));
+        }
         if q.sort == SortKey::Id {
             return Ok(self.list_by_id(q).await?);
         }

@@ -620,12 +620,25 @@ async fn due_date_orders_and_the_overdue_list_hold_every_todo_with_a_due_date_on
             assert_eq!(ids, expected, "{first}");
         }
     }
-    let bad = client
-        .get(query.url("/todos?overdue=true&sort=created_at"))
-        .send()
-        .await
-        .expect("GET");
-    assert_eq!(bad.status(), 400);
+    // Another order beside it gives the direction only; completed=true, nothing.
+    let overdue: Vec<Envelope> = todos
+        .iter()
+        .filter(|e| {
+            e.data
+                .as_ref()
+                .is_some_and(|d| !d.completed && d.due_at.is_some_and(|t| t < Utc::now()))
+        })
+        .cloned()
+        .collect();
+    let (ids, _) = walk(
+        &client,
+        &query,
+        "/todos?overdue=true&sort=-created_at&limit=9",
+    )
+    .await;
+    assert_eq!(ids, expected_order(&overdue, "-due_at", None));
+    let (ids, _) = walk(&client, &query, "/todos?overdue=true&completed=true").await;
+    assert!(ids.is_empty(), "{ids:?}");
     query.stop().await;
     names.cleanup().await;
 }

@@ -54,7 +54,30 @@ pub mod process {
             port: u16,
             vars: &[(&str, String)],
         ) -> anyhow::Result<Self> {
-            let binary = binary(name);
+            Self::spawn_binary(log_dir, name, &binary(name), port, vars)
+        }
+
+        /// [`Service::start`] of the binary at `binary` (another build of the service).
+        pub async fn start_binary(
+            log_dir: &Path,
+            name: &'static str,
+            binary: &Path,
+            port: u16,
+            vars: &[(&str, String)],
+        ) -> anyhow::Result<Self> {
+            let service = Self::spawn_binary(log_dir, name, binary, port, vars)?;
+            service.ready(Duration::from_secs(60)).await?;
+            Ok(service)
+        }
+
+        fn spawn_binary(
+            log_dir: &Path,
+            name: &'static str,
+            binary: &Path,
+            port: u16,
+            vars: &[(&str, String)],
+        ) -> anyhow::Result<Self> {
+            let binary = binary.to_path_buf();
             if !binary.exists() {
                 bail!(
                     "{} is missing: build with cargo build --release",

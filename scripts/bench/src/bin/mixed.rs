@@ -411,7 +411,8 @@ async fn phases(
     let written_first = record.lock().expect("record").accepted.len();
     rows.push(Row(
         "old command-service; old and new query-service on one queue".into(),
-        "version 1 events: both readers apply them (the new one upcasts); nothing dead-lettered".into(),
+        "version 1 events: both readers apply them (the new one upcasts); nothing dead-lettered"
+            .into(),
         format!("{written_first} writes accepted; {after_first} dead-lettered"),
         after_first == 0 && written_first > 0,
     ));
@@ -450,7 +451,10 @@ async fn phases(
     rows.push(Row(
         "new command-service, old query-service alone (upgraded in the wrong order)".into(),
         "every version 2 event is dead-lettered, none applied wrong".into(),
-        format!("{} more dead-lettered, {after_third} in all", after_third - after_second),
+        format!(
+            "{} more dead-lettered, {after_third} in all",
+            after_third - after_second
+        ),
         after_third > after_second,
     ));
     // 4. The upgrade finished, then the dead letters redriven.

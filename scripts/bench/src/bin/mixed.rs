@@ -78,7 +78,8 @@ async fn writes(
         let (method, path, body) = match (n % 10, target) {
             (0, Some(id)) => ("DELETE", format!("/todos/{id}"), None),
             (1..=3, Some(id)) => {
-                let mut b = json!({ "title": format!("changed {n}"), "completed": n % 2 == 0 });
+                let mut b =
+                    json!({ "title": format!("changed {n}"), "completed": n.is_multiple_of(2) });
                 if due {
                     b["due_at"] = json!(format!("2027-01-{:02}T09:00:00Z", 1 + n % 28));
                 }
@@ -86,7 +87,7 @@ async fn writes(
             }
             _ => {
                 let mut b = json!({ "title": format!("todo {n}") });
-                if due && n % 2 == 0 {
+                if due && n.is_multiple_of(2) {
                     b["due_at"] = json!("2026-06-01T12:00:00Z");
                 }
                 ("POST", "/todos".to_string(), Some(b))

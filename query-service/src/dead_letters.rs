@@ -154,10 +154,10 @@ async fn open(amqp_url: &str) -> anyhow::Result<(Connection, Channel)> {
     Ok((conn, channel))
 }
 
-/// Every message of `dlq` (at most [`MOST`]), unacked on `channel`.
-async fn take_all(channel: &Channel, dlq: &str) -> anyhow::Result<Vec<BasicGetMessage>> {
+/// Every message of `dlq` (at most `most`), unacked on `channel`.
+async fn take(channel: &Channel, dlq: &str, most: usize) -> anyhow::Result<Vec<BasicGetMessage>> {
     let mut taken = Vec::new();
-    while taken.len() < MOST {
+    while taken.len() < most {
         match channel
             .basic_get(dlq.into(), BasicGetOptions { no_ack: false })
             .await
@@ -187,9 +187,18 @@ pub async fn depth(channel: &Channel, dlq: &str) -> lapin::Result<u32> {
 
 /// The dead letters of `queue`'s dead-letter queue, oldest first; every one stays there.
 pub async fn list(amqp_url: &str, queue: &str) -> anyhow::Result<Vec<DeadLetter>> {
+    list_at_most(amqp_url, queue, MOST).await
+}
+
+/// [`list`], of the first `most` only.
+pub async fn list_at_most(
+    amqp_url: &str,
+    queue: &str,
+    most: usize,
+) -> anyhow::Result<Vec<DeadLetter>> {
     let dlq = events::dead_letter_queue(queue);
     let (conn, channel) = open(amqp_url).await?;
-    let taken = take_all(&channel, &dlq).await?;
+    let taken = take(&channel, &dlq, most).await?;
     let letters = taken.iter().map(describe).collect();
     // Closing the channel without an ack puts every message back, in its order.
     let _ = channel.close(200, "listed".into()).await;
@@ -225,7 +234,7 @@ pub async fn redrive(
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let taken = take_all(&channel, &dlq).await?;
+    let taken = take(&channel, &dlq, MOST).await?;
     let mut report = Redriven::default();
     let mut found = std::collections::HashSet::new();
     for message in &taken {

@@ -26,6 +26,15 @@ pub enum ApiError {
     /// Every place of a bounded resource is taken (stream slots): 503, saying which.
     #[error("busy: {0}")]
     Busy(String),
+    /// An operator route without a bearer token: 401.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// An operator route with a token that may not, or with the routes off: 403.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The broker did not answer an operator route: 503.
+    #[error("broker unavailable")]
+    BrokerUnavailable,
     /// One client holds as much of a resource as one client may: 429, saying which.
     #[error("too many requests: {0}")]
     TooManyRequests(String),
@@ -41,9 +50,12 @@ impl ApiError {
             ApiError::InvalidQuery(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Behind { .. } | ApiError::Unavailable(_) | ApiError::Busy(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Behind { .. }
+            | ApiError::Unavailable(_)
+            | ApiError::Busy(_)
+            | ApiError::BrokerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -88,6 +100,14 @@ impl ApiError {
                 "The read model store is unavailable. Retry later.".into(),
             ),
             ApiError::Busy(m) => ("/problems/busy", "Service busy", format!("{m}; retry shortly.")),
+            ApiError::Unauthorized(m) => ("/problems/unauthorized", "Unauthorized", m.clone()),
+            ApiError::Forbidden(m) => ("/problems/forbidden", "Forbidden", m.clone()),
+            ApiError::BrokerUnavailable => (
+                "/problems/broker-unavailable",
+                "Broker unavailable",
+                "RabbitMQ did not answer; nothing was changed that it did not confirm. Retry later."
+                    .into(),
+            ),
             ApiError::TooManyRequests(m) => (
                 "/problems/too-many-requests",
                 "Too many requests",
@@ -103,7 +123,14 @@ impl ApiError {
         if let ApiError::InvalidQuery(errors) = &self {
             problem.errors = Some(errors);
         }
-        problem.into_response(status)
+        let mut response = problem.into_response(status);
+        if let ApiError::Unauthorized(_) = &self {
+            response.headers_mut().insert(
+                warp::http::header::WWW_AUTHENTICATE,
+                warp::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
     }
 }
 

@@ -176,6 +176,12 @@ impl Application {
             counts: http::CountsCache::default(),
             tasks: self.tasks.clone(),
             page: http::Page::new(&self.settings.command_service_url)?,
+            operator: http::Operator::new(
+                &self.settings.operator_tokens,
+                &self.settings.amqp_url,
+                &self.settings.operator_amqp_url,
+                &self.settings.amqp_queue,
+            ),
         };
         let stream_hub = hub;
         tracing::info!(addr = %self.local_addr, "query-service listening");

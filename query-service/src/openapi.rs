@@ -4,6 +4,7 @@
 //! documented by the same change. `tests/api/openapi.rs` holds the document against the routes
 //! served and every answer's body against the schema documented for its route and status.
 
+use crate::http::operator::{DeadLetterList, DeadLetterView, PurgeAnswer, RedriveAnswer};
 use crate::store::{ProjectionStats, Stats, Todo};
 use events::service::openapi as ops;
 use events::service::problem::{FieldError, Problem};
@@ -22,12 +23,25 @@ use utoipa::OpenApi;
         get,
         stream,
         stats,
+        dead_letters,
+        redrive,
+        purge,
         ready,
         ops::health,
         ops::metrics,
         ops::openapi
     ),
-    components(schemas(Todo, Stats, ProjectionStats, Problem, FieldError))
+    components(schemas(
+        Todo,
+        Stats,
+        ProjectionStats,
+        Problem,
+        FieldError,
+        DeadLetterList,
+        DeadLetterView,
+        RedriveAnswer,
+        PurgeAnswer
+    ))
 )]
 struct Document;
 
@@ -138,6 +152,57 @@ fn stream() {}
     ))]
 #[allow(dead_code)]
 fn stats() {}
+
+/// `GET /dead-letters`.
+#[utoipa::path(get, path = "/dead-letters", tag = "operations",
+    params(
+        ("Authorization" = Option<String>, Header, description = "Bearer <one of OPERATOR_TOKENS>"),
+    ),
+    responses(
+        (status = 200, description = "The dead-letter queue's messages (at most 1,000), each with its refusal; all stay there", body = DeadLetterList),
+        (status = 400, description = "A query parameter (it takes none)", body = Problem, content_type = PROBLEM),
+        (status = 401, description = "OPERATOR_TOKENS is set and no bearer token came", body = Problem, content_type = PROBLEM, headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "A token not in OPERATOR_TOKENS, or OPERATOR_TOKENS unset (the routes are off)", body = Problem, content_type = PROBLEM),
+        (status = 500, body = Problem, content_type = PROBLEM),
+        (status = 503, description = "RabbitMQ did not answer; nothing changed", body = Problem, content_type = PROBLEM, headers(("Retry-After" = String, description = "Seconds to wait: 1"))),
+    ))]
+#[allow(dead_code)]
+fn dead_letters() {}
+
+/// `POST /dead-letters/redrive`.
+#[utoipa::path(post, path = "/dead-letters/redrive", tag = "operations",
+    params(
+        ("Authorization" = Option<String>, Header, description = "Bearer <one of OPERATOR_TOKENS>"),
+        ("all" = Option<bool>, Query, description = "true: every dead letter (not with event_ids)"),
+        ("event_ids" = Option<String>, Query, description = "1 to 1,000 event ids, separated by commas (not with all)"),
+    ),
+    responses(
+        (status = 200, description = "Those sent back to the live queue (each confirmed by the broker before it left the dead-letter queue), those kept, the ids not found", body = RedriveAnswer),
+        (status = 400, description = "Neither all=true nor event_ids, both, or another parameter", body = Problem, content_type = PROBLEM),
+        (status = 401, description = "OPERATOR_TOKENS is set and no bearer token came", body = Problem, content_type = PROBLEM, headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "A token not in OPERATOR_TOKENS, or OPERATOR_TOKENS unset", body = Problem, content_type = PROBLEM),
+        (status = 500, body = Problem, content_type = PROBLEM),
+        (status = 503, description = "RabbitMQ did not answer or refused the broker user (see OPERATOR_AMQP_URL); what it confirmed was redriven, the rest stays", body = Problem, content_type = PROBLEM, headers(("Retry-After" = String, description = "Seconds to wait: 1"))),
+    ))]
+#[allow(dead_code)]
+fn redrive() {}
+
+/// `POST /dead-letters/purge`.
+#[utoipa::path(post, path = "/dead-letters/purge", tag = "operations",
+    params(
+        ("Authorization" = Option<String>, Header, description = "Bearer <one of OPERATOR_TOKENS>"),
+        ("confirm" = Option<bool>, Query, description = "true, or nothing is dropped (400)"),
+    ),
+    responses(
+        (status = 200, description = "How many dead letters were dropped", body = PurgeAnswer),
+        (status = 400, description = "No confirm=true, or another parameter", body = Problem, content_type = PROBLEM),
+        (status = 401, description = "OPERATOR_TOKENS is set and no bearer token came", body = Problem, content_type = PROBLEM, headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "A token not in OPERATOR_TOKENS, or OPERATOR_TOKENS unset", body = Problem, content_type = PROBLEM),
+        (status = 500, body = Problem, content_type = PROBLEM),
+        (status = 503, description = "RabbitMQ did not answer; nothing changed", body = Problem, content_type = PROBLEM, headers(("Retry-After" = String, description = "Seconds to wait: 1"))),
+    ))]
+#[allow(dead_code)]
+fn purge() {}
 
 /// `GET /ready`.
 #[utoipa::path(get, path = "/ready", tag = "operations",

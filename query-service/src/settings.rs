@@ -33,6 +33,14 @@ pub struct Settings {
     /// consumer that fails on it every time) is dead-lettered with that reason; 0: never.
     #[serde(default = "default_max_deliveries")]
     pub amqp_max_deliveries: u32,
+    /// `OPERATOR_TOKENS`: comma-separated bearer tokens for the dead-letter routes
+    /// (`/dead-letters`); empty: those routes answer 403.
+    #[serde(default)]
+    pub operator_tokens: String,
+    /// `OPERATOR_AMQP_URL`: the broker user `POST /dead-letters/redrive` publishes into the
+    /// live queue with (query-service's own may not); empty: `AMQP_URL`.
+    #[serde(default)]
+    pub operator_amqp_url: String,
     /// `RETRY_MAX_BACKOFF_MS`: ceiling of the backoff between retries of a store or broker,
     /// and between retries of an event the store refused.
     #[serde(default = "default_max_backoff_ms")]
@@ -226,6 +234,15 @@ impl fmt::Debug for Settings {
                     "unset"
                 },
             )
+            .field(
+                "operator_tokens",
+                &if self.operator_tokens.trim().is_empty() {
+                    "unset"
+                } else {
+                    "set"
+                },
+            )
+            .field("operator_amqp_url", &redact(&self.operator_amqp_url))
             .finish_non_exhaustive()
     }
 }

@@ -9,14 +9,17 @@
 //! - `stream.rs`: `GET /todos/stream`;
 //! - `page.rs`: `GET /`, the live page, and its security headers;
 //! - `ops.rs`: `/stats` (and its counts cache), `/health`, `/ready`, `/metrics`,
-//!   `/openapi.json`.
+//!   `/openapi.json`;
+//! - `operator.rs`: `/dead-letters` (list, redrive, purge), guarded by `OPERATOR_TOKENS`.
 
+pub(crate) mod operator;
 mod ops;
 mod page;
 mod params;
 mod stream;
 mod todos;
 
+pub use operator::Operator;
 pub use ops::{CountsCache, COUNTS_MAX_AGE, OPENAPI};
 pub use page::Page;
 pub use params::{
@@ -55,6 +58,8 @@ pub struct State {
     pub tasks: Arc<events::service::supervise::Supervisor>,
     /// The live page at `GET /`, writing to `COMMAND_SERVICE_URL`.
     pub page: Page,
+    /// Who may call the dead-letter routes, and with which broker user they work.
+    pub operator: Operator,
 }
 
 fn with_state(state: State) -> impl Filter<Extract = (State,), Error = Infallible> + Clone {
@@ -72,6 +77,15 @@ pub fn route_table(state: State) -> Vec<Route> {
         }),
         Route::new("get", "/stats", |name| ops::stats(state.clone(), name)),
         Route::new("get", "/", |_| page::page(state.page.clone())),
+        Route::new("get", "/dead-letters", |name| {
+            operator::list(state.clone(), name)
+        }),
+        Route::new("post", "/dead-letters/redrive", |name| {
+            operator::redrive(state.clone(), name)
+        }),
+        Route::new("post", "/dead-letters/purge", |name| {
+            operator::purge(state.clone(), name)
+        }),
     ];
     table.extend(http::operator_routes(
         ops::ready(state.clone()).boxed(),
@@ -120,6 +134,7 @@ mod tests {
             counts: CountsCache::default(),
             tasks: Arc::default(),
             page: Page::new("http://127.0.0.1:5001").expect("page"),
+            operator: Operator::default(),
         }
     }
 

@@ -241,3 +241,136 @@ async fn a_message_delivered_past_the_bound_without_being_settled_is_dead_letter
     query.stop().await;
     names.cleanup().await;
 }
+
+#[tokio::test]
+async fn the_operator_routes_list_redrive_and_purge_with_a_token_and_answer_nothing_without() {
+    let names = Names::new();
+    let off = spawn_query(&names).await;
+    let client = reqwest::Client::new();
+    let answer = |r: reqwest::Response| async move {
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        (status, body)
+    };
+    // OPERATOR_TOKENS unset: off.
+    let (status, body) = answer(
+        client
+            .get(off.url("/dead-letters"))
+            .bearer_auth("anything")
+            .send()
+            .await
+            .expect("GET"),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    off.stop().await;
+
+    let query = spawn_query_with(&names, &[("OPERATOR_TOKENS", "op-one, op-two")]).await;
+    let first = created(11, "refused by an earlier version");
+    let second = created(12, "refused too");
+    let refusal = "schema_version 2 is not supported (this build reads 1)";
+    dead_letter_as_refused(&names, &first, refusal).await;
+    dead_letter_as_refused(&names, &second, refusal).await;
+    eventually(Duration::from_secs(10), "two dead letters", || async {
+        queue_depth(&names.dead_letter_queue()).await == 2
+    })
+    .await;
+
+    let r = client
+        .get(query.url("/dead-letters"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    let (status, _) = answer(
+        client
+            .get(query.url("/dead-letters"))
+            .bearer_auth("op-three")
+            .send()
+            .await
+            .expect("GET"),
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    let (status, list) = answer(
+        client
+            .get(query.url("/dead-letters"))
+            .bearer_auth("op-two")
+            .send()
+            .await
+            .expect("GET"),
+    )
+    .await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(
+        list["dead_letters"].as_array().map(Vec::len),
+        Some(2),
+        "{list}"
+    );
+    assert_eq!(
+        list["dead_letters"][0]["event_id"],
+        first.event_id.to_string()
+    );
+    assert_eq!(list["dead_letters"][0]["reason"], refusal);
+    assert_eq!(list["truncated"], false);
+
+    // A bad request changes nothing.
+    for path in [
+        "/dead-letters/redrive",
+        "/dead-letters/redrive?all=true&event_ids=x",
+        "/dead-letters/purge",
+        "/dead-letters/purge?confirm=false",
+    ] {
+        let (status, body) = answer(
+            client
+                .post(query.url(path))
+                .bearer_auth("op-one")
+                .send()
+                .await
+                .expect("POST"),
+        )
+        .await;
+        assert_eq!(status, 400, "{path}: {body}");
+    }
+    assert_eq!(queue_depth(&names.dead_letter_queue()).await, 2);
+
+    let (status, redriven) = answer(
+        client
+            .post(query.url(&format!(
+                "/dead-letters/redrive?event_ids={}",
+                first.event_id
+            )))
+            .bearer_auth("op-one")
+            .send()
+            .await
+            .expect("POST"),
+    )
+    .await;
+    assert_eq!(status, 200, "{redriven}");
+    assert_eq!(redriven["redriven"].as_array().map(Vec::len), Some(1));
+    assert_eq!(redriven["kept"], 1);
+    eventually(Duration::from_secs(10), "redriven and applied", || async {
+        client
+            .get(query.url("/todos/11"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let (status, purged) = answer(
+        client
+            .post(query.url("/dead-letters/purge?confirm=true"))
+            .bearer_auth("op-one")
+            .send()
+            .await
+            .expect("POST"),
+    )
+    .await;
+    assert_eq!(status, 200, "{purged}");
+    assert_eq!(purged["purged"], 1);
+    assert_eq!(queue_depth(&names.dead_letter_queue()).await, 0);
+    query.stop().await;
+    names.cleanup().await;
+}

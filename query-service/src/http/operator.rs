@@ -1,0 +1,313 @@
+//! The operator's routes over the dead-letter queue, the same as `query-service dead-letters`
+//! (`crate::dead_letters`), guarded by `OPERATOR_TOKENS`:
+//!
+//! - `GET /dead-letters`: every message of the dead-letter queue (at most [`LISTED`]), each
+//!   with its event id, todo, version, type, and when and why it was refused; all stay there.
+//! - `POST /dead-letters/redrive?all=true` or `?event_ids=<id>,<id>`: those back to the live
+//!   queue (with the broker user of `OPERATOR_AMQP_URL`, else `AMQP_URL`: redriving publishes
+//!   into the live queue, which query-service's own user may not).
+//! - `POST /dead-letters/purge?confirm=true`: drops them all.
+//!
+//! `OPERATOR_TOKENS` unset: the routes answer 403 and do nothing. Set: each needs
+//! `Authorization: Bearer <one of them>` (401 without, 403 with another), checked before the
+//! broker is asked. Tokens are kept as SHA-256 digests; they never reach a log or an answer.
+
+use super::{query, with_state, State};
+use crate::dead_letters::{self, DeadLetter, Selection};
+use crate::error::{ApiError, FieldError};
+use events::service::http::{answer, json_response, request_id, RouteName};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+/// Most dead letters `GET /dead-letters` lists (the CLI lists up to [`dead_letters::MOST`]).
+pub const LISTED: usize = 1_000;
+
+/// What the operator's routes need: who may call them and with which broker user.
+#[derive(Clone, Default)]
+pub struct Operator {
+    tokens: Vec<[u8; 32]>,
+    /// Lists and purges with it (query-service's own user).
+    amqp_url: String,
+    /// Redrives with it (`OPERATOR_AMQP_URL`, else `amqp_url`).
+    redrive_url: String,
+    queue: String,
+}
+
+impl Operator {
+    pub fn new(tokens: &str, amqp_url: &str, operator_amqp_url: &str, queue: &str) -> Self {
+        Self {
+            tokens: tokens
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(|t| Sha256::digest(t.as_bytes()).into())
+                .collect(),
+            amqp_url: amqp_url.into(),
+            redrive_url: if operator_amqp_url.is_empty() {
+                amqp_url.into()
+            } else {
+                operator_amqp_url.into()
+            },
+            queue: queue.into(),
+        }
+    }
+
+    /// `off` or `token`, as `/ready` could report it.
+    pub fn mode(&self) -> &'static str {
+        if self.tokens.is_empty() {
+            "off"
+        } else {
+            "token"
+        }
+    }
+
+    fn check(&self, header: Option<&str>) -> Result<(), ApiError> {
+        if self.tokens.is_empty() {
+            return Err(ApiError::Forbidden(
+                "The operator routes are off: set OPERATOR_TOKENS to use them.".into(),
+            ));
+        }
+        let token = header.and_then(|h| {
+            let (scheme, token) = h.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return Err(ApiError::Unauthorized(
+                "An operator route needs Authorization: Bearer <one of OPERATOR_TOKENS>.".into(),
+            ));
+        };
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if self.tokens.contains(&digest) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "That token is not one of OPERATOR_TOKENS.".into(),
+            ))
+        }
+    }
+}
+
+/// One dead letter as the route answers it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeadLetterView {
+    pub event_id: String,
+    pub todo_id: Option<i64>,
+    pub version: Option<i64>,
+    pub event_type: String,
+    /// RFC 3339, when the consumer refused it (empty when the broker dead-lettered it).
+    pub refused_at: String,
+    pub reason: String,
+}
+
+impl From<&DeadLetter> for DeadLetterView {
+    fn from(l: &DeadLetter) -> Self {
+        Self {
+            event_id: l.event_id.clone(),
+            todo_id: l.todo_id,
+            version: l.version,
+            event_type: l.event_type.clone(),
+            refused_at: l.refused_at.clone(),
+            reason: l.reason.clone(),
+        }
+    }
+}
+
+/// `GET /dead-letters`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeadLetterList {
+    pub queue: String,
+    /// The dead letters, oldest first (at most 1,000).
+    pub dead_letters: Vec<DeadLetterView>,
+    /// More were there than listed.
+    pub truncated: bool,
+}
+
+/// `POST /dead-letters/redrive`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RedriveAnswer {
+    pub redriven: Vec<DeadLetterView>,
+    /// Dead letters left where they were.
+    pub kept: usize,
+    /// Event ids asked for that the queue did not hold.
+    pub missing: Vec<String>,
+}
+
+/// `POST /dead-letters/purge`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PurgeAnswer {
+    pub purged: u32,
+}
+
+/// The broker away or refusing: 503, nothing changed that was not confirmed.
+fn broker(err: anyhow::Error) -> ApiError {
+    tracing::warn!(error = ?err, "dead-letter queue not reachable");
+    ApiError::BrokerUnavailable
+}
+
+fn only(params: &HashMap<String, String>, known: &[&str]) -> Vec<FieldError> {
+    let mut unknown: Vec<&String> = params
+        .keys()
+        .filter(|k| !known.contains(&k.as_str()))
+        .collect();
+    unknown.sort();
+    unknown
+        .into_iter()
+        .map(|k| {
+            FieldError::new(
+                k.clone(),
+                format!("unknown query parameter; known: {}", known.join(", ")),
+            )
+        })
+        .collect()
+}
+
+fn guarded(
+    state: State,
+) -> impl Filter<Extract = (String, Option<String>, State), Error = Rejection> + Clone {
+    request_id()
+        .and(warp::header::optional::<String>("authorization"))
+        .and(with_state(state))
+}
+
+pub(super) fn list(
+    state: State,
+    route: RouteName,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("dead-letters")
+        .and(warp::get())
+        .and(guarded(state))
+        .and(query())
+        .and_then(
+            move |rid: String,
+                  auth: Option<String>,
+                  state: State,
+                  params: HashMap<String, String>| async move {
+                answer::<ApiError, _>(state.metrics.http.clone(), rid, route, async move {
+                    state.operator.check(auth.as_deref())?;
+                    let unknown = only(&params, &[]);
+                    if !unknown.is_empty() {
+                        return Err(ApiError::InvalidQuery(unknown));
+                    }
+                    let op = &state.operator;
+                    let letters = dead_letters::list_at_most(&op.amqp_url, &op.queue, LISTED + 1)
+                        .await
+                        .map_err(broker)?;
+                    let truncated = letters.len() > LISTED;
+                    Ok(json_response(
+                        StatusCode::OK,
+                        &DeadLetterList {
+                            queue: events::dead_letter_queue(&op.queue),
+                            dead_letters: letters.iter().take(LISTED).map(Into::into).collect(),
+                            truncated,
+                        },
+                    ))
+                })
+                .await
+            },
+        )
+}
+
+pub(super) fn redrive(
+    state: State,
+    route: RouteName,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("dead-letters" / "redrive")
+        .and(warp::post())
+        .and(guarded(state))
+        .and(query())
+        .and_then(
+            move |rid: String,
+                  auth: Option<String>,
+                  state: State,
+                  params: HashMap<String, String>| async move {
+                answer::<ApiError, _>(state.metrics.http.clone(), rid, route, async move {
+                    state.operator.check(auth.as_deref())?;
+                    let mut errors = only(&params, &["all", "event_ids"]);
+                    let selection = match (
+                        params.get("all").map(String::as_str),
+                        params.get("event_ids"),
+                    ) {
+                        (Some("true"), None) => Some(Selection::All),
+                        (None, Some(ids)) => {
+                            let ids: Vec<String> = ids
+                                .split(',')
+                                .map(str::trim)
+                                .filter(|s| !s.is_empty())
+                                .map(String::from)
+                                .collect();
+                            if ids.is_empty() || ids.len() > 1_000 {
+                                errors.push(FieldError::new(
+                                    "event_ids",
+                                    "1 to 1,000 event ids, separated by commas",
+                                ));
+                            }
+                            Some(Selection::EventIds(ids))
+                        }
+                        _ => {
+                            errors.push(FieldError::new(
+                                "all",
+                                "say which: all=true, or event_ids=<id>,<id> (not both)",
+                            ));
+                            None
+                        }
+                    };
+                    let (Some(selection), true) = (selection, errors.is_empty()) else {
+                        return Err(ApiError::InvalidQuery(errors));
+                    };
+                    let op = &state.operator;
+                    let report = dead_letters::redrive(&op.redrive_url, &op.queue, &selection)
+                        .await
+                        .map_err(broker)?;
+                    Ok(json_response(
+                        StatusCode::OK,
+                        &RedriveAnswer {
+                            redriven: report.sent.iter().map(Into::into).collect(),
+                            kept: report.kept,
+                            missing: report.missing,
+                        },
+                    ))
+                })
+                .await
+            },
+        )
+}
+
+pub(super) fn purge(
+    state: State,
+    route: RouteName,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("dead-letters" / "purge")
+        .and(warp::post())
+        .and(guarded(state))
+        .and(query())
+        .and_then(
+            move |rid: String,
+                  auth: Option<String>,
+                  state: State,
+                  params: HashMap<String, String>| async move {
+                answer::<ApiError, _>(state.metrics.http.clone(), rid, route, async move {
+                    state.operator.check(auth.as_deref())?;
+                    let mut errors = only(&params, &["confirm"]);
+                    if params.get("confirm").map(String::as_str) != Some("true") {
+                        errors.push(FieldError::new(
+                            "confirm",
+                            "purging drops every dead letter for good: say so with confirm=true",
+                        ));
+                    }
+                    if !errors.is_empty() {
+                        return Err(ApiError::InvalidQuery(errors));
+                    }
+                    let op = &state.operator;
+                    let purged = dead_letters::purge(&op.amqp_url, &op.queue)
+                        .await
+                        .map_err(broker)?;
+                    Ok(json_response(StatusCode::OK, &PurgeAnswer { purged }))
+                })
+                .await
+            },
+        )
+}

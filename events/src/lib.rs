@@ -237,13 +237,30 @@ impl Envelope {
     /// as this build's version, without the fields it does not know. Either way the envelope
     /// returned says [`SCHEMA_VERSION`]: it holds what this build reads, nothing more.
     pub fn from_json(body: &[u8]) -> Result<Self, EnvelopeError> {
-        let mut envelope: Envelope = serde_json::from_slice(body)?;
+        /// The version alone, read first: an older event is upcast as JSON before it is read
+        /// as this version's envelope, whatever its shape.
+        #[derive(Deserialize)]
+        struct Version {
+            schema_version: u32,
+        }
+        let Version { schema_version } = serde_json::from_slice(body)?;
+        let mut envelope: Envelope = if schema_version == 0 {
+            return Err(EnvelopeError::SchemaVersion(0));
+        } else if schema_version < SCHEMA_VERSION {
+            serde_json::from_value(upcast(serde_json::from_slice(body)?))?
+        } else {
+            serde_json::from_slice(body)?
+        };
+        envelope.schema_version = SCHEMA_VERSION;
+        envelope.validate()?;
+        Ok(envelope)
+    }
+
+    /// [`Envelope::from_json`] of an event already parsed as JSON (a page of `GET /events`).
+    pub fn from_value(value: serde_json::Value) -> Result<Self, EnvelopeError> {
+        let mut envelope: Envelope = serde_json::from_value(upcast(value))?;
         if envelope.schema_version == 0 {
             return Err(EnvelopeError::SchemaVersion(0));
-        }
-        if envelope.schema_version < SCHEMA_VERSION {
-            let value: serde_json::Value = serde_json::from_slice(body)?;
-            envelope = serde_json::from_value(upcast(value))?;
         }
         envelope.schema_version = SCHEMA_VERSION;
         envelope.validate()?;
@@ -339,6 +356,11 @@ mod tests {
         let expected: serde_json::Value = serde_json::from_str(CREATED).expect("JSON");
         assert_eq!(upcast(value), expected, "the upcast JSON is this version's");
         let parsed = Envelope::from_json(CREATED_V1.as_bytes()).expect("a version 1 event");
+        assert_eq!(
+            Envelope::from_value(serde_json::from_str(CREATED_V1).expect("JSON"))
+                .expect("the same, parsed already"),
+            parsed
+        );
         assert_eq!(parsed.schema_version, SCHEMA_VERSION);
         assert_eq!(parsed.data.as_ref().and_then(|d| d.due_at), None);
         assert_eq!(

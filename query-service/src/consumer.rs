@@ -14,8 +14,9 @@
 //!   unacked, so a crash between its write and its settling redelivers them (duplicates, which
 //!   the version guard skips). One info line per batch; each event's line (with its
 //!   correlation id) is at debug.
-//! - Only a message that can never apply is dead-lettered, at its first delivery: a body that
-//!   is not a JSON event, has an unsupported `schema_version` or fails `Envelope::validate`.
+//! - A message that can never apply is dead-lettered at its first delivery: a body that is not
+//!   a JSON event, has a `schema_version` of 0 or fails `Envelope::validate` (an older or newer
+//!   version of the contract is read, not refused).
 //! - An event MongoDB refuses (a write error of its own: a validator, a full disk, a lost
 //!   permission, a write conflict) is kept unacked and tried again in place after a delay that
 //!   doubles from [`RETRY_BASE`] up to `RETRY_MAX_BACKOFF_MS`, for as long as the store refuses
@@ -73,7 +74,7 @@ pub struct ConsumerConfig {
     /// replica's `GET /todos/stream` (`crate::fanout`).
     pub changes_exchange: String,
     /// `AMQP_MAX_DELIVERIES`: a message delivered this many times without being settled is
-    /// dead-lettered with that reason (0: never).
+    /// dead-lettered with that reason at its next delivery, untried (0: never).
     pub max_deliveries: u32,
 }
 
@@ -109,6 +110,10 @@ pub async fn run(
     shutdown: Shutdown,
 ) {
     let mut reconnect = Backoff::new(RETRY_BASE, config.max_backoff);
+    // What batches wrote and did not settle survives a lost connection: its counts and its
+    // fan-out notice are settled on the next one (its deliveries come back as duplicates,
+    // which make no notice of their own).
+    let mut unsettled = Unsettled::default();
     while !shutdown.is_triggered() {
         config.metrics.consumer_connect();
         let served = match connect(&config).await {
@@ -122,8 +127,15 @@ pub async fn run(
                     notices: &link.notices,
                     probe: &link.probe,
                 };
-                let result =
-                    consume(&store, &config, channels, &status, &shutdown, &mut settled).await;
+                let result = consume(
+                    &store,
+                    &config,
+                    channels,
+                    (&status, &shutdown),
+                    &mut unsettled,
+                    &mut settled,
+                )
+                .await;
                 status.connected.store(false, Ordering::Relaxed);
                 config.metrics.set_held(0);
                 if let Err(err) = result {
@@ -365,10 +377,12 @@ async fn consume(
     store: &Store,
     config: &ConsumerConfig,
     channels: Channels<'_>,
-    status: &ConsumerStatus,
-    shutdown: &Shutdown,
+    (status, shutdown): (&ConsumerStatus, &Shutdown),
+    unsettled: &mut Unsettled,
     settled: &mut bool,
 ) -> anyhow::Result<()> {
+    // Deliveries of an earlier connection cannot be acked on this one: they come back.
+    unsettled.to_ack.clear();
     let channel = channels.deliveries;
     let tag = format!("query-service-{}", uuid::Uuid::new_v4().simple());
     let mut consumer = channel
@@ -384,8 +398,7 @@ async fn consume(
     // Events the store refused, unacked, each waiting for its `due` time. They hold prefetch
     // slots: with all slots held the broker sends nothing more and only retries run.
     let mut held: Vec<Pending> = Vec::new();
-    // What batches wrote since the last settling, and when that was.
-    let mut unsettled = Unsettled::default();
+    // When batches were last settled.
     let mut last_settled = Instant::now() - SETTLE_EVERY;
     let dlq = events::dead_letter_queue(&config.queue);
     let mut dead_letters_tick = tokio::time::interval(DEAD_LETTERS_EVERY);
@@ -405,7 +418,7 @@ async fn consume(
             biased;
             _ = shutdown.triggered() => {
                 cancel().await;
-                settle(store, config, channels, &mut unsettled, &held, shutdown).await?;
+                settle(store, config, channels, unsettled, &held, shutdown).await?;
                 return Ok(());
             }
             // (With nothing held the branch is off; its deadline is never awaited.)
@@ -414,13 +427,23 @@ async fn consume(
             _ = tokio::time::sleep_until(settle_at.unwrap_or(started).into()),
                 if settle_at.is_some() => {}
             _ = dead_letters_tick.tick() => {
-                match crate::dead_letters::depth(channels.probe, &dlq).await {
-                    Ok(n) => {
-                        config.metrics.set_dead_letters(n);
-                        *status.dead_letters.lock().unwrap_or_else(|e| e.into_inner()) = Some(n);
+                let depth = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    crate::dead_letters::depth(channels.probe, &dlq),
+                )
+                .await;
+                let known = match depth {
+                    Ok(Ok(n)) => Some(n),
+                    // A failed passive declare closes the probe's channel: unknown until the
+                    // next connection.
+                    Ok(Err(err)) => {
+                        tracing::debug!(error = %err, "the dead-letter queue's depth is unknown");
+                        None
                     }
-                    Err(err) => tracing::debug!(error = %err, "the dead-letter queue's depth is unknown"),
-                }
+                    Err(_) => None,
+                };
+                config.metrics.set_dead_letters(known);
+                *status.dead_letters.lock().unwrap_or_else(|e| e.into_inner()) = known;
             }
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => fresh.push(delivery),
@@ -448,7 +471,7 @@ async fn consume(
                 channels,
                 (fresh, due),
                 &mut held,
-                &mut unsettled,
+                unsettled,
                 shutdown,
             )
             .await?
@@ -466,7 +489,7 @@ async fn consume(
             && (last_settled.elapsed() >= SETTLE_EVERY
                 || unsettled.to_ack.len() + held.len() >= most.div_ceil(2))
         {
-            if settle(store, config, channels, &mut unsettled, &held, shutdown).await?
+            if settle(store, config, channels, unsettled, &held, shutdown).await?
                 == Settled::Stopped
             {
                 cancel().await;
@@ -531,9 +554,10 @@ async fn settle(
     if !changes.is_empty() {
         changes.sort_by_key(|c| c.position);
         let batch = crate::changes::Batch {
-            changes: std::mem::take(changes),
+            changes: changes.clone(),
         };
         crate::fanout::publish(channels.notices, &config.changes_exchange, &batch).await?;
+        changes.clear();
     }
     ack(to_ack, held).await?;
     to_ack.clear();
@@ -555,20 +579,12 @@ fn header<'a>(delivery: &'a Delivery, key: &str) -> Option<&'a AMQPValue> {
     delivery.properties.headers().as_ref()?.inner().get(key)
 }
 
-/// How many times the broker has delivered `delivery`, this time included: its quorum queue
-/// counts the earlier ones in `x-delivery-count` (absent on a first delivery).
-fn deliveries(delivery: &Delivery) -> u32 {
-    let earlier = match header(delivery, "x-delivery-count") {
-        Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
-        Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(0),
-        Some(AMQPValue::LongUInt(n)) => *n,
-        Some(AMQPValue::ShortInt(n)) => u32::try_from(*n).unwrap_or(0),
-        Some(AMQPValue::ShortUInt(n)) => u32::from(*n),
-        Some(AMQPValue::ShortShortInt(n)) => u32::try_from(*n).unwrap_or(0),
-        Some(AMQPValue::ShortShortUInt(n)) => u32::from(*n),
-        _ => 0,
-    };
-    earlier.saturating_add(1)
+/// How many times the broker delivered `delivery` before, without it being settled: its
+/// quorum queue counts them in `x-delivery-count` (absent on a first delivery).
+fn earlier_deliveries(delivery: &Delivery) -> u32 {
+    crate::dead_letters::number(header(delivery, "x-delivery-count"))
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0)
 }
 
 fn correlation_id(delivery: &Delivery) -> String {
@@ -603,15 +619,15 @@ async fn handle_batch(
     // Held events first: they are the older deliveries.
     let mut batch = retried;
     for delivery in fresh {
-        let delivered = deliveries(&delivery);
-        if config.max_deliveries > 0 && delivered >= config.max_deliveries {
+        let earlier = earlier_deliveries(&delivery);
+        if config.max_deliveries > 0 && earlier >= config.max_deliveries {
             let reason = format!(
-                "delivered {delivered} times without being settled (AMQP_MAX_DELIVERIES is {}): \
+                "delivered {earlier} times without being settled (AMQP_MAX_DELIVERIES is {}): \
                  the consumer failed or stopped each time it held it",
                 config.max_deliveries
             );
             event_span(&delivery).in_scope(|| {
-                tracing::error!(delivered, "message delivered too often; dead-lettering it")
+                tracing::error!(earlier, "message delivered too often; dead-lettering it")
             });
             dead_letter(channels.dead_letters, &config.exchange, &delivery, &reason).await?;
             counts.add(Outcome::DeadLettered);

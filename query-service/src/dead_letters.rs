@@ -84,13 +84,16 @@ fn text(value: Option<&AMQPValue>) -> String {
     }
 }
 
-fn number(value: Option<&AMQPValue>) -> Option<i64> {
+/// An AMQP integer (of any width) as an `i64`.
+pub fn number(value: Option<&AMQPValue>) -> Option<i64> {
     match value? {
         AMQPValue::LongLongInt(n) => Some(*n),
         AMQPValue::LongInt(n) => Some(i64::from(*n)),
         AMQPValue::LongUInt(n) => Some(i64::from(*n)),
         AMQPValue::ShortInt(n) => Some(i64::from(*n)),
         AMQPValue::ShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortShortUInt(n) => Some(i64::from(*n)),
         AMQPValue::Timestamp(n) => i64::try_from(*n).ok(),
         _ => None,
     }

@@ -10,7 +10,7 @@
 //!   batch's write or its counters failed as a server away does) and retried after a pause
 //! - `consumer_connection_attempts_total`: connections to RabbitMQ the consumer tried
 //! - `dead_letter_queue_messages`: messages in the dead-letter queue, as the consumer last
-//!   read it (every [`crate::consumer::DEAD_LETTERS_EVERY`]; -1 before it could)
+//!   read it (every [`crate::consumer::DEAD_LETTERS_EVERY`]; -1 when it could not)
 //! - `min_version_waiting`: `?min_version=` requests waiting now (at most
 //!   `MIN_VERSION_MAX_WAITERS`); `min_version_rounds_total`, `min_version_round_reads_total`
 //!   and `min_version_answered_by_notice_total`: how the shared waiting room answered them
@@ -164,9 +164,9 @@ impl Metrics {
         self.refusals.inc();
     }
 
-    /// How many messages the dead-letter queue holds.
-    pub fn set_dead_letters(&self, n: u32) {
-        self.dead_letters.set(i64::from(n));
+    /// How many messages the dead-letter queue holds (`None`, -1: unknown).
+    pub fn set_dead_letters(&self, n: Option<u32>) {
+        self.dead_letters.set(n.map_or(-1, i64::from));
     }
 
     /// How many refused events the consumer holds for a retry.

@@ -127,15 +127,16 @@ impl LogReader {
                 String::from_utf8_lossy(&body)
             );
         }
-        let page: Vec<Envelope> = serde_json::from_slice(&body)
+        let values: Vec<serde_json::Value> = serde_json::from_slice(&body)
             .with_context(|| format!("GET {url}: not an array of events"))?;
-        for event in &page {
-            event.validate().with_context(|| {
-                format!(
-                    "GET {url}: the event at position {} is malformed",
-                    event.position
-                )
-            })?;
+        // Each read as the consumer reads a message: an older version upcast, a newer one
+        // read as this one, then held to the contract.
+        let mut page = Vec::with_capacity(values.len());
+        for (k, value) in values.into_iter().enumerate() {
+            let position = value.get("position").cloned().unwrap_or_default();
+            page.push(Envelope::from_value(value).with_context(|| {
+                format!("GET {url}: event {k} of the page (position {position}) is malformed")
+            })?);
         }
         Ok(page)
     }

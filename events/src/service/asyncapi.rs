@@ -24,10 +24,19 @@ const TYPES: [EventType; 3] = [
 
 /// The document.
 pub fn document() -> Value {
-    let schemas = serde_json::to_value(Contract::openapi().components)
+    let mut schemas = serde_json::to_value(Contract::openapi().components)
         .ok()
         .and_then(|c| c.get("schemas").cloned())
         .unwrap_or_else(|| json!({}));
+    // What the types cannot say: versions start at 1, and `changed` may name a field a newer
+    // version added (a reader leaves it out), so its items are open strings.
+    let envelope = &mut schemas["Envelope"]["properties"];
+    envelope["schema_version"]["minimum"] = json!(1);
+    envelope["changed"]["items"] = json!({
+        "type": "string",
+        "description": "A field's name: `title`, `description`, `completed`, `due_at` in this \
+                        version (see `Field`); a newer version may name more.",
+    });
     let mut messages = serde_json::Map::new();
     let mut refs = serde_json::Map::new();
     for t in TYPES {

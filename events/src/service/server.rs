@@ -133,24 +133,35 @@ const REFUSALS_AT_ONCE: usize = 64;
 /// retransmission, a second later, however quickly the server accepts.
 const LISTEN_BACKLOG: u32 = 4096;
 
-/// Binds `addr` (`host:port`, the first address it resolves to) with [`LISTEN_BACKLOG`] and
+/// Binds `addr` (`host:port`, the first address it resolves to that binds) with [`LISTEN_BACKLOG`] and
 /// `SO_REUSEADDR` (a restarted service binds again while its old connections are in
 /// `TIME_WAIT`).
 pub async fn listen(addr: &str) -> std::io::Result<TcpListener> {
-    let resolved = tokio::net::lookup_host(addr).await?.next().ok_or_else(|| {
+    let mut last = None;
+    // Each address it resolves to in turn, as `TcpListener::bind` does (`localhost` may give
+    // `::1` first on a host without IPv6).
+    for resolved in tokio::net::lookup_host(addr).await? {
+        let bound = (|| {
+            let socket = if resolved.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.set_reuseaddr(true)?;
+            socket.bind(resolved)?;
+            socket.listen(LISTEN_BACKLOG)
+        })();
+        match bound {
+            Ok(listener) => return Ok(listener),
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             "the address resolves to nothing",
         )
-    })?;
-    let socket = if resolved.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(resolved)?;
-    socket.listen(LISTEN_BACKLOG)
+    }))
 }
 
 /// The address of the client that sent a request, as the server saw it.

@@ -149,20 +149,9 @@ fn broker(err: anyhow::Error) -> ApiError {
 }
 
 fn only(params: &HashMap<String, String>, known: &[&str]) -> Vec<FieldError> {
-    let mut unknown: Vec<&String> = params
-        .keys()
-        .filter(|k| !known.contains(&k.as_str()))
-        .collect();
-    unknown.sort();
-    unknown
-        .into_iter()
-        .map(|k| {
-            FieldError::new(
-                k.clone(),
-                format!("unknown query parameter; known: {}", known.join(", ")),
-            )
-        })
-        .collect()
+    let mut errors = Vec::new();
+    super::params::unknown_params(params, known, &mut errors);
+    errors
 }
 
 fn guarded(

@@ -22,7 +22,12 @@ pub const SORTS: [&str; 8] = [
     "-due_at",
 ];
 
-fn unknown_params(params: &HashMap<String, String>, known: &[&str], errors: &mut Vec<FieldError>) {
+/// An error for each parameter of `params` not in `known`, in name order.
+pub(super) fn unknown_params(
+    params: &HashMap<String, String>,
+    known: &[&str],
+    errors: &mut Vec<FieldError>,
+) {
     let mut unknown: Vec<&String> = params
         .keys()
         .filter(|k| !known.contains(&k.as_str()))

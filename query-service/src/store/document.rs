@@ -175,7 +175,10 @@ pub fn document_after(e: &Envelope) -> Document {
 pub(super) fn reset_ahead(e: &Envelope) -> (Document, Document) {
     let (_, mut update) = guarded_upsert(e);
     if e.data.is_some() {
-        update.insert("$unset", doc! { "deleted_at": "" });
+        // Beside what the upsert unsets (the due-date keys of a todo without a due date).
+        let mut unset = update.get_document("$unset").cloned().unwrap_or_default();
+        unset.insert("deleted_at", "");
+        update.insert("$unset", unset);
     }
     let filter = doc! { "_id": e.todo_id, "version": { "$gt": e.version } };
     (filter, update)

@@ -103,6 +103,10 @@ pub struct Store {
     /// How the writes since the last [`Store::record`] moved the counts of live and completed
     /// todos; the record adds it to the counters.
     tally: std::sync::Arc<std::sync::Mutex<projection::Tally>>,
+    /// The highest todo id this process's writes put in the read model: the counters get it
+    /// only when the batch settles, and a list in id order must not stop short of a todo a
+    /// `?min_version=` read already answered.
+    written_highest: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// A todo as the read API serves it: the same shape the command side answers with.
@@ -232,6 +236,7 @@ impl Store {
             stats: db.collection("projection_stats"),
             walks: Default::default(),
             tally: Default::default(),
+            written_highest: Default::default(),
             db,
             client,
         })

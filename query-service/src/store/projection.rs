@@ -335,6 +335,8 @@ impl Store {
                             );
                         }
                         tally.replace(prior.as_ref(), &Stored::after(&events[i]));
+                        self.written_highest
+                            .fetch_max(events[i].todo_id, std::sync::atomic::Ordering::Relaxed);
                         results.insert(i, Ok(Outcome::Applied));
                     }
                     // Over a document this version cannot read, the guard alone decides, as

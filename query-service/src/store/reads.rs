@@ -341,7 +341,12 @@ impl Store {
             // a key it should not (written by an earlier version) is passed over.
             for d in &page {
                 if let Stored::Live(t) = read_document(d)? {
-                    let due = q.due_before.is_none_or(|b| t.due_at.is_some_and(|d| d < b));
+                    // A due-date list holds todos with a due date (a stale key may remain on
+                    // one without).
+                    let due = match q.due_before {
+                        Some(b) => t.due_at.is_some_and(|d| d < b),
+                        None => q.sort != SortKey::DueAt || t.due_at.is_some(),
+                    };
                     if q.completed.is_none_or(|c| c == t.completed) && due {
                         todos.push(t);
                     }
@@ -610,9 +615,13 @@ impl Store {
         Ok(newest)
     }
 
-    /// The highest todo id the read model has seen (0 for none). A read model projected before
-    /// this figure was kept gets it once from the collection itself.
+    /// The highest todo id the read model has seen (0 for none): the counters' figure, or the
+    /// highest this process wrote since, if higher. A read model projected before this figure
+    /// was kept gets it once from the collection itself.
     pub async fn max_todo_id(&self) -> mongodb::error::Result<i64> {
+        let written = self
+            .written_highest
+            .load(std::sync::atomic::Ordering::Relaxed);
         let kept = self
             .stats
             .find_one(doc! { "_id": STATS_ID })
@@ -620,7 +629,7 @@ impl Store {
             .await?
             .and_then(|d| d.get("max_todo_id").and_then(Bson::as_i64));
         if let Some(max) = kept {
-            return Ok(max);
+            return Ok(max.max(written));
         }
         let newest = self
             .todos

@@ -214,7 +214,7 @@ async fn a_message_delivered_past_the_bound_without_being_settled_is_dead_letter
         .expect("list");
     assert_eq!(listed.len(), 1);
     assert!(
-        listed[0].reason.contains("delivered 4 times"),
+        listed[0].reason.contains("delivered 3 times"),
         "{}",
         listed[0].reason
     );

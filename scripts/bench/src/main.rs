@@ -355,8 +355,9 @@ async fn at_size(config: &Config, report: &mut Report, size: usize) -> anyhow::R
         )
         .await?;
         report.cpu(format!("open loop {per_second}/s at {size} todos"), cpu);
-        // Where the time goes: from a write's commit to its application in MongoDB (the
-        // sequencer, the relay, the broker and the consumer), the rest being the answer.
+        // Where the time goes: from a write's event time (`occurred_at`, taken as the write's
+        // statement runs) to its application in MongoDB (the commit, the sequencer, the relay,
+        // the broker and the consumer's write, not its settling), the rest being the answer.
         let lag_after = load::histogram(&query.base, "projection_lag_seconds").await?;
         let applied_p99 = load::percentile_bound(&lag_before, &lag_after, 99.0)
             .map_or("none".to_string(), |b| format!("≤ {}", load::ms(b)));
@@ -371,7 +372,7 @@ async fn at_size(config: &Config, report: &mut Report, size: usize) -> anyhow::R
                 fraction
             ),
             format!(
-                "write-to-readable p99 {} max {}; commit-to-applied p99 {applied_p99}; POST p99 {}; {} failed{}",
+                "write-to-readable p99 {} max {}; event-to-store p99 {applied_p99}; POST p99 {}; {} failed{}",
                 load::ms(o.readable_p99),
                 load::ms(o.readable_max),
                 load::ms(o.post_p99),

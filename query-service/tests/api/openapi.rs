@@ -12,7 +12,14 @@ use std::time::Duration;
 #[tokio::test]
 async fn every_answer_fits_the_schema_documented_for_its_route_and_status() {
     let names = Names::new();
-    let query = spawn_query_with(&names, &[("MIN_VERSION_WAIT_MS", "300")]).await;
+    let query = spawn_query_with(
+        &names,
+        &[
+            ("MIN_VERSION_WAIT_MS", "300"),
+            ("OPERATOR_TOKENS", "op-token"),
+        ],
+    )
+    .await;
     let (command, _database) = spawn_command(&names).await;
     let client = reqwest::Client::new();
     let doc: Value = get_json(&client, &query.url("/openapi.json")).await;
@@ -99,6 +106,52 @@ async fn every_answer_fits_the_schema_documented_for_its_route_and_status() {
         exercised.insert((
             "get".to_string(),
             template_of(&doc, &path).expect("documented path"),
+        ));
+    }
+    // The operator's routes: with the token, without, with another, and a bad request.
+    let operator: [(&str, &str, Option<&str>, u16); 7] = [
+        ("GET", "/dead-letters", Some("op-token"), 200),
+        ("GET", "/dead-letters", None, 401),
+        ("GET", "/dead-letters", Some("other"), 403),
+        (
+            "POST",
+            "/dead-letters/redrive?all=true",
+            Some("op-token"),
+            200,
+        ),
+        ("POST", "/dead-letters/redrive", Some("op-token"), 400),
+        (
+            "POST",
+            "/dead-letters/purge?confirm=true",
+            Some("op-token"),
+            200,
+        ),
+        ("POST", "/dead-letters/purge", Some("op-token"), 400),
+    ];
+    for (method, path, token, expected) in operator {
+        let mut request = client.request(method.parse().expect("method"), query.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("answer");
+        let status = response.status().as_u16();
+        assert_eq!(status, expected, "{method} {path}");
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().expect("ascii").to_string());
+        let bytes = response.bytes().await.expect("body");
+        errors.extend(check_answer(
+            &doc,
+            method,
+            path,
+            status,
+            content_type.as_deref(),
+            &bytes,
+        ));
+        exercised.insert((
+            method.to_lowercase(),
+            template_of(&doc, path).expect("documented path"),
         ));
     }
     assert!(

@@ -46,11 +46,11 @@ use events::Envelope;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -870,36 +870,15 @@ async fn dead_letter(
     );
     let properties = delivery.properties.clone().with_headers(headers);
     let dlx = events::dead_letter_exchange(exchange);
-    let confirmed = tokio::time::timeout(CONFIRM_WITHIN, async {
-        channel
-            .basic_publish(
-                dlx.as_str().into(),
-                delivery.routing_key.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &delivery.data,
-                properties,
-            )
-            .await?
-            .await
-    })
-    .await;
-    match confirmed {
-        Ok(Ok(Confirmation::Ack(None))) => {}
-        Ok(Ok(Confirmation::Ack(Some(_)))) => {
-            anyhow::bail!("the dead letter's copy was returned: no queue is bound to {dlx}")
-        }
-        Ok(Ok(Confirmation::Nack(_))) => anyhow::bail!("the broker refused the dead letter's copy"),
-        Ok(Ok(Confirmation::NotRequested)) => {
-            anyhow::bail!("the dead-letter channel is not in confirm mode")
-        }
-        Ok(Err(err)) => return Err(err.into()),
-        Err(_) => anyhow::bail!(
-            "the broker did not confirm the dead letter's copy within {CONFIRM_WITHIN:?}"
-        ),
-    }
+    crate::dead_letters::publish_confirmed(
+        channel,
+        (&dlx, delivery.routing_key.as_str()),
+        &delivery.data,
+        properties,
+        CONFIRM_WITHIN,
+        "the dead letter's copy",
+    )
+    .await?;
     delivery.ack(BasicAckOptions { multiple: false }).await?;
     Ok(())
 }

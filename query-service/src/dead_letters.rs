@@ -12,7 +12,12 @@
 //!   dead-letter queue only once the broker confirmed its copy. The consumer then applies it,
 //!   or refuses it again and it comes back with its new reason. The others go back untouched.
 //!   Each copy keeps the event's body and properties; the refusal headers are dropped and
-//!   `x-redriven-at` and `x-previous-refusal` added.
+//!   `x-redriven-at` and `x-previous-refusal` added. A copy the broker refuses or does not
+//!   confirm stops the redrive: what was sent until then is reported with why it stopped, and
+//!   the rest stays. A connection lost between a confirm and its ack leaves that message in
+//!   the dead-letter queue too: redriven again, it is a duplicate the version guard skips.
+//! - They take the messages off the queue while they work: a `list` running beside a
+//!   `redrive` or a `purge` hides what it holds from them. Run one at a time.
 //! - **purge** drops every message of the queue, only with `--yes`, and says how many.
 //!
 //! They run with `AMQP_URL`'s user. `list` and `purge` need to read the dead-letter queue,
@@ -140,6 +145,48 @@ fn describe(message: &BasicGetMessage) -> DeadLetter {
     }
 }
 
+/// Publishes `body` with `properties` to `exchange` under `routing_key`, `mandatory`, on a
+/// channel in confirm mode, and waits up to `within` for the broker's confirm. A copy the
+/// broker refused, returned (no queue bound) or did not confirm in time is an error naming
+/// `what`. The consumer's dead letters and the redrive both publish this way.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    (exchange, routing_key): (&str, &str),
+    body: &[u8],
+    properties: BasicProperties,
+    within: Duration,
+    what: &str,
+) -> anyhow::Result<()> {
+    let confirmed = tokio::time::timeout(within, async {
+        channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties,
+            )
+            .await?
+            .await
+    })
+    .await;
+    match confirmed {
+        Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+        Ok(Ok(Confirmation::Ack(Some(_)))) => anyhow::bail!(
+            "{what} was returned: no queue is bound to {exchange:?} under {routing_key:?}"
+        ),
+        Ok(Ok(Confirmation::Nack(_))) => anyhow::bail!("the broker refused {what}"),
+        Ok(Ok(Confirmation::NotRequested)) => {
+            anyhow::bail!("the channel publishing {what} is not in confirm mode")
+        }
+        Ok(Err(err)) => Err(anyhow::Error::new(err).context(format!("publishing {what}"))),
+        Err(_) => anyhow::bail!("the broker did not confirm {what} within {within:?}"),
+    }
+}
+
 /// A connection and a channel for one command.
 async fn open(amqp_url: &str) -> anyhow::Result<(Connection, Channel)> {
     let conn = tokio::time::timeout(
@@ -224,6 +271,9 @@ pub struct Redriven {
     pub kept: usize,
     /// Event ids asked for that the queue did not hold.
     pub missing: Vec<String>,
+    /// Why it stopped before the end: the dead letters sent until then are in `sent`, the
+    /// rest stay in the dead-letter queue.
+    pub failed: Option<String>,
 }
 
 /// Sends the chosen dead letters of `queue` back to it (see the module header).
@@ -252,39 +302,28 @@ pub async fn redrive(
         }
         found.insert(letter.event_id.clone());
         let properties = redriven_properties(&message.delivery.properties, &letter.reason);
-        let confirmed = tokio::time::timeout(CONFIRM_WITHIN, async {
-            channel
-                .basic_publish(
-                    "".into(),
-                    queue.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &message.delivery.data,
-                    properties,
-                )
-                .await?
-                .await
-        })
-        .await;
-        match confirmed {
-            Ok(Ok(Confirmation::Ack(None))) => {}
-            Ok(Ok(Confirmation::Ack(Some(_)))) => {
-                anyhow::bail!("the broker returned the copy of {letter}: no queue {queue}")
-            }
-            Ok(Ok(other)) => {
-                anyhow::bail!("the broker did not take the copy of {letter}: {other:?}")
-            }
-            Ok(Err(err)) => return Err(err).context("publishing a redriven copy"),
-            Err(_) => anyhow::bail!(
-                "the broker did not confirm the copy of {letter} within {CONFIRM_WITHIN:?}"
-            ),
-        }
-        message
-            .delivery
-            .ack(BasicAckOptions { multiple: false })
+        // What was sent before a failure is reported with it.
+        let sent = async {
+            publish_confirmed(
+                &channel,
+                ("", queue),
+                &message.delivery.data,
+                properties,
+                CONFIRM_WITHIN,
+                &format!("the copy of {}", letter.event_id),
+            )
             .await?;
+            message
+                .delivery
+                .ack(BasicAckOptions { multiple: false })
+                .await?;
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(err) = sent {
+            report.failed = Some(format!("{err:#}"));
+            break;
+        }
         report.sent.push(letter);
     }
     if let Selection::EventIds(ids) = selection {

@@ -113,7 +113,10 @@ async fn dead_letters(settings: &Settings, args: &[String]) -> anyhow::Result<()
                 report.kept,
                 if report.missing.is_empty() { "" } else { "; some ids were not there" }
             );
-            if !report.missing.is_empty() {
+            if let Some(why) = &report.failed {
+                println!("stopped before the end: {why}");
+            }
+            if !report.missing.is_empty() || report.failed.is_some() {
                 std::process::exit(1);
             }
         }

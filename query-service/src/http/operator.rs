@@ -134,6 +134,10 @@ pub struct RedriveAnswer {
     pub kept: usize,
     /// Event ids asked for that the queue did not hold.
     pub missing: Vec<String>,
+    /// Why the redrive stopped before the end (the broker refused or did not confirm a copy):
+    /// those in `redriven` were sent, the rest stay in the dead-letter queue. Null when it ran
+    /// to the end.
+    pub failed: Option<String>,
 }
 
 /// `POST /dead-letters/purge`.
@@ -257,6 +261,7 @@ pub(super) fn redrive(
                             redriven: report.sent.iter().map(Into::into).collect(),
                             kept: report.kept,
                             missing: report.missing,
+                            failed: report.failed,
                         },
                     ))
                 })

@@ -66,6 +66,8 @@ pub fn document() -> serde_json::Value {
         ),
         ("completed", json!({"type": "boolean"})),
         ("overdue", json!({"type": "boolean", "enum": [true]})),
+        ("all", json!({"type": "boolean", "enum": [true]})),
+        ("confirm", json!({"type": "boolean", "enum": [true]})),
         (
             "cursor",
             json!({"type": "string", "pattern": crate::http::CURSOR_PATTERN}),

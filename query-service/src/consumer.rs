@@ -6,14 +6,15 @@
 //!   change (or already had it: duplicates and late events are acked as skipped).
 //! - Batches: the consumer takes whatever has arrived (up to the prefetch, never waiting for
 //!   more) and applies it as one bulk write ([`Store::apply_batch`]). This process's
-//!   `?min_version=` waiters are told what it wrote at once. Settling it (one update of the
-//!   shared counters, the fan-out notice, one `multiple` ack) happens at most every
-//!   [`SETTLE_EVERY`]: under load the batches written in that time settle together, so the
-//!   store, the broker and this process pay those three once for all of them instead of once per
-//!   batch of a few events; a lone batch settles at once. Until settled, a batch's messages are
-//!   unacked, so a crash between its write and its settling redelivers them (duplicates, which
-//!   the version guard skips). One info line per batch; each event's line (with its
-//!   correlation id) is at debug.
+//!   `?min_version=` waiters are told what it wrote at once, and the shared counters are
+//!   updated at once (the counts of live and completed todos move by what the writes replaced,
+//!   which a redelivery could not know). Settling it on the broker (the fan-out notice, one
+//!   `multiple` ack) happens at most every [`SETTLE_EVERY`]: under load the batches written in
+//!   that time settle together, so the broker and this process pay those two once for all of
+//!   them instead of once per batch of a few events; a lone batch settles at once. Until
+//!   settled, a batch's messages are unacked, so a crash between its write and its settling
+//!   redelivers them (duplicates, which the version guard skips and the counters do not count
+//!   twice). One info line per batch; each event's line (with its correlation id) is at debug.
 //! - A message that can never apply is dead-lettered at its first delivery: a body that is not
 //!   a JSON event, has a `schema_version` of 0 or fails `Envelope::validate` (an older or newer
 //!   version of the contract is read, not refused).
@@ -110,9 +111,9 @@ pub async fn run(
     shutdown: Shutdown,
 ) {
     let mut reconnect = Backoff::new(RETRY_BASE, config.max_backoff);
-    // What batches wrote and did not settle survives a lost connection: its counts and its
-    // fan-out notice are settled on the next one (its deliveries come back as duplicates,
-    // which make no notice of their own).
+    // What batches wrote and did not settle survives a lost connection: its fan-out notice is
+    // published on the next one (its deliveries come back as duplicates, which make no notice
+    // of their own).
     let mut unsettled = Unsettled::default();
     while !shutdown.is_triggered() {
         config.metrics.consumer_connect();
@@ -418,7 +419,7 @@ async fn consume(
             biased;
             _ = shutdown.triggered() => {
                 cancel().await;
-                settle(store, config, channels, unsettled, &held, shutdown).await?;
+                settle(config, channels, unsettled, &held).await?;
                 return Ok(());
             }
             // (With nothing held the branch is off; its deadline is never awaited.)
@@ -489,66 +490,35 @@ async fn consume(
             && (last_settled.elapsed() >= SETTLE_EVERY
                 || unsettled.to_ack.len() + held.len() >= most.div_ceil(2))
         {
-            if settle(store, config, channels, unsettled, &held, shutdown).await?
-                == Settled::Stopped
-            {
-                cancel().await;
-                return Ok(());
-            }
+            settle(config, channels, unsettled, &held).await?;
             last_settled = Instant::now();
             *settled = true;
         }
     }
 }
 
-/// What the batches since the last settling wrote: counted, announced and acked together by
-/// [`settle`].
+/// What the batches since the last settling wrote (and counted): announced and acked together
+/// by [`settle`].
 #[derive(Default)]
 struct Unsettled {
-    counts: Counts,
-    newest_event: Option<chrono::DateTime<chrono::Utc>>,
-    highest: crate::store::Highest,
     changes: Vec<crate::changes::Change>,
     to_ack: Vec<Pending>,
 }
 
 impl Unsettled {
     fn is_empty(&self) -> bool {
-        self.counts.total() == 0 && self.to_ack.is_empty()
+        self.changes.is_empty() && self.to_ack.is_empty()
     }
 }
 
-/// Settles what the batches since the last settling wrote: the shared counters, then the
-/// fan-out notice, then the ack. `Stopped` (nothing acked) when shutdown came while the store
-/// refused the counters' update.
+/// Settles what the batches since the last settling wrote: the fan-out notice, then the ack.
 async fn settle(
-    store: &Store,
     config: &ConsumerConfig,
     channels: Channels<'_>,
     unsettled: &mut Unsettled,
     held: &[Pending],
-    shutdown: &Shutdown,
-) -> anyhow::Result<Settled> {
-    let Unsettled {
-        counts,
-        newest_event,
-        highest,
-        changes,
-        to_ack,
-    } = unsettled;
-    // Before the ack: lists in id order walk up to the highest todo id recorded here, so a
-    // failure to record is retried like the store being away, never skipped.
-    if counts.total() > 0 {
-        let mut backoff = Backoff::new(Duration::from_millis(100), config.max_backoff);
-        while let Err(err) = store.record(*counts, *newest_event, *highest).await {
-            tracing::warn!(error = %err, retry_in_ms = backoff.peek().as_millis() as u64, "projection counters not updated; retrying");
-            config.metrics.observe_store_unavailable();
-            if !backoff.pause(shutdown).await {
-                return Ok(Settled::Stopped);
-            }
-        }
-        *counts = Counts::default();
-    }
+) -> anyhow::Result<()> {
+    let Unsettled { changes, to_ack } = unsettled;
     // The notice before the ack: the changes are in MongoDB already, and batches redelivered
     // after a failure in between are all duplicates, which make no notice of their own.
     if !changes.is_empty() {
@@ -561,11 +531,10 @@ async fn settle(
     }
     ack(to_ack, held).await?;
     to_ack.clear();
-    *unsettled = Unsettled::default();
-    Ok(Settled::All)
+    Ok(())
 }
 
-/// How a batch, or a settling, ended.
+/// How a batch ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Settled {
     /// Every delivery was written (to be settled, or settled), dead-lettered, or held for a
@@ -730,9 +699,20 @@ async fn handle_batch(
     if !applied.is_empty() {
         let _ = config.applied.send(Arc::new(applied));
     }
-    unsettled.counts.merge(counts);
-    unsettled.newest_event = unsettled.newest_event.max(newest_event);
-    unsettled.highest = unsettled.highest.max(highest);
+    // The counters at once, before the batch is acked: the counts of live and completed todos
+    // move by what its writes replaced, which a redelivery after a crash would not know (its
+    // events are then duplicates). And lists in id order walk up to the highest todo id
+    // recorded here, so a failure to record is retried like the store being away.
+    if counts.total() > 0 {
+        let mut backoff = Backoff::new(Duration::from_millis(100), config.max_backoff);
+        while let Err(err) = store.record(counts, newest_event, highest).await {
+            tracing::warn!(error = %err, retry_in_ms = backoff.peek().as_millis() as u64, "projection counters not updated; retrying");
+            config.metrics.observe_store_unavailable();
+            if !backoff.pause(shutdown).await {
+                return Ok(Settled::Stopped);
+            }
+        }
+    }
     unsettled.changes.append(&mut changes);
     unsettled.to_ack.append(&mut to_ack);
     tracing::info!(

@@ -100,13 +100,6 @@ impl Counts {
         self.applied + self.duplicates + self.superseded + self.dead_lettered
     }
 
-    /// Adds `other`'s counts to these.
-    pub fn merge(&mut self, other: Counts) {
-        self.applied += other.applied;
-        self.duplicates += other.duplicates;
-        self.superseded += other.superseded;
-        self.dead_lettered += other.dead_lettered;
-    }
 }
 
 impl Store {

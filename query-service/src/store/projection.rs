@@ -99,7 +99,6 @@ impl Counts {
     pub fn total(&self) -> i64 {
         self.applied + self.duplicates + self.superseded + self.dead_lettered
     }
-
 }
 
 impl Store {

@@ -158,150 +158,151 @@ fn only(params: &HashMap<String, String>, known: &[&str]) -> Vec<FieldError> {
     errors
 }
 
-fn guarded(
+/// An operator route: `path` (with its method), answered by `work` with the state and the
+/// query's parameters once the bearer token passed [`Operator::check`].
+fn guarded<F, Fut>(
+    path: impl Filter<Extract = (), Error = Rejection> + Clone + Send + Sync + 'static,
     state: State,
-) -> impl Filter<Extract = (String, Option<String>, State), Error = Rejection> + Clone {
-    request_id()
+    route: RouteName,
+    work: F,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone
+where
+    F: Fn(State, HashMap<String, String>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response, ApiError>> + Send,
+{
+    path.and(request_id())
         .and(warp::header::optional::<String>("authorization"))
         .and(with_state(state))
+        .and(query())
+        .and_then(
+            move |rid: String,
+                  auth: Option<String>,
+                  state: State,
+                  params: HashMap<String, String>| {
+                let work = work.clone();
+                async move {
+                    answer::<ApiError, _>(state.metrics.http.clone(), rid, route, async move {
+                        state.operator.check(auth.as_deref())?;
+                        work(state, params).await
+                    })
+                    .await
+                }
+            },
+        )
 }
 
 pub(super) fn list(
     state: State,
     route: RouteName,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("dead-letters")
-        .and(warp::get())
-        .and(guarded(state))
-        .and(query())
-        .and_then(
-            move |rid: String,
-                  auth: Option<String>,
-                  state: State,
-                  params: HashMap<String, String>| async move {
-                answer::<ApiError, _>(state.metrics.http.clone(), rid, route, async move {
-                    state.operator.check(auth.as_deref())?;
-                    let unknown = only(&params, &[]);
-                    if !unknown.is_empty() {
-                        return Err(ApiError::InvalidQuery(unknown));
-                    }
-                    let op = &state.operator;
-                    let letters = dead_letters::list_at_most(&op.amqp_url, &op.queue, LISTED + 1)
-                        .await
-                        .map_err(broker)?;
-                    let truncated = letters.len() > LISTED;
-                    Ok(json_response(
-                        StatusCode::OK,
-                        &DeadLetterList {
-                            queue: events::dead_letter_queue(&op.queue),
-                            dead_letters: letters.iter().take(LISTED).map(Into::into).collect(),
-                            truncated,
-                        },
-                    ))
-                })
+    guarded(
+        warp::path!("dead-letters").and(warp::get()),
+        state,
+        route,
+        |state: State, params: HashMap<String, String>| async move {
+            let unknown = only(&params, &[]);
+            if !unknown.is_empty() {
+                return Err(ApiError::InvalidQuery(unknown));
+            }
+            let op = &state.operator;
+            let letters = dead_letters::list_at_most(&op.amqp_url, &op.queue, LISTED + 1)
                 .await
-            },
-        )
+                .map_err(broker)?;
+            let truncated = letters.len() > LISTED;
+            Ok(json_response(
+                StatusCode::OK,
+                &DeadLetterList {
+                    queue: events::dead_letter_queue(&op.queue),
+                    dead_letters: letters.iter().take(LISTED).map(Into::into).collect(),
+                    truncated,
+                },
+            ))
+        },
+    )
 }
 
 pub(super) fn redrive(
     state: State,
     route: RouteName,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("dead-letters" / "redrive")
-        .and(warp::post())
-        .and(guarded(state))
-        .and(query())
-        .and_then(
-            move |rid: String,
-                  auth: Option<String>,
-                  state: State,
-                  params: HashMap<String, String>| async move {
-                answer::<ApiError, _>(state.metrics.http.clone(), rid, route, async move {
-                    state.operator.check(auth.as_deref())?;
-                    let mut errors = only(&params, &["all", "event_ids"]);
-                    let selection = match (
-                        params.get("all").map(String::as_str),
-                        params.get("event_ids"),
-                    ) {
-                        (Some("true"), None) => Some(Selection::All),
-                        (None, Some(ids)) => {
-                            let ids: Vec<String> = ids
-                                .split(',')
-                                .map(str::trim)
-                                .filter(|s| !s.is_empty())
-                                .map(String::from)
-                                .collect();
-                            if ids.is_empty() || ids.len() > 1_000 {
-                                errors.push(FieldError::new(
-                                    "event_ids",
-                                    "1 to 1,000 event ids, separated by commas",
-                                ));
-                            }
-                            Some(Selection::EventIds(ids))
-                        }
-                        _ => {
-                            errors.push(FieldError::new(
-                                "all",
-                                "say which: all=true, or event_ids=<id>,<id> (not both)",
-                            ));
-                            None
-                        }
-                    };
-                    let (Some(selection), true) = (selection, errors.is_empty()) else {
-                        return Err(ApiError::InvalidQuery(errors));
-                    };
-                    let op = &state.operator;
-                    let report = dead_letters::redrive(&op.redrive_url, &op.queue, &selection)
-                        .await
-                        .map_err(broker)?;
-                    Ok(json_response(
-                        StatusCode::OK,
-                        &RedriveAnswer {
-                            redriven: report.sent.iter().map(Into::into).collect(),
-                            kept: report.kept,
-                            missing: report.missing,
-                            failed: report.failed,
-                        },
-                    ))
-                })
+    guarded(
+        warp::path!("dead-letters" / "redrive").and(warp::post()),
+        state,
+        route,
+        |state: State, params: HashMap<String, String>| async move {
+            let mut errors = only(&params, &["all", "event_ids"]);
+            let selection = match (
+                params.get("all").map(String::as_str),
+                params.get("event_ids"),
+            ) {
+                (Some("true"), None) => Some(Selection::All),
+                (None, Some(ids)) => {
+                    let ids: Vec<String> = ids
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect();
+                    if ids.is_empty() || ids.len() > 1_000 {
+                        errors.push(FieldError::new(
+                            "event_ids",
+                            "1 to 1,000 event ids, separated by commas",
+                        ));
+                    }
+                    Some(Selection::EventIds(ids))
+                }
+                _ => {
+                    errors.push(FieldError::new(
+                        "all",
+                        "say which: all=true, or event_ids=<id>,<id> (not both)",
+                    ));
+                    None
+                }
+            };
+            let (Some(selection), true) = (selection, errors.is_empty()) else {
+                return Err(ApiError::InvalidQuery(errors));
+            };
+            let op = &state.operator;
+            let report = dead_letters::redrive(&op.redrive_url, &op.queue, &selection)
                 .await
-            },
-        )
+                .map_err(broker)?;
+            Ok(json_response(
+                StatusCode::OK,
+                &RedriveAnswer {
+                    redriven: report.sent.iter().map(Into::into).collect(),
+                    kept: report.kept,
+                    missing: report.missing,
+                    failed: report.failed,
+                },
+            ))
+        },
+    )
 }
 
 pub(super) fn purge(
     state: State,
     route: RouteName,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("dead-letters" / "purge")
-        .and(warp::post())
-        .and(guarded(state))
-        .and(query())
-        .and_then(
-            move |rid: String,
-                  auth: Option<String>,
-                  state: State,
-                  params: HashMap<String, String>| async move {
-                answer::<ApiError, _>(state.metrics.http.clone(), rid, route, async move {
-                    state.operator.check(auth.as_deref())?;
-                    let mut errors = only(&params, &["confirm"]);
-                    if params.get("confirm").map(String::as_str) != Some("true") {
-                        errors.push(FieldError::new(
-                            "confirm",
-                            "purging drops every dead letter for good: say so with confirm=true",
-                        ));
-                    }
-                    if !errors.is_empty() {
-                        return Err(ApiError::InvalidQuery(errors));
-                    }
-                    let op = &state.operator;
-                    let purged = dead_letters::purge(&op.amqp_url, &op.queue)
-                        .await
-                        .map_err(broker)?;
-                    Ok(json_response(StatusCode::OK, &PurgeAnswer { purged }))
-                })
+    guarded(
+        warp::path!("dead-letters" / "purge").and(warp::post()),
+        state,
+        route,
+        |state: State, params: HashMap<String, String>| async move {
+            let mut errors = only(&params, &["confirm"]);
+            if params.get("confirm").map(String::as_str) != Some("true") {
+                errors.push(FieldError::new(
+                    "confirm",
+                    "purging drops every dead letter for good: say so with confirm=true",
+                ));
+            }
+            if !errors.is_empty() {
+                return Err(ApiError::InvalidQuery(errors));
+            }
+            let op = &state.operator;
+            let purged = dead_letters::purge(&op.amqp_url, &op.queue)
                 .await
-            },
-        )
+                .map_err(broker)?;
+            Ok(json_response(StatusCode::OK, &PurgeAnswer { purged }))
+        },
+    )
 }

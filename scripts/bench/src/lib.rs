@@ -162,3 +162,31 @@ pub mod process {
         }
     }
 }
+
+/// query-service's figures, read from its in-memory metrics (watching the projection costs
+/// the store nothing).
+pub mod figures {
+    /// The sum of every `projection_events_total` sample whose line starts with `prefix`
+    /// (`projection_events_total{` for every outcome, `…{outcome="applied"}` for one).
+    pub async fn projection_events(base: &str, prefix: &str) -> anyhow::Result<i64> {
+        let text = reqwest::get(format!("{base}/metrics"))
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as i64)
+    }
+
+    /// Events query-service settled so far (every outcome).
+    pub async fn settled(base: &str) -> anyhow::Result<i64> {
+        projection_events(base, "projection_events_total{").await
+    }
+
+    /// Events query-service applied so far.
+    pub async fn applied(base: &str) -> anyhow::Result<i64> {
+        projection_events(base, "projection_events_total{outcome=\"applied\"}").await
+    }
+}

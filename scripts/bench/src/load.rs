@@ -156,19 +156,7 @@ pub async fn wait_for_outbox(base: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Events query-service settled so far (every outcome), from its in-memory metrics, so that
-/// watching the projection costs the store nothing.
-pub async fn settled(base: &str) -> anyhow::Result<i64> {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with("projection_events_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as i64)
-}
+pub use bench::figures::settled;
 
 /// A histogram on a service's `/metrics`: each bucket's upper bound with its cumulative count.
 pub async fn histogram(base: &str, name: &str) -> anyhow::Result<Vec<(f64, f64)>> {

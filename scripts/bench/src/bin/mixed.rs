@@ -21,6 +21,7 @@
 //! `MIXED_OLD_BIN_DIR`, the new in `SERVICE_BIN_DIR` (default `target/release`).
 
 use anyhow::{bail, Context};
+use bench::figures::{applied, settled};
 use bench::process::Service;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use serde_json::{json, Value};
@@ -171,32 +172,6 @@ async fn dead_letters(amqp_url: &str, queue: &str) -> anyhow::Result<u32> {
     let n = query_service::dead_letters::depth(&channel, &events::dead_letter_queue(queue)).await?;
     let _ = conn.close(200, "counted".into()).await;
     Ok(n)
-}
-
-/// Events a query-service settled so far (every outcome), from its metrics.
-async fn settled(base: &str) -> anyhow::Result<i64> {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with("projection_events_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as i64)
-}
-
-/// Events a query-service applied so far, from its metrics.
-async fn applied(base: &str) -> anyhow::Result<i64> {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with("projection_events_total{outcome=\"applied\"}"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as i64)
 }
 
 /// Waits until every service in `bases` settled nothing new for 2 s (their metrics).

@@ -627,6 +627,20 @@ async fn handle_batch(
         }
     }
     let events: Vec<Envelope> = batch.iter().map(|p| p.event.clone()).collect();
+    // Every generation of the read model the pointer names, newest first
+    // (`store/generations.rs`): the one a rebuild fills before the current one, the previous
+    // one after it, so that the newer always holds what the older does.
+    let Some(targets) = targets(store, config, shutdown).await else {
+        return Ok(Settled::Stopped);
+    };
+    if !events.is_empty()
+        && apply_elsewhere(&targets.newer, config, &events, shutdown)
+            .await
+            .is_none()
+    {
+        return Ok(Settled::Stopped);
+    }
+    let store = &targets.current;
     let Some(results) = apply(store, config, &events, shutdown).await else {
         // Shutting down with the store away: leave the batch unacked; it is redelivered.
         return Ok(Settled::Stopped);
@@ -712,6 +726,13 @@ async fn handle_batch(
                 return Ok(Settled::Stopped);
             }
         }
+    }
+    if !events.is_empty()
+        && apply_elsewhere(&targets.older, config, &events, shutdown)
+            .await
+            .is_none()
+    {
+        return Ok(Settled::Stopped);
     }
     unsettled.changes.append(&mut changes);
     unsettled.to_ack.append(&mut to_ack);
@@ -812,6 +833,83 @@ async fn apply(
             }
         }
     }
+}
+
+/// The handles of the generations a batch is written to, by a fresh reading of the pointer;
+/// the store away is retried with backoff. `None` when shutdown came meanwhile.
+async fn targets(
+    store: &Store,
+    config: &ConsumerConfig,
+    shutdown: &Shutdown,
+) -> Option<crate::store::generations::Targets> {
+    let mut backoff = Backoff::new(Duration::from_millis(100), config.max_backoff);
+    loop {
+        match store.targets().await {
+            Ok(targets) => return Some(targets),
+            Err(err) => {
+                tracing::warn!(error = %err, retry_in_ms = backoff.peek().as_millis() as u64, "read model pointer not read; retrying");
+                config.metrics.observe_store_unavailable();
+                if !backoff.pause(shutdown).await {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Writes a batch to the generations beside the current one (the one a rebuild fills, the
+/// previous one while it is kept), each through the same version guard and with its own
+/// counters. The store away is retried with backoff: a batch is not settled before
+/// the generation being built holds it. An event the store refuses there (and not in the
+/// current generation, which refuses the same document) is logged; `verify` after the switch
+/// would name it. `None` when shutdown came meanwhile.
+async fn apply_elsewhere(
+    generations: &[Store],
+    config: &ConsumerConfig,
+    events: &[Envelope],
+    shutdown: &Shutdown,
+) -> Option<()> {
+    for store in generations {
+        let mut backoff = Backoff::new(Duration::from_millis(100), config.max_backoff);
+        loop {
+            let written = async {
+                let outcomes = store.apply_all(events).await?;
+                let mut counts = Counts::default();
+                for (event, outcome) in events.iter().zip(outcomes) {
+                    match outcome {
+                        Ok(outcome) => counts.add(outcome),
+                        Err(refused) => tracing::warn!(
+                            generation = store.generation(),
+                            todo_id = event.todo_id,
+                            version = event.version,
+                            error = %refused,
+                            "MongoDB refused an event in a generation beside the current one"
+                        ),
+                    }
+                }
+                let newest = events.iter().map(|e| e.occurred_at).max();
+                store
+                    .record(counts, newest, crate::store::Highest::of(events))
+                    .await
+            };
+            match written.await {
+                Ok(()) => break,
+                Err(err) if !crate::store::is_transient(&err) => {
+                    // Not the store away: trying again would hold the queue for ever.
+                    tracing::error!(generation = store.generation(), error = %err, "batch refused by a generation beside the current one; going on without it");
+                    break;
+                }
+                Err(err) => {
+                    tracing::warn!(generation = store.generation(), error = %err, retry_in_ms = backoff.peek().as_millis() as u64, "batch not written to a generation beside the current one; retrying");
+                    config.metrics.observe_store_unavailable();
+                    if !backoff.pause(shutdown).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+    Some(())
 }
 
 /// The span one message is logged in: its correlation id, message id and routing key.

@@ -11,6 +11,7 @@ pub mod fanout;
 pub mod http;
 pub mod metrics;
 pub mod openapi;
+pub mod rebuild;
 pub mod replay;
 pub mod settings;
 pub mod store;
@@ -154,6 +155,33 @@ impl Application {
                 }
             }
         });
+        // Reads follow the read model's pointer (`store/generations.rs`): read again every
+        // second, and the previous generation of a rebuild dropped once its grace has passed,
+        // if the rebuild that switched did not get to it.
+        let pointer_task = {
+            let (store, stop) = (self.store.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let mut since_retire = Duration::ZERO;
+                loop {
+                    tokio::select! {
+                        _ = stop.triggered() => return,
+                        _ = tokio::time::sleep(store::generations::POINTER_EVERY) => {}
+                    }
+                    if let Err(err) = store.refresh_pointer().await {
+                        tracing::debug!(error = %err, "read model pointer not read");
+                    }
+                    since_retire += store::generations::POINTER_EVERY;
+                    if since_retire >= store::generations::SWITCH_WAIT {
+                        since_retire = Duration::ZERO;
+                        match store.retire_previous().await {
+                            Ok(Some(n)) => tracing::info!(generation = n, "dropped the read model's previous generation after its grace period"),
+                            Ok(None) => {}
+                            Err(err) => tracing::debug!(error = %err, "previous generation not retired"),
+                        }
+                    }
+                }
+            })
+        };
         // `?min_version=` waiters share one room, fed by both the consumer and the fan-out.
         let waits = waits::Waits::new(self.store.clone(), metrics.waits.clone());
         let waits_task = tokio::spawn(waits.clone().run(applied.subscribe(), shutdown.clone()));
@@ -204,6 +232,7 @@ impl Application {
         waits_task
             .await
             .context("min_version waiting room failed")?;
+        pointer_task.abort();
         tracing::info!("query-service stopped");
         Ok(())
     }

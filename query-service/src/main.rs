@@ -5,7 +5,9 @@ use query_service::{settings::Settings, shutdown, store::Store, telemetry, Appli
 /// `query-service replay [COMMAND_URL]` rebuilds or repairs the read model from
 /// command-service's event log (default `http://127.0.0.1:5001`);
 /// `query-service verify [COMMAND_URL] [--repair]` compares the read model with that log
-/// (exit code 1 on a difference); `query-service dead-letters list | redrive [--all | <event
+/// (exit code 1 on a difference); `query-service rebuild [COMMAND_URL] [--grace SECONDS]`
+/// builds a new read model beside the live one and switches reads to it
+/// (`query_service::rebuild`); `query-service dead-letters list | redrive [--all | <event
 /// id>...] | purge --yes` works the dead-letter queue (`query_service::dead_letters`).
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -29,6 +31,32 @@ async fn main() -> anyhow::Result<()> {
                 position = report.last_position,
                 "replay finished"
             );
+            return Ok(());
+        }
+        Some("rebuild") => {
+            telemetry::init(settings.log_format, &settings.rust_log);
+            let mut command_url = "http://127.0.0.1:5001".to_string();
+            let mut options = query_service::rebuild::Options::default();
+            let mut args = args.peekable();
+            while let Some(arg) = args.next() {
+                match arg.as_str() {
+                    "--grace" => {
+                        let seconds = args.next().context("rebuild: --grace takes a number of seconds")?;
+                        let seconds: u64 = seconds
+                            .parse()
+                            .with_context(|| format!("rebuild: --grace {seconds:?} is not a whole number of seconds"))?;
+                        options.grace = std::time::Duration::from_secs(seconds);
+                    }
+                    other if other.starts_with("--") => anyhow::bail!("rebuild: unknown option {other:?} (use --grace SECONDS)"),
+                    other => command_url = other.to_string(),
+                }
+            }
+            let store = Store::connect(&settings.mongodb_uri, &settings.mongodb_db)
+                .await
+                .context("MONGODB_URI is not a usable MongoDB connection string")?;
+            store.ensure_indexes().await.context("MongoDB not reachable")?;
+            let rebuilt = query_service::rebuild::rebuild(&store, &command_url, settings.feed_token(), &options).await?;
+            println!("rebuild: {rebuilt}");
             return Ok(());
         }
         Some("verify") => {
@@ -69,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
             return dead_letters(&settings, &rest).await;
         }
         Some(other) => anyhow::bail!(
-            "unknown command {other:?}: use no argument (serve), `healthcheck`, `replay [COMMAND_URL]`, `verify [COMMAND_URL] [--repair]` or `dead-letters list|redrive|purge`"
+            "unknown command {other:?}: use no argument (serve), `healthcheck`, `replay [COMMAND_URL]`, `rebuild [COMMAND_URL] [--grace SECONDS]`, `verify [COMMAND_URL] [--repair]` or `dead-letters list|redrive|purge`"
         ),
         None => {}
     }

@@ -5,7 +5,7 @@
 //! served and every answer's body against the schema documented for its route and status.
 
 use crate::http::operator::{DeadLetterList, DeadLetterView, PurgeAnswer, RedriveAnswer};
-use crate::store::{ProjectionStats, Stats, Todo};
+use crate::store::{ProjectionStats, ReadModelStats, Stats, Todo};
 use events::service::openapi as ops;
 use events::service::problem::{FieldError, Problem};
 use utoipa::OpenApi;
@@ -35,6 +35,7 @@ use utoipa::OpenApi;
         Todo,
         Stats,
         ProjectionStats,
+        ReadModelStats,
         Problem,
         FieldError,
         DeadLetterList,

@@ -160,10 +160,43 @@ pub async fn replay_with_page_size(
     page_size: i64,
 ) -> anyhow::Result<Report> {
     let log = LogReader::with_page_size(command_url, token, page_size)?;
-    let mut report = Report::default();
+    // One generation of the read model throughout, whatever its pointer does meanwhile.
+    apply_log(&store.pinned_now(), &log, 0, |_| async { Ok(()) }).await
+}
+
+/// Where [`apply_log`] is: told before and after each bulk write, and after each page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// About to write the events up to this position: its writes may land and their counts
+    /// not, if the process is stopped before [`Step::Written`].
+    Writing(i64),
+    /// The events up to `report.last_position` are written and counted.
+    Written(Report),
+    /// A page is done; the next one is read after `report.last_position`.
+    PageDone(Report),
+}
+
+/// Applies the log after position `after` to `store`, page by page, to its end (a page
+/// shorter than the reader's page size), telling `progress` each [`Step`] (a rebuild records
+/// where it is there, and may stop by answering an error).
+pub async fn apply_log<F, Fut>(
+    store: &Store,
+    log: &LogReader,
+    after: i64,
+    mut progress: F,
+) -> anyhow::Result<Report>
+where
+    F: FnMut(Step) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut report = Report {
+        last_position: after,
+        ..Report::default()
+    };
     loop {
         let page = log.page(report.last_position).await?;
         for chunk in page.chunks(BULK) {
+            progress(Step::Writing(chunk[chunk.len() - 1].position)).await?;
             let outcomes = store.apply_all(chunk).await.with_context(|| {
                 format!(
                     "applying events at positions {} to {} to MongoDB",
@@ -189,14 +222,17 @@ pub async fn replay_with_page_size(
                 .context("recording the projection counters in MongoDB")?;
             report.read += chunk.len() as u64;
             report.last_position = chunk[chunk.len() - 1].position;
+            progress(Step::Written(report)).await?;
         }
         tracing::info!(
+            generation = store.generation(),
             read = report.read,
             applied = report.applied,
             skipped = report.skipped,
             position = report.last_position,
             "replay page done"
         );
+        progress(Step::PageDone(report)).await?;
         if (page.len() as i64) < log.page_size() {
             return Ok(report);
         }

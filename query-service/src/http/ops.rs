@@ -91,6 +91,7 @@ pub(super) fn stats(
                         .dead_letters
                         .lock()
                         .unwrap_or_else(|e| e.into_inner()),
+                    read_model: (&state.store.pointer()).into(),
                 };
                 Ok(json_response(StatusCode::OK, &stats))
             })

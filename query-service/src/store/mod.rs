@@ -11,20 +11,22 @@
 //! - `document.rs`: stored documents to and from todos, timestamps, the guarded upsert itself.
 
 mod document;
+pub mod generations;
 mod projection;
 mod reads;
 
 pub use document::{completed_prefix, document_after, sort_key, timestamp, SORT_KEYS};
 pub use projection::{bulk_upsert_command, BatchResult, Counts, Highest, Outcome, Refused};
 pub use reads::{
-    Cursor, ListQuery, ProjectionStats, ReadError, ReplayPage, SortKey, Stats, ID_SCAN_LIMIT,
+    Cursor, ListQuery, ProjectionStats, ReadError, ReadModelStats, ReplayPage, SortKey, Stats,
+    ID_SCAN_LIMIT,
 };
 
 use bson::{doc, Document};
 use chrono::{DateTime, Utc};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{ClientOptions, IndexOptions};
-use mongodb::{Client, Collection, IndexModel};
+use mongodb::{Client, IndexModel};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -96,17 +98,12 @@ const INDEX_NOT_FOUND: i32 = 27;
 pub struct Store {
     client: Client,
     db: mongodb::Database,
-    todos: Collection<Document>,
-    stats: Collection<Document>,
-    /// What time-ordered lists learned of the read model, shared by every copy of the handle.
-    walks: std::sync::Arc<reads::Walks>,
-    /// How the writes since the last [`Store::record`] moved the counts of live and completed
-    /// todos; the record adds it to the counters.
-    tally: std::sync::Arc<std::sync::Mutex<projection::Tally>>,
-    /// The highest todo id this process's writes put in the read model: the counters get it
-    /// only when the batch settles, and a list in id order must not stop short of a todo a
-    /// `?min_version=` read already answered.
-    written_highest: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// The read model's generations and the pointer to the one reads follow, shared by every
+    /// copy of the handle (`generations.rs`).
+    generations: std::sync::Arc<generations::Generations>,
+    /// The generation this handle reads and writes whatever the pointer says: set by
+    /// [`Store::pinned`] for work that must stay on one generation (a batch, a replay).
+    pinned: Option<std::sync::Arc<generations::Generation>>,
 }
 
 /// A todo as the read API serves it: the same shape the command side answers with.
@@ -214,6 +211,16 @@ pub fn is_transient(err: &mongodb::error::Error) -> bool {
     }
 }
 
+/// Whether a write met an existing `_id` (or another unique key).
+pub fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
+    const DUPLICATE_KEY: i32 = 11000;
+    match err.kind.as_ref() {
+        ErrorKind::Command(c) => c.code == DUPLICATE_KEY,
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
+        _ => false,
+    }
+}
+
 impl Store {
     /// Builds the client. No connection is made here: the driver connects on first use and
     /// reconnects by itself, so the service starts while MongoDB is still down.
@@ -232,11 +239,8 @@ impl Store {
         let client = Client::with_options(options)?;
         let db = client.database(database);
         Ok(Self {
-            todos: db.collection("todos"),
-            stats: db.collection("projection_stats"),
-            walks: Default::default(),
-            tally: Default::default(),
-            written_highest: Default::default(),
+            generations: std::sync::Arc::new(generations::Generations::new(db.clone())),
+            pinned: None,
             db,
             client,
         })
@@ -244,6 +248,23 @@ impl Store {
 
     /// Creates the indexes the list queries use (idempotent); see [`INDEXES`].
     pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
+        // Reads and writes follow the pointer: read it before anything else.
+        self.refresh_pointer().await?;
+        self.gen().ensure_indexes().await
+    }
+
+    pub async fn ping(&self) -> mongodb::error::Result<()> {
+        self.client
+            .database("admin")
+            .run_command(doc! { "ping": 1 })
+            .await?;
+        Ok(())
+    }
+}
+
+impl generations::Generation {
+    /// Creates this generation's indexes (idempotent); see [`INDEXES`].
+    pub(crate) async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
         self.todos.create_indexes(index_models(INDEXES)).await?;
         // A read model that starts empty keeps its counts from the first batch on.
         if self.todos.find_one(doc! {}).await?.is_none() {
@@ -264,14 +285,6 @@ impl Store {
                 }
             }
         }
-        Ok(())
-    }
-
-    pub async fn ping(&self) -> mongodb::error::Result<()> {
-        self.client
-            .database("admin")
-            .run_command(doc! { "ping": 1 })
-            .await?;
         Ok(())
     }
 }

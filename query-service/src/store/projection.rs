@@ -106,13 +106,18 @@ impl Store {
     /// state `e` leaves it in; 1 if it was ahead, else 0. Only `verify --repair` calls it.
     pub async fn reset_ahead(&self, e: &Envelope) -> mongodb::error::Result<u64> {
         let (filter, update) = super::document::reset_ahead(e);
-        Ok(self.todos.update_one(filter, update).await?.modified_count)
+        Ok(self
+            .gen()
+            .todos
+            .update_one(filter, update)
+            .await?
+            .modified_count)
     }
 
     /// Sets the highest todo id and log position the read model keeps (`verify --repair`: the
     /// log's), which lists in id order and replays walk up to.
     pub async fn reset_highest(&self, highest: Highest) -> mongodb::error::Result<()> {
-        self.stats
+        self.gen().stats
             .update_one(
                 doc! { "_id": super::STATS_ID },
                 doc! { "$set": { "max_todo_id": highest.todo_id, "max_position": highest.position } },
@@ -128,6 +133,7 @@ impl Store {
     /// all: `verify` tells.
     pub async fn keep_counts(&self, recount: bool) -> Result<(), super::ReadError> {
         let kept = self
+            .gen()
             .stats
             .find_one(doc! { "_id": STATS_ID })
             .projection(doc! { COUNTS_KEPT: 1 })
@@ -136,7 +142,8 @@ impl Store {
             return Ok(());
         }
         let (live, completed) = self.count_todos().await?;
-        self.stats
+        self.gen()
+            .stats
             .update_one(
                 doc! { "_id": STATS_ID },
                 doc! { "$set": {
@@ -158,6 +165,7 @@ impl Store {
     pub async fn add_sort_keys(&self) -> mongodb::error::Result<u64> {
         const DONE: &str = "sort_keys";
         let flag = self
+            .gen()
             .stats
             .find_one(doc! { "_id": STATS_ID })
             .projection(doc! { DONE: 1 })
@@ -172,6 +180,7 @@ impl Store {
             let ids: Vec<i64> = (from + 1..=from.saturating_add(1_000).min(highest)).collect();
             from = *ids.last().expect("a window");
             let docs: Vec<Document> = self
+                .gen()
                 .todos
                 .find(doc! { "_id": { "$in": &ids }, "deleted": false })
                 .await?
@@ -201,13 +210,14 @@ impl Store {
                 let reply = self
                     .db
                     .run_command(
-                        doc! { "update": self.todos.name(), "updates": updates, "ordered": false },
+                        doc! { "update": self.gen().todos.name(), "updates": updates, "ordered": false },
                     )
                     .await?;
                 added += reply.get_i32("nModified").map_or(0, |n| n as u64);
             }
         }
-        self.stats
+        self.gen()
+            .stats
             .update_one(doc! { "_id": STATS_ID }, doc! { "$set": { DONE: 1 } })
             .upsert(true)
             .await?;
@@ -246,6 +256,8 @@ impl Store {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
+        // One generation for the whole batch: its reads, writes and counts.
+        let this = self.pinned_now();
         // The newest event of each todo is written; the others follow its fate.
         let mut newest: HashMap<i64, usize> = HashMap::new();
         for (i, e) in events.iter().enumerate() {
@@ -275,7 +287,7 @@ impl Store {
             let priors = if ids.is_empty() {
                 HashMap::new()
             } else {
-                self.get_many(&ids).await?
+                this.get_many(&ids).await?
             };
             let mut to_write = Vec::with_capacity(pending.len());
             for &i in &pending {
@@ -327,7 +339,8 @@ impl Store {
                             );
                         }
                         tally.replace(prior.as_ref(), &Stored::after(&events[i]));
-                        self.written_highest
+                        this.gen()
+                            .written_highest
                             .fetch_max(events[i].todo_id, std::sync::atomic::Ordering::Relaxed);
                         results.insert(i, Ok(Outcome::Applied));
                     }
@@ -345,7 +358,8 @@ impl Store {
                 }
             }
             // What landed is counted now, before a later try can fail the whole batch.
-            self.tally
+            this.gen()
+                .tally
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .add(tally);
@@ -405,7 +419,7 @@ impl Store {
         let reply = self
             .db
             .run_command(bulk_command(
-                self.todos.name(),
+                self.gen().todos.name(),
                 updates
                     .iter()
                     .map(|(e, guard)| super::document::upsert_over(e, *guard)),
@@ -452,6 +466,7 @@ impl Store {
         newest_event: Option<DateTime<Utc>>,
         highest: Highest,
     ) -> mongodb::error::Result<()> {
+        let g = self.gen();
         let mut max = doc! { "max_todo_id": highest.todo_id, "max_position": highest.position };
         // The span of the times the sort keys hold: time-ordered lists walk windows of it.
         let mut min = Document::new();
@@ -467,7 +482,7 @@ impl Store {
         }
         // The counts the writes since the last record moved (taken now: a record that fails
         // puts them back for the next).
-        let tally = std::mem::take(&mut *self.tally.lock().unwrap_or_else(|e| e.into_inner()));
+        let tally = std::mem::take(&mut *g.tally.lock().unwrap_or_else(|e| e.into_inner()));
         let mut update = doc! { "$inc": {
             "applied": counts.applied,
             "skipped_duplicates": counts.duplicates,
@@ -492,6 +507,7 @@ impl Store {
             update.insert("$min", min);
         }
         if let Err(err) = self
+            .gen()
             .stats
             .update_one(doc! { "_id": STATS_ID }, update)
             .upsert(true)
@@ -499,10 +515,7 @@ impl Store {
         {
             // Put back for the next record. (A record that landed but whose answer was lost
             // counts twice: `verify` reports counts that differ from the log's.)
-            self.tally
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .add(tally);
+            g.tally.lock().unwrap_or_else(|e| e.into_inner()).add(tally);
             return Err(err);
         }
         Ok(())

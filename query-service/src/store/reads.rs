@@ -86,6 +86,33 @@ pub struct Stats {
     /// Messages in the dead-letter queue, as this replica's consumer last read it (every 5 s);
     /// null before it could. `query-service dead-letters list` shows them.
     pub dead_letter_queue: Option<u32>,
+    pub read_model: ReadModelStats,
+}
+
+/// Which generation of the read model this replica serves, and what a rebuild is doing
+/// (`query-service rebuild`), as this replica last read the pointer (every second).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ReadModelStats {
+    /// The generation reads are served from (0: the collections `todos` and
+    /// `projection_stats`; n: `todos_n` and `projection_stats_n`).
+    pub generation: i64,
+    /// The generation a rebuild is filling, written by the consumers too; null when none.
+    pub building: Option<i64>,
+    /// The log position up to which that rebuild has read the log.
+    pub build_position: Option<i64>,
+    /// The generation served before the last switch, kept until its grace period ends.
+    pub previous: Option<i64>,
+}
+
+impl From<&super::generations::Pointer> for ReadModelStats {
+    fn from(p: &super::generations::Pointer) -> Self {
+        ReadModelStats {
+            generation: p.current,
+            building: p.building,
+            build_position: p.building.map(|_| p.build_position),
+            previous: p.previous,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
@@ -185,7 +212,8 @@ pub struct ReplayPage {
 
 impl Store {
     pub async fn get(&self, id: i64) -> Result<Option<Stored>, ReadError> {
-        self.todos
+        self.gen()
+            .todos
             .find_one(doc! { "_id": id })
             .await?
             .map(|d| read_document(&d))
@@ -200,6 +228,7 @@ impl Store {
         ids: &[i64],
     ) -> mongodb::error::Result<HashMap<i64, Option<Stored>>> {
         let docs: Vec<Document> = self
+            .gen()
             .todos
             .find(doc! { "_id": { "$in": ids } })
             .await?
@@ -214,6 +243,7 @@ impl Store {
     /// Every todo id the read model holds, live or deleted (reads the whole collection).
     pub async fn all_ids(&self) -> mongodb::error::Result<Vec<i64>> {
         let docs: Vec<Document> = self
+            .gen()
             .todos
             .find(doc! {})
             .projection(doc! { "_id": 1 })
@@ -286,7 +316,7 @@ impl Store {
             ),
             None => (prefix.to_string(), bounds.map(|b| b.0)),
         };
-        let density = self.walks.density(field, prefix, q.descending);
+        let density = self.gen().walks.density(field, prefix, q.descending);
         let mut span_us = density.map_or(DEFAULT_SPAN_US, |d| {
             (need as f64 * 1.15 / d).clamp(1.0, MAX_SPAN_US as f64) as i64
         });
@@ -325,6 +355,7 @@ impl Store {
                 (doc! { field: { "$gt": &from_key, "$lt": &to_key } }, 1)
             };
             let page: Vec<Document> = self
+                .gen()
                 .todos
                 .find(filter)
                 .sort(doc! { field: order })
@@ -378,7 +409,7 @@ impl Store {
                 .abs()
                 .max(1_000);
             if todos.len() > 1 {
-                self.walks.learn(
+                self.gen().walks.learn(
                     field,
                     prefix,
                     q.descending,
@@ -397,10 +428,11 @@ impl Store {
         sort: SortKey,
     ) -> mongodb::error::Result<Option<(DateTime<Utc>, DateTime<Utc>)>> {
         let time = sort.field();
-        if let Some(bounds) = self.walks.bounds(time) {
+        if let Some(bounds) = self.gen().walks.bounds(time) {
             return Ok(bounds);
         }
         let kept = self
+            .gen()
             .stats
             .find_one(doc! { "_id": STATS_ID })
             .projection(doc! { format!("min_{time}"): 1, format!("max_{time}"): 1 })
@@ -411,7 +443,7 @@ impl Store {
                 .and_then(parse_time)
         };
         let bounds = read(format!("min_{time}")).zip(read(format!("max_{time}")));
-        self.walks.keep_bounds(time, bounds);
+        self.gen().walks.keep_bounds(time, bounds);
         Ok(bounds)
     }
 
@@ -452,6 +484,7 @@ impl Store {
             };
             scanned += ids.len();
             let docs: Vec<Document> = self
+                .gen()
                 .todos
                 .find(doc! { "_id": { "$in": &ids } })
                 .sort(doc! { "_id": if desc { -1 } else { 1 } })
@@ -526,6 +559,7 @@ impl Store {
             windows += 1;
             let to = from.saturating_add(window).min(newest);
             let page: Vec<Document> = self
+                .gen()
                 .todos
                 .find(doc! { "last_position": { "$gt": from, "$lte": to } })
                 .sort(doc! { "last_position": 1 })
@@ -589,6 +623,7 @@ impl Store {
     /// projected before this figure was kept gets it once from the collection itself.
     pub async fn max_position(&self) -> mongodb::error::Result<i64> {
         let kept = self
+            .gen()
             .stats
             .find_one(doc! { "_id": STATS_ID })
             .projection(doc! { "max_position": 1 })
@@ -598,6 +633,7 @@ impl Store {
             return Ok(max);
         }
         let newest = self
+            .gen()
             .todos
             .find_one(doc! {})
             .sort(doc! { "last_position": -1 })
@@ -605,7 +641,8 @@ impl Store {
             .await?
             .and_then(|d| d.get_i64("last_position").ok())
             .unwrap_or(0);
-        self.stats
+        self.gen()
+            .stats
             .update_one(
                 doc! { "_id": STATS_ID },
                 doc! { "$max": { "max_position": newest } },
@@ -620,9 +657,11 @@ impl Store {
     /// was kept gets it once from the collection itself.
     pub async fn max_todo_id(&self) -> mongodb::error::Result<i64> {
         let written = self
+            .gen()
             .written_highest
             .load(std::sync::atomic::Ordering::Relaxed);
         let kept = self
+            .gen()
             .stats
             .find_one(doc! { "_id": STATS_ID })
             .projection(doc! { "max_todo_id": 1 })
@@ -632,6 +671,7 @@ impl Store {
             return Ok(max.max(written));
         }
         let newest = self
+            .gen()
             .todos
             .find_one(doc! {})
             .sort(doc! { "_id": -1 })
@@ -639,7 +679,8 @@ impl Store {
             .await?
             .and_then(|d| d.get_i64("_id").ok())
             .unwrap_or(0);
-        self.stats
+        self.gen()
+            .stats
             .update_one(
                 doc! { "_id": STATS_ID },
                 doc! { "$max": { "max_todo_id": newest } },
@@ -653,10 +694,12 @@ impl Store {
     /// document. Only where the counts are not kept yet (callers cache it), and to keep them.
     pub async fn count_todos(&self) -> Result<(u64, u64), ReadError> {
         let total = self
+            .gen()
             .todos
             .count_documents(doc! { "deleted": false })
             .await?;
         let completed = self
+            .gen()
             .todos
             .count_documents(doc! { "deleted": false, "completed": true })
             .await?;
@@ -674,6 +717,7 @@ impl Store {
         &self,
     ) -> Result<(ProjectionStats, Option<(u64, u64)>), ReadError> {
         let p = self
+            .gen()
             .stats
             .find_one(doc! { "_id": STATS_ID })
             .await?

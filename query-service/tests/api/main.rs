@@ -15,6 +15,7 @@ mod outage;
 mod page;
 mod projection;
 mod reads;
+mod rebuild;
 mod replay;
 mod replicas;
 mod shutdown;

@@ -1,0 +1,276 @@
+//! `query-service rebuild [COMMAND_URL] [--grace SECONDS]`: builds a new generation of the read
+//! model from the event log beside the one serving reads, then switches every reader to it at
+//! once, and drops the old one after a grace period. `replay` stays for repairing in place.
+//!
+//! The steps, each recorded in the pointer document (`store/generations.rs`), so that a
+//! rebuild stopped at any point is taken up where it stopped by running it again:
+//!
+//! 1. **Claim** generation `n` (the highest the pointer names, plus one): `preparing: n`, unless
+//!    another rebuild holds one. A previous generation still in its grace period is waited
+//!    for and dropped first.
+//! 2. **Prepare** it: drop whatever a stopped rebuild left of it, create its collections'
+//!    indexes on the empty collections (cheap: no index build over a full collection), start
+//!    its counters. Drop the collections of generations the pointer no longer names.
+//! 3. **Open it for writes**: `building: n`. Every consumer writes each batch to `n` before the
+//!    current generation, with a reading of the pointer no older than two seconds; the
+//!    rebuild waits five seconds so every consumer has seen it. From then on an event in
+//!    the current generation is in `n` too, or was in the log before the rebuild reads it.
+//! 4. **Read the log** (`GET /events`) from `build_position` to its end into `n` through the
+//!    version guard, recording `build_position` after each bulk write (200 events) and its
+//!    counts: a rebuild stopped here starts again after the last one recorded.
+//! 5. **Switch**: `current: n`, `previous:` the old one until now + grace. Each serving process
+//!    follows the pointer within a second; since `n` holds everything the old one holds, no
+//!    reader sees a todo missing or an older version than before. Consumers go on writing the
+//!    old generation (after `n`) during the grace period, for replicas that have not switched.
+//! 6. **Retire** the old generation once its grace has passed (the rebuild waits for it; if it
+//!    is stopped meanwhile, any serving process does it): unnamed, five seconds more, dropped.
+//!
+//! The kept counts of live and completed todos: a rebuild stopped in the middle of a bulk
+//! write (`build_writing` in the pointer) loses what that bulk moved (its writes landed,
+//! their counts did not), so a rebuild that takes up such a one counts the generation again
+//! before it goes on. Writes of the consumers during that count can be counted twice or not
+//! at all: `verify` reports kept counts that differ from the log's, and `verify --repair`
+//! counts again. A rebuild stopped between two bulk writes keeps exact counts.
+
+use crate::replay::{apply_log, LogReader, Report, Step, PAGE};
+use crate::store::generations::{Pointer, SWITCH_WAIT};
+use crate::store::Store;
+use anyhow::Context;
+use std::time::Duration;
+
+/// How a rebuild runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long the old generation is kept (and written) after the switch.
+    pub grace: Duration,
+    /// Events per page of the log (1 to [`PAGE`]).
+    pub page_size: i64,
+    /// Stop after this many pages (tests: a rebuild stopped half way, to be taken up again).
+    pub stop_after_pages: Option<u64>,
+    /// How long to wait between reading the log to its end and switching (tests: the
+    /// consumers alone keep the new generation up to date meanwhile).
+    pub hold_switch: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(60),
+            page_size: PAGE,
+            stop_after_pages: None,
+            hold_switch: Duration::ZERO,
+        }
+    }
+}
+
+/// What a rebuild did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// The generation built.
+    pub generation: i64,
+    /// The generation it replaced (dropped once its grace passed), if it got that far.
+    pub replaced: Option<i64>,
+    /// The log position it started reading after: 0, or where a stopped rebuild got to.
+    pub resumed_from: i64,
+    /// The log read by this run.
+    pub log: Report,
+    /// Whether it switched the readers to the new generation (false: stopped before).
+    pub switched: bool,
+    /// Whether it dropped the replaced generation.
+    pub retired: bool,
+}
+
+impl std::fmt::Display for Rebuilt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "generation {}: read {} events after position {} ({} applied, {} already there) to position {}",
+            self.generation,
+            self.log.read,
+            self.resumed_from,
+            self.log.applied,
+            self.log.skipped,
+            self.log.last_position
+        )?;
+        match (self.switched, self.replaced, self.retired) {
+            (false, _, _) => write!(f, "; stopped before the switch: run it again to go on"),
+            (true, Some(old), true) => {
+                write!(
+                    f,
+                    "; reads switched from generation {old}, which is dropped"
+                )
+            }
+            (true, Some(old), false) => write!(
+                f,
+                "; reads switched from generation {old}, kept for its grace period"
+            ),
+            (true, None, _) => write!(f, "; reads switched"),
+        }
+    }
+}
+
+/// Runs a rebuild of the read model behind `store` from the log of the command-service at
+/// `command_url` (sending `token`, `FEED_TOKEN`, if given), or takes up a stopped one.
+pub async fn rebuild(
+    store: &Store,
+    command_url: &str,
+    token: Option<&str>,
+    options: &Options,
+) -> anyhow::Result<Rebuilt> {
+    let log = LogReader::with_page_size(command_url, token, options.page_size)?;
+    let mut pointer = store.refresh_pointer().await?;
+    if pointer.building.is_none() && pointer.preparing.is_none() {
+        if let (Some(previous), Some(until)) = (pointer.previous, pointer.previous_until) {
+            let wait = (until - chrono::Utc::now()).to_std().unwrap_or_default();
+            tracing::info!(
+                previous,
+                wait_s = wait.as_secs(),
+                "the last rebuild's previous generation is in its grace period; waiting to drop it first"
+            );
+            tokio::time::sleep(wait).await;
+            store.retire_previous().await?;
+            pointer = store.refresh_pointer().await?;
+        }
+    }
+    let mut rebuilt = Rebuilt::default();
+    let n = match (pointer.building, pointer.preparing) {
+        (Some(n), _) => {
+            tracing::info!(
+                generation = n,
+                position = pointer.build_position,
+                "taking up a stopped rebuild: reading the log on from where it got to"
+            );
+            if let Some(writing) = pointer.build_writing {
+                // Stopped during a bulk write: what landed of it was not counted.
+                tracing::warn!(
+                    generation = n,
+                    writing,
+                    "the stopped rebuild was writing; counting the generation again"
+                );
+                store
+                    .pinned(n)
+                    .keep_counts(true)
+                    .await
+                    .context("counting the generation being built")?;
+            }
+            n
+        }
+        (None, Some(n)) => {
+            tracing::info!(generation = n, "taking up a stopped rebuild's preparation");
+            prepare(store, n, &pointer).await?;
+            n
+        }
+        (None, None) => {
+            let n = store
+                .claim_generation(&pointer)
+                .await?
+                .context("another rebuild claimed a generation meanwhile: let it finish, or take it up by running rebuild again")?;
+            tracing::info!(
+                generation = n,
+                current = pointer.current,
+                "rebuild claimed a generation"
+            );
+            prepare(store, n, &pointer).await?;
+            n
+        }
+    };
+    rebuilt.generation = n;
+    let pointer = store.refresh_pointer().await?;
+    anyhow::ensure!(
+        pointer.building == Some(n),
+        "the pointer no longer names generation {n} as the one being built: {pointer:?}"
+    );
+    rebuilt.resumed_from = pointer.build_position;
+    tracing::info!(
+        generation = n,
+        wait_s = SWITCH_WAIT.as_secs(),
+        "waiting for every consumer to write to the new generation too"
+    );
+    tokio::time::sleep(SWITCH_WAIT).await;
+
+    let built = store.pinned(n);
+    let mut pages = 0u64;
+    let stop_after = options.stop_after_pages;
+    let read = apply_log(&built, &log, pointer.build_position, |step| {
+        let stop = match step {
+            Step::PageDone(_) => {
+                pages += 1;
+                stop_after.is_some_and(|k| pages >= k)
+            }
+            _ => false,
+        };
+        async move {
+            let named = match step {
+                Step::Writing(to) => store.record_build_writing(n, to).await?,
+                Step::Written(report) => {
+                    store.record_build_position(n, report.last_position).await?
+                }
+                Step::PageDone(_) => true,
+            };
+            anyhow::ensure!(
+                named,
+                "the pointer no longer names generation {n} as the one being built"
+            );
+            anyhow::ensure!(!stop, StoppedHalfWay);
+            Ok(())
+        }
+    })
+    .await;
+    rebuilt.log = match read {
+        Ok(report) => report,
+        Err(err) if err.is::<StoppedHalfWay>() => {
+            let pointer = store.refresh_pointer().await?;
+            rebuilt.log.last_position = pointer.build_position;
+            return Ok(rebuilt);
+        }
+        Err(err) => return Err(err),
+    };
+
+    let old = store.switch_to(n, options.grace).await?.with_context(|| {
+        format!("the pointer no longer names generation {n} as the one being built")
+    })?;
+    rebuilt.switched = true;
+    rebuilt.replaced = Some(old);
+    tracing::info!(
+        generation = n,
+        previous = old,
+        grace_s = options.grace.as_secs(),
+        "switched: reads follow the new generation; the old one is kept for the grace period"
+    );
+    tokio::time::sleep(options.grace).await;
+    rebuilt.retired = store.retire_previous().await? == Some(old);
+    Ok(rebuilt)
+}
+
+/// A rebuild stopped by [`Options::stop_after_pages`].
+#[derive(Debug, thiserror::Error)]
+#[error("stopped after the pages asked for")]
+struct StoppedHalfWay;
+
+/// Step 2: generation `n`, claimed, made empty with its indexes and counters, then opened for
+/// writes.
+async fn prepare(store: &Store, n: i64, pointer: &Pointer) -> anyhow::Result<()> {
+    store
+        .drop_generation(n)
+        .await
+        .with_context(|| format!("dropping what a stopped rebuild left of generation {n}"))?;
+    let named = Pointer {
+        preparing: Some(n),
+        ..pointer.clone()
+    };
+    let dropped = store.drop_unnamed(&named).await?;
+    if !dropped.is_empty() {
+        tracing::info!(?dropped, "dropped generations the pointer no longer names");
+    }
+    store
+        .pinned(n)
+        .gen()
+        .ensure_indexes()
+        .await
+        .with_context(|| format!("creating generation {n}'s indexes"))?;
+    anyhow::ensure!(
+        store.open_for_writes(n).await?,
+        "the pointer no longer names generation {n} as the one being prepared"
+    );
+    Ok(())
+}

@@ -14,7 +14,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use events::{Envelope, Field, TodoState};
+use events::{Field, TodoState};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -505,13 +505,13 @@ impl Commands {
 
     /// `GET /events?after=&limit=`: committed events after `after`, oldest first. Stamps what
     /// is pending first (see [`event_log::feed`]), and wakes the relay for what it stamped.
-    pub async fn feed(&self, after: i64, limit: i64) -> Result<Vec<Envelope>, CommandError> {
+    pub async fn feed(&self, after: i64, limit: i64) -> Result<event_log::FeedPage, CommandError> {
         let mut conn = conn(&self.pool).await?;
-        let (events, stamped) = event_log::feed(&mut conn, after, limit).await?;
-        if stamped > 0 {
+        let page = event_log::feed(&mut conn, after, limit).await?;
+        if page.stamped > 0 {
             self.wake.stamped.notify_one();
         }
-        Ok(events)
+        Ok(page)
     }
 }
 

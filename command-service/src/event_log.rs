@@ -109,17 +109,33 @@ pub async fn read_after(
     Ok((envelopes, None))
 }
 
+/// A page of the feed: its events, the head of the log when it was read (the highest
+/// position stamped: every event committed before the request is at or below it), and how
+/// many events the request stamped itself.
+pub struct FeedPage {
+    pub events: Vec<Envelope>,
+    pub head: i64,
+    pub stamped: i64,
+}
+
 /// `GET /events`: stamps whatever committed before the request (waiting for a running
-/// sequencer round to finish rather than skipping), then reads. Returns the events and how
-/// many it stamped itself.
+/// sequencer round to finish rather than skipping), then reads.
 pub async fn feed(
     conn: &mut AsyncPgConnection,
     after: i64,
     limit: i64,
-) -> Result<(Vec<Envelope>, i64), LogError> {
+) -> Result<FeedPage, LogError> {
     let stamped = stamp_all(conn, Lock::Wait).await?.unwrap_or(0);
+    let head: Option<i64> = ev::table
+        .select(diesel::dsl::max(ev::position))
+        .first(conn)
+        .await?;
     match read_after(conn, after, limit).await? {
-        (events, None) => Ok((events, stamped)),
+        (events, None) => Ok(FeedPage {
+            events,
+            head: head.unwrap_or(0),
+            stamped,
+        }),
         (_, Some(err)) => Err(err),
     }
 }

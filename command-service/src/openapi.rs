@@ -210,6 +210,7 @@ fn delete() {}
     responses(
         (status = 200, description = "Events oldest first", body = Vec<Envelope>, headers(
             ("Link" = String, description = "rel=\"next\": the next page, when this one is full"),
+            ("Log-Head" = i64, description = "The head of the log when the page was read: the highest position stamped; every event committed before the request is at or below it"),
         )),
         (status = 400, body = Problem, content_type = PROBLEM),
         (status = 401, description = "FEED_TOKENS (or, while it is empty, WRITE_TOKENS) is set and no bearer token came", body = Problem, content_type = PROBLEM, headers(("WWW-Authenticate" = String))),

@@ -1,4 +1,4 @@
-//! `query-service rebuild [COMMAND_URL] [--grace SECONDS]`: builds a new generation of the read
+//! `query-service rebuild [COMMAND_URL] [--grace SECONDS] [--share PERCENT]`: builds a new generation of the read
 //! model from the event log beside the one serving reads, then switches every reader to it at
 //! once, and drops the old one after a grace period. `replay` stays for repairing in place.
 //!
@@ -15,9 +15,14 @@
 //!    current generation, with a reading of the pointer no older than two seconds; the
 //!    rebuild waits five seconds so every consumer has seen it. From then on an event in
 //!    the current generation is in `n` too, or was in the log before the rebuild reads it.
-//! 4. **Read the log** (`GET /events`) from `build_position` to its end into `n` through the
-//!    version guard, recording `build_position` after each bulk write (200 events) and its
-//!    counts: a rebuild stopped here starts again after the last one recorded.
+//! 4. **Read the log** (`GET /events`) from `build_position` into `n` through the version
+//!    guard, up to the head of the log as its first page is read (command-service's
+//!    `Log-Head`): every event a consumer wrote to the current generation alone is at or below
+//!    it, and every later one reaches `n` through the consumers. So the rebuild ends however
+//!    fast writes come. It records `build_position` after each bulk write (200 events) and
+//!    its counts: a rebuild stopped here starts again after the last one recorded. It writes for
+//!    `--share` percent of the time (default 50) and rests the rest, so that the live
+//!    projection, which writes each batch twice meanwhile, keeps up.
 //! 5. **Switch**: `current: n`, `previous:` the old one until now + grace. Each serving process
 //!    follows the pointer within a second; since `n` holds everything the old one holds, no
 //!    reader sees a todo missing or an older version than before. Consumers go on writing the
@@ -32,7 +37,7 @@
 //! at all: `verify` reports kept counts that differ from the log's, and `verify --repair`
 //! counts again. A rebuild stopped between two bulk writes keeps exact counts.
 
-use crate::replay::{apply_log, LogReader, Report, Step, PAGE};
+use crate::replay::{apply_log, LogReader, Report, Step, Until, PAGE};
 use crate::store::generations::{Pointer, SWITCH_WAIT};
 use crate::store::Store;
 use anyhow::Context;
@@ -50,6 +55,11 @@ pub struct Options {
     /// How long to wait between reading the log to its end and switching (tests: the
     /// consumers alone keep the new generation up to date meanwhile).
     pub hold_switch: Duration,
+    /// The share of the time the rebuild writes, in percent (1 to 100): after each bulk write
+    /// it rests for as long as the write took times `(100 - share) / share`, so the store
+    /// keeps room for the live projection (which writes every batch twice meanwhile) and the
+    /// reads.
+    pub share: u32,
 }
 
 impl Default for Options {
@@ -59,6 +69,7 @@ impl Default for Options {
             page_size: PAGE,
             stop_after_pages: None,
             hold_switch: Duration::ZERO,
+            share: 50,
         }
     }
 }
@@ -191,30 +202,43 @@ pub async fn rebuild(
     let built = store.pinned(n);
     let mut pages = 0u64;
     let stop_after = options.stop_after_pages;
-    let read = apply_log(&built, &log, pointer.build_position, |step| {
-        let stop = match step {
-            Step::PageDone(_) => {
-                pages += 1;
-                stop_after.is_some_and(|k| pages >= k)
-            }
-            _ => false,
-        };
-        async move {
-            let named = match step {
-                Step::Writing(to) => store.record_build_writing(n, to).await?,
-                Step::Written(report) => {
-                    store.record_build_position(n, report.last_position).await?
+    let share = options.share.clamp(1, 100);
+    let mut writing_since = std::time::Instant::now();
+    let read = apply_log(
+        &built,
+        &log,
+        pointer.build_position,
+        Until::HeadAtStart,
+        |step| {
+            let (stop, rest) = match step {
+                Step::PageDone(_) => {
+                    pages += 1;
+                    (stop_after.is_some_and(|k| pages >= k), Duration::ZERO)
                 }
-                Step::PageDone(_) => true,
+                Step::Writing(_) => {
+                    writing_since = std::time::Instant::now();
+                    (false, Duration::ZERO)
+                }
+                Step::Written(_) => (false, writing_since.elapsed() * (100 - share) / share),
             };
-            anyhow::ensure!(
-                named,
-                "the pointer no longer names generation {n} as the one being built"
-            );
-            anyhow::ensure!(!stop, StoppedHalfWay);
-            Ok(())
-        }
-    })
+            async move {
+                let named = match step {
+                    Step::Writing(to) => store.record_build_writing(n, to).await?,
+                    Step::Written(report) => {
+                        store.record_build_position(n, report.last_position).await?
+                    }
+                    Step::PageDone(_) => true,
+                };
+                anyhow::ensure!(
+                    named,
+                    "the pointer no longer names generation {n} as the one being built"
+                );
+                anyhow::ensure!(!stop, StoppedHalfWay);
+                tokio::time::sleep(rest).await;
+                Ok(())
+            }
+        },
+    )
     .await;
     rebuilt.log = match read {
         Ok(report) => report,

@@ -89,6 +89,13 @@ impl LogReader {
     /// The next page of events after `after`, each checked as the consumer checks a message;
     /// a page shorter than [`LogReader::page_size`] is the end of the log.
     pub async fn page(&self, after: i64) -> anyhow::Result<Vec<Envelope>> {
+        Ok(self.page_and_head(after).await?.0)
+    }
+
+    /// [`LogReader::page`], and the head of the log when the page was read (command-service's
+    /// `Log-Head` header: every event committed before the request is at or below it; `None`
+    /// from a command-service that does not send it).
+    pub async fn page_and_head(&self, after: i64) -> anyhow::Result<(Vec<Envelope>, Option<i64>)> {
         let url = format!(
             "{}/events?after={after}&limit={}",
             self.base, self.page_size
@@ -99,6 +106,11 @@ impl LogReader {
         }
         let response = request.send().await.with_context(|| format!("GET {url}"))?;
         let status = response.status();
+        let head = response
+            .headers()
+            .get("log-head")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i64>().ok());
         let body = response
             .bytes()
             .await
@@ -138,7 +150,7 @@ impl LogReader {
                 format!("GET {url}: event {k} of the page (position {position}) is malformed")
             })?);
         }
-        Ok(page)
+        Ok((page, head))
     }
 }
 
@@ -161,7 +173,10 @@ pub async fn replay_with_page_size(
 ) -> anyhow::Result<Report> {
     let log = LogReader::with_page_size(command_url, token, page_size)?;
     // One generation of the read model throughout, whatever its pointer does meanwhile.
-    apply_log(&store.pinned_now(), &log, 0, |_| async { Ok(()) }).await
+    apply_log(&store.pinned_now(), &log, 0, Until::End, |_| async {
+        Ok(())
+    })
+    .await
 }
 
 /// Where [`apply_log`] is: told before and after each bulk write, and after each page.
@@ -176,13 +191,24 @@ pub enum Step {
     PageDone(Report),
 }
 
-/// Applies the log after position `after` to `store`, page by page, to its end (a page
-/// shorter than the reader's page size), telling `progress` each [`Step`] (a rebuild records
-/// where it is there, and may stop by answering an error).
+/// How far [`apply_log`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// To the end of the log: a page shorter than the reader's page size.
+    End,
+    /// To the head of the log as its first page was read (command-service's `Log-Head`), or
+    /// the end if it comes first: events committed later are not waited for.
+    HeadAtStart,
+}
+
+/// Applies the log after position `after` to `store`, page by page, as far as `until` says,
+/// telling `progress` each [`Step`] (a rebuild records where it is there, and may stop by
+/// answering an error).
 pub async fn apply_log<F, Fut>(
     store: &Store,
     log: &LogReader,
     after: i64,
+    until: Until,
     mut progress: F,
 ) -> anyhow::Result<Report>
 where
@@ -193,8 +219,18 @@ where
         last_position: after,
         ..Report::default()
     };
+    let mut target = None;
     loop {
-        let page = log.page(report.last_position).await?;
+        let (page, head) = log.page_and_head(report.last_position).await?;
+        if until == Until::HeadAtStart && target.is_none() {
+            target = Some(head.unwrap_or(i64::MAX));
+        }
+        // Only what is at or below the target.
+        let page: Vec<Envelope> = match target {
+            Some(t) => page.into_iter().take_while(|e| e.position <= t).collect(),
+            None => page,
+        };
+        let short = (page.len() as i64) < log.page_size();
         for chunk in page.chunks(BULK) {
             progress(Step::Writing(chunk[chunk.len() - 1].position)).await?;
             let outcomes = store.apply_all(chunk).await.with_context(|| {
@@ -233,7 +269,7 @@ where
             "replay page done"
         );
         progress(Step::PageDone(report)).await?;
-        if (page.len() as i64) < log.page_size() {
+        if short || target.is_some_and(|t| report.last_position >= t) {
             return Ok(report);
         }
     }

@@ -13,6 +13,9 @@ use warp::{Filter, Rejection};
 const FEED_DEFAULT_LIMIT: i64 = 100;
 /// The largest page of `GET /events`.
 pub const FEED_MAX_LIMIT: i64 = 1000;
+/// The header of a `GET /events` page that gives the head of the log when the page was read:
+/// the highest position stamped. Every event committed before the request is at or below it.
+pub const LOG_HEAD: &str = "log-head";
 
 #[derive(Debug, PartialEq, Eq)]
 struct FeedQuery {
@@ -75,8 +78,12 @@ pub(super) fn feed(
             move |rid: String, params: HashMap<String, String>, state: State| async move {
                 answer::<ApiError, _>(state.metrics.http.clone(), rid, route, async move {
                     let q = feed_query(&params)?;
-                    let events = state.commands.feed(q.after, q.limit).await?;
+                    let page = state.commands.feed(q.after, q.limit).await?;
+                    let events = page.events;
                     let mut response = json_response(StatusCode::OK, &events);
+                    response
+                        .headers_mut()
+                        .insert(LOG_HEAD, HeaderValue::from(page.head));
                     if events.len() as i64 == q.limit {
                         if let Some(last) = events.last() {
                             let link = format!(

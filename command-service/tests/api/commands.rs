@@ -335,6 +335,11 @@ async fn the_event_feed_pages_by_position() {
         .to_str()
         .expect("ascii")
         .to_string();
+    let head: i64 = response.headers()["log-head"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("a position");
     let page: Vec<Value> = response.json().await.expect("json");
     assert_eq!(page.len(), 2);
     let last = page[1]["position"].as_i64().expect("position");
@@ -361,6 +366,11 @@ async fn the_event_feed_pages_by_position() {
     assert!(
         positions.windows(2).all(|w| w[0] < w[1]),
         "increasing: {positions:?}"
+    );
+    assert_eq!(
+        Some(&head),
+        positions.last(),
+        "Log-Head is the newest position, on the first page already"
     );
 
     for bad in [

@@ -132,6 +132,7 @@ async fn rebuild_beside_the_live_read_model_switches_readers_without_a_regressio
         page_size: 10,
         stop_after_pages: Some(2),
         hold_switch: Duration::ZERO,
+        share: 100,
     };
     let first = rebuild(&store, &command.address, None, &options)
         .await

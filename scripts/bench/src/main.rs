@@ -26,6 +26,7 @@
 
 mod cpu;
 mod load;
+mod rebuild;
 mod stores;
 
 use bench::process::Service;
@@ -59,8 +60,13 @@ pub struct Config {
     /// (default `0`; the README's table: `0,100000,1000000`).
     pub pair_sizes: Vec<usize>,
     /// `BENCH_PHASES`: which phases run, of `main` (writes, projection, open loop at the
-    /// burst's size, reads), `lists` and `sizes` (default all three).
+    /// burst's size, reads), `lists`, `sizes` (default these three) and `rebuild`
+    /// (`src/rebuild.rs`).
     pub phases: Vec<String>,
+    /// `BENCH_REBUILD_TODOS`: the size of the pair the rebuild phase fills (default 100000).
+    pub rebuild_todos: usize,
+    /// `BENCH_REBUILD_RATE`: writes per second during the rebuild phase (default 100).
+    pub rebuild_rate: u32,
     pub admin_database_url: String,
     pub amqp_url: String,
     pub mongodb_uri: String,
@@ -111,6 +117,8 @@ impl Config {
                 .split(',')
                 .map(|p| p.trim().to_string())
                 .collect(),
+            rebuild_todos: env_or("BENCH_REBUILD_TODOS", 100_000)?,
+            rebuild_rate: env_or("BENCH_REBUILD_RATE", 100)?,
             admin_database_url: std::env::var("TEST_ADMIN_DATABASE_URL")
                 .unwrap_or_else(|_| "postgres://todo:todo@127.0.0.1:5432/postgres".into()),
             amqp_url: std::env::var("AMQP_URL")
@@ -142,6 +150,14 @@ impl Config {
 
     fn size_exchange(&self, size: usize) -> String {
         format!("{}.size{size}", self.exchange())
+    }
+
+    fn rebuild_exchange(&self) -> String {
+        format!("{}.rebuild", self.exchange())
+    }
+
+    fn rebuild_queue(&self) -> String {
+        format!("{}.rebuild", self.queue())
     }
 
     fn runs(&self, phase: &str) -> bool {
@@ -268,6 +284,9 @@ async fn run(config: &Config, report: &mut Report) -> anyhow::Result<()> {
         for &size in &config.pair_sizes {
             at_size(config, report, size).await?;
         }
+    }
+    if config.runs("rebuild") {
+        rebuild::phase(config, report).await?;
     }
     Ok(())
 }

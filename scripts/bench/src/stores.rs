@@ -680,6 +680,7 @@ pub async fn cleanup(config: &Config) -> anyhow::Result<()> {
     let channel = amqp.create_channel().await?;
     let mut queues = vec![config.queue(), format!("{}.lists", config.queue())];
     queues.extend(config.pair_sizes.iter().map(|s| config.size_queue(*s)));
+    queues.push(config.rebuild_queue());
     for q in &queues {
         let _ = channel
             .exchange_delete(
@@ -695,6 +696,7 @@ pub async fn cleanup(config: &Config) -> anyhow::Result<()> {
     }
     let mut exchanges = vec![config.exchange()];
     exchanges.extend(config.pair_sizes.iter().map(|s| config.size_exchange(*s)));
+    exchanges.push(config.rebuild_exchange());
     for name in exchanges
         .iter()
         .flat_map(|e| [e.clone(), events::dead_letter_exchange(e)])

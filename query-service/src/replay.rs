@@ -221,7 +221,10 @@ where
     };
     let mut target = None;
     loop {
+        let fetched = std::time::Instant::now();
         let (page, head) = log.page_and_head(report.last_position).await?;
+        let fetch_ms = fetched.elapsed().as_millis() as u64;
+        let (mut write_ms, mut record_ms) = (0u64, 0u64);
         if until == Until::HeadAtStart && target.is_none() {
             target = Some(head.unwrap_or(i64::MAX));
         }
@@ -233,6 +236,7 @@ where
         let short = (page.len() as i64) < log.page_size();
         for chunk in page.chunks(BULK) {
             progress(Step::Writing(chunk[chunk.len() - 1].position)).await?;
+            let writing = std::time::Instant::now();
             let outcomes = store.apply_all(chunk).await.with_context(|| {
                 format!(
                     "applying events at positions {} to {} to MongoDB",
@@ -251,11 +255,14 @@ where
                     Outcome::Duplicate | Outcome::DeadLettered => report.skipped += 1,
                 }
             }
+            write_ms += writing.elapsed().as_millis() as u64;
+            let recording = std::time::Instant::now();
             let newest = chunk.iter().map(|e| e.occurred_at).max();
             store
                 .record(counts, newest, crate::store::Highest::of(chunk))
                 .await
                 .context("recording the projection counters in MongoDB")?;
+            record_ms += recording.elapsed().as_millis() as u64;
             report.read += chunk.len() as u64;
             report.last_position = chunk[chunk.len() - 1].position;
             progress(Step::Written(report)).await?;
@@ -266,6 +273,9 @@ where
             applied = report.applied,
             skipped = report.skipped,
             position = report.last_position,
+            fetch_ms,
+            write_ms,
+            record_ms,
             "replay page done"
         );
         progress(Step::PageDone(report)).await?;

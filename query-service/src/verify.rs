@@ -20,6 +20,7 @@
 
 use crate::replay::LogReader;
 use crate::store::{Store, Stored};
+use anyhow::Context;
 use events::Envelope;
 use std::collections::BTreeMap;
 
@@ -120,12 +121,18 @@ fn compare(id: i64, expected: &Stored, found: Option<&Option<Stored>>) -> Option
 }
 
 /// Reads the whole log from `command_url` (sending `token`, `FEED_TOKEN`, if given) and
-/// compares it with `store`.
+/// compares it with `store`: the generation of the read model the pointer names as it starts
+/// (`store/generations.rs`), throughout.
 pub async fn verify(
     store: &Store,
     command_url: &str,
     token: Option<&str>,
 ) -> anyhow::Result<Verification> {
+    store
+        .refresh_pointer()
+        .await
+        .context("reading the read model's pointer from MongoDB")?;
+    let store = &store.pinned_now();
     let log = LogReader::new(command_url, token)?;
     let mut finals: BTreeMap<i64, Envelope> = BTreeMap::new();
     let mut report = Verification::default();

@@ -247,7 +247,7 @@ impl Store {
             .unwrap_or_else(|e| e.into_inner());
         // Two readings racing: the one asked later wins.
         if kept.1.is_none_or(|at| at <= asked) {
-            if kept.0.current != pointer.current {
+            if kept.1.is_some() && kept.0.current != pointer.current {
                 tracing::info!(
                     from = kept.0.current,
                     to = pointer.current,

@@ -383,12 +383,12 @@ pub async fn phase(config: &Config, report: &mut Report) -> anyhow::Result<()> {
     let verify_said = String::from_utf8_lossy(&verified.stdout);
     let verify_line = verify_said
         .lines()
-        .next()
-        .unwrap_or("no output")
+        .find(|l| l.starts_with("verify: "))
+        .unwrap_or("no verify line")
         .to_string();
     let rm = read_model(&client, &query.base).await?;
 
-    let r = reading.lock().expect("reading");
+    let r = std::mem::take(&mut *reading.lock().expect("reading"));
     let accepted = accepted.load(Ordering::Relaxed);
     let failed = failed.lock().expect("failed").clone();
     let events_read = second_events(&said).unwrap_or(0) + killed_at.max(0) as u64;
@@ -419,11 +419,28 @@ pub async fn phase(config: &Config, report: &mut Report) -> anyhow::Result<()> {
         String::new(),
         ratio(p1, p0),
     );
+    // The slowest pages, and when, from the start of the rebuild.
+    let mut slowest: Vec<&(Instant, f64)> = r.latencies.iter().collect();
+    slowest.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let slowest: Vec<String> = slowest
+        .iter()
+        .take(3)
+        .map(|(at, took)| {
+            let from_start = at.saturating_duration_since(started).as_secs_f64()
+                - started.saturating_duration_since(*at).as_secs_f64();
+            format!("{} at {from_start:+.1} s", ms(*took))
+        })
+        .collect();
+    report.note(format!(
+        "rebuild: slowest pages {} from the rebuild's start (the switch seen at {:+.1} s, the rebuild ended at {rebuilt_s:+.1} s)",
+        slowest.join(", "),
+        (switched_at - started).as_secs_f64()
+    ));
     report.note(format!(
         "rebuild: killed (SIGKILL) at log position {killed_at} after {killed_after:.0} s; run again: {said}. \
          The reader: {} whole passes of the list ({} pages), {} regressions{}; last pass {} todos; \
          /stats read_model after: {rm}. Writes: {accepted} accepted, {} failed{}. \
-         Pages after the switch counted from {:.1} s after the rebuild's switch was seen. verify: {verify_line}",
+         Pages after the switch counted from {:.1} s after the rebuild's switch was seen. {verify_line}",
         r.passes,
         r.pages,
         r.regressions.len(),
@@ -438,7 +455,6 @@ pub async fn phase(config: &Config, report: &mut Report) -> anyhow::Result<()> {
         (after_switch - switched_at).as_secs_f64(),
     ));
     let regressions = r.regressions.len();
-    drop(r);
     query.stop().await?;
     command.stop().await?;
     if regressions > 0 || !failed.is_empty() || !verified.status.success() {

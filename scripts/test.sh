@@ -48,6 +48,10 @@ fi
 # One build for every test binary; tests named *outage* run alone (.config/nextest.toml).
 cargo nextest run --workspace --no-fail-fast -E "$FILTER" "$@"
 
+# The Prometheus alert rules and dashboard (deploy/prometheus/): promtool check rules, promtool
+# test rules on their unit tests, and the dashboard's expressions parsed (scripts/alerts.sh).
+bash scripts/alerts.sh
+
 # Both services as debug binaries against their own OpenAPI documents: schemathesis (pinned)
 # sends what each document allows and what it forbids, with every check, and fails on any
 # answer the document does not describe (scripts/schemathesis/ has its configuration).

@@ -633,18 +633,31 @@ async fn handle_batch(
     let Some(targets) = targets(store, config, shutdown).await else {
         return Ok(Settled::Stopped);
     };
-    if !events.is_empty()
-        && apply_elsewhere(&targets.newer, config, &events, shutdown)
-            .await
-            .is_none()
-    {
+    let Some(newer_refusals) = apply_newer(&targets.newer, config, &events, shutdown).await else {
         return Ok(Settled::Stopped);
-    }
+    };
     let store = &targets.current;
-    let Some(results) = apply(store, config, &events, shutdown).await else {
+    // What a newer generation refused is held without a write to the current one.
+    let to_current: Vec<Envelope> = events
+        .iter()
+        .zip(&newer_refusals)
+        .filter(|(_, refused)| refused.is_none())
+        .map(|(e, _)| e.clone())
+        .collect();
+    let Some(current_results) = apply(store, config, &to_current, shutdown).await else {
         // Shutting down with the store away: leave the batch unacked; it is redelivered.
         return Ok(Settled::Stopped);
     };
+    let mut current_results = current_results.into_iter();
+    let results: Vec<Result<Outcome, Refused>> = newer_refusals
+        .into_iter()
+        .map(|refused| match refused {
+            Some(refused) => Err(refused),
+            None => current_results
+                .next()
+                .expect("one result per event written to the current generation"),
+        })
+        .collect();
 
     let mut to_ack: Vec<Pending> = Vec::with_capacity(batch.len());
     let mut applied = Vec::with_capacity(batch.len());
@@ -727,10 +740,9 @@ async fn handle_batch(
             }
         }
     }
-    if !events.is_empty()
-        && apply_elsewhere(&targets.older, config, &events, shutdown)
-            .await
-            .is_none()
+    if apply_older(&targets.older, config, &to_current, shutdown)
+        .await
+        .is_none()
     {
         return Ok(Settled::Stopped);
     }
@@ -857,22 +869,88 @@ async fn targets(
     }
 }
 
-/// Writes a batch to the generations beside the current one (the one a rebuild fills, the
-/// previous one while it is kept), each through the same version guard and with its own
-/// counters. The store away is retried with backoff: a batch is not settled before
-/// the generation being built holds it. An event the store refuses there (and not in the
-/// current generation, which refuses the same document) is logged; `verify` after the switch
-/// would name it. `None` when shutdown came meanwhile.
-async fn apply_elsewhere(
+/// Writes a batch to the generations newer than the current one (the one a rebuild fills),
+/// each through the same version guard, retries and one-by-one fallback as the current one
+/// ([`apply`]), with its own counters. Returns, per event, the first refusal a newer
+/// generation gave: such an event is held and retried like one the current generation
+/// refused, and not written to the current generation meanwhile, so that the generation being
+/// built never lacks what the current one holds. `None` when shutdown came meanwhile.
+async fn apply_newer(
+    generations: &[Store],
+    config: &ConsumerConfig,
+    events: &[Envelope],
+    shutdown: &Shutdown,
+) -> Option<Vec<Option<Refused>>> {
+    let mut refusals: Vec<Option<Refused>> = vec![None; events.len()];
+    if events.is_empty() {
+        return Some(refusals);
+    }
+    for store in generations {
+        let results = apply(store, config, events, shutdown).await?;
+        let mut counts = Counts::default();
+        let mut highest = crate::store::Highest::default();
+        let mut newest = None;
+        for (k, result) in results.into_iter().enumerate() {
+            match result {
+                Ok(outcome) => {
+                    counts.add(outcome);
+                    highest = crate::store::Highest::of([&events[k]]).max(highest);
+                    if outcome == Outcome::Applied {
+                        newest = newest.max(Some(events[k].occurred_at));
+                    }
+                }
+                Err(refused) => {
+                    tracing::warn!(
+                        generation = store.generation(),
+                        todo_id = events[k].todo_id,
+                        version = events[k].version,
+                        error = %refused,
+                        "MongoDB refused the event in the generation being built; holding it"
+                    );
+                    refusals[k].get_or_insert(refused);
+                }
+            }
+        }
+        if counts.total() > 0 {
+            let mut backoff = Backoff::new(Duration::from_millis(100), config.max_backoff);
+            while let Err(err) = store.record(counts, newest, highest).await {
+                tracing::warn!(generation = store.generation(), error = %err, "counters of the generation being built not updated; retrying");
+                config.metrics.observe_store_unavailable();
+                if !backoff.pause(shutdown).await {
+                    return None;
+                }
+            }
+        }
+    }
+    Some(refusals)
+}
+
+/// Writes a batch to the generations older than the current one (the previous one, kept
+/// through a rebuild's grace period for replicas that have not switched yet), best effort: the
+/// store away is retried with backoff, a refusal is logged, and a generation the pointer no
+/// longer names (retired meanwhile) is left alone, so that no late write recreates a dropped
+/// collection. `None` when shutdown came meanwhile.
+async fn apply_older(
     generations: &[Store],
     config: &ConsumerConfig,
     events: &[Envelope],
     shutdown: &Shutdown,
 ) -> Option<()> {
+    if events.is_empty() {
+        return Some(());
+    }
     for store in generations {
         let mut backoff = Backoff::new(Duration::from_millis(100), config.max_backoff);
         loop {
             let written = async {
+                let named = store
+                    .fresh_pointer(crate::store::generations::POINTER_MAX_AGE)
+                    .await?
+                    .written()
+                    .contains(&store.generation());
+                if !named {
+                    return Ok(());
+                }
                 let outcomes = store.apply_all(events).await?;
                 let mut counts = Counts::default();
                 for (event, outcome) in events.iter().zip(outcomes) {
@@ -883,7 +961,7 @@ async fn apply_elsewhere(
                             todo_id = event.todo_id,
                             version = event.version,
                             error = %refused,
-                            "MongoDB refused an event in a generation beside the current one"
+                            "MongoDB refused an event in the previous generation"
                         ),
                     }
                 }
@@ -896,11 +974,11 @@ async fn apply_elsewhere(
                 Ok(()) => break,
                 Err(err) if !crate::store::is_transient(&err) => {
                     // Not the store away: trying again would hold the queue for ever.
-                    tracing::error!(generation = store.generation(), error = %err, "batch refused by a generation beside the current one; going on without it");
+                    tracing::error!(generation = store.generation(), error = %err, "batch refused by the previous generation; going on without it");
                     break;
                 }
                 Err(err) => {
-                    tracing::warn!(generation = store.generation(), error = %err, retry_in_ms = backoff.peek().as_millis() as u64, "batch not written to a generation beside the current one; retrying");
+                    tracing::warn!(generation = store.generation(), error = %err, retry_in_ms = backoff.peek().as_millis() as u64, "batch not written to the previous generation; retrying");
                     config.metrics.observe_store_unavailable();
                     if !backoff.pause(shutdown).await {
                         return None;

@@ -9,6 +9,7 @@ pub mod dead_letters;
 pub mod error;
 pub mod fanout;
 pub mod http;
+pub mod lag;
 pub mod metrics;
 pub mod openapi;
 pub mod rebuild;
@@ -156,37 +157,71 @@ impl Application {
             }
         });
         // Reads follow the read model's pointer (`store/generations.rs`): read again every
-        // second, and the previous generation of a rebuild dropped once its grace has passed,
-        // if the rebuild that switched did not get to it.
+        // second. The previous generation of a rebuild is dropped once its grace has passed,
+        // if the rebuild that switched did not get to it, by a task of its own (it waits
+        // before it drops, and the pointer must go on being read meanwhile).
         let pointer_task = {
             let (store, stop) = (self.store.clone(), shutdown.clone());
             tokio::spawn(async move {
-                let mut since_retire = Duration::ZERO;
+                let mut failures = 0u32;
                 loop {
                     tokio::select! {
                         _ = stop.triggered() => return,
                         _ = tokio::time::sleep(store::generations::POINTER_EVERY) => {}
                     }
-                    if let Err(err) = store.refresh_pointer().await {
-                        tracing::debug!(error = %err, "read model pointer not read");
-                    }
-                    since_retire += store::generations::POINTER_EVERY;
-                    if since_retire >= store::generations::SWITCH_WAIT {
-                        since_retire = Duration::ZERO;
-                        match store.retire_previous().await {
-                            Ok(Some(n)) => tracing::info!(generation = n, "dropped the read model's previous generation after its grace period"),
-                            Ok(None) => {}
-                            Err(err) => tracing::debug!(error = %err, "previous generation not retired"),
+                    match store.refresh_pointer().await {
+                        Ok(_) => failures = 0,
+                        Err(err) => {
+                            failures += 1;
+                            // Reads go on by the last reading; say so once it is stale.
+                            if failures == 5 {
+                                tracing::warn!(error = %err, "the read model's pointer has not been read for 5 s: reads follow the last reading");
+                            }
                         }
                     }
                 }
             })
+        };
+        let retire_task = {
+            let (store, stop) = (self.store.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.triggered() => return,
+                        _ = tokio::time::sleep(store::generations::SWITCH_WAIT) => {}
+                    }
+                    match store.retire_previous().await {
+                        Ok(Some(n)) => tracing::info!(
+                            generation = n,
+                            "dropped the read model's previous generation after its grace period"
+                        ),
+                        Ok(None) => {}
+                        Err(err) => {
+                            tracing::debug!(error = %err, "previous generation not retired")
+                        }
+                    }
+                }
+            })
+        };
+        // How far the read model is behind the log, by position (`lag.rs`).
+        let lag = Arc::new(lag::Watch::new(metrics.lag_by_position.clone()));
+        let lag_task = {
+            let (watch, store, stop) = (lag.clone(), self.store.clone(), shutdown.clone());
+            let config = lag::LagConfig {
+                feed_url: Some(self.settings.feed_url.clone()).filter(|u| !u.is_empty()),
+                feed_token: self.settings.feed_token().map(String::from),
+                every: Duration::from_millis(self.settings.lag_every_ms),
+                stuck_after: Duration::from_millis(self.settings.stuck_after_ms),
+            };
+            let held = metrics.clone();
+            tokio::spawn(async move { watch.run(store, config, move || held.held(), stop).await })
         };
         // `?min_version=` waiters share one room, fed by both the consumer and the fan-out.
         let waits = waits::Waits::new(self.store.clone(), metrics.waits.clone());
         let waits_task = tokio::spawn(waits.clone().run(applied.subscribe(), shutdown.clone()));
         let state = http::State {
             store: self.store.clone(),
+            lag,
             consumer: status,
             metrics: metrics.clone(),
             min_version_wait: Duration::from_millis(self.settings.min_version_wait_ms),
@@ -233,6 +268,8 @@ impl Application {
             .await
             .context("min_version waiting room failed")?;
         pointer_task.abort();
+        retire_task.abort();
+        lag_task.abort();
         tracing::info!("query-service stopped");
         Ok(())
     }

@@ -6,7 +6,7 @@ use query_service::{settings::Settings, shutdown, store::Store, telemetry, Appli
 /// command-service's event log (default `http://127.0.0.1:5001`);
 /// `query-service verify [COMMAND_URL] [--repair]` compares the read model with that log
 /// (exit code 1 on a difference); `query-service rebuild [COMMAND_URL] [--grace SECONDS]
-/// [--share PERCENT]`
+/// [--share PERCENT] [--abandon]`
 /// builds a new read model beside the live one and switches reads to it
 /// (`query_service::rebuild`); `query-service dead-letters list | redrive [--all | <event
 /// id>...] | purge --yes` works the dead-letter queue (`query_service::dead_letters`).
@@ -56,7 +56,8 @@ async fn main() -> anyhow::Result<()> {
                             .filter(|p| (1..=100).contains(p))
                             .with_context(|| format!("rebuild: --share {percent:?} is not a whole percentage from 1 to 100"))?;
                     }
-                    other if other.starts_with("--") => anyhow::bail!("rebuild: unknown option {other:?} (use --grace SECONDS, --share PERCENT)"),
+                    "--abandon" => options.abandon = true,
+                    other if other.starts_with("--") => anyhow::bail!("rebuild: unknown option {other:?} (use --grace SECONDS, --share PERCENT, --abandon)"),
                     other => command_url = other.to_string(),
                 }
             }
@@ -106,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
             return dead_letters(&settings, &rest).await;
         }
         Some(other) => anyhow::bail!(
-            "unknown command {other:?}: use no argument (serve), `healthcheck`, `replay [COMMAND_URL]`, `rebuild [COMMAND_URL] [--grace SECONDS] [--share PERCENT]`, `verify [COMMAND_URL] [--repair]` or `dead-letters list|redrive|purge`"
+            "unknown command {other:?}: use no argument (serve), `healthcheck`, `replay [COMMAND_URL]`, `rebuild [COMMAND_URL] [--grace SECONDS] [--share PERCENT] [--abandon]`, `verify [COMMAND_URL] [--repair]` or `dead-letters list|redrive|purge`"
         ),
         None => {}
     }

@@ -15,6 +15,9 @@
 //!   `MIN_VERSION_MAX_WAITERS`); `min_version_rounds_total`, `min_version_round_reads_total`
 //!   and `min_version_answered_by_notice_total`: how the shared waiting room answered them
 //!   (`crate::waits`); `todo_reads_skipped_total`: reads of a todo past the highest id held
+//! - `log_head_position`, `projection_position`, `projection_lag_events`,
+//!   `projection_oldest_unapplied_seconds`, `projection_stuck`, `log_head_read_failures_total`:
+//!   the lag by position and whether the projection is stuck (`crate::lag`)
 
 use crate::store::Outcome;
 use events::service::metrics::{render, HttpMetrics};
@@ -57,6 +60,8 @@ pub struct Metrics {
     dead_letters: Gauge,
     /// The `?min_version=` waiting room's figures (`crate::waits`).
     pub waits: crate::waits::WaitFigures,
+    /// The lag by position (`crate::lag`).
+    pub lag_by_position: crate::lag::LagFigures,
 }
 
 impl Default for Metrics {
@@ -134,9 +139,11 @@ impl Default for Metrics {
             "Reads of a todo skipped because its id is past the highest the read model holds",
             waits.absent_without_read.clone(),
         );
+        let position_lag = crate::lag::LagFigures::register(&mut registry);
         Self {
             registry,
             waits,
+            lag_by_position: position_lag,
             http,
             events,
             lag,
@@ -167,6 +174,11 @@ impl Metrics {
     /// How many messages the dead-letter queue holds (`None`, -1: unknown).
     pub fn set_dead_letters(&self, n: Option<u32>) {
         self.dead_letters.set(n.map_or(-1, i64::from));
+    }
+
+    /// How many refused events the consumer holds for a retry, as last set.
+    pub fn held(&self) -> i64 {
+        self.held.get()
     }
 
     /// How many refused events the consumer holds for a retry.

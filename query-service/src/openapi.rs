@@ -5,6 +5,7 @@
 //! served and every answer's body against the schema documented for its route and status.
 
 use crate::http::operator::{DeadLetterList, DeadLetterView, PurgeAnswer, RedriveAnswer};
+use crate::lag::{Lag, ProjectionState};
 use crate::store::{ProjectionStats, ReadModelStats, Stats, Todo};
 use events::service::openapi as ops;
 use events::service::problem::{FieldError, Problem};
@@ -36,6 +37,8 @@ use utoipa::OpenApi;
         Stats,
         ProjectionStats,
         ReadModelStats,
+        Lag,
+        ProjectionState,
         Problem,
         FieldError,
         DeadLetterList,

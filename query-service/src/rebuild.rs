@@ -30,6 +30,12 @@
 //! 6. **Retire** the old generation once its grace has passed (the rebuild waits for it; if it
 //!    is stopped meanwhile, any serving process does it): unnamed, five seconds more, dropped.
 //!
+//! A rebuild holds its generation with a lease in the pointer (`owner`, `lease_until`: 30 s,
+//! renewed at every step, every write of the pointer filtered on it): one killed is taken up
+//! by the next run once its lease has run out; one still running keeps it, and a second run
+//! stops. `--abandon` takes the generation (waiting out a lease the same way), unnames it and
+//! drops it. Killed after the switch, the next run only finishes that rebuild's retirement.
+//!
 //! The kept counts of live and completed todos: a rebuild stopped in the middle of a bulk
 //! write (`build_writing` in the pointer) loses what that bulk moved (its writes landed,
 //! their counts did not), so a rebuild that takes up such a one counts the generation again
@@ -60,6 +66,8 @@ pub struct Options {
     /// keeps room for the live projection (which writes every batch twice meanwhile) and the
     /// reads.
     pub share: u32,
+    /// Give the generation being built up instead (`--abandon`): unnamed, then dropped.
+    pub abandon: bool,
 }
 
 impl Default for Options {
@@ -70,6 +78,7 @@ impl Default for Options {
             stop_after_pages: None,
             hold_switch: Duration::ZERO,
             share: 50,
+            abandon: false,
         }
     }
 }
@@ -87,12 +96,33 @@ pub struct Rebuilt {
     pub log: Report,
     /// Whether it switched the readers to the new generation (false: stopped before).
     pub switched: bool,
-    /// Whether it dropped the replaced generation.
+    /// Whether the replaced generation is dropped.
     pub retired: bool,
+    /// It only finished the retirement of the last rebuild, which was stopped in its grace
+    /// period.
+    pub finished_only: bool,
+    /// It gave the generation being built up (`--abandon`).
+    pub abandoned: bool,
 }
 
 impl std::fmt::Display for Rebuilt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.abandoned {
+            return write!(
+                f,
+                "generation {} abandoned: unnamed and dropped; reads stay where they were",
+                self.generation
+            );
+        }
+        if self.finished_only {
+            return write!(
+                f,
+                "the last rebuild's switch to generation {} was finished: generation {} {}; run rebuild again for a new one",
+                self.generation,
+                self.replaced.unwrap_or_default(),
+                if self.retired { "dropped" } else { "still kept" }
+            );
+        }
         write!(
             f,
             "generation {}: read {} events after position {} ({} applied, {} already there) to position {}",
@@ -121,7 +151,9 @@ impl std::fmt::Display for Rebuilt {
 }
 
 /// Runs a rebuild of the read model behind `store` from the log of the command-service at
-/// `command_url` (sending `token`, `FEED_TOKEN`, if given), or takes up a stopped one.
+/// `command_url` (sending `token`, `FEED_TOKEN`, if given), or takes up a stopped one; or,
+/// when the last rebuild switched and was stopped during its grace period, finishes that one's
+/// retirement and stops (run it again for a new rebuild).
 pub async fn rebuild(
     store: &Store,
     command_url: &str,
@@ -129,67 +161,79 @@ pub async fn rebuild(
     options: &Options,
 ) -> anyhow::Result<Rebuilt> {
     let log = LogReader::with_page_size(command_url, token, options.page_size)?;
-    let mut pointer = store.refresh_pointer().await?;
+    let owner = uuid::Uuid::new_v4().to_string();
+    let pointer = store.refresh_pointer().await?;
+    let mut rebuilt = Rebuilt::default();
     if pointer.building.is_none() && pointer.preparing.is_none() {
-        if let (Some(previous), Some(until)) = (pointer.previous, pointer.previous_until) {
-            let wait = (until - chrono::Utc::now()).to_std().unwrap_or_default();
+        if let Some(previous) = pointer.previous {
+            let wait = pointer
+                .previous_until
+                .map(|until| (until - chrono::Utc::now()).to_std().unwrap_or_default())
+                .unwrap_or_default();
             tracing::info!(
                 previous,
                 wait_s = wait.as_secs(),
-                "the last rebuild's previous generation is in its grace period; waiting to drop it first"
+                "the last rebuild switched and left its previous generation in its grace period; finishing that rebuild"
             );
             tokio::time::sleep(wait).await;
             store.retire_previous().await?;
-            pointer = store.refresh_pointer().await?;
+            let after = store.refresh_pointer().await?;
+            rebuilt.generation = after.current;
+            rebuilt.replaced = Some(previous);
+            rebuilt.switched = true;
+            rebuilt.retired = after.previous != Some(previous);
+            rebuilt.finished_only = true;
+            return Ok(rebuilt);
         }
     }
-    let mut rebuilt = Rebuilt::default();
     let n = match (pointer.building, pointer.preparing) {
-        (Some(n), _) => {
-            tracing::info!(
-                generation = n,
-                position = pointer.build_position,
-                "taking up a stopped rebuild: reading the log on from where it got to"
-            );
-            if let Some(writing) = pointer.build_writing {
-                // Stopped during a bulk write: what landed of it was not counted.
-                tracing::warn!(
-                    generation = n,
-                    writing,
-                    "the stopped rebuild was writing; counting the generation again"
-                );
-                store
-                    .pinned(n)
-                    .keep_counts(true)
-                    .await
-                    .context("counting the generation being built")?;
-            }
-            n
-        }
-        (None, Some(n)) => {
-            tracing::info!(generation = n, "taking up a stopped rebuild's preparation");
-            prepare(store, n, &pointer).await?;
+        (Some(n), _) | (None, Some(n)) => {
+            take_over(store, n, &pointer, &owner).await?;
             n
         }
         (None, None) => {
             let n = store
-                .claim_generation(&pointer)
+                .claim_generation(&pointer, &owner)
                 .await?
-                .context("another rebuild claimed a generation meanwhile: let it finish, or take it up by running rebuild again")?;
+                .context("another rebuild claimed a generation meanwhile: let it finish")?;
             tracing::info!(
                 generation = n,
                 current = pointer.current,
                 "rebuild claimed a generation"
             );
-            prepare(store, n, &pointer).await?;
             n
         }
     };
     rebuilt.generation = n;
+    if options.abandon {
+        anyhow::ensure!(
+            store.abandon(n, &owner).await?,
+            "generation {n} was taken by another rebuild meanwhile"
+        );
+        rebuilt.abandoned = true;
+        return Ok(rebuilt);
+    }
+    match (pointer.building, pointer.build_writing) {
+        (Some(_), Some(writing)) => {
+            // Stopped during a bulk write: what landed of it was not counted.
+            tracing::warn!(
+                generation = n,
+                writing,
+                "the stopped rebuild was writing; counting the generation again"
+            );
+            store
+                .pinned(n)
+                .keep_counts(true)
+                .await
+                .context("counting the generation being built")?;
+        }
+        (Some(_), None) => {}
+        (None, _) => prepare(store, n, &pointer, &owner).await?,
+    }
     let pointer = store.refresh_pointer().await?;
     anyhow::ensure!(
-        pointer.building == Some(n),
-        "the pointer no longer names generation {n} as the one being built: {pointer:?}"
+        pointer.building == Some(n) && pointer.owner.as_deref() == Some(owner.as_str()),
+        "the pointer no longer names generation {n} as the one this rebuild builds: {pointer:?}"
     );
     rebuilt.resumed_from = pointer.build_position;
     tracing::info!(
@@ -204,6 +248,7 @@ pub async fn rebuild(
     let stop_after = options.stop_after_pages;
     let share = options.share.clamp(1, 100);
     let mut writing_since = std::time::Instant::now();
+    let owner_ref = owner.as_str();
     let read = apply_log(
         &built,
         &log,
@@ -222,16 +267,18 @@ pub async fn rebuild(
                 Step::Written(_) => (false, writing_since.elapsed() * (100 - share) / share),
             };
             async move {
-                let named = match step {
-                    Step::Writing(to) => store.record_build_writing(n, to).await?,
+                let held = match step {
+                    Step::Writing(to) => store.record_build_writing(n, owner_ref, to).await?,
                     Step::Written(report) => {
-                        store.record_build_position(n, report.last_position).await?
+                        store
+                            .record_build_position(n, owner_ref, report.last_position)
+                            .await?
                     }
                     Step::PageDone(_) => true,
                 };
                 anyhow::ensure!(
-                    named,
-                    "the pointer no longer names generation {n} as the one being built"
+                    held,
+                    "generation {n} is no longer this rebuild's (taken up by another, or abandoned)"
                 );
                 anyhow::ensure!(!stop, StoppedHalfWay);
                 tokio::time::sleep(rest).await;
@@ -243,6 +290,7 @@ pub async fn rebuild(
     rebuilt.log = match read {
         Ok(report) => report,
         Err(err) if err.is::<StoppedHalfWay>() => {
+            store.release(n, &owner).await?;
             let pointer = store.refresh_pointer().await?;
             rebuilt.log.last_position = pointer.build_position;
             return Ok(rebuilt);
@@ -250,9 +298,15 @@ pub async fn rebuild(
         Err(err) => return Err(err),
     };
 
-    let old = store.switch_to(n, options.grace).await?.with_context(|| {
-        format!("the pointer no longer names generation {n} as the one being built")
-    })?;
+    tokio::time::sleep(options.hold_switch).await;
+    let old = store
+        .switch_to(n, &owner, options.grace)
+        .await?
+        .with_context(|| {
+            format!(
+                "generation {n} is no longer this rebuild's (taken up by another, or abandoned)"
+            )
+        })?;
     rebuilt.switched = true;
     rebuilt.replaced = Some(old);
     tracing::info!(
@@ -262,8 +316,39 @@ pub async fn rebuild(
         "switched: reads follow the new generation; the old one is kept for the grace period"
     );
     tokio::time::sleep(options.grace).await;
-    rebuilt.retired = store.retire_previous().await? == Some(old);
+    store.retire_previous().await?;
+    // Retired by this process, or by a serving one that got there first.
+    rebuilt.retired = store.refresh_pointer().await?.previous != Some(old);
     Ok(rebuilt)
+}
+
+/// Takes up generation `n`, which another rebuild claimed: at once if that one's lease has run
+/// out (it was stopped), else after waiting for the lease to run out, unless that rebuild
+/// renews it meanwhile (it is running).
+async fn take_over(store: &Store, n: i64, pointer: &Pointer, owner: &str) -> anyhow::Result<()> {
+    if let Some(until) = pointer.lease_until {
+        let wait = (until - chrono::Utc::now()).to_std().unwrap_or_default();
+        if !wait.is_zero() {
+            tracing::info!(
+                generation = n,
+                wait_s = wait.as_secs() + 1,
+                "another rebuild holds this generation; waiting for its lease to run out"
+            );
+            tokio::time::sleep(wait + Duration::from_secs(1)).await;
+        }
+    }
+    anyhow::ensure!(
+        store.take_over(n, owner).await?,
+        "another rebuild holds generation {n} and renews its lease: it is running (owner {}); \
+         let it finish, or stop it and run rebuild again",
+        pointer.owner.as_deref().unwrap_or("unknown")
+    );
+    tracing::info!(
+        generation = n,
+        position = pointer.build_position,
+        "taking up a stopped rebuild where it got to"
+    );
+    Ok(())
 }
 
 /// A rebuild stopped by [`Options::stop_after_pages`].
@@ -273,7 +358,7 @@ struct StoppedHalfWay;
 
 /// Step 2: generation `n`, claimed, made empty with its indexes and counters, then opened for
 /// writes.
-async fn prepare(store: &Store, n: i64, pointer: &Pointer) -> anyhow::Result<()> {
+async fn prepare(store: &Store, n: i64, pointer: &Pointer, owner: &str) -> anyhow::Result<()> {
     store
         .drop_generation(n)
         .await
@@ -293,8 +378,8 @@ async fn prepare(store: &Store, n: i64, pointer: &Pointer) -> anyhow::Result<()>
         .await
         .with_context(|| format!("creating generation {n}'s indexes"))?;
     anyhow::ensure!(
-        store.open_for_writes(n).await?,
-        "the pointer no longer names generation {n} as the one being prepared"
+        store.open_for_writes(n, owner).await?,
+        "generation {n} is no longer this rebuild's (taken up by another, or abandoned)"
     );
     Ok(())
 }

@@ -10,6 +10,7 @@
 
 use crate::store::{Counts, Outcome, Store};
 use anyhow::Context;
+use events::service::backoff::Backoff;
 use events::Envelope;
 use std::time::Duration;
 
@@ -172,6 +173,25 @@ pub async fn replay_with_page_size(
     page_size: i64,
 ) -> anyhow::Result<Report> {
     let log = LogReader::with_page_size(command_url, token, page_size)?;
+    // In place: while a rebuild fills a generation beside this one (or keeps the previous one
+    // through its grace period), a replay would write the current generation ahead of the
+    // others and a reader could then see a version go back at the switch.
+    let pointer = store
+        .refresh_pointer()
+        .await
+        .context("reading the read model's pointer from MongoDB")?;
+    anyhow::ensure!(
+        pointer.building.is_none() && pointer.preparing.is_none() && pointer.previous.is_none(),
+        "a rebuild is under way (generation {} being built, {} kept): replay repairs in place \
+         once it is done, or give it up with query-service rebuild --abandon",
+        pointer
+            .building
+            .or(pointer.preparing)
+            .map_or("none".to_string(), |n| n.to_string()),
+        pointer
+            .previous
+            .map_or("none".to_string(), |n| n.to_string()),
+    );
     // One generation of the read model throughout, whatever its pointer does meanwhile.
     apply_log(&store.pinned_now(), &log, 0, Until::End, |_| async {
         Ok(())
@@ -226,7 +246,10 @@ where
         let fetch_ms = fetched.elapsed().as_millis() as u64;
         let (mut write_ms, mut record_ms) = (0u64, 0u64);
         if until == Until::HeadAtStart && target.is_none() {
-            target = Some(head.unwrap_or(i64::MAX));
+            target = Some(head.context(
+                "command-service sends no Log-Head with GET /events (a version before it): \
+                 upgrade command-service first; without the head a rebuild cannot know where to stop",
+            )?);
         }
         // Only what is at or below the target.
         let page: Vec<Envelope> = match target {
@@ -237,13 +260,7 @@ where
         for chunk in page.chunks(BULK) {
             progress(Step::Writing(chunk[chunk.len() - 1].position)).await?;
             let writing = std::time::Instant::now();
-            let outcomes = store.apply_all(chunk).await.with_context(|| {
-                format!(
-                    "applying events at positions {} to {} to MongoDB",
-                    chunk[0].position,
-                    chunk[chunk.len() - 1].position
-                )
-            })?;
+            let outcomes = apply_chunk(store, chunk).await?;
             let mut counts = Counts::default();
             for (event, outcome) in chunk.iter().zip(outcomes) {
                 let outcome = outcome.with_context(|| {
@@ -258,10 +275,19 @@ where
             write_ms += writing.elapsed().as_millis() as u64;
             let recording = std::time::Instant::now();
             let newest = chunk.iter().map(|e| e.occurred_at).max();
-            store
+            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+            let mut tries = 0;
+            while let Err(err) = store
                 .record(counts, newest, crate::store::Highest::of(chunk))
                 .await
-                .context("recording the projection counters in MongoDB")?;
+            {
+                tries += 1;
+                if !crate::store::is_transient(&err) || tries >= TRIES {
+                    return Err(err).context("recording the projection counters in MongoDB");
+                }
+                tracing::warn!(error = %err, "counters not recorded; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
             record_ms += recording.elapsed().as_millis() as u64;
             report.read += chunk.len() as u64;
             report.last_position = chunk[chunk.len() - 1].position;
@@ -283,4 +309,43 @@ where
             return Ok(report);
         }
     }
+}
+
+/// How many times a bulk write or its counters are tried while the store is away (or another
+/// writer is in the way) before a replay or rebuild gives up, with backoff up to 5 s between.
+const TRIES: u32 = 30;
+
+/// Applies one bulk of the log, trying again while the store is away or a write meets another
+/// writer's (a consumer's, beside a replay or a rebuild).
+async fn apply_chunk(
+    store: &Store,
+    chunk: &[Envelope],
+) -> anyhow::Result<Vec<Result<Outcome, crate::store::Refused>>> {
+    let what = || {
+        format!(
+            "applying events at positions {} to {} to MongoDB",
+            chunk[0].position,
+            chunk[chunk.len() - 1].position
+        )
+    };
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    for tries in 1.. {
+        match store.apply_all(chunk).await {
+            Ok(outcomes)
+                if tries < TRIES
+                    && outcomes
+                        .iter()
+                        .any(|o| matches!(o, Err(refused) if refused.retryable())) =>
+            {
+                tracing::warn!("a write of the bulk was refused for now; trying the bulk again");
+            }
+            Ok(outcomes) => return Ok(outcomes),
+            Err(err) if crate::store::is_transient(&err) && tries < TRIES => {
+                tracing::warn!(error = %err, "MongoDB unavailable; trying the bulk again");
+            }
+            Err(err) => return Err(err).with_context(what),
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+    unreachable!("the loop returns by its last try")
 }

@@ -105,6 +105,16 @@ pub struct Settings {
     /// tokens). Empty: none sent.
     #[serde(default)]
     pub feed_token: String,
+    /// `FEED_URL`: command-service's base URL as this service reaches it, for the lag by
+    /// position (`crate::lag`): the head of the log from its `GET /events`. Empty: off.
+    #[serde(default = "default_feed_url")]
+    pub feed_url: String,
+    /// `LAG_EVERY_MS`: how often the lag by position is read.
+    #[serde(default = "default_lag_every_ms")]
+    pub lag_every_ms: u64,
+    /// `STUCK_AFTER_MS`: events waiting and nothing applied for this long is `stuck`.
+    #[serde(default = "default_stuck_after_ms")]
+    pub stuck_after_ms: u64,
     /// `LOG_FORMAT`: `pretty` (default) or `json`.
     #[serde(default)]
     pub log_format: LogFormat,
@@ -163,6 +173,15 @@ fn default_http_addr() -> String {
 }
 fn default_command_service_url() -> String {
     "http://127.0.0.1:5001".into()
+}
+fn default_feed_url() -> String {
+    "http://127.0.0.1:5001".into()
+}
+fn default_lag_every_ms() -> u64 {
+    5_000
+}
+fn default_stuck_after_ms() -> u64 {
+    60_000
 }
 fn default_rust_log() -> String {
     "info,query_service=info".into()

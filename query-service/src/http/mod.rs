@@ -42,6 +42,8 @@ use warp::{Filter, Rejection};
 #[derive(Clone)]
 pub struct State {
     pub store: Store,
+    /// The lag by position, as last read (`crate::lag`).
+    pub lag: Arc<crate::lag::Watch>,
     pub consumer: Arc<ConsumerStatus>,
     pub metrics: Arc<Metrics>,
     pub min_version_wait: Duration,
@@ -119,6 +121,7 @@ mod tests {
         .expect("client");
         State {
             store: store.clone(),
+            lag: Arc::new(crate::lag::Watch::new(Default::default())),
             consumer: Arc::default(),
             metrics: Arc::default(),
             min_version_wait: Duration::from_millis(100),

@@ -92,6 +92,7 @@ pub(super) fn stats(
                         .lock()
                         .unwrap_or_else(|e| e.into_inner()),
                     read_model: (&state.store.pointer()).into(),
+                    lag: state.lag.get(),
                 };
                 Ok(json_response(StatusCode::OK, &stats))
             })
@@ -119,6 +120,9 @@ pub(super) fn ready(state: State) -> impl Filter<Extract = (Response,), Error = 
             );
             let consumer_up = state.consumer.connected.load(Ordering::Relaxed);
             let fanout_up = state.consumer.fanout.load(Ordering::Relaxed);
+            // A stuck projection is named, not failed: taking every replica out of service
+            // would turn stale reads into no reads. `projection_stuck` is what alerts.
+            let lag = state.lag.get();
             // Reads need MongoDB only. Without RabbitMQ the answers grow stale but stay
             // correct for the version they report, so the broker is reported, not required.
             events::service::http::readiness(
@@ -127,6 +131,8 @@ pub(super) fn ready(state: State) -> impl Filter<Extract = (Response,), Error = 
                     "mongodb": if mongo_up { "up" } else { "down" },
                     "rabbitmq": if consumer_up { "up" } else { "down" },
                     "fanout": if fanout_up { "up" } else { "down" },
+                    "projection": lag.state,
+                    "lag_events": lag.events,
                 }),
                 state.tasks.report(),
             )

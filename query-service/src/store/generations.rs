@@ -21,6 +21,7 @@
 use super::{reads::Walks, Store};
 use bson::{doc, Document};
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
 use mongodb::Collection;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicI64;
@@ -38,6 +39,15 @@ pub const POINTER_MAX_AGE: Duration = Duration::from_secs(2);
 /// How long a rebuild waits between naming its generation and reading the log, and between
 /// unnaming the previous generation and dropping it: longer than any consumer keeps a reading.
 pub const SWITCH_WAIT: Duration = Duration::from_secs(5);
+/// How long a rebuild's hold on its generation lasts unless renewed (it renews it at every
+/// step): a rebuild that was killed is taken up by another once this has run out.
+pub const LEASE: Duration = Duration::from_secs(30);
+/// Todos deleted per command when a generation is dropped ([`Store::drop_generation`]).
+const DROP_BULK: i64 = 500;
+
+fn lease_until() -> bson::DateTime {
+    bson::DateTime::from_chrono(Utc::now() + chrono::Duration::from_std(LEASE).unwrap_or_default())
+}
 
 /// The pointer document: which generation is which.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -60,6 +70,10 @@ pub struct Pointer {
     /// `previous_until`, then dropped.
     pub previous: Option<i64>,
     pub previous_until: Option<DateTime<Utc>>,
+    /// The rebuild that holds `preparing` or `building`, and until when: it renews its lease
+    /// at every step; another rebuild takes it up only once the lease has run out.
+    pub owner: Option<String>,
+    pub lease_until: Option<DateTime<Utc>>,
 }
 
 impl Pointer {
@@ -76,6 +90,8 @@ impl Pointer {
             build_writing: number("build_writing"),
             previous: number("previous"),
             previous_until: d.get_datetime("previous_until").ok().map(|t| t.to_chrono()),
+            owner: d.get_str("owner").ok().map(String::from),
+            lease_until: d.get_datetime("lease_until").ok().map(|t| t.to_chrono()),
         }
     }
 
@@ -291,9 +307,14 @@ impl Store {
         Ok(targets)
     }
 
-    /// Claims generation `current + 1` for a rebuild: `preparing` in the pointer, if no other
-    /// rebuild holds one. `None` when another does (or the pointer moved meanwhile).
-    pub async fn claim_generation(&self, seen: &Pointer) -> mongodb::error::Result<Option<i64>> {
+    /// Claims generation `current + 1` for the rebuild `owner`: `preparing` in the pointer,
+    /// with its lease, if no other rebuild holds one. `None` when another does (or the pointer
+    /// moved meanwhile).
+    pub async fn claim_generation(
+        &self,
+        seen: &Pointer,
+        owner: &str,
+    ) -> mongodb::error::Result<Option<i64>> {
         let next = seen.named().into_iter().max().unwrap_or(0) + 1;
         let claimed = self
             .pointer_collection()
@@ -304,7 +325,12 @@ impl Store {
                     "building": null,
                     "preparing": null,
                 },
-                doc! { "$set": { "preparing": next, "build_position": 0_i64 } },
+                doc! { "$set": {
+                    "preparing": next,
+                    "build_position": 0_i64,
+                    "owner": owner,
+                    "lease_until": lease_until(),
+                } },
             )
             .upsert(true)
             .await;
@@ -317,46 +343,116 @@ impl Store {
         }
     }
 
-    /// Makes a claimed generation `building`: from now on every consumer writes to it too.
-    pub async fn open_for_writes(&self, n: i64) -> mongodb::error::Result<bool> {
+    /// Takes up generation `n` (being prepared or built) for the rebuild `owner`, if the lease
+    /// of the rebuild that held it has run out.
+    pub async fn take_over(&self, n: i64, owner: &str) -> mongodb::error::Result<bool> {
         let r = self
             .pointer_collection()
             .update_one(
-                doc! { "_id": POINTER_ID, "preparing": n },
-                doc! { "$set": { "building": n }, "$unset": { "preparing": "" } },
+                doc! {
+                    "_id": POINTER_ID,
+                    "$and": [
+                        { "$or": [ { "building": n }, { "preparing": n } ] },
+                        { "$or": [
+                            { "lease_until": { "$lt": bson::DateTime::now() } },
+                            { "lease_until": { "$exists": false } },
+                        ] },
+                    ],
+                },
+                doc! { "$set": { "owner": owner, "lease_until": lease_until() } },
             )
             .await?;
         Ok(r.modified_count == 1)
     }
 
-    /// Records that a rebuild is writing the log up to `position` to generation `n`.
+    /// Lets go of the lease of `owner` on generation `n` (a rebuild stopping on purpose):
+    /// another may take it up at once.
+    pub async fn release(&self, n: i64, owner: &str) -> mongodb::error::Result<()> {
+        self.pointer_collection()
+            .update_one(
+                doc! { "_id": POINTER_ID, "owner": owner, "$or": [ { "building": n }, { "preparing": n } ] },
+                doc! { "$unset": { "owner": "", "lease_until": "" } },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Makes a claimed generation `building`: from now on every consumer writes to it too.
+    pub async fn open_for_writes(&self, n: i64, owner: &str) -> mongodb::error::Result<bool> {
+        let r = self
+            .pointer_collection()
+            .update_one(
+                doc! { "_id": POINTER_ID, "preparing": n, "owner": owner },
+                doc! {
+                    "$set": { "building": n, "lease_until": lease_until() },
+                    "$unset": { "preparing": "" },
+                },
+            )
+            .await?;
+        Ok(r.modified_count == 1)
+    }
+
+    /// Gives generation `n` up, being prepared or built by `owner`: unnamed, then (after
+    /// [`SWITCH_WAIT`], once no consumer writes to it) dropped. `false` when `owner` does not
+    /// hold it.
+    pub async fn abandon(&self, n: i64, owner: &str) -> mongodb::error::Result<bool> {
+        let r = self
+            .pointer_collection()
+            .update_one(
+                doc! {
+                    "_id": POINTER_ID,
+                    "owner": owner,
+                    "$or": [ { "building": n }, { "preparing": n } ],
+                },
+                doc! { "$unset": {
+                    "building": "", "preparing": "", "build_position": "", "build_writing": "",
+                    "owner": "", "lease_until": "",
+                } },
+            )
+            .await?;
+        if r.modified_count == 0 {
+            return Ok(false);
+        }
+        tokio::time::sleep(SWITCH_WAIT).await;
+        self.drop_generation(n).await?;
+        Ok(true)
+    }
+
+    /// Records that the rebuild `owner` is writing the log up to `position` to generation
+    /// `n`, and renews its lease.
     pub async fn record_build_writing(
         &self,
         n: i64,
+        owner: &str,
         position: i64,
     ) -> mongodb::error::Result<bool> {
         let r = self
             .pointer_collection()
             .update_one(
-                doc! { "_id": POINTER_ID, "building": n },
-                doc! { "$set": { "build_writing": position } },
+                doc! { "_id": POINTER_ID, "building": n, "owner": owner },
+                doc! { "$set": { "build_writing": position, "lease_until": lease_until() } },
             )
             .await?;
         Ok(r.matched_count == 1)
     }
 
-    /// Records that a rebuild applied the log up to `position` to generation `n`, writes and
-    /// counts.
+    /// Records that the rebuild `owner` applied the log up to `position` to generation `n`,
+    /// writes and counts, and renews its lease.
     pub async fn record_build_position(
         &self,
         n: i64,
+        owner: &str,
         position: i64,
     ) -> mongodb::error::Result<bool> {
         let r = self
             .pointer_collection()
             .update_one(
-                doc! { "_id": POINTER_ID, "building": n },
-                doc! { "$max": { "build_position": position }, "$unset": { "build_writing": "" } },
+                doc! { "_id": POINTER_ID, "building": n, "owner": owner },
+                doc! {
+                    "$max": { "build_position": position },
+                    "$set": { "lease_until": lease_until() },
+                    "$unset": { "build_writing": "" },
+                },
             )
             .await?;
         Ok(r.matched_count == 1)
@@ -364,10 +460,15 @@ impl Store {
 
     /// Switches every reader to generation `n`, which a rebuild built: it becomes current, the
     /// current one becomes previous and is kept (written to) until `grace` has passed.
-    pub async fn switch_to(&self, n: i64, grace: Duration) -> mongodb::error::Result<Option<i64>> {
+    pub async fn switch_to(
+        &self,
+        n: i64,
+        owner: &str,
+        grace: Duration,
+    ) -> mongodb::error::Result<Option<i64>> {
         let Some(found) = self
             .pointer_collection()
-            .find_one(doc! { "_id": POINTER_ID, "building": n })
+            .find_one(doc! { "_id": POINTER_ID, "building": n, "owner": owner })
             .await?
         else {
             return Ok(None);
@@ -377,14 +478,17 @@ impl Store {
         let r = self
             .pointer_collection()
             .update_one(
-                doc! { "_id": POINTER_ID, "building": n, "current": old },
+                doc! { "_id": POINTER_ID, "building": n, "current": old, "owner": owner },
                 doc! {
                     "$set": {
                         "current": n,
                         "previous": old,
                         "previous_until": bson::DateTime::from_chrono(until),
                     },
-                    "$unset": { "building": "", "build_position": "", "build_writing": "" },
+                    "$unset": {
+                        "building": "", "build_position": "", "build_writing": "",
+                        "owner": "", "lease_until": "",
+                    },
                 },
             )
             .await?;
@@ -417,9 +521,33 @@ impl Store {
         Ok(Some(previous))
     }
 
-    /// Drops generation `n`'s collections.
+    /// Drops generation `n`'s collections: the todos deleted [`DROP_BULK`] at a time first,
+    /// resting as long as each delete took, then the emptied collections dropped. A store that
+    /// drops a full collection in one blocking command (the local MongoDB-wire server: about
+    /// 12 s at 150,000 todos, every read waiting meanwhile) is held up for one bulk at a time
+    /// instead; on mongod, where a drop is cheap, it costs the deletes.
     pub async fn drop_generation(&self, n: i64) -> mongodb::error::Result<()> {
         let g = self.generations.get(n);
+        loop {
+            let started = Instant::now();
+            let ids: Vec<bson::Bson> = g
+                .todos
+                .find(doc! {})
+                .sort(doc! { "_id": 1 })
+                .limit(DROP_BULK)
+                .projection(doc! { "_id": 1 })
+                .await?
+                .try_collect::<Vec<Document>>()
+                .await?
+                .into_iter()
+                .filter_map(|d| d.get("_id").cloned())
+                .collect();
+            if ids.is_empty() {
+                break;
+            }
+            g.todos.delete_many(doc! { "_id": { "$in": ids } }).await?;
+            tokio::time::sleep(started.elapsed()).await;
+        }
         g.todos.drop().await?;
         g.stats.drop().await?;
         Ok(())
@@ -434,7 +562,9 @@ impl Store {
             let Some(n) = generation_of(&name) else {
                 continue;
             };
-            if named.contains(&n) {
+            // Only generations up to the highest the pointer names: a collection of another
+            // name pattern's (`todos_2024`) is not a generation of this read model's.
+            if named.contains(&n) || n > named.iter().copied().max().unwrap_or(0) {
                 continue;
             }
             self.db.collection::<Document>(&name).drop().await?;

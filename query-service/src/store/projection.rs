@@ -59,6 +59,16 @@ pub struct Refused {
     pub message: String,
 }
 
+impl Refused {
+    /// Whether trying again may land it: another writer's insert in the way (a duplicate key
+    /// after the guard's tries), a write concern not met, a server stepping down.
+    pub fn retryable(&self) -> bool {
+        self.code == DUPLICATE_KEY
+            || self.code == WRITE_CONCERN_FAILED
+            || super::TRANSIENT_CODES.contains(&self.code)
+    }
+}
+
 impl From<&mongodb::error::Error> for Refused {
     fn from(err: &mongodb::error::Error) -> Self {
         let code = match err.kind.as_ref() {
@@ -318,7 +328,7 @@ impl Store {
                     },
                 )
                 .collect();
-            let errors = self
+            let errors = this
                 .bulk_upsert(
                     to_write
                         .iter()
@@ -506,8 +516,7 @@ impl Store {
         if !min.is_empty() {
             update.insert("$min", min);
         }
-        if let Err(err) = self
-            .gen()
+        if let Err(err) = g
             .stats
             .update_one(doc! { "_id": STATS_ID }, update)
             .upsert(true)

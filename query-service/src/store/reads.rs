@@ -87,6 +87,9 @@ pub struct Stats {
     /// null before it could. `query-service dead-letters list` shows them.
     pub dead_letter_queue: Option<u32>,
     pub read_model: ReadModelStats,
+    /// How far the read model is behind the log, by position, and whether the projection is
+    /// stuck (read every `LAG_EVERY_MS`).
+    pub lag: crate::lag::Lag,
 }
 
 /// Which generation of the read model this replica serves, and what a rebuild is doing

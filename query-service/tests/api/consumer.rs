@@ -39,7 +39,7 @@ fn created(todo_id: i64, title: &str) -> Envelope {
 }
 
 /// Sets (or with an empty document, removes) the validator of the test's `todos` collection.
-async fn validator(names: &Names, validator: bson::Document) {
+pub async fn validator(names: &Names, validator: bson::Document) {
     let client = mongodb::Client::with_uri_str(mongodb_uri())
         .await
         .expect("MongoDB client");

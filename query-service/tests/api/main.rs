@@ -9,6 +9,7 @@ mod deploy;
 mod end_to_end;
 mod feed_tokens;
 mod helpers;
+mod lag;
 mod observability;
 mod openapi;
 mod outage;

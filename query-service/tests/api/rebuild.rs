@@ -131,8 +131,8 @@ async fn rebuild_beside_the_live_read_model_switches_readers_without_a_regressio
         grace: Duration::from_secs(2),
         page_size: 10,
         stop_after_pages: Some(2),
-        hold_switch: Duration::ZERO,
         share: 100,
+        ..Options::default()
     };
     let first = rebuild(&store, &command.address, None, &options)
         .await
@@ -150,6 +150,15 @@ async fn rebuild_beside_the_live_read_model_switches_readers_without_a_regressio
         },
     )
     .await;
+
+    // In-place repairs wait for the rebuild: they would write one generation of two.
+    let refused = query_service::replay::replay(&store, &command.address, None)
+        .await
+        .expect_err("replay refuses to run beside a rebuild");
+    assert!(
+        refused.to_string().contains("a rebuild is under way"),
+        "{refused:#}"
+    );
 
     // Taken up where it stopped, then switched and the old generation dropped; the switch
     // held for 2 s after the log is read, while the consumer alone keeps the new generation
@@ -222,6 +231,71 @@ async fn rebuild_beside_the_live_read_model_switches_readers_without_a_regressio
     assert_eq!(stats["read_model"]["generation"], 1, "{stats}");
     assert_eq!(stats["total"], total, "{stats}");
     fresh.stop().await;
+
+    query.stop().await;
+    command.stop().await;
+    names.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_abandoned_rebuild_is_unnamed_and_dropped_and_reads_stay_where_they_were() {
+    let names = Names::new();
+    let (command, _database) = spawn_command(&names).await;
+    let query = spawn_query(&names).await;
+    let client = reqwest::Client::new();
+    create_todos(&client, &command, &["one", "two", "three"]).await;
+    eventually(
+        Duration::from_secs(20),
+        "the read model holds the three",
+        || async { get_json::<Value>(&client, &query.url("/stats")).await["total"] == 3 },
+    )
+    .await;
+    let store = Store::connect(&mongodb_uri(), &names.mongo_db)
+        .await
+        .expect("store");
+    store.ensure_indexes().await.expect("indexes");
+    let stopped = Options {
+        page_size: 1,
+        stop_after_pages: Some(1),
+        ..Options::default()
+    };
+    let first = rebuild(&store, &command.address, None, &stopped)
+        .await
+        .expect("a rebuild stopped after a page");
+    assert!(!first.switched, "{first}");
+    let abandon = Options {
+        abandon: true,
+        ..Options::default()
+    };
+    let given_up = rebuild(&store, &command.address, None, &abandon)
+        .await
+        .expect("the rebuild is abandoned");
+    assert!(given_up.abandoned, "{given_up}");
+    let pointer = store.refresh_pointer().await.expect("pointer");
+    assert_eq!(
+        (pointer.current, pointer.building, pointer.preparing),
+        (0, None, None),
+        "{pointer:?}"
+    );
+    let mongo = mongodb::Client::with_uri_str(mongodb_uri())
+        .await
+        .expect("MongoDB");
+    let collections = mongo
+        .database(&names.mongo_db)
+        .list_collection_names()
+        .await
+        .expect("collections");
+    assert!(
+        !collections.iter().any(|c| c.ends_with("_1")),
+        "generation 1 dropped: {collections:?}"
+    );
+    let stats: Value = get_json(&client, &query.url("/stats")).await;
+    assert_eq!(stats["total"], 3, "{stats}");
+    assert_eq!(stats["read_model"]["generation"], 0, "{stats}");
+    // Repairs in place run again.
+    query_service::replay::replay(&store, &command.address, None)
+        .await
+        .expect("replay runs once no rebuild is under way");
 
     query.stop().await;
     command.stop().await;

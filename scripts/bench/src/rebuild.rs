@@ -347,7 +347,15 @@ pub async fn phase(config: &Config, report: &mut Report) -> anyhow::Result<()> {
             })
         };
         let out = child.await??;
-        let switched_at = watch.await?;
+        // A rebuild that failed before its switch leaves the pointer where it was.
+        let switched_at = match tokio::time::timeout(Duration::from_secs(5), watch).await {
+            Ok(seen) => seen?,
+            Err(_) => bail!(
+                "the rebuild taken up ended ({}) and the readers never switched (log: {})",
+                out.status,
+                log.display()
+            ),
+        };
         (out, switched_at)
     };
     let rebuilt_s = started.elapsed().as_secs_f64();

@@ -15,6 +15,10 @@
 //!   within `STUCK_AFTER_MS`), `stuck` (events wait and it has not moved for
 //!   `STUCK_AFTER_MS`), `unknown` (the feed could not be read, or `FEED_URL` is empty).
 //!
+//! While the projection is quiet (nothing waits), it also counts the live and completed todos
+//! again if a batch met duplicates since the last count (`Store::recount_if_quiet`): a
+//! redelivery after a crash can have written without moving the kept counts.
+//!
 //! The applied position is the read model's (`max_position` with the counters, moved by every
 //! replica), so every replica tells the same. `/stats` (`lag`), `/ready` (`checks.projection`)
 //! and the metrics (`log_head_position`, `projection_position`, `projection_lag_events`,
@@ -179,6 +183,8 @@ impl Watch {
         };
         // The applied position as last seen, and since when it has not moved.
         let mut progress: Option<(i64, Instant)> = None;
+        // The head and applied position as last seen, and since when neither moved.
+        let mut still: Option<((i64, i64), Instant)> = None;
         loop {
             match read(&store, &log).await {
                 Ok((head, applied, oldest)) => {
@@ -220,6 +226,31 @@ impl Watch {
                         );
                     }
                     self.put(lag);
+                    still = match still {
+                        Some((seen, since)) if seen == (head, applied) => Some((seen, since)),
+                        _ => Some(((head, applied), now)),
+                    };
+                    // Quiet for a whole reading: a batch that wrote before it has recorded too.
+                    let quiet = still.is_some_and(|(_, since)| now - since >= config.every);
+                    if !waiting && quiet {
+                        // Quiet: the moment to count again kept counts a redelivery may have
+                        // left off (`Store::recount_if_quiet`).
+                        let again =
+                            || async { read(&store, &log).await.ok().map(|(head, _, _)| head) };
+                        match store.recount_if_quiet(head, again).await {
+                            Ok(Some((before, after))) => tracing::info!(
+                                live_before = before.0,
+                                completed_before = before.1,
+                                live = after.0,
+                                completed = after.1,
+                                "kept counts counted again while the projection was quiet"
+                            ),
+                            Ok(None) => {}
+                            Err(err) => {
+                                tracing::debug!(error = %err, "kept counts not counted again")
+                            }
+                        }
+                    }
                 }
                 Err(err) => {
                     tracing::debug!(error = %err, "log head not read");

@@ -516,6 +516,18 @@ impl Store {
         if !min.is_empty() {
             update.insert("$min", min);
         }
+        // A duplicate is mostly a redelivery: a batch whose writes may have landed before a
+        // crash, their counts not (a duplicate moves no count). The kept counts are suspect
+        // until they are counted again while the projection is quiet (`Store::recount_if_quiet`).
+        if counts.duplicates > 0 {
+            let set = update
+                .get_document_mut("$set")
+                .map(|d| d.clone())
+                .unwrap_or_default();
+            let mut set = set;
+            set.insert(COUNTS_SUSPECT, true);
+            update.insert("$set", set);
+        }
         if let Err(err) = g
             .stats
             .update_one(doc! { "_id": STATS_ID }, update)
@@ -528,6 +540,57 @@ impl Store {
             return Err(err);
         }
         Ok(())
+    }
+}
+
+/// The flag of the counters that says the kept counts may be off: a batch met duplicates.
+pub(super) const COUNTS_SUSPECT: &str = "counts_suspect";
+
+impl Store {
+    /// Counts the live and completed todos again and keeps them, if the counts are suspect
+    /// ([`COUNTS_SUSPECT`]) and the projection was quiet throughout: `head` is the head of the
+    /// log before (the read model applied up to it: nothing waits) and `head_after` reads it
+    /// again once counted. A write that landed while counting belongs to an event stamped before
+    /// the count ended, so an unchanged head means none did; and the counts are set only if the
+    /// applied position is still `head`, so a batch recorded meanwhile makes it try another
+    /// time. Returns the counts before and after when it set them.
+    pub async fn recount_if_quiet<F, Fut>(
+        &self,
+        head: i64,
+        head_after: F,
+    ) -> Result<Option<((i64, i64), (u64, u64))>, super::ReadError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Option<i64>>,
+    {
+        let this = self.pinned_now();
+        let g = this.gen();
+        let Some(stats) = g
+            .stats
+            .find_one(doc! { "_id": STATS_ID, COUNTS_SUSPECT: true, "max_position": head })
+            .await?
+        else {
+            return Ok(None);
+        };
+        let before = (
+            stats.get_i64("todos_live").unwrap_or(0),
+            stats.get_i64("todos_completed").unwrap_or(0),
+        );
+        let (live, completed) = this.count_todos().await?;
+        if head_after().await != Some(head) {
+            return Ok(None);
+        }
+        let set = g
+            .stats
+            .update_one(
+                doc! { "_id": STATS_ID, COUNTS_SUSPECT: true, "max_position": head },
+                doc! {
+                    "$set": { "todos_live": live as i64, "todos_completed": completed as i64 },
+                    "$unset": { COUNTS_SUSPECT: "" },
+                },
+            )
+            .await?;
+        Ok((set.modified_count == 1).then_some((before, (live, completed))))
     }
 }
 

@@ -437,6 +437,10 @@ async fn main() -> anyhow::Result<()> {
             ("AMQP_QUEUE", queue.clone()),
             ("LOG_FORMAT", "json".into()),
             ("RUST_LOG", "info,query_service::consumer=debug".into()),
+            // The lag by position reads this pair's feed (and, once quiet, counts again kept
+            // counts a redelivery after a kill may have left off).
+            ("FEED_URL", format!("http://127.0.0.1:{port}")),
+            ("LAG_EVERY_MS", "1000".into()),
         ],
         command: None,
         query: None,
@@ -549,6 +553,29 @@ async fn main() -> anyhow::Result<()> {
         })
         .count();
 
+    // Quiet now: query-service's lag by position says so within a few readings, and counts
+    // again kept counts a redelivery may have left off.
+    let client = reqwest::Client::new();
+    let quiet_by = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = async {
+            let stats: serde_json::Value = client
+                .get(format!("{}/stats", pair.query_base()))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            stats["lag"]["state"].as_str().map(String::from)
+        }
+        .await;
+        if state.as_deref() == Some("idle") || tokio::time::Instant::now() > quiet_by {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let verify = std::process::Command::new("target/release/query-service")
         .args(["verify", &pair.command_base()])
         .env("MONGODB_URI", &mongodb_uri)

@@ -520,13 +520,14 @@ impl Store {
         // crash, their counts not (a duplicate moves no count). The kept counts are suspect
         // until they are counted again while the projection is quiet (`Store::recount_if_quiet`).
         if counts.duplicates > 0 {
-            let set = update
-                .get_document_mut("$set")
-                .map(|d| d.clone())
-                .unwrap_or_default();
-            let mut set = set;
-            set.insert(COUNTS_SUSPECT, true);
-            update.insert("$set", set);
+            match update.get_document_mut("$set") {
+                Ok(set) => {
+                    set.insert(COUNTS_SUSPECT, true);
+                }
+                Err(_) => {
+                    update.insert("$set", doc! { COUNTS_SUSPECT: true });
+                }
+            }
         }
         if let Err(err) = g
             .stats

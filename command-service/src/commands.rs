@@ -165,6 +165,50 @@ pub struct Todo {
     pub updated_at: DateTime<Utc>,
     /// When the todo is due; `null` when it has no due date.
     pub due_at: Option<DateTime<Utc>>,
+    /// When its title and description were erased (`command-service erase`); `null` when
+    /// never. An erased todo's title reads `(erased)`, in every event of its history too.
+    #[serde(default)]
+    pub erased_at: Option<DateTime<Utc>>,
+}
+
+/// Who asked for a write and why, as the events it appends record them (version 3 of the
+/// contract): the request's correlation id, its own id as the events' cause, the token's name,
+/// and the trace the request belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// `X-Request-Id` as the client sent it, or a new one: what ties a conversation together.
+    pub correlation_id: String,
+    /// The id of the request itself (a new UUID v7 each), logged on its `request` span.
+    pub causation_id: String,
+    /// The name of the bearer token that wrote, or `anonymous`.
+    pub actor: String,
+    /// The W3C `traceparent` of the write's span: the relay sends it with the event.
+    pub traceparent: Option<String>,
+}
+
+impl Origin {
+    /// This origin with the `traceparent` of the current span: the write's own place in its
+    /// trace, which the relay's publish span continues.
+    /// It records the cause on the current span too (a request's `causation_id`), so the
+    /// request's log lines name it.
+    pub fn traced(&self) -> Self {
+        let span = tracing::Span::current();
+        span.record("causation_id", self.causation_id.as_str());
+        Self {
+            traceparent: events::service::trace::traceparent(&span),
+            ..self.clone()
+        }
+    }
+
+    /// A write from outside any request (the `erase` command, tests): a new cause, no trace.
+    pub fn new(correlation_id: impl Into<String>, actor: impl Into<String>) -> Self {
+        Self {
+            correlation_id: correlation_id.into(),
+            causation_id: Uuid::now_v7().to_string(),
+            actor: actor.into(),
+            traceparent: None,
+        }
+    }
 }
 
 /// The fields a write sets: what a `PUT` gives whole and a `PATCH` leaves or changes.
@@ -174,6 +218,7 @@ struct Fields {
     description: Option<String>,
     completed: bool,
     due_at: Option<DateTime<Utc>>,
+    erased_at: Option<DateTime<Utc>>,
 }
 
 impl Fields {
@@ -183,6 +228,7 @@ impl Fields {
             description: input.description.clone(),
             completed: input.completed,
             due_at: input.due_at,
+            erased_at: None,
         }
     }
 }
@@ -200,6 +246,7 @@ fn state_json(
         created_at,
         updated_at,
         due_at: fields.due_at,
+        erased_at: fields.erased_at,
     })
     .map_err(|e| CommandError::Internal(anyhow::Error::new(e)))
 }
@@ -280,34 +327,40 @@ pub const CREATE: &str = "\
 WITH todo AS ( \
   INSERT INTO todos (title, description, completed, version, created_at, updated_at, due_at) \
   VALUES ($1, $2, $3, 1, $4, $4, $8) \
-  RETURNING id, title, description, completed, version, created_at, updated_at, due_at \
+  RETURNING id, title, description, completed, version, created_at, updated_at, due_at, \
+            erased_at \
 ), event AS ( \
-  INSERT INTO events (event_id, event_type, todo_id, version, occurred_at, correlation_id, data) \
-  SELECT $5, 'TodoCreated', id, 1, $4, $6, $7 FROM todo \
+  INSERT INTO events (event_id, event_type, todo_id, version, occurred_at, correlation_id, data, \
+                      causation_id, actor, traceparent) \
+  SELECT $5, 'TodoCreated', id, 1, $4, $6, $7, $9, $10, $11 FROM todo \
 ) \
-SELECT id, title, description, completed, version, created_at, updated_at, due_at FROM todo";
+SELECT id, title, description, completed, version, created_at, updated_at, due_at, erased_at \
+FROM todo";
 
 /// Sets the new state and appends its `TodoUpdated` in one statement (after `locked`).
 const UPDATE: &str = "\
 WITH todo AS ( \
   UPDATE todos SET title = $2, description = $3, completed = $4, version = version + 1, \
-                   updated_at = $5, due_at = $10 \
+                   updated_at = $5, due_at = $10, erased_at = $14 \
   WHERE id = $1 \
-  RETURNING id, title, description, completed, version, created_at, updated_at, due_at \
+  RETURNING id, title, description, completed, version, created_at, updated_at, due_at, \
+            erased_at \
 ), event AS ( \
   INSERT INTO events (event_id, event_type, todo_id, version, occurred_at, correlation_id, \
-                      data, changed) \
-  SELECT $6, 'TodoUpdated', id, version, $5, $7, $8, $9 FROM todo \
+                      data, changed, causation_id, actor, traceparent) \
+  SELECT $6, 'TodoUpdated', id, version, $5, $7, $8, $9, $11, $12, $13 FROM todo \
 ) \
-SELECT id, title, description, completed, version, created_at, updated_at, due_at FROM todo";
+SELECT id, title, description, completed, version, created_at, updated_at, due_at, erased_at \
+FROM todo";
 
 /// Removes the row and appends its `TodoDeleted` (the next version) in one statement.
 const DELETE: &str = "\
 WITH gone AS ( \
   DELETE FROM todos WHERE id = $1 RETURNING id, version + 1 AS version \
 ), event AS ( \
-  INSERT INTO events (event_id, event_type, todo_id, version, occurred_at, correlation_id) \
-  SELECT $2, 'TodoDeleted', id, version, $3, $4 FROM gone \
+  INSERT INTO events (event_id, event_type, todo_id, version, occurred_at, correlation_id, \
+                      causation_id, actor, traceparent) \
+  SELECT $2, 'TodoDeleted', id, version, $3, $4, $5, $6, $7 FROM gone \
 ) \
 SELECT version AS n FROM gone";
 
@@ -320,7 +373,7 @@ struct Version {
 async fn insert_todo(
     conn: &mut AsyncPgConnection,
     input: &TodoInput,
-    correlation_id: &str,
+    origin: &Origin,
 ) -> Result<Todo, CommandError> {
     let at = now();
     let data = state_json(&Fields::of(input), at, at)?;
@@ -332,9 +385,12 @@ async fn insert_todo(
             bind::<Bool, _>(input.completed),
             bind::<Timestamptz, _>(at),
             bind::<SqlUuid, _>(Uuid::now_v7()),
-            bind::<Text, _>(correlation_id),
+            bind::<Text, _>(&origin.correlation_id),
             bind::<Jsonb, _>(data),
             bind::<Nullable<Timestamptz>, _>(input.due_at),
+            bind::<Text, _>(&origin.causation_id),
+            bind::<Text, _>(&origin.actor),
+            bind::<Nullable<Text>, _>(&origin.traceparent),
         ),
     );
     Ok(statement.get_result(conn).await?)
@@ -342,17 +398,17 @@ async fn insert_todo(
 
 impl Commands {
     /// `POST /todos`.
-    #[tracing::instrument(skip_all, fields(correlation_id))]
+    #[tracing::instrument(name = "commit", skip_all)]
     pub async fn create(
         &self,
         input: TodoInput,
         idempotency: Option<idempotency::Key>,
-        correlation_id: &str,
+        origin: &Origin,
     ) -> Result<Created, CommandError> {
         let mut pooled = conn(&self.pool).await?;
         let conn: &mut AsyncPgConnection = &mut pooled;
         let Some(key) = idempotency else {
-            let todo = insert_todo(conn, &input, correlation_id).await?;
+            let todo = insert_todo(conn, &input, origin).await?;
             self.appended();
             tracing::info!(todo_id = todo.id, version = todo.version, "todo created");
             return Ok(Created::New(todo));
@@ -362,7 +418,7 @@ impl Commands {
         }
         let result = conn
             .transaction::<_, TxError, _>(async |conn| {
-                let todo = insert_todo(conn, &input, correlation_id).await?;
+                let todo = insert_todo(conn, &input, origin).await?;
                 if !self.keys.remember(conn, &key, &todo).await? {
                     return Err(TxError::KeyTaken);
                 }
@@ -393,13 +449,13 @@ impl Commands {
 
     /// `PATCH` and `PUT /todos/{id}`. A change that leaves every field as it is answers the
     /// current state and writes no event.
-    #[tracing::instrument(skip_all, fields(todo_id = id, correlation_id))]
+    #[tracing::instrument(name = "commit", skip_all, fields(todo_id = id))]
     pub async fn update(
         &self,
         id: i64,
         change: Change,
         precondition: Option<Precondition>,
-        correlation_id: &str,
+        origin: &Origin,
     ) -> Result<Todo, CommandError> {
         let mut pooled = conn(&self.pool).await?;
         let (todo, written) = (&mut *pooled as &mut AsyncPgConnection)
@@ -410,7 +466,7 @@ impl Commands {
                 if let Some(p) = &precondition {
                     p.check(current.version)?;
                 }
-                let fields = match &change {
+                let mut fields = match &change {
                     Change::Put(input) => Fields::of(input),
                     Change::Patch(p) => Fields {
                         title: p.title.clone().unwrap_or_else(|| current.title.clone()),
@@ -420,8 +476,14 @@ impl Commands {
                             .unwrap_or_else(|| current.description.clone()),
                         completed: p.completed.unwrap_or(current.completed),
                         due_at: p.due_at.unwrap_or(current.due_at),
+                        erased_at: None,
                     },
                 };
+                // An erased todo stays marked while its text is the erased one; a new title
+                // or description is new text, written after the erasure.
+                fields.erased_at = current.erased_at.filter(|_| {
+                    fields.title == events::ERASED_TITLE && fields.description.is_none()
+                });
                 let mut changed = Vec::new();
                 if fields.title != current.title {
                     changed.push(Field::Title);
@@ -438,26 +500,8 @@ impl Commands {
                 if changed.is_empty() {
                     return Ok((current, false));
                 }
-                let at = now();
-                let data = state_json(&fields, current.created_at, at)?;
-                let changed = serde_json::to_value(&changed)
-                    .map_err(|e| CommandError::Internal(anyhow::Error::new(e)))?;
-                let statement = prepared(
-                    UPDATE,
-                    (
-                        bind::<BigInt, _>(id),
-                        bind::<Text, _>(&fields.title),
-                        bind::<Nullable<Text>, _>(&fields.description),
-                        bind::<Bool, _>(fields.completed),
-                        bind::<Timestamptz, _>(at),
-                        bind::<SqlUuid, _>(Uuid::now_v7()),
-                        bind::<Text, _>(correlation_id),
-                        bind::<Jsonb, _>(data),
-                        bind::<Jsonb, _>(changed),
-                        bind::<Nullable<Timestamptz>, _>(fields.due_at),
-                    ),
-                );
-                let todo: Todo = statement.get_result(conn).await?;
+                let todo =
+                    write_update(conn, id, &fields, current.created_at, changed, origin).await?;
                 Ok((todo, true))
             })
             .await?;
@@ -470,30 +514,26 @@ impl Commands {
 
     /// `DELETE /todos/{id}`: removes the row and appends `TodoDeleted` with the next version.
     /// Returns that version.
-    #[tracing::instrument(skip_all, fields(todo_id = id, correlation_id))]
+    #[tracing::instrument(name = "commit", skip_all, fields(todo_id = id))]
     pub async fn delete(
         &self,
         id: i64,
         precondition: Option<Precondition>,
-        correlation_id: &str,
+        origin: &Origin,
     ) -> Result<i64, CommandError> {
         let mut pooled = conn(&self.pool).await?;
         let conn: &mut AsyncPgConnection = &mut pooled;
         let not_found = || CommandError::NotFound(id);
         let version = match &precondition {
             // No precondition: one statement.
-            None => delete_row(conn, id, correlation_id)
-                .await?
-                .ok_or_else(not_found)?,
+            None => delete_row(conn, id, origin).await?.ok_or_else(not_found)?,
             Some(p) => {
                 conn.transaction::<_, CommandError, _>(async |conn| {
                     let current = locked(conn, id)
                         .await?
                         .ok_or_else(|| missing(id, Some(p)))?;
                     p.check(current.version)?;
-                    delete_row(conn, id, correlation_id)
-                        .await?
-                        .ok_or_else(not_found)
+                    delete_row(conn, id, origin).await?.ok_or_else(not_found)
                 })
                 .await?
             }
@@ -501,6 +541,83 @@ impl Commands {
         self.appended();
         tracing::info!(todo_id = id, version, "todo deleted");
         Ok(version)
+    }
+
+    /// `command-service erase <id>` and `POST /todos/{id}/erase`: removes the todo's title and
+    /// description from every event of its history (each then carries [`events::ERASED_TITLE`],
+    /// no description and `data.erased_at`), from its row and from the stored answer of its
+    /// creation's `Idempotency-Key`, in one transaction. A live todo then gets one more event,
+    /// a `TodoUpdated` to the erased state, which takes the erasure to every read model; a
+    /// deleted one needs none (a tombstone holds no text). Ids, versions, times, `completed`
+    /// and `due_at` are kept. Erasing again rewrites nothing new and appends no event.
+    #[tracing::instrument(name = "commit", skip_all, fields(todo_id = id))]
+    pub async fn erase(&self, id: i64, origin: &Origin) -> Result<Erased, CommandError> {
+        let mut pooled = conn(&self.pool).await?;
+        let erased = (&mut *pooled as &mut AsyncPgConnection)
+            .transaction::<_, CommandError, _>(async |conn| {
+                let current = locked(conn, id).await?;
+                let at = now();
+                let text = serde_json::json!({
+                    "title": events::ERASED_TITLE,
+                    "description": null,
+                });
+                let mut marked = text.clone();
+                marked["erased_at"] = serde_json::to_value(at)
+                    .map_err(|e| CommandError::Internal(anyhow::Error::new(e)))?;
+                // Every event that still holds text (an erased one keeps its first erasure).
+                let events_erased = prepared(
+                    "UPDATE events SET data = data || $2 \
+                     WHERE todo_id = $1 AND data IS NOT NULL \
+                       AND (data->>'erased_at' IS NULL OR data->>'title' <> $3 \
+                            OR data->'description' <> 'null'::jsonb)",
+                    (
+                        bind::<BigInt, _>(id),
+                        bind::<Jsonb, _>(marked),
+                        bind::<Text, _>(events::ERASED_TITLE),
+                    ),
+                )
+                .execute(conn)
+                .await? as i64;
+                let todo = match current {
+                    None => {
+                        let any: i64 = crate::schema::events::table
+                            .filter(crate::schema::events::todo_id.eq(id))
+                            .count()
+                            .get_result(conn)
+                            .await?;
+                        if any == 0 {
+                            return Err(CommandError::NotFound(id));
+                        }
+                        None
+                    }
+                    Some(current) => Some(erase_row(conn, current, at, origin).await?),
+                };
+                // The stored answer of the creation (a todo as it was created).
+                prepared(
+                    "UPDATE idempotency_keys SET response_body = response_body || $2 \
+                     WHERE response_body->>'id' = $1::text",
+                    (bind::<BigInt, _>(id), bind::<Jsonb, _>(text)),
+                )
+                .execute(conn)
+                .await?;
+                Ok(Erased {
+                    todo_id: id,
+                    events_erased,
+                    appended: todo.as_ref().is_some_and(|(_, appended)| *appended),
+                    todo: todo.map(|(todo, _)| todo),
+                })
+            })
+            .await?;
+        if erased.appended {
+            self.appended();
+        }
+        tracing::info!(
+            todo_id = id,
+            events_erased = erased.events_erased,
+            appended = erased.appended,
+            "todo erased"
+        );
+        Ok(erased)
     }
 
     /// `GET /events?after=&limit=`: committed events after `after`, oldest first. Stamps what
@@ -519,7 +636,7 @@ impl Commands {
 async fn delete_row(
     conn: &mut AsyncPgConnection,
     id: i64,
-    correlation_id: &str,
+    origin: &Origin,
 ) -> Result<Option<i64>, diesel::result::Error> {
     let statement = prepared(
         DELETE,
@@ -527,7 +644,10 @@ async fn delete_row(
             bind::<BigInt, _>(id),
             bind::<SqlUuid, _>(Uuid::now_v7()),
             bind::<Timestamptz, _>(now()),
-            bind::<Text, _>(correlation_id),
+            bind::<Text, _>(&origin.correlation_id),
+            bind::<Text, _>(&origin.causation_id),
+            bind::<Text, _>(&origin.actor),
+            bind::<Nullable<Text>, _>(&origin.traceparent),
         ),
     );
     Ok(statement
@@ -537,7 +657,94 @@ async fn delete_row(
         .map(|v| v.n))
 }
 
-/// The todo, its row locked until the transaction ends; `None` when there is no such todo.
+/// Sets a todo's fields and appends its `TodoUpdated` (the next version) naming `changed`.
+async fn write_update(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    fields: &Fields,
+    created_at: DateTime<Utc>,
+    changed: Vec<Field>,
+    origin: &Origin,
+) -> Result<Todo, CommandError> {
+    let at = now();
+    let data = state_json(fields, created_at, at)?;
+    let changed = serde_json::to_value(&changed)
+        .map_err(|e| CommandError::Internal(anyhow::Error::new(e)))?;
+    let statement = prepared(
+        UPDATE,
+        (
+            bind::<BigInt, _>(id),
+            bind::<Text, _>(&fields.title),
+            bind::<Nullable<Text>, _>(&fields.description),
+            bind::<Bool, _>(fields.completed),
+            bind::<Timestamptz, _>(at),
+            bind::<SqlUuid, _>(Uuid::now_v7()),
+            bind::<Text, _>(&origin.correlation_id),
+            bind::<Jsonb, _>(data),
+            bind::<Jsonb, _>(changed),
+            bind::<Nullable<Timestamptz>, _>(fields.due_at),
+            bind::<Text, _>(&origin.causation_id),
+            bind::<Text, _>(&origin.actor),
+            bind::<Nullable<Text>, _>(&origin.traceparent),
+            bind::<Nullable<Timestamptz>, _>(fields.erased_at),
+        ),
+    );
+    Ok(statement.get_result(conn).await?)
+}
+
+/// What an erasure did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Erased {
+    pub todo_id: i64,
+    /// Events of its history whose text this erasure removed.
+    pub events_erased: i64,
+    /// Whether a `TodoUpdated` to the erased state was appended (a live todo not yet erased).
+    pub appended: bool,
+    /// The todo as it is now; `null` when it was deleted.
+    pub todo: Option<Todo>,
+}
+
+/// Sets a live todo's row to its erased state and appends the `TodoUpdated` that says so; a
+/// todo already in that state is left as it is. The todo, and whether an event was appended.
+async fn erase_row(
+    conn: &mut AsyncPgConnection,
+    current: Todo,
+    at: DateTime<Utc>,
+    origin: &Origin,
+) -> Result<(Todo, bool), CommandError> {
+    let erased = current.erased_at.is_some()
+        && current.title == events::ERASED_TITLE
+        && current.description.is_none();
+    if erased {
+        return Ok((current, false));
+    }
+    let fields = Fields {
+        title: events::ERASED_TITLE.to_string(),
+        description: None,
+        completed: current.completed,
+        due_at: current.due_at,
+        erased_at: Some(at),
+    };
+    let mut changed = Vec::new();
+    if fields.title != current.title {
+        changed.push(Field::Title);
+    }
+    if fields.description != current.description {
+        changed.push(Field::Description);
+    }
+    let todo = write_update(
+        conn,
+        current.id,
+        &fields,
+        current.created_at,
+        changed,
+        origin,
+    )
+    .await?;
+    Ok((todo, true))
+}
+
+/// The todo, its row locked until the transaction ends/// The todo, its row locked until the transaction ends; `None` when there is no such todo.
 async fn locked(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<Todo>, CommandError> {
     Ok(todos::table
         .find(id)

@@ -295,6 +295,10 @@ binds!(0 V0 S0, 1 V1 S1, 2 V2 S2, 3 V3 S3, 4 V4 S4, 5 V5 S5, 6 V6 S6);
 binds!(0 V0 S0, 1 V1 S1, 2 V2 S2, 3 V3 S3, 4 V4 S4, 5 V5 S5, 6 V6 S6, 7 V7 S7);
 binds!(0 V0 S0, 1 V1 S1, 2 V2 S2, 3 V3 S3, 4 V4 S4, 5 V5 S5, 6 V6 S6, 7 V7 S7, 8 V8 S8);
 binds!(0 V0 S0, 1 V1 S1, 2 V2 S2, 3 V3 S3, 4 V4 S4, 5 V5 S5, 6 V6 S6, 7 V7 S7, 8 V8 S8, 9 V9 S9);
+binds!(0 V0 S0, 1 V1 S1, 2 V2 S2, 3 V3 S3, 4 V4 S4, 5 V5 S5, 6 V6 S6, 7 V7 S7, 8 V8 S8, 9 V9 S9, 10 V10 S10);
+binds!(0 V0 S0, 1 V1 S1, 2 V2 S2, 3 V3 S3, 4 V4 S4, 5 V5 S5, 6 V6 S6, 7 V7 S7, 8 V8 S8, 9 V9 S9, 10 V10 S10, 11 V11 S11);
+binds!(0 V0 S0, 1 V1 S1, 2 V2 S2, 3 V3 S3, 4 V4 S4, 5 V5 S5, 6 V6 S6, 7 V7 S7, 8 V8 S8, 9 V9 S9, 10 V10 S10, 11 V11 S11, 12 V12 S12);
+binds!(0 V0 S0, 1 V1 S1, 2 V2 S2, 3 V3 S3, 4 V4 S4, 5 V5 S5, 6 V6 S6, 7 V7 S7, 8 V8 S8, 9 V9 S9, 10 V10 S10, 11 V11 S11, 12 V12 S12, 13 V13 S13);
 
 impl<B: Binds> diesel::query_builder::QueryFragment<diesel::pg::Pg> for Prepared<B> {
     fn walk_ast<'b>(

@@ -55,9 +55,28 @@ struct EventRow {
     correlation_id: String,
     data: Option<serde_json::Value>,
     changed: serde_json::Value,
+    causation_id: Option<String>,
+    actor: Option<String>,
+    traceparent: Option<String>,
+}
+
+/// A stamped event and the trace context of the write that appended it (the relay's publish
+/// span continues it).
+#[derive(Debug, Clone)]
+pub struct Logged {
+    pub envelope: Envelope,
+    pub traceparent: Option<String>,
 }
 
 impl EventRow {
+    fn into_logged(self) -> Result<Logged, LogError> {
+        let traceparent = self.traceparent.clone();
+        Ok(Logged {
+            envelope: self.into_envelope()?,
+            traceparent,
+        })
+    }
+
     fn into_envelope(self) -> Result<Envelope, LogError> {
         let position = self.position.unwrap_or(0);
         let corrupt = |reason: String| LogError::Corrupt { position, reason };
@@ -79,6 +98,8 @@ impl EventRow {
             position,
             occurred_at: self.occurred_at,
             correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            actor: self.actor,
             data,
             changed,
         })
@@ -91,7 +112,7 @@ pub async fn read_after(
     conn: &mut AsyncPgConnection,
     after: i64,
     limit: i64,
-) -> Result<(Vec<Envelope>, Option<LogError>), LogError> {
+) -> Result<(Vec<Logged>, Option<LogError>), LogError> {
     let rows: Vec<EventRow> = ev::table
         .filter(ev::position.gt(after))
         .order(ev::position.asc())
@@ -101,7 +122,7 @@ pub async fn read_after(
         .await?;
     let mut envelopes = Vec::with_capacity(rows.len());
     for row in rows {
-        match row.into_envelope() {
+        match row.into_logged() {
             Ok(e) => envelopes.push(e),
             Err(err) => return Ok((envelopes, Some(err))),
         }
@@ -132,7 +153,7 @@ pub async fn feed(
         .await?;
     match read_after(conn, after, limit).await? {
         (events, None) => Ok(FeedPage {
-            events,
+            events: events.into_iter().map(|e| e.envelope).collect(),
             head: head.unwrap_or(0),
             stamped,
         }),

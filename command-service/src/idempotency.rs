@@ -241,6 +241,7 @@ mod tests {
             created_at: chrono::Utc::now(),
             updated_at: chrono::Utc::now(),
             due_at: None,
+            erased_at: None,
         };
         let stored = |status: i32, body: serde_json::Value| Stored {
             request_hash: String::new(),

@@ -195,3 +195,19 @@ impl Application {
         Ok(())
     }
 }
+
+/// `command-service erase <id>`: [`commands::Commands::erase`] against `DATABASE_URL`, with the
+/// migrations applied first (the erasure writes columns they add). Whatever service replicas
+/// run stamp and publish the event it appends.
+pub async fn erase(settings: &Settings, id: i64, actor: &str) -> anyhow::Result<commands::Erased> {
+    let limits = settings.database_limits();
+    db::migrate(&settings.database_url, 5, limits).await?;
+    let pool = db::pool(&settings.database_url, 1, limits)?;
+    let commands = commands::Commands::new(
+        pool,
+        commands::Wake::default(),
+        idempotency::Keys::new(settings.idempotency_ttl_hours),
+    );
+    let origin = commands::Origin::new(format!("erase-{}", uuid::Uuid::now_v7()), actor);
+    Ok(commands.erase(id, &origin).await?)
+}

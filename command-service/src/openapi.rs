@@ -5,7 +5,7 @@
 //! `tests/api/openapi.rs` holds the document against the routes served and every answer's
 //! body against the schema documented for its route and status.
 
-use crate::commands::Todo;
+use crate::commands::{Erased, Todo};
 use crate::input::{TodoInput, TodoPatch};
 use events::service::openapi as ops;
 use events::service::problem::{FieldError, Problem};
@@ -24,13 +24,14 @@ use utoipa::OpenApi;
         patch,
         put,
         delete,
+        erase,
         events,
         ready,
         ops::health,
         ops::metrics,
         ops::openapi
     ),
-    components(schemas(Todo, TodoInput, TodoPatch, Envelope, Problem, FieldError))
+    components(schemas(Todo, Erased, TodoInput, TodoPatch, Envelope, Problem, FieldError))
 )]
 struct Document;
 
@@ -199,6 +200,25 @@ fn put() {}
 )]
 #[allow(dead_code)]
 fn delete() {}
+
+/// `POST /todos/{id}/erase`.
+#[utoipa::path(post, path = "/todos/{id}/erase", tag = "todos",
+    description = "Removes the todo's title and description from it, from every event of its history and (through one more TodoUpdated) from the read model; ids, versions, times, completed and due_at are kept, and data.erased_at marks it. For a person's request to erase their data. Takes a token of OPERATOR_TOKENS only; closed (403) while that is unset.",
+    params(
+        ("id" = i64, Path, description = "Todo id, 1 to 2^53 - 1; any other is 404"),
+        ("Authorization" = Option<String>, Header, description = "Bearer <token> (the scheme in any case), one of OPERATOR_TOKENS; write and feed tokens are 403"),
+    ),
+    responses(
+        (status = 200, description = "Erased (again: nothing more to do)", body = Erased),
+        (status = 401, description = "OPERATOR_TOKENS is set and no bearer token came", body = Problem, content_type = PROBLEM, headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "OPERATOR_TOKENS is unset (erasure over HTTP closed), or a bearer token that is not one of them", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "No todo with this id ever existed", body = Problem, content_type = PROBLEM),
+        (status = 500, description = "Unexpected; nothing changed", body = Problem, content_type = PROBLEM),
+        (status = 503, description = "Unavailable now; nothing changed", body = Problem, content_type = PROBLEM, headers(("Retry-After" = String, description = "Seconds to wait: 1"))),
+    )
+)]
+#[allow(dead_code)]
+fn erase() {}
 
 /// `GET /events`.
 #[utoipa::path(get, path = "/events", tag = "events",

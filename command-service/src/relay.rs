@@ -41,6 +41,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// How soon a relay that found another one publishing looks again.
 const BUSY_RETRY: Duration = Duration::from_millis(5);
@@ -343,13 +344,18 @@ async fn publish_round(
             let limit = config.timeout.as_millis();
             // lapin holds a publish back while RabbitMQ blocks the connection: bounded here.
             let publishing = Instant::now() + config.timeout;
-            for envelope in &batch {
-                match tokio::time::timeout_at(
-                    publishing,
-                    publish(channel, &config.exchange, envelope),
+            for logged in &batch {
+                let envelope = &logged.envelope;
+                let span = publish_span(&config.exchange, logged);
+                let traceparent = events::service::trace::traceparent(&span);
+                let publishing_one = publish_traced(
+                    channel,
+                    &config.exchange,
+                    envelope,
+                    traceparent.as_deref(),
                 )
-                .await
-                {
+                .instrument(span);
+                match tokio::time::timeout_at(publishing, publishing_one).await {
                     Ok(Ok(confirm)) => pending.push((envelope.position, confirm)),
                     Ok(Err(err)) => {
                         failure = Some(Failure::Broker(err.to_string()));
@@ -421,6 +427,28 @@ async fn publish_round(
     Ok(round)
 }
 
+/// The producer span of one event's publish (OpenTelemetry's messaging conventions), child of
+/// the write that appended it: its trace is the request's.
+fn publish_span(exchange: &str, logged: &event_log::Logged) -> tracing::Span {
+    let envelope = &logged.envelope;
+    let span = tracing::info_span!(
+        "publish",
+        otel.name = %format!("publish {exchange}"),
+        otel.kind = "producer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "publish",
+        messaging.operation.name = "publish",
+        messaging.destination.name = exchange,
+        messaging.rabbitmq.destination.routing_key = envelope.routing_key(),
+        messaging.message.id = %envelope.event_id,
+        todo_id = envelope.todo_id,
+        version = envelope.version,
+        position = envelope.position,
+    );
+    events::service::trace::set_parent(&span, logged.traceparent.as_deref());
+    span
+}
+
 /// Publishes one event as the relay does (persistent, mandatory, its headers); the confirm is
 /// the caller's to wait for. `scripts/bench.sh` publishes with it for the broker's own rate.
 pub async fn publish(
@@ -428,7 +456,23 @@ pub async fn publish(
     exchange: &str,
     envelope: &events::Envelope,
 ) -> lapin::Result<lapin::PublisherConfirm> {
+    publish_traced(channel, exchange, envelope, None).await
+}
+
+/// [`publish`], with the `traceparent` header the consumer's spans continue.
+async fn publish_traced(
+    channel: &Channel,
+    exchange: &str,
+    envelope: &events::Envelope,
+    traceparent: Option<&str>,
+) -> lapin::Result<lapin::PublisherConfirm> {
     let mut headers = FieldTable::default();
+    if let Some(traceparent) = traceparent {
+        headers.insert(
+            events::HEADER_TRACEPARENT.into(),
+            AMQPValue::LongString(traceparent.into()),
+        );
+    }
     headers.insert(
         events::HEADER_TODO_ID.into(),
         AMQPValue::LongLongInt(envelope.todo_id),

@@ -10,6 +10,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         due_at -> Nullable<Timestamptz>,
+        erased_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -25,6 +26,9 @@ diesel::table! {
         correlation_id -> Text,
         data -> Nullable<Jsonb>,
         changed -> Jsonb,
+        causation_id -> Nullable<Text>,
+        actor -> Nullable<Text>,
+        traceparent -> Nullable<Text>,
     }
 }
 

@@ -63,10 +63,15 @@ pub struct Settings {
     /// The default lets query-service's live page on this machine write.
     #[serde(default = "default_cors_origins")]
     pub cors_origins: String,
-    /// `WRITE_TOKENS`: comma-separated bearer tokens; when set, every write and `GET /events`
+    /// `WRITE_TOKENS`: comma-separated bearer tokens, each `token` or `name:token` (the name
+    /// becomes the `actor` of the events it writes); when set, every write and `GET /events`
     /// need `Authorization: Bearer <one of them>`. Empty: open (the local demo).
     #[serde(default)]
     pub write_tokens: String,
+    /// `OPERATOR_TOKENS`: comma-separated bearer tokens (`name:token` too) that may erase a
+    /// todo over HTTP (`POST /todos/{id}/erase`); empty: that route is closed.
+    #[serde(default)]
+    pub operator_tokens: String,
     /// `FEED_TOKENS`: comma-separated bearer tokens that may read `GET /events` and nothing
     /// else; when set, the feed takes these only. Empty: the feed follows `WRITE_TOKENS`.
     #[serde(default)]
@@ -177,6 +182,7 @@ impl Settings {
     /// Who may write and read the feed (see [`crate::http::auth::Tokens`]).
     pub fn tokens(&self) -> crate::http::auth::Tokens {
         crate::http::auth::Tokens::from_lists(&self.write_tokens, &self.feed_tokens)
+            .with_operators(&self.operator_tokens)
     }
 
     /// Reads the settings from the process environment.
@@ -209,6 +215,17 @@ impl Settings {
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, envy::Error> {
         let settings: Self = envy::from_iter(vars)?;
+        for (name, list) in [
+            ("WRITE_TOKENS", &settings.write_tokens),
+            ("FEED_TOKENS", &settings.feed_tokens),
+            ("OPERATOR_TOKENS", &settings.operator_tokens),
+        ] {
+            if let Some(why) = list.split(',').find_map(crate::http::auth::bad_name) {
+                return Err(envy::Error::Custom(format!(
+                    "{name}: {why}; write each entry as token or name:token"
+                )));
+            }
+        }
         for entry in settings.cors_origins() {
             if let Err(why) = events::service::check_origin(&entry) {
                 return Err(envy::Error::Custom(format!(

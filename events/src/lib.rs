@@ -48,6 +48,10 @@ pub const HEADER_TODO_ID: &str = "todo_id";
 pub const HEADER_VERSION: &str = "version";
 /// AMQP header carrying the correlation id of the request that caused the event.
 pub const HEADER_CORRELATION_ID: &str = "correlation_id";
+/// AMQP header carrying the W3C trace context of the request that wrote the event
+/// (`traceparent`, as <https://www.w3.org/TR/trace-context/> writes it), so the read side's
+/// spans join the request's trace. Absent on events written before version 3.
+pub const HEADER_TRACEPARENT: &str = "traceparent";
 /// AMQP header the read side adds to a message it dead-letters: why it refused it.
 pub const HEADER_REFUSED_REASON: &str = "x-refused-reason";
 /// AMQP header the read side adds to a message it dead-letters: when (RFC 3339).
@@ -62,16 +66,45 @@ pub const HEADER_REFUSED_AT: &str = "x-refused-at";
 ///
 /// - 1: the first.
 /// - 2: `data.due_at`, the todo's due date (RFC 3339, or `null`).
-pub const SCHEMA_VERSION: u32 = 2;
+/// - 3: `causation_id` (what caused the event: the id of the request that wrote it) and
+///   `actor` (who: the name of the bearer token, or `anonymous`), both `null` on an event
+///   written before; `data.erased_at`, set on every event of a todo whose title and
+///   description were erased (see [`ERASED_TITLE`]).
+pub const SCHEMA_VERSION: u32 = 3;
+
+/// The title every event of an erased todo carries in place of its own (its description is
+/// `null`); `data.erased_at` says when it was erased. A title a reader of version 2 still
+/// takes, so an erasure never dead-letters on a reader that does not know it.
+pub const ERASED_TITLE: &str = "(erased)";
+
+/// The actor of a write no named token made: writes open, or a token without a name.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// The longest `causation_id`, `correlation_id` or `actor` the write side writes.
+pub const MAX_ID_TEXT: usize = 128;
 
 /// The steps from each older version to the next, as JSON: `UPCASTS[n - 1]` takes an event
 /// of version `n` to version `n + 1`. A version 3 adds one function here.
-const UPCASTS: [fn(&mut serde_json::Value); SCHEMA_VERSION as usize - 1] = [v1_to_v2];
+const UPCASTS: [fn(&mut serde_json::Value); SCHEMA_VERSION as usize - 1] = [v1_to_v2, v2_to_v3];
 
 /// Version 2 added `data.due_at`: a version 1 todo had no due date.
 fn v1_to_v2(event: &mut serde_json::Value) {
     if let Some(data) = event.get_mut("data").and_then(|d| d.as_object_mut()) {
         data.entry("due_at").or_insert(serde_json::Value::Null);
+    }
+}
+
+/// Version 3 added `causation_id` and `actor` (unknown before: `null`) and `data.erased_at`
+/// (no todo was erased before).
+fn v2_to_v3(event: &mut serde_json::Value) {
+    if let Some(event) = event.as_object_mut() {
+        event
+            .entry("causation_id")
+            .or_insert(serde_json::Value::Null);
+        event.entry("actor").or_insert(serde_json::Value::Null);
+    }
+    if let Some(data) = event.get_mut("data").and_then(|d| d.as_object_mut()) {
+        data.entry("erased_at").or_insert(serde_json::Value::Null);
     }
 }
 
@@ -163,6 +196,10 @@ pub struct TodoState {
     /// When the todo is due (version 2); `null` when it has no due date.
     #[serde(default)]
     pub due_at: Option<DateTime<Utc>>,
+    /// When the todo's title and description were erased (version 3): every event of its
+    /// history then carries [`ERASED_TITLE`] and no description. `null` when never erased.
+    #[serde(default)]
+    pub erased_at: Option<DateTime<Utc>>,
 }
 
 /// One event as it travels: stored in the command side's log, published as one AMQP message,
@@ -180,6 +217,14 @@ pub struct Envelope {
     pub position: i64,
     pub occurred_at: DateTime<Utc>,
     pub correlation_id: String,
+    /// What caused the event (version 3): the id of the request that wrote it (a UUID the
+    /// write side gives each request). `null` on an event written before version 3.
+    #[serde(default)]
+    pub causation_id: Option<String>,
+    /// Who wrote it (version 3): the name of the bearer token (`WRITE_TOKENS` entries written
+    /// `name:token`), or [`ANONYMOUS`]. `null` on an event written before version 3.
+    #[serde(default)]
+    pub actor: Option<String>,
     /// Full state after the change; `None` for a delete.
     pub data: Option<TodoState>,
     /// Fields a `TodoUpdated` changed; empty for the other types. A field a newer version
@@ -218,6 +263,10 @@ pub enum EnvelopeError {
     Text { field: &'static str, reason: String },
     #[error("TodoCreated must have version 1, got {0}")]
     CreatedVersion(i64),
+    #[error("{field} is longer than {} characters", MAX_ID_TEXT)]
+    TooLong { field: &'static str },
+    #[error("data.title of an erased todo must be {ERASED_TITLE:?} and its description null")]
+    NotErased,
 }
 
 impl Envelope {
@@ -285,7 +334,21 @@ impl Envelope {
                 return Err(EnvelopeError::OutOfRange { field, value });
             }
         }
+        for (field, text) in [
+            ("correlation_id", Some(self.correlation_id.as_str())),
+            ("causation_id", self.causation_id.as_deref()),
+            ("actor", self.actor.as_deref()),
+        ] {
+            if text.is_some_and(|t| t.chars().count() > MAX_ID_TEXT) {
+                return Err(EnvelopeError::TooLong { field });
+            }
+        }
         if let Some(data) = &self.data {
+            if data.erased_at.is_some()
+                && (data.title != ERASED_TITLE || data.description.is_some())
+            {
+                return Err(EnvelopeError::NotErased);
+            }
             if let Some(reason) = limits::stored_title(&data.title) {
                 return Err(EnvelopeError::Text {
                     field: "title",
@@ -319,26 +382,29 @@ mod tests {
 
     const CREATED: &str = r#"{
         "event_id": "0b8f6a52-3c39-4c6e-9a53-2f0a4a1d6f10", "event_type": "TodoCreated",
-        "schema_version": 2, "todo_id": 42, "version": 1, "position": 1234,
+        "schema_version": 3, "todo_id": 42, "version": 1, "position": 1234,
         "occurred_at": "2026-11-22T10:00:00Z", "correlation_id": "req-1",
+        "causation_id": "0193a0c4-1a2b-7c3d-8e4f-5a6b7c8d9e0f", "actor": "alice",
         "data": { "title": "Learn CQRS", "description": null, "completed": false,
                   "created_at": "2026-11-22T10:00:00Z", "updated_at": "2026-11-22T10:00:00Z",
-                  "due_at": null },
+                  "due_at": null, "erased_at": null },
         "changed": [] }"#;
 
     const UPDATED: &str = r#"{
         "event_id": "6d1c1c0e-7f0b-4c55-8d2e-9c7f2b6c1a22", "event_type": "TodoUpdated",
-        "schema_version": 2, "todo_id": 42, "version": 3, "position": 1240,
+        "schema_version": 3, "todo_id": 42, "version": 3, "position": 1240,
         "occurred_at": "2026-11-22T10:05:00.123456Z", "correlation_id": "req-7",
+        "causation_id": "0193a0c4-1a2b-7c3d-8e4f-5a6b7c8d9e10", "actor": "anonymous",
         "data": { "title": "Learn CQRS", "description": "with outbox", "completed": true,
                   "created_at": "2026-11-22T10:00:00Z", "updated_at": "2026-11-22T10:05:00.123456Z",
-                  "due_at": "2026-11-30T17:00:00Z" },
+                  "due_at": "2026-11-30T17:00:00Z", "erased_at": null },
         "changed": ["completed", "description"] }"#;
 
     const DELETED: &str = r#"{
         "event_id": "9a0e5c1b-2d3f-4e5a-8b6c-7d8e9f0a1b2c", "event_type": "TodoDeleted",
-        "schema_version": 2, "todo_id": 42, "version": 4, "position": 1300,
+        "schema_version": 3, "todo_id": 42, "version": 4, "position": 1300,
         "occurred_at": "2026-11-22T11:00:00Z", "correlation_id": "req-9",
+        "causation_id": "0193a0c4-1a2b-7c3d-8e4f-5a6b7c8d9e11", "actor": "alice",
         "data": null, "changed": [] }"#;
 
     /// [`CREATED`] as version 1 wrote it: no due date.
@@ -352,8 +418,13 @@ mod tests {
 
     #[test]
     fn a_version_1_event_is_upcast_to_this_version() {
+        // CREATED as version 3 reads a version 1 event: nothing known of its cause or actor.
+        let expected: serde_json::Value = serde_json::from_str(&CREATED.replace(
+            "\"0193a0c4-1a2b-7c3d-8e4f-5a6b7c8d9e0f\", \"actor\": \"alice\"",
+            "null, \"actor\": null",
+        ))
+        .expect("JSON");
         let value: serde_json::Value = serde_json::from_str(CREATED_V1).expect("JSON");
-        let expected: serde_json::Value = serde_json::from_str(CREATED).expect("JSON");
         assert_eq!(upcast(value), expected, "the upcast JSON is this version's");
         let parsed = Envelope::from_json(CREATED_V1.as_bytes()).expect("a version 1 event");
         assert_eq!(
@@ -364,11 +435,11 @@ mod tests {
         assert_eq!(parsed.schema_version, SCHEMA_VERSION);
         assert_eq!(parsed.data.as_ref().and_then(|d| d.due_at), None);
         assert_eq!(
-            parsed,
-            Envelope::from_json(CREATED.as_bytes()).expect("the same event, version 2")
+            (parsed.causation_id.as_deref(), parsed.actor.as_deref()),
+            (None, None)
         );
         // A version 1 delete has no data to add to.
-        let deleted_v1 = DELETED.replace("\"schema_version\": 2", "\"schema_version\": 1");
+        let deleted_v1 = DELETED.replace("\"schema_version\": 3", "\"schema_version\": 1");
         let deleted = Envelope::from_json(deleted_v1.as_bytes()).expect("a version 1 delete");
         assert_eq!(deleted.data, None);
         // This version and newer ones are not touched.
@@ -377,24 +448,49 @@ mod tests {
     }
 
     #[test]
-    fn a_newer_version_is_read_as_this_one_without_what_it_does_not_know() {
-        let newer = UPDATED
-            .replace("\"schema_version\": 2", "\"schema_version\": 3")
+    fn a_version_2_event_is_upcast_to_this_version() {
+        let v2 = UPDATED
+            .replace("\"schema_version\": 3", "\"schema_version\": 2")
             .replace(
-                "\"due_at\": \"2026-11-30T17:00:00Z\"",
-                "\"due_at\": \"2026-11-30T17:00:00Z\", \"priority\": \"high\", \"tags\": [\"a\"]",
+                "\"causation_id\": \"0193a0c4-1a2b-7c3d-8e4f-5a6b7c8d9e10\", \"actor\": \"anonymous\",",
+                "",
             )
-            .replace("\"changed\":", "\"tenant\": \"acme\", \"changed\":")
-            .replace("\"description\"]", "\"description\", \"priority\"]");
-        let read = Envelope::from_json(newer.as_bytes()).expect("a version 3 event is read");
+            .replace(", \"erased_at\": null", "");
+        assert!(!v2.contains("erased_at") && !v2.contains("causation_id"));
+        let parsed = Envelope::from_json(v2.as_bytes()).expect("a version 2 event");
+        let mut expected = Envelope::from_json(UPDATED.as_bytes()).expect("version 3");
+        expected.causation_id = None;
+        expected.actor = None;
         assert_eq!(
-            read,
-            Envelope::from_json(UPDATED.as_bytes()).expect("version 2"),
-            "read as this version: the unknown fields are left out"
+            parsed, expected,
+            "the same event, nothing known of cause and actor"
         );
-        let written: serde_json::Value = serde_json::from_slice(&read.to_json()).expect("JSON");
-        assert_eq!(written["schema_version"], 2);
-        assert!(written["data"].get("priority").is_none());
+        let written: serde_json::Value = serde_json::from_slice(&parsed.to_json()).expect("JSON");
+        assert_eq!(written["actor"], serde_json::Value::Null);
+        assert_eq!(written["data"]["erased_at"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn an_erased_event_carries_the_erased_title_and_no_description() {
+        let erased = UPDATED
+            .replace(
+                "\"erased_at\": null",
+                "\"erased_at\": \"2026-12-01T09:00:00Z\"",
+            )
+            .replace(
+                "\"title\": \"Learn CQRS\"",
+                &format!("\"title\": \"{ERASED_TITLE}\""),
+            )
+            .replace("\"description\": \"with outbox\"", "\"description\": null");
+        let read = Envelope::from_json(erased.as_bytes()).expect("an erased event");
+        assert!(read.data.as_ref().is_some_and(|d| d.erased_at.is_some()));
+        // Marked erased while still holding its text: refused.
+        let half = UPDATED.replace(
+            "\"erased_at\": null",
+            "\"erased_at\": \"2026-12-01T09:00:00Z\"",
+        );
+        let err = Envelope::from_json(half.as_bytes()).expect_err("text left in an erased event");
+        assert!(err.to_string().contains("erased"), "{err}");
     }
 
     #[test]
@@ -454,6 +550,8 @@ mod tests {
         assert_eq!(
             keys,
             [
+                "actor",
+                "causation_id",
                 "changed",
                 "correlation_id",
                 "data",
@@ -474,8 +572,9 @@ mod tests {
             .collect();
         assert_eq!(
             data_keys.len(),
-            6,
-            "data has title, description, completed, created_at, updated_at, due_at: {data_keys:?}"
+            7,
+            "data has title, description, completed, created_at, updated_at, due_at, \
+             erased_at: {data_keys:?}"
         );
     }
 
@@ -513,7 +612,7 @@ mod tests {
             ),
             (
                 "schema version 0",
-                CREATED.replace("\"schema_version\": 2", "\"schema_version\": 0"),
+                CREATED.replace("\"schema_version\": 3", "\"schema_version\": 0"),
             ),
             (
                 "a due date that is not RFC 3339",

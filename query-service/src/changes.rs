@@ -241,6 +241,7 @@ mod tests {
                 created_at: Utc::now(),
                 updated_at: Utc::now(),
                 due_at: None,
+                erased_at: None,
             }),
             occurred_at: Some(Utc::now()),
         }

@@ -55,6 +55,7 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// The shortest time between two settlings of written batches (see the module header).
 pub const SETTLE_EVERY: Duration = Duration::from_millis(20);
@@ -360,6 +361,8 @@ struct Pending {
     refusals: u32,
     /// When to try again.
     due: Instant,
+    /// The message's consumer span ([`event_span`]), open until it is settled.
+    span: tracing::Span,
 }
 
 /// The consumer's channels: the one it consumes (and acks, and publishes the changes) on, and
@@ -595,7 +598,7 @@ async fn handle_batch(
                  the consumer failed or stopped each time it held it",
                 config.max_deliveries
             );
-            event_span(&delivery).in_scope(|| {
+            event_span(&delivery, &config.queue).in_scope(|| {
                 tracing::error!(earlier, "message delivered too often; dead-lettering it")
             });
             dead_letter(channels.dead_letters, &config.exchange, &delivery, &reason).await?;
@@ -605,13 +608,14 @@ async fn handle_batch(
         }
         match Envelope::from_json(&delivery.data) {
             Ok(event) => batch.push(Pending {
+                span: event_span(&delivery, &config.queue),
                 delivery,
                 event,
                 refusals: 0,
                 due: started,
             }),
             Err(err) => {
-                event_span(&delivery).in_scope(|| {
+                event_span(&delivery, &config.queue).in_scope(|| {
                     tracing::warn!(error = %err, "message is not a valid event; dead-lettering it")
                 });
                 dead_letter(
@@ -627,13 +631,20 @@ async fn handle_batch(
         }
     }
     let events: Vec<Envelope> = batch.iter().map(|p| p.event.clone()).collect();
+    let batch_span = batch_span(&batch);
     // Every generation of the read model the pointer names, newest first
     // (`store/generations.rs`): the one a rebuild fills before the current one, the previous
     // one after it, so that the newer always holds what the older does.
-    let Some(targets) = targets(store, config, shutdown).await else {
+    let Some(targets) = targets(store, config, shutdown)
+        .instrument(batch_span.clone())
+        .await
+    else {
         return Ok(Settled::Stopped);
     };
-    let Some(newer_refusals) = apply_newer(&targets.newer, config, &events, shutdown).await else {
+    let Some(newer_refusals) = apply_newer(&targets.newer, config, &events, shutdown)
+        .instrument(batch_span.clone())
+        .await
+    else {
         return Ok(Settled::Stopped);
     };
     let store = &targets.current;
@@ -644,7 +655,10 @@ async fn handle_batch(
         .filter(|(_, refused)| refused.is_none())
         .map(|(e, _)| e.clone())
         .collect();
-    let Some(current_results) = apply(store, config, &to_current, shutdown).await else {
+    let Some(current_results) = apply(store, config, &to_current, shutdown)
+        .instrument(batch_span.clone())
+        .await
+    else {
         // Shutting down with the store away: leave the batch unacked; it is redelivered.
         return Ok(Settled::Stopped);
     };
@@ -667,7 +681,7 @@ async fn handle_batch(
     let mut refused_now = 0;
     for (mut pending, result) in batch.into_iter().zip(results) {
         let event = &pending.event;
-        let span = event_span(&pending.delivery);
+        let span = pending.span.clone();
         match result {
             Ok(outcome) => {
                 span.in_scope(|| {
@@ -732,7 +746,11 @@ async fn handle_batch(
     // recorded here, so a failure to record is retried like the store being away.
     if counts.total() > 0 {
         let mut backoff = Backoff::new(Duration::from_millis(100), config.max_backoff);
-        while let Err(err) = store.record(counts, newest_event, highest).await {
+        while let Err(err) = store
+            .record(counts, newest_event, highest)
+            .instrument(batch_span.clone())
+            .await
+        {
             tracing::warn!(error = %err, retry_in_ms = backoff.peek().as_millis() as u64, "projection counters not updated; retrying");
             config.metrics.observe_store_unavailable();
             if !backoff.pause(shutdown).await {
@@ -741,6 +759,7 @@ async fn handle_batch(
         }
     }
     if apply_older(&targets.older, config, &to_current, shutdown)
+        .instrument(batch_span.clone())
         .await
         .is_none()
     {
@@ -748,6 +767,8 @@ async fn handle_batch(
     }
     unsettled.changes.append(&mut changes);
     unsettled.to_ack.append(&mut to_ack);
+    // In the batch's span: the line carries its first message's trace id.
+    let _in_batch = batch_span.enter();
     tracing::info!(
         size,
         applied = counts.applied,
@@ -990,15 +1011,62 @@ async fn apply_older(
     Some(())
 }
 
-/// The span one message is logged in: its correlation id, message id and routing key.
-fn event_span(delivery: &Delivery) -> tracing::Span {
-    tracing::info_span!(
+/// The span one message is logged in (its correlation id, message id and routing key), and
+/// its consumer span in OpenTelemetry's messaging conventions: a child of the publish the
+/// message's `traceparent` header names, so it joins the trace of the request that wrote it.
+fn event_span(delivery: &Delivery, queue: &str) -> tracing::Span {
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|s| s.as_str())
+        .unwrap_or("");
+    let span = tracing::info_span!(
         "event",
+        otel.name = %format!("process {queue}"),
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.destination.name = queue,
+        messaging.rabbitmq.destination.routing_key = delivery.routing_key.as_str(),
+        messaging.message.id = message_id,
         correlation_id = %correlation_id(delivery),
-        message_id = delivery.properties.message_id().as_ref().map(|s| s.as_str()).unwrap_or(""),
+        message_id,
         routing_key = delivery.routing_key.as_str(),
-    )
+        trace_id = tracing::field::Empty,
+    );
+    let traceparent = match header(delivery, events::HEADER_TRACEPARENT) {
+        Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes()).ok(),
+        _ => None,
+    };
+    events::service::trace::set_parent(&span, traceparent);
+    events::service::trace::record_trace_id(&span);
+    span
 }
+
+/// The span of a batch's writes to the read model: a child of its first message's span,
+/// linked to the others', so each message's trace reaches the write that applied it.
+fn batch_span(batch: &[Pending]) -> tracing::Span {
+    let span = match batch.first() {
+        Some(first) => tracing::info_span!(
+            parent: &first.span,
+            "apply batch",
+            otel.name = "apply batch",
+            size = batch.len()
+        ),
+        None => tracing::info_span!("apply batch", otel.name = "apply batch", size = 0),
+    };
+    for pending in batch.iter().skip(1).take(MAX_LINKS) {
+        if let Some(traceparent) = events::service::trace::traceparent(&pending.span) {
+            events::service::trace::add_link(&span, &traceparent);
+        }
+    }
+    span
+}
+
+/// The links a batch span carries at most (OpenTelemetry's default limit).
+const MAX_LINKS: usize = 128;
 
 /// How long the broker may take to confirm a dead letter's copy.
 const CONFIRM_WITHIN: Duration = Duration::from_secs(5);

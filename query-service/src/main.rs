@@ -17,7 +17,7 @@ async fn main() -> anyhow::Result<()> {
     match args.next().as_deref() {
         Some("healthcheck") => return query_service::healthcheck(&settings.http_addr).await,
         Some("replay") => {
-            telemetry::init(settings.log_format, &settings.rust_log);
+            telemetry::init("query-service", settings.log_format, &settings.rust_log);
             let command_url = args.next().unwrap_or_else(|| "http://127.0.0.1:5001".into());
             let store = Store::connect(&settings.mongodb_uri, &settings.mongodb_db)
                 .await
@@ -35,7 +35,7 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Some("rebuild") => {
-            telemetry::init(settings.log_format, &settings.rust_log);
+            telemetry::init("query-service", settings.log_format, &settings.rust_log);
             let mut command_url = "http://127.0.0.1:5001".to_string();
             let mut options = query_service::rebuild::Options::default();
             let mut args = args.peekable();
@@ -70,7 +70,7 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Some("verify") => {
-            telemetry::init(settings.log_format, &settings.rust_log);
+            telemetry::init("query-service", settings.log_format, &settings.rust_log);
             let mut command_url = "http://127.0.0.1:5001".to_string();
             let mut repair = false;
             for arg in args {
@@ -111,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => {}
     }
-    telemetry::init(settings.log_format, &settings.rust_log);
+    telemetry::init("query-service", settings.log_format, &settings.rust_log);
     tracing::info!(?settings, "starting query-service");
     let app = Application::build(settings).await?;
     app.run(shutdown::signal()).await

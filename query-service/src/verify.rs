@@ -276,6 +276,8 @@ mod tests {
             position: version,
             occurred_at: at,
             correlation_id: "t".into(),
+            causation_id: None,
+            actor: None,
             data: (event_type != EventType::TodoDeleted).then(|| TodoState {
                 title: title.into(),
                 description: None,
@@ -283,6 +285,7 @@ mod tests {
                 created_at: at,
                 updated_at: at,
                 due_at: None,
+                erased_at: None,
             }),
             changed: Vec::new(),
         }

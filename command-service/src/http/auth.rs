@@ -7,6 +7,15 @@
 //!   keeps the writes' rule: write tokens when `WRITE_TOKENS` is set, open when not. So a
 //!   setting left unset never opens what another one closed.
 //!
+//! - `OPERATOR_TOKENS` set: `POST /todos/{id}/erase` takes one of them, and only them. Unset,
+//!   that route is closed (403): erasure over HTTP is never open by default; the
+//!   `command-service erase <id>` command needs no token, only the database.
+//!
+//! An entry written `name:token` names its token: the events it writes carry the name as their
+//! `actor`. A token without a name, or open writes, write `anonymous`. The name is what comes
+//! before the first `:` (1 to 64 of `A-Z a-z 0-9 . _ @ -`, checked when the settings are read);
+//! the rest is the token.
+//!
 //! The scheme is matched case-insensitively (`Bearer`, `bearer`, `BEARER`: RFC 9110 11.1),
 //! checked before anything is read or written. Tokens are kept as SHA-256 digests and compared
 //! digest to digest; they never reach a log or an answer.
@@ -22,6 +31,8 @@ pub enum Access {
     Write,
     /// `GET /events`.
     Feed,
+    /// `POST /todos/{id}/erase`.
+    Erase,
 }
 
 /// Passes a request `tokens` allow `access`, before its body is read; rejects any other with
@@ -30,40 +41,107 @@ pub fn authorized(
     tokens: Tokens,
     access: Access,
 ) -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    warp::header::optional::<String>("authorization")
-        .and_then(move |header: Option<String>| {
-            let checked = tokens.check(access, header.as_deref());
-            async move { checked.map_err(warp::reject::custom) }
-        })
+    authorized_as(tokens, access)
+        .map(|_actor: String| ())
         .untuple_one()
+}
+
+/// [`authorized`], passing on who the request is: the token's name, or `anonymous`.
+pub fn authorized_as(
+    tokens: Tokens,
+    access: Access,
+) -> impl Filter<Extract = (String,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization").and_then(move |header: Option<String>| {
+        let checked = tokens.check(access, header.as_deref());
+        async move { checked.map_err(warp::reject::custom) }
+    })
 }
 
 type TokenDigest = [u8; 32];
 
-/// The configured tokens: `WRITE_TOKENS` (none: writes open) and `FEED_TOKENS` (`None`: unset,
-/// the feed follows the writes' rule).
-#[derive(Clone, Default)]
-pub struct Tokens {
-    write: Vec<TokenDigest>,
-    feed: Option<Vec<TokenDigest>>,
+/// A configured token: its digest and its name, if it has one.
+#[derive(Clone)]
+struct Token {
+    digest: TokenDigest,
+    name: Option<String>,
 }
 
-/// A comma-separated list: blanks around each entry ignored, empty entries dropped.
-fn digests(list: &str) -> Vec<TokenDigest> {
+/// The configured tokens: `WRITE_TOKENS` (none: writes open), `FEED_TOKENS` (`None`: unset,
+/// the feed follows the writes' rule) and `OPERATOR_TOKENS` (none: erasure over HTTP closed).
+#[derive(Clone, Default)]
+pub struct Tokens {
+    write: Vec<Token>,
+    feed: Option<Vec<Token>>,
+    operator: Vec<Token>,
+}
+
+/// The longest token name.
+pub const NAME_MAX_CHARS: usize = 64;
+
+/// Why an entry's name cannot be used, if it cannot: 1 to [`NAME_MAX_CHARS`] of
+/// `A-Z a-z 0-9 . _ @ -`.
+pub fn bad_name(entry: &str) -> Option<String> {
+    let (name, _) = entry.trim().split_once(':')?;
+    let ok = !name.is_empty()
+        && name.chars().count() <= NAME_MAX_CHARS
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-'));
+    (!ok).then(|| {
+        format!(
+            "a token's name (before the first ':') must be 1 to {NAME_MAX_CHARS} of \
+             A-Z a-z 0-9 . _ @ -, got {} characters",
+            name.chars().count()
+        )
+    })
+}
+
+/// A comma-separated list: blanks around each entry ignored, empty entries dropped, a
+/// `name:` before a token taken as its name.
+fn tokens(list: &str) -> Vec<Token> {
     list.split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .map(digest)
+        .map(|entry| match entry.split_once(':') {
+            Some((name, token)) if bad_name(entry).is_none() => Token {
+                digest: digest(token.trim()),
+                name: Some(name.to_string()),
+            },
+            _ => Token {
+                digest: digest(entry),
+                name: None,
+            },
+        })
         .collect()
+}
+
+fn find<'a>(list: &'a [Token], given: &TokenDigest) -> Option<&'a Token> {
+    list.iter().find(|t| &t.digest == given)
 }
 
 impl Tokens {
     /// From `WRITE_TOKENS` and `FEED_TOKENS`; a `FEED_TOKENS` with no token in it is unset.
     pub fn from_lists(write: &str, feed: &str) -> Self {
-        let feed = digests(feed);
+        let feed = tokens(feed);
         Self {
-            write: digests(write),
+            write: tokens(write),
             feed: (!feed.is_empty()).then_some(feed),
+            operator: Vec::new(),
+        }
+    }
+
+    /// These, with `OPERATOR_TOKENS` as the tokens that may erase over HTTP.
+    pub fn with_operators(mut self, operator: &str) -> Self {
+        self.operator = tokens(operator);
+        self
+    }
+
+    /// `closed` or `token`: how `POST /todos/{id}/erase` is let through.
+    pub fn erase_mode(&self) -> &'static str {
+        if self.operator.is_empty() {
+            "closed"
+        } else {
+            "token"
         }
     }
 
@@ -89,23 +167,34 @@ impl Tokens {
     /// For the settings' log line: how many, never which.
     pub fn describe(&self) -> String {
         format!(
-            "writes {} ({} tokens), feed {} ({} tokens)",
+            "writes {} ({} tokens), feed {} ({} tokens), erase {} ({} tokens)",
             self.write_mode(),
             self.write.len(),
             self.feed_mode(),
-            self.feed.as_ref().map_or(0, Vec::len)
+            self.feed.as_ref().map_or(0, Vec::len),
+            self.erase_mode(),
+            self.operator.len()
         )
     }
 
-    /// Checks a request's `Authorization` header for `access`.
-    pub fn check(&self, access: Access, authorization: Option<&str>) -> Result<(), ApiError> {
-        let (allowed, what): (&[TokenDigest], &str) = match (access, &self.feed) {
+    /// Checks a request's `Authorization` header for `access`; passes with the name of its
+    /// token, or `anonymous`.
+    pub fn check(&self, access: Access, authorization: Option<&str>) -> Result<String, ApiError> {
+        let (allowed, what): (&[Token], &str) = match (access, &self.feed) {
             (Access::Write, _) => (&self.write, "writes"),
             (Access::Feed, Some(feed)) => (feed, "GET /events"),
             (Access::Feed, None) => (&self.write, "GET /events"),
+            (Access::Erase, _) => (&self.operator, "erasure"),
         };
         if allowed.is_empty() {
-            return Ok(());
+            if access == Access::Erase {
+                return Err(ApiError::Forbidden(
+                    "Erasure over HTTP is closed: set OPERATOR_TOKENS on this service, or run \
+                     `command-service erase <id>` where it can reach the database."
+                        .into(),
+                ));
+            }
+            return Ok(events::ANONYMOUS.to_string());
         }
         let Some(header) = authorization else {
             return Err(ApiError::Unauthorized(format!(
@@ -118,15 +207,24 @@ impl Tokens {
             ));
         };
         let given = digest(token);
-        if allowed.contains(&given) {
-            return Ok(());
+        if let Some(token) = find(allowed, &given) {
+            return Ok(token
+                .name
+                .clone()
+                .unwrap_or_else(|| events::ANONYMOUS.to_string()));
         }
         let refusal = match access {
-            Access::Write if self.feed.as_ref().is_some_and(|f| f.contains(&given)) => {
+            Access::Write
+                if self
+                    .feed
+                    .as_ref()
+                    .is_some_and(|f| find(f, &given).is_some()) =>
+            {
                 "This token may read GET /events only; it may not write."
             }
             Access::Write => "This bearer token may not write here.",
-            Access::Feed if self.feed.is_some() && self.write.contains(&given) => {
+            Access::Erase => "This bearer token may not erase here: erasure takes OPERATOR_TOKENS.",
+            Access::Feed if self.feed.is_some() && find(&self.write, &given).is_some() => {
                 "GET /events takes a token of FEED_TOKENS (set on this service); write tokens \
                  read no feed."
             }
@@ -162,9 +260,9 @@ mod tests {
         Forbidden,
     }
 
-    fn answer(result: Result<(), ApiError>) -> Answer {
+    fn answer(result: Result<String, ApiError>) -> Answer {
         match result {
-            Ok(()) => Answer::Pass,
+            Ok(_) => Answer::Pass,
             Err(ApiError::Unauthorized(_)) => Answer::Unauthorized,
             Err(ApiError::Forbidden(_)) => Answer::Forbidden,
             Err(other) => panic!("{other:?}"),
@@ -335,7 +433,54 @@ mod tests {
             );
         }
         let shown = Tokens::from_lists("s3cret-a, s3cret-b", "f33d").describe();
-        assert_eq!(shown, "writes token (2 tokens), feed feed-token (1 tokens)");
+        assert_eq!(
+            shown,
+            "writes token (2 tokens), feed feed-token (1 tokens), erase closed (0 tokens)"
+        );
         assert!(!shown.contains("s3cret") && !shown.contains("f33d"));
+    }
+
+    #[test]
+    fn a_named_token_writes_as_its_name_and_the_others_as_anonymous() {
+        let tokens = Tokens::from_lists("alice:a-s3cret, b-s3cret", "").with_operators("ops:o1");
+        let write = |h: &str| tokens.check(Access::Write, Some(h));
+        assert_eq!(write("Bearer a-s3cret").ok().as_deref(), Some("alice"));
+        assert_eq!(write("Bearer b-s3cret").ok().as_deref(), Some("anonymous"));
+        assert_eq!(
+            answer(write("Bearer alice:a-s3cret")),
+            Answer::Forbidden,
+            "the name is no part of the token"
+        );
+        let open = Tokens::default();
+        assert_eq!(
+            open.check(Access::Write, None).ok().as_deref(),
+            Some("anonymous")
+        );
+        // Erasure: closed without OPERATOR_TOKENS, operator tokens only with it.
+        assert_eq!(answer(open.check(Access::Erase, None)), Answer::Forbidden);
+        assert_eq!(
+            answer(tokens.check(Access::Erase, None)),
+            Answer::Unauthorized
+        );
+        assert_eq!(
+            answer(tokens.check(Access::Erase, Some("Bearer a-s3cret"))),
+            Answer::Forbidden
+        );
+        assert_eq!(
+            tokens
+                .check(Access::Erase, Some("Bearer o1"))
+                .ok()
+                .as_deref(),
+            Some("ops")
+        );
+        assert_eq!(
+            answer(tokens.check(Access::Write, Some("Bearer o1"))),
+            Answer::Forbidden
+        );
+        for bad in ["a b:t", ":t", "é:t", &format!("{}:t", "n".repeat(65))] {
+            assert!(bad_name(bad).is_some(), "{bad}");
+        }
+        assert_eq!(bad_name("no-name-here"), None);
+        assert_eq!(bad_name("ci.bot@example-1:t"), None);
     }
 }

@@ -58,6 +58,9 @@ pub fn route_table(state: State) -> Vec<Route> {
         Route::new("delete", "/todos/{id}", |name| {
             todos::delete(state.clone(), name)
         }),
+        Route::new("post", "/todos/{id}/erase", |name| {
+            todos::erase(state.clone(), name)
+        }),
         Route::new("get", "/events", |name| feed::feed(state.clone(), name)),
     ];
     table.extend(http::operator_routes(

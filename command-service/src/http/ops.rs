@@ -58,6 +58,7 @@ pub(super) fn ready(state: State) -> impl Filter<Extract = (Response,), Error = 
                     "relay_last_error": outbox.as_ref().and_then(|o| o.last_error.clone()),
                     "writes": state.tokens.write_mode(),
                     "feed": state.tokens.feed_mode(),
+                    "erase": state.tokens.erase_mode(),
                 }),
                 state.tasks.report(),
             )

@@ -2,10 +2,10 @@
 //! request (see [`super::extract`]), runs its command and answers the todo with its `ETag`
 //! (and `Location` for a created one, replayed or not).
 
-use super::auth::{authorized, Access};
+use super::auth::{authorized_as, Access};
 use super::extract::{idempotency_key, json_body, precondition, todo_id};
 use super::{json_response, with_state, State};
-use crate::commands::{Change, Created, Todo};
+use crate::commands::{Change, Created, Origin, Todo};
 use crate::error::ApiError;
 use crate::idempotency::Replayed;
 use crate::input;
@@ -14,6 +14,12 @@ use events::service::http::{answer, request_id, RouteName};
 use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
+
+/// The origin of a request's writes: its correlation id, a new id of its own as their cause,
+/// and who it is ([`Origin::traced`] adds its trace inside the request's span).
+fn origin(request_id: &str, actor: String) -> Origin {
+    Origin::new(request_id, actor)
+}
 
 fn todo_response(status: StatusCode, todo: &Todo) -> Response {
     let mut response = json_response(status, todo);
@@ -42,18 +48,18 @@ pub(super) fn create(
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("todos")
         .and(warp::post())
-        .and(authorized(state.tokens.clone(), Access::Write))
+        .and(authorized_as(state.tokens.clone(), Access::Write))
         .and(request_id())
         .and(warp::header::optional::<String>("idempotency-key"))
         .and(json_body(state.max_body_bytes))
         .and(with_state(state))
         .and_then(
-            move |id: String, key: Option<String>, body: Bytes, state: State| async move {
-                let correlation = id.clone();
+            move |actor: String, id: String, key: Option<String>, body: Bytes, state: State| async move {
+                let origin = origin(&id, actor);
                 answer::<ApiError, _>(state.metrics.http.clone(), id, route, async move {
                     let input = input::todo_input(&body)?;
                     let key = idempotency_key(key, &input)?;
-                    match state.commands.create(input, key, &correlation).await? {
+                    match state.commands.create(input, key, &origin.traced()).await? {
                         Created::New(todo) => Ok(created(StatusCode::CREATED, &todo)),
                         Created::Replayed(Replayed { status, todo }) => {
                             let status = StatusCode::from_u16(status).map_err(|e| {
@@ -82,22 +88,32 @@ fn update_route(
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("todos" / i64)
         .and(method)
-        .and(authorized(state.tokens.clone(), Access::Write))
+        .and(authorized_as(state.tokens.clone(), Access::Write))
         .and(request_id())
         .and(warp::header::optional::<String>("if-match"))
         .and(json_body(state.max_body_bytes))
         .and(with_state(state))
-        .and_then(move |id: i64, rid: String, if_match: Option<String>, body: Bytes, state: State| async move {
-            let correlation = rid.clone();
-            answer::<ApiError, _>(state.metrics.http.clone(), rid, route, async move {
-                let id = todo_id(id)?;
-                let change = parse(&body)?;
-                let precondition = precondition(if_match)?;
-                let todo = state.commands.update(id, change, precondition, &correlation).await?;
-                Ok(todo_response(StatusCode::OK, &todo))
-            })
-            .await
-        })
+        .and_then(
+            move |id: i64,
+                  actor: String,
+                  rid: String,
+                  if_match: Option<String>,
+                  body: Bytes,
+                  state: State| async move {
+                let origin = origin(&rid, actor);
+                answer::<ApiError, _>(state.metrics.http.clone(), rid, route, async move {
+                    let id = todo_id(id)?;
+                    let change = parse(&body)?;
+                    let precondition = precondition(if_match)?;
+                    let todo = state
+                        .commands
+                        .update(id, change, precondition, &origin.traced())
+                        .await?;
+                    Ok(todo_response(StatusCode::OK, &todo))
+                })
+                .await
+            },
+        )
 }
 
 pub(super) fn patch(
@@ -124,23 +140,48 @@ pub(super) fn delete(
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("todos" / i64)
         .and(warp::delete())
-        .and(authorized(state.tokens.clone(), Access::Write))
+        .and(authorized_as(state.tokens.clone(), Access::Write))
         .and(request_id())
         .and(warp::header::optional::<String>("if-match"))
         .and(with_state(state))
         .and_then(
-            move |id: i64, rid: String, if_match: Option<String>, state: State| async move {
-                let correlation = rid.clone();
+            move |id: i64, actor: String, rid: String, if_match: Option<String>, state: State| async move {
+                let origin = origin(&rid, actor);
                 answer::<ApiError, _>(state.metrics.http.clone(), rid, route, async move {
                     let id = todo_id(id)?;
                     let precondition = precondition(if_match)?;
                     let version = state
                         .commands
-                        .delete(id, precondition, &correlation)
+                        .delete(id, precondition, &origin.traced())
                         .await?;
                     let mut response = StatusCode::NO_CONTENT.into_response();
                     set_etag(&mut response, version);
                     Ok(response)
+                })
+                .await
+            },
+        )
+}
+
+/// `POST /todos/{id}/erase`: removes the todo's title and description from it and from every
+/// event of its history (see `Commands::erase`). Takes a token of `OPERATOR_TOKENS` only;
+/// closed (403) while that is unset.
+pub(super) fn erase(
+    state: State,
+    route: RouteName,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("todos" / i64 / "erase")
+        .and(warp::post())
+        .and(authorized_as(state.tokens.clone(), Access::Erase))
+        .and(request_id())
+        .and(with_state(state))
+        .and_then(
+            move |id: i64, actor: String, rid: String, state: State| async move {
+                let origin = origin(&rid, actor);
+                answer::<ApiError, _>(state.metrics.http.clone(), rid, route, async move {
+                    let id = todo_id(id)?;
+                    let erased = state.commands.erase(id, &origin.traced()).await?;
+                    Ok(json_response(StatusCode::OK, &erased))
                 })
                 .await
             },

@@ -184,6 +184,8 @@ mod tests {
             position: 1,
             occurred_at: chrono::Utc::now(),
             correlation_id: String::new(),
+            causation_id: None,
+            actor: None,
             data: None,
             changed: Vec::new(),
         })

@@ -121,6 +121,10 @@ where
             }
         })
         .unify();
+    let table = routes.clone();
+    let answered = answered
+        .with(warp::trace(move |info| server_span(&table, info)))
+        .map(Reply::into_response);
     warp::path::full().and(request_id()).and(answered).map(
         move |path: warp::path::FullPath, id: String, mut response: Response| {
             if response.status() == StatusCode::METHOD_NOT_ALLOWED {
@@ -140,19 +144,64 @@ where
     )
 }
 
+/// The server span of a request (OpenTelemetry's HTTP conventions), child of the trace its
+/// `traceparent` header names, or the root of a new one: named `METHOD /route/{template}` by
+/// the route table (the method alone for a path it does not serve); [`answer`] records the
+/// status. The probes (`/health`, `/ready`, `/metrics`) are not traced: an orchestrator's
+/// every-second calls would bury the requests.
+fn server_span(
+    routes: &[(&'static str, &'static str)],
+    info: warp::trace::Info<'_>,
+) -> tracing::Span {
+    let path = info.path();
+    if matches!(path, "/health" | "/ready" | "/metrics") {
+        return tracing::Span::none();
+    }
+    let method = info.method().as_str();
+    let route = routes
+        .iter()
+        .find(|(m, template)| m.eq_ignore_ascii_case(method) && matches_template(template, path))
+        .map(|(_, template)| *template);
+    let name = match route {
+        Some(template) => format!("{method} {template}"),
+        None => method.to_string(),
+    };
+    let span = tracing::info_span!(
+        "HTTP",
+        otel.name = name,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method,
+        url.path = path,
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    let traceparent = info
+        .request_headers()
+        .get(super::trace::TRACEPARENT)
+        .and_then(|v| v.to_str().ok());
+    super::trace::set_parent(&span, traceparent);
+    super::trace::record_trace_id(&span);
+    span
+}
+
+/// Whether `path` is one of `template`'s (a `{…}` segment matches any one segment).
+fn matches_template(template: &str, path: &str) -> bool {
+    let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let t: Vec<&str> = template.trim_end_matches('/').split('/').collect();
+    t.len() == parts.len()
+        && t.iter()
+            .zip(&parts)
+            .all(|(t, p)| t == p || (t.starts_with('{') && t.ends_with('}')))
+}
+
 /// The methods `routes` (method, path template) serve at `path`, upper case, comma-separated,
 /// as `Allow` lists them. A template's `{…}` segment matches any one segment.
 pub fn allowed(routes: &[(&str, &str)], path: &str) -> String {
-    let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     let mut methods: Vec<String> = routes
         .iter()
-        .filter(|(_, template)| {
-            let t: Vec<&str> = template.trim_end_matches('/').split('/').collect();
-            t.len() == parts.len()
-                && t.iter()
-                    .zip(&parts)
-                    .all(|(t, p)| t == p || (t.starts_with('{') && t.ends_with('}')))
-        })
+        .filter(|(_, template)| matches_template(template, path))
         .map(|(method, _)| method.to_uppercase())
         .collect();
     methods.sort();
@@ -194,7 +243,18 @@ where
     Fut: Future<Output = Result<Response, E>>,
 {
     let started = Instant::now();
-    let span = tracing::info_span!("request", correlation_id = %id, route);
+    let server = tracing::Span::current();
+    server.record("otel.name", route);
+    server.record(
+        "http.route",
+        route.split_once(' ').map_or(route, |(_, path)| path),
+    );
+    let span = tracing::info_span!(
+        "request",
+        correlation_id = %id,
+        route,
+        causation_id = tracing::field::Empty,
+    );
     let mut response = async {
         let response = work.await.unwrap_or_else(Into::into);
         tracing::info!(status = response.status().as_u16(), "request answered");
@@ -202,6 +262,11 @@ where
     }
     .instrument(span)
     .await;
+    let status = response.status().as_u16();
+    server.record("http.response.status_code", status);
+    if status >= 500 {
+        server.record("otel.status_code", "ERROR");
+    }
     metrics.observe(route, response.status().as_u16(), started.elapsed());
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);

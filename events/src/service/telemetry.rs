@@ -1,7 +1,11 @@
-//! Logging: `tracing` to stdout, human-readable or one JSON object per line (`LOG_FORMAT`).
+//! Logging: `tracing` to stdout, human-readable or one JSON object per line (`LOG_FORMAT`),
+//! each line with the spans it is in (a request's carries its `trace_id`); and traces, every
+//! span an OpenTelemetry one ([`super::trace`]).
 
 use serde::{Deserialize, Serialize};
-use tracing_subscriber::{fmt, EnvFilter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, EnvFilter, Layer};
 
 /// `LOG_FORMAT`: `pretty` (default) or `json`.
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
@@ -27,29 +31,44 @@ impl<'de> Deserialize<'de> for LogFormat {
     }
 }
 
-/// Installs the global subscriber. Safe to call more than once (later calls do nothing), so
-/// tests that build several applications in one process can all call it.
-pub fn init(format: LogFormat, filter: &str) {
-    init_with_writer(format, filter, std::io::stdout);
+/// Installs the global subscriber for `service` (the name its traces carry). Safe to call more
+/// than once (later calls do nothing), so tests that build several applications in one process
+/// can all call it.
+pub fn init(service: &'static str, format: LogFormat, filter: &str) {
+    init_with_writer(service, format, filter, std::io::stdout);
 }
 
 /// Like [`init`], writing to `writer` (tests capture the log this way).
-pub fn init_with_writer<W>(format: LogFormat, filter: &str, writer: W)
+pub fn init_with_writer<W>(service: &'static str, format: LogFormat, filter: &str, writer: W)
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt()
+    let mut filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    // warp's trace filter (which opens the requests' server spans) would log every 4xx.
+    if let Ok(quiet) = "warp::filters::trace=error".parse() {
+        filter = filter.add_directive(quiet);
+    }
+    let lines = fmt::layer()
         .with_writer(writer)
-        .with_env_filter(filter)
         .with_target(true)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    let _ = match format {
-        LogFormat::Json => builder
+    let lines = match format {
+        LogFormat::Json => lines
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .try_init(),
-        LogFormat::Pretty => builder.compact().try_init(),
+            .with_span_list(true)
+            .boxed(),
+        LogFormat::Pretty => lines.compact().boxed(),
     };
+    // Traces take the services' own spans whatever `RUST_LOG` says of the log: a quieter log
+    // never drops a span from a trace.
+    let traced = tracing_subscriber::filter::Targets::new()
+        .with_target("events", tracing::Level::INFO)
+        .with_target("command_service", tracing::Level::INFO)
+        .with_target("query_service", tracing::Level::INFO);
+    let _ = tracing_subscriber::registry()
+        .with(lines.with_filter(filter))
+        .with(super::trace::layer(service).with_filter(traced))
+        .try_init();
 }

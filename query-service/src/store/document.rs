@@ -2,7 +2,10 @@
 //! back as a [`Todo`] or a tombstone, and the timestamps they hold.
 //!
 //! `todos` documents: `{ _id, version, title, description, completed, created_at,
-//! updated_at, due_at, deleted, deleted_at?, last_event_id, last_position, projected_at }`
+//! updated_at, due_at, erased_at, deleted, deleted_at?, last_event_id, last_position,
+//! last_actor, last_causation_id, last_correlation_id, projected_at }` (the `last_` fields
+//! are the newest event's: who wrote it and why; `null` for an event written before version 3
+//! of the contract)
 //! and, on a live todo only, its sort keys ([`SORT_KEYS`]: four, and two more when it has a
 //! due date); `_id` = the todo id. Timestamps are
 //! stored as fixed-width RFC 3339 strings with microseconds, so they sort as text and read
@@ -85,10 +88,14 @@ pub(super) fn sort_keys(id: i64, completed: bool, times: [Option<&str>; 3]) -> D
 /// The version-guarded upsert of one event: its filter and its update.
 pub(super) fn guarded_upsert(e: &Envelope) -> (Document, Document) {
     let now = timestamp(Utc::now());
+    let text = |s: &Option<String>| s.clone().map_or(Bson::Null, Bson::String);
     let mut set = doc! {
         "version": e.version,
         "last_event_id": e.event_id.to_string(),
         "last_position": e.position,
+        "last_actor": text(&e.actor),
+        "last_causation_id": text(&e.causation_id),
+        "last_correlation_id": &e.correlation_id,
         "projected_at": &now,
     };
     let mut update = Document::new();
@@ -103,6 +110,12 @@ pub(super) fn guarded_upsert(e: &Envelope) -> (Document, Document) {
                     .unwrap_or(Bson::Null),
             );
             set.insert("completed", data.completed);
+            set.insert(
+                "erased_at",
+                data.erased_at
+                    .map(timestamp)
+                    .map_or(Bson::Null, Bson::String),
+            );
             let (created, updated) = (timestamp(data.created_at), timestamp(data.updated_at));
             let due = data.due_at.map(timestamp);
             set.extend(sort_keys(
@@ -127,7 +140,9 @@ pub(super) fn guarded_upsert(e: &Envelope) -> (Document, Document) {
         _ => {
             set.insert("deleted", true);
             set.insert("deleted_at", timestamp(e.occurred_at));
-            let mut unset = doc! { "title": "", "description": "", "completed": "", "due_at": "" };
+            let mut unset = doc! {
+                "title": "", "description": "", "completed": "", "due_at": "", "erased_at": ""
+            };
             for (field, _, _) in SORT_KEYS {
                 unset.insert(field, "");
             }
@@ -213,12 +228,20 @@ pub(super) fn from_document(d: &Document) -> Option<Stored> {
         created_at: parse_timestamp(d.get_str("created_at").ok()?)?,
         updated_at: parse_timestamp(d.get_str("updated_at").ok()?)?,
         // Absent on a document written before due dates, null without one.
-        due_at: match d.get("due_at") {
-            None | Some(Bson::Null) => None,
-            Some(Bson::String(s)) => Some(parse_timestamp(s)?),
-            Some(_) => return None,
-        },
+        due_at: optional_timestamp(d, "due_at")?,
+        // Absent on a document written before erasure, null when never erased.
+        erased_at: optional_timestamp(d, "erased_at")?,
     }))
+}
+
+/// An optional timestamp field: `Some(None)` when absent or null, `None` when it is of another
+/// type or no timestamp (the document is unreadable).
+fn optional_timestamp(d: &Document, field: &str) -> Option<Option<DateTime<Utc>>> {
+    match d.get(field) {
+        None | Some(Bson::Null) => Some(None),
+        Some(Bson::String(s)) => Some(Some(parse_timestamp(s)?)),
+        Some(_) => None,
+    }
 }
 
 #[cfg(test)]

@@ -118,6 +118,10 @@ pub struct Todo {
     pub updated_at: DateTime<Utc>,
     /// When the todo is due; `null` when it has no due date.
     pub due_at: Option<DateTime<Utc>>,
+    /// When its title and description were erased; `null` when never (its title then reads
+    /// `(erased)`).
+    #[serde(default)]
+    pub erased_at: Option<DateTime<Utc>>,
 }
 
 impl Todo {
@@ -134,6 +138,7 @@ impl Todo {
                     created_at: data.created_at,
                     updated_at: data.updated_at,
                     due_at: data.due_at,
+                    erased_at: data.erased_at,
                 })
             }
             _ => None,

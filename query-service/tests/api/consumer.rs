@@ -26,6 +26,8 @@ fn created(todo_id: i64, title: &str) -> Envelope {
         position: todo_id,
         occurred_at: at,
         correlation_id: format!("consumer-{todo_id}"),
+        causation_id: None,
+        actor: None,
         data: Some(TodoState {
             title: title.to_string(),
             description: None,
@@ -33,6 +35,7 @@ fn created(todo_id: i64, title: &str) -> Envelope {
             created_at: at,
             updated_at: at,
             due_at: None,
+            erased_at: None,
         }),
         changed: Vec::new(),
     }

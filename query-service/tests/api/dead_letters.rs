@@ -20,6 +20,8 @@ fn created(todo_id: i64, title: &str) -> Envelope {
         position: todo_id,
         occurred_at: at,
         correlation_id: "dead-letters".into(),
+        causation_id: None,
+        actor: None,
         data: Some(TodoState {
             title: title.into(),
             description: None,
@@ -27,6 +29,7 @@ fn created(todo_id: i64, title: &str) -> Envelope {
             created_at: at,
             updated_at: at,
             due_at: Some(at + chrono::Duration::days(3)),
+            erased_at: None,
         }),
         changed: Vec::new(),
     }

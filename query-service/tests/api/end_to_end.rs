@@ -156,6 +156,8 @@ fn foreign_message(todo_id: i64, schema_version: i64, version: i64) -> Vec<u8> {
         position: todo_id,
         occurred_at: at,
         correlation_id: "foreign".into(),
+        causation_id: None,
+        actor: None,
         data: Some(events::TodoState {
             title: "never written on the command side".into(),
             description: None,
@@ -163,6 +165,7 @@ fn foreign_message(todo_id: i64, schema_version: i64, version: i64) -> Vec<u8> {
             created_at: at,
             updated_at: at,
             due_at: None,
+            erased_at: None,
         }),
         changed: Vec::new(),
     };

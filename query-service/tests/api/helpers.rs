@@ -188,6 +188,8 @@ pub struct Process {
     pub child: Child,
     pub address: String,
     pub port: u16,
+    /// Every line it wrote to stdout so far (its JSON log).
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Drop for Process {
@@ -198,30 +200,80 @@ impl Drop for Process {
     }
 }
 
-pub async fn start_query_process(names: &Names) -> Process {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_query-service"));
-    for (k, v) in names.query_vars() {
-        cmd.env(k, v);
+impl Process {
+    /// The log lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+}
+
+pub async fn start_query_process(names: &Names) -> Process {
+    let vars = names.query_vars();
+    start_process(
+        env!("CARGO_BIN_EXE_query-service"),
+        &vars,
+        "query_service",
+        "query-service listening",
+    )
+    .await
+}
+
+/// command-service's binary, which the workspace's test build builds beside this crate's:
+/// `target/<profile>/command-service`, next to the `deps/` this test binary runs from.
+pub fn command_service_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let binary = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("command-service"))
+        .expect("target/<profile>/");
+    assert!(
+        binary.exists(),
+        "{} is missing: build the workspace's tests (cargo nextest run --workspace, or \
+         cargo build -p command-service) first",
+        binary.display()
+    );
+    binary
+}
+
+/// A service binary as a real process with `vars`, JSON logs at info for `crate_name` (unless
+/// `vars` sets `RUST_LOG`), on a port the OS picks, read back from its `message` log line.
+pub async fn start_process(
+    binary: impl AsRef<std::ffi::OsStr>,
+    vars: &[(String, String)],
+    crate_name: &str,
+    message: &'static str,
+) -> Process {
+    let mut cmd = Command::new(binary);
     let filter = std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into());
     cmd.env("HTTP_ADDR", "127.0.0.1:0")
         .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", format!("{filter},query_service=info"))
+        .env("RUST_LOG", format!("{filter},{crate_name}=info"))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    let mut child = cmd.spawn().expect("query-service binary starts");
+    // The caller's own variables win (a `RUST_LOG` of its own too).
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("the binary starts");
     let stdout = child.stdout.take().expect("stdout piped");
-    let port = listening_port(stdout, "query-service listening").await;
+    let log: Arc<Mutex<Vec<String>>> = Arc::default();
+    let port = listening_port(stdout, message, log.clone()).await;
     Process {
         child,
         address: format!("http://127.0.0.1:{port}"),
         port,
+        log,
     }
 }
 
 /// Reads a process's JSON log up to the line `message` and returns the port of its `addr`. The
-/// rest of the log is read and dropped, so the process never blocks on a full pipe.
-async fn listening_port(stdout: std::process::ChildStdout, message: &'static str) -> u16 {
+/// rest of the log is read and kept in `log`, so the process never blocks on a full pipe.
+async fn listening_port(
+    stdout: std::process::ChildStdout,
+    message: &'static str,
+    log: Arc<Mutex<Vec<String>>>,
+) -> u16 {
     use std::io::BufRead;
     let (tx, rx) = oneshot::channel::<Option<u16>>();
     std::thread::spawn(move || {
@@ -236,6 +288,7 @@ async fn listening_port(stdout: std::process::ChildStdout, message: &'static str
                     .and_then(|v| v["addr"].as_str()?.rsplit(':').next()?.parse().ok());
                 let _ = tx.send(port);
             }
+            log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
         }
     });
     tokio::time::timeout(Duration::from_secs(60), rx)
@@ -437,6 +490,7 @@ impl LineCounter {
         };
         let sink = counter.clone();
         query_service::telemetry::init_with_writer(
+            "test",
             query_service::settings::LogFormat::Json,
             filter,
             move || sink.clone(),

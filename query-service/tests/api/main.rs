@@ -21,4 +21,5 @@ mod replay;
 mod replicas;
 mod shutdown;
 mod stream;
+mod traces;
 mod verify;

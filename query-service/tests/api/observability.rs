@@ -52,6 +52,7 @@ async fn a_request_id_is_followed_from_the_write_to_the_projection() {
     let sink = captured.clone();
     // Each projected event is logged at debug (one info line per batch).
     query_service::telemetry::init_with_writer(
+        "test",
         query_service::settings::LogFormat::Json,
         "info,query_service::consumer=debug",
         move || sink.clone(),

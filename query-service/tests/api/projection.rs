@@ -22,6 +22,8 @@ fn event(todo_id: i64, version: i64, kind: EventType, title: &str, completed: bo
         position: todo_id * 100 + version,
         occurred_at: at,
         correlation_id: format!("test-{todo_id}-{version}"),
+        causation_id: None,
+        actor: None,
         data: (kind != EventType::TodoDeleted).then(|| TodoState {
             title: title.to_string(),
             description: None,
@@ -29,6 +31,7 @@ fn event(todo_id: i64, version: i64, kind: EventType, title: &str, completed: bo
             created_at: base + Span::seconds(todo_id * 100 + 1),
             updated_at: at,
             due_at: None,
+            erased_at: None,
         }),
         changed: if kind == EventType::TodoUpdated {
             vec![Field::Title, Field::Completed]

@@ -20,6 +20,8 @@ fn created(todo_id: i64, completed: bool) -> Envelope {
         position: todo_id,
         occurred_at: at,
         correlation_id: "reads".into(),
+        causation_id: None,
+        actor: None,
         data: Some(TodoState {
             title: format!("todo {todo_id}"),
             description: None,
@@ -27,6 +29,7 @@ fn created(todo_id: i64, completed: bool) -> Envelope {
             created_at: at,
             updated_at: at,
             due_at: None,
+            erased_at: None,
         }),
         changed: Vec::new(),
     }
@@ -416,6 +419,8 @@ fn timed(todo_id: i64, version: i64, completed: bool) -> Envelope {
         position: todo_id * 10 + version,
         occurred_at: updated_at,
         correlation_id: "reads".into(),
+        causation_id: None,
+        actor: None,
         data: Some(TodoState {
             title: format!("todo {todo_id} v{version}"),
             description: None,
@@ -423,6 +428,7 @@ fn timed(todo_id: i64, version: i64, completed: bool) -> Envelope {
             created_at,
             updated_at,
             due_at: None,
+            erased_at: None,
         }),
         changed: if version == 1 {
             Vec::new()

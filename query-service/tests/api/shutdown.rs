@@ -29,6 +29,8 @@ fn event(todo_id: i64, version: i64) -> Envelope {
         position: todo_id * 10 + version,
         occurred_at: at,
         correlation_id: format!("shutdown-{todo_id}-{version}"),
+        causation_id: None,
+        actor: None,
         data: Some(TodoState {
             title: format!("todo {todo_id} v{version}"),
             description: None,
@@ -36,6 +38,7 @@ fn event(todo_id: i64, version: i64) -> Envelope {
             created_at: at,
             updated_at: at + chrono::Duration::seconds(version),
             due_at: None,
+            erased_at: None,
         }),
         changed: if version == 1 {
             Vec::new()

@@ -232,6 +232,8 @@ fn created(todo_id: i64) -> events::Envelope {
         position: todo_id,
         occurred_at: at,
         correlation_id: "stream".into(),
+        causation_id: None,
+        actor: None,
         data: Some(events::TodoState {
             title: format!("{todo_id} {}", "x".repeat(180)),
             description: Some("y".repeat(1900)),
@@ -239,6 +241,7 @@ fn created(todo_id: i64) -> events::Envelope {
             created_at: at,
             updated_at: at,
             due_at: None,
+            erased_at: None,
         }),
         changed: Vec::new(),
     }

@@ -97,6 +97,9 @@ pub async fn log_size(config: &Config, database: &str) -> anyhow::Result<(i64, i
 pub fn pgbench_script(config: &Config) -> anyhow::Result<PathBuf> {
     let data = r#"'{"title": "bench todo", "description": "written by pgbench", "completed": false, "created_at": "2026-11-25T00:00:00Z", "updated_at": "2026-11-25T00:00:00Z"}'::jsonb"#;
     let values = [
+        ("$11", "NULL"),
+        ("$10", "'anonymous'"),
+        ("$9", "gen_random_uuid()::text"),
         ("$8", "NULL"),
         ("$7", data),
         ("$6", "'pgbench'"),
@@ -268,6 +271,8 @@ fn created(todo_id: i64) -> Envelope {
         position: todo_id,
         occurred_at: at,
         correlation_id: "bench".into(),
+        causation_id: None,
+        actor: None,
         data: Some(TodoState {
             title: format!("bench todo {todo_id}"),
             description: Some("written by scripts/bench.sh".into()),
@@ -275,6 +280,7 @@ fn created(todo_id: i64) -> Envelope {
             created_at: at,
             updated_at: at,
             due_at: None,
+            erased_at: None,
         }),
         changed: Vec::new(),
     }

@@ -987,6 +987,8 @@ fn forged(todo_id: i64, version: i64, title: &str) -> events::Envelope {
         position: 1,
         occurred_at: at,
         correlation_id: "abuse".into(),
+        causation_id: None,
+        actor: None,
         data: Some(events::TodoState {
             title: title.into(),
             description: None,
@@ -994,6 +996,7 @@ fn forged(todo_id: i64, version: i64, title: &str) -> events::Envelope {
             created_at: at,
             updated_at: at,
             due_at: None,
+            erased_at: None,
         }),
         changed: vec![events::Field::Completed],
     }

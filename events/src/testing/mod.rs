@@ -4,6 +4,8 @@
 //! `scripts/dev-services.sh`. Nothing here is a stand-in for a service: tests run against the
 //! real PostgreSQL, RabbitMQ and MongoDB-wire server the script starts.
 
+pub mod otlp;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -13,7 +15,11 @@ pub fn init_logs() {
     static INIT: std::sync::Once = std::sync::Once::new();
     INIT.call_once(|| {
         let filter = std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into());
-        crate::service::telemetry::init(crate::service::telemetry::LogFormat::Pretty, &filter);
+        crate::service::telemetry::init(
+            "test",
+            crate::service::telemetry::LogFormat::Pretty,
+            &filter,
+        );
     });
 }
 

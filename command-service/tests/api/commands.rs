@@ -184,19 +184,20 @@ async fn a_due_date_is_set_on_create_changed_and_cleared_and_every_event_carries
             )
         })
         .collect();
+    let v = i64::from(events::SCHEMA_VERSION);
     assert_eq!(
         dues,
         [
-            (2, json!("2027-04-16T03:59:00.123456Z"), json!([])),
-            (2, json!("2027-05-01T12:00:00Z"), json!(["due_at"])),
-            (2, json!("2027-05-01T12:00:00Z"), json!(["completed"])),
-            (2, Value::Null, json!(["due_at"])),
+            (v, json!("2027-04-16T03:59:00.123456Z"), json!([])),
+            (v, json!("2027-05-01T12:00:00Z"), json!(["due_at"])),
+            (v, json!("2027-05-01T12:00:00Z"), json!(["completed"])),
+            (v, Value::Null, json!(["due_at"])),
             (
-                2,
+                v,
                 json!("2028-01-01T00:00:00Z"),
                 json!(["completed", "due_at"])
             ),
-            (2, Value::Null, json!(["due_at"])),
+            (v, Value::Null, json!(["due_at"])),
         ]
     );
     app.stop().await;

@@ -9,6 +9,7 @@ mod commands;
 mod cors;
 mod demo;
 mod dev_services;
+mod erase;
 mod feed;
 mod generated_input;
 mod helpers;

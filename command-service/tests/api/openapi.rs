@@ -3,7 +3,6 @@
 //! without a store outage, has a documented status, content type and a body that fits the
 //! documented schema (no field missing, none undocumented, every type right).
 
-use crate::helpers::*;
 use events::service::openapi::{check_answer, operations, template_of};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -20,7 +19,11 @@ type Case<'a> = (
 
 #[tokio::test]
 async fn every_answer_fits_the_schema_documented_for_its_route_and_status() {
-    let app = spawn_app().await;
+    let app = command_service::testing::spawn_app_with(command_service::testing::Options {
+        extra: vec![("OPERATOR_TOKENS", "dpo:o1".into())],
+        ..Default::default()
+    })
+    .await;
     let doc: Value = app
         .client
         .get(app.url("/openapi.json"))
@@ -168,6 +171,38 @@ async fn every_answer_fits_the_schema_documented_for_its_route_and_status() {
             "/openapi.json".into(),
             None,
             vec![],
+            String::new(),
+            200,
+        ),
+        (
+            "POST",
+            format!("{todo}/erase"),
+            None,
+            vec![],
+            String::new(),
+            401,
+        ),
+        (
+            "POST",
+            format!("{todo}/erase"),
+            None,
+            vec![("authorization", "Bearer w-not-an-operator")],
+            String::new(),
+            403,
+        ),
+        (
+            "POST",
+            "/todos/999999/erase".into(),
+            None,
+            vec![("authorization", "Bearer o1")],
+            String::new(),
+            404,
+        ),
+        (
+            "POST",
+            format!("{todo}/erase"),
+            None,
+            vec![("authorization", "Bearer o1")],
             String::new(),
             200,
         ),

@@ -214,6 +214,12 @@ pub struct ReplayPage {
 }
 
 impl Store {
+    /// One todo's document: a point read (a span of its own in a read's trace).
+    #[tracing::instrument(
+        name = "find todos",
+        skip_all,
+        fields(otel.kind = "client", db.system.name = "mongodb", db.operation.name = "find", todo_id = id)
+    )]
     pub async fn get(&self, id: i64) -> Result<Option<Stored>, ReadError> {
         self.gen()
             .todos
@@ -257,6 +263,11 @@ impl Store {
     }
 
     /// One page of live todos, and the cursor of the next page when more may follow.
+    #[tracing::instrument(
+        name = "list todos",
+        skip_all,
+        fields(otel.kind = "client", db.system.name = "mongodb", db.operation.name = "find")
+    )]
     pub async fn list(&self, q: &ListQuery) -> Result<(Vec<Todo>, Option<Cursor>), ReadError> {
         // Overdue and completed: nothing is both.
         if q.due_before.is_some() && q.completed == Some(true) {

@@ -7,6 +7,7 @@ mod convergence;
 mod dead_letters;
 mod deploy;
 mod end_to_end;
+mod erasure;
 mod feed_tokens;
 mod helpers;
 mod lag;

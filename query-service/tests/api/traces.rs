@@ -92,8 +92,15 @@ async fn one_post_is_one_trace_across_both_services_in_parent_order() {
         .await
         .expect("the todo");
     let id = created["id"].as_i64().expect("id");
-    let read = client
+    // Readable first (outside the trace), so the traced read is a read of MongoDB, not a wait
+    // answered by the projection's notice.
+    let _ = client
         .get(format!("{}/todos/{id}?min_version=1", query.address))
+        .send()
+        .await
+        .expect("GET");
+    let read = client
+        .get(format!("{}/todos/{id}", query.address))
         .header("traceparent", &traceparent)
         .send()
         .await
@@ -161,6 +168,15 @@ async fn one_post_is_one_trace_across_both_services_in_parent_order() {
     });
     assert_eq!(get.name, "GET /todos/{id}", "{shown}");
     assert_eq!(get.attribute("http.response.status_code"), Some("200"));
+    let find = one(&spans, "the read's MongoDB find", |s| {
+        s.name == "find todos"
+    });
+    assert_eq!(find.attribute("db.system.name"), Some("mongodb"));
+    let read_request = one(&spans, "the read's request span", |s| {
+        s.service == "query-service" && s.name == "request"
+    });
+    assert_eq!(read_request.parent_span_id, get.span_id, "{shown}");
+    assert_eq!(find.parent_span_id, read_request.span_id, "{shown}");
 
     // The logs of both carry the trace id.
     for (service, process) in [("command-service", &command), ("query-service", &query)] {

@@ -7,12 +7,23 @@ use serde_json::{json, Value};
 
 /// Runs `query-service verify <command_url> [args]` as an operator would. Off the runtime's
 /// thread: command-service answers from this test's runtime.
-async fn run_verify(names: &Names, command_url: &str, args: &[&str]) -> (bool, String) {
+pub(crate) async fn run_verify(names: &Names, command_url: &str, args: &[&str]) -> (bool, String) {
+    run_verify_with(names, command_url, args, &[]).await
+}
+
+/// [`run_verify`] with more variables (a `FEED_TOKEN`).
+pub(crate) async fn run_verify_with(
+    names: &Names,
+    command_url: &str,
+    args: &[&str],
+    vars: &[(&str, &str)],
+) -> (bool, String) {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_query-service"));
     command
         .arg("verify")
         .arg(command_url)
         .args(args)
+        .envs(vars.iter().copied())
         .env("MONGODB_URI", mongodb_uri())
         .env("MONGODB_DB", &names.mongo_db)
         .env("RUST_LOG", "warn");

@@ -222,6 +222,20 @@ struct Fields {
 }
 
 impl Fields {
+    /// The fields of the contract that differ from `current`'s, as an event's `changed`
+    /// names them.
+    fn changed_from(&self, current: &Todo) -> Vec<Field> {
+        [
+            (Field::Title, self.title != current.title),
+            (Field::Description, self.description != current.description),
+            (Field::Completed, self.completed != current.completed),
+            (Field::DueAt, self.due_at != current.due_at),
+        ]
+        .into_iter()
+        .filter_map(|(field, differs)| differs.then_some(field))
+        .collect()
+    }
+
     fn of(input: &TodoInput) -> Self {
         Fields {
             title: input.title.clone(),
@@ -484,19 +498,7 @@ impl Commands {
                 fields.erased_at = current.erased_at.filter(|_| {
                     fields.title == events::ERASED_TITLE && fields.description.is_none()
                 });
-                let mut changed = Vec::new();
-                if fields.title != current.title {
-                    changed.push(Field::Title);
-                }
-                if fields.description != current.description {
-                    changed.push(Field::Description);
-                }
-                if fields.completed != current.completed {
-                    changed.push(Field::Completed);
-                }
-                if fields.due_at != current.due_at {
-                    changed.push(Field::DueAt);
-                }
+                let changed = fields.changed_from(&current);
                 if changed.is_empty() {
                     return Ok((current, false));
                 }
@@ -561,9 +563,10 @@ impl Commands {
                     "title": events::ERASED_TITLE,
                     "description": null,
                 });
-                let mut marked = text.clone();
+                let mut marked = text;
                 marked["erased_at"] = serde_json::to_value(at)
                     .map_err(|e| CommandError::Internal(anyhow::Error::new(e)))?;
+                let marked_answer = marked.clone();
                 // Every event that still holds text (an erased one keeps its first erasure).
                 let events_erased = prepared(
                     "UPDATE events SET data = data || $2 \
@@ -592,11 +595,17 @@ impl Commands {
                     }
                     Some(current) => Some(erase_row(conn, current, at, origin).await?),
                 };
-                // The stored answer of the creation (a todo as it was created).
+                // The stored answer of the creation (a todo as it was created), and the hash
+                // of its request, which would confirm a guess of the text.
                 prepared(
-                    "UPDATE idempotency_keys SET response_body = response_body || $2 \
+                    "UPDATE idempotency_keys SET response_body = response_body || $2, \
+                                                 request_hash = $3 \
                      WHERE response_body->>'id' = $1::text",
-                    (bind::<BigInt, _>(id), bind::<Jsonb, _>(text)),
+                    (
+                        bind::<BigInt, _>(id),
+                        bind::<Jsonb, _>(marked_answer),
+                        bind::<Text, _>(crate::idempotency::ERASED_REQUEST),
+                    ),
                 )
                 .execute(conn)
                 .await?;
@@ -725,13 +734,7 @@ async fn erase_row(
         due_at: current.due_at,
         erased_at: Some(at),
     };
-    let mut changed = Vec::new();
-    if fields.title != current.title {
-        changed.push(Field::Title);
-    }
-    if fields.description != current.description {
-        changed.push(Field::Description);
-    }
+    let changed = fields.changed_from(&current);
     let todo = write_update(
         conn,
         current.id,

@@ -10,6 +10,13 @@ const USAGE: &str =
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let result = run().await;
+    // The spans not yet exported (a batch leaves every few seconds), whatever the outcome.
+    events::service::trace::flush();
+    result
+}
+
+async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -17,18 +24,14 @@ async fn main() -> anyhow::Result<()> {
         Some("healthcheck") => return command_service::healthcheck(&settings.http_addr).await,
         Some("erase") => {
             telemetry::init("command-service", settings.log_format, &settings.rust_log);
-            let result = erase(settings, &args[1..]).await;
-            events::service::trace::flush();
-            return result;
+            return erase(settings, &args[1..]).await;
         }
         Some(other) => anyhow::bail!("unknown command {other:?}\n{USAGE}"),
     }
     telemetry::init("command-service", settings.log_format, &settings.rust_log);
     tracing::info!(?settings, "starting command-service");
     let app = Application::build(settings).await?;
-    let result = app.run(shutdown::signal()).await;
-    events::service::trace::flush();
-    result
+    app.run(shutdown::signal()).await
 }
 
 /// `command-service erase <id> [--actor NAME]`: the erasure `POST /todos/{id}/erase` makes,
@@ -45,7 +48,7 @@ async fn erase(settings: Settings, args: &[String]) -> anyhow::Result<()> {
         .ok()
         .filter(|n| events::limits::in_id_range(*n))
         .with_context(|| format!("erase: {id:?} is not a todo id (1 to 2^53 - 1)"))?;
-    if let Some(why) = command_service::http::auth::bad_name(&format!("{actor}:")) {
+    if let Some(why) = events::service::tokens::bad_entry(&format!("{actor}:-")) {
         anyhow::bail!("erase: --actor: {why}");
     }
     let erased = command_service::erase(&settings, id, actor).await?;

@@ -311,7 +311,9 @@ async fn connect(config: &RelayConfig) -> anyhow::Result<(Connection, Channel)> 
 
 /// Publishes the events after the cursor (at most a batch) and moves the cursor past the
 /// confirmed prefix, in one transaction.
-#[tracing::instrument(skip_all)]
+// At debug: a round is no trace of its own (an idle relay polls; a standby one retries every
+// few milliseconds), only its events' publish spans are, in their writes' traces.
+#[tracing::instrument(level = "debug", skip_all)]
 async fn publish_round(
     pool: &PgPool,
     channel: &Channel,
@@ -354,14 +356,18 @@ async fn publish_round(
                     envelope,
                     traceparent.as_deref(),
                 )
-                .instrument(span);
+                .instrument(span.clone());
+                // The span stays open until the broker confirms (or not): a publish is done
+                // when it is confirmed.
                 match tokio::time::timeout_at(publishing, publishing_one).await {
-                    Ok(Ok(confirm)) => pending.push((envelope.position, confirm)),
+                    Ok(Ok(confirm)) => pending.push((envelope.position, confirm, span)),
                     Ok(Err(err)) => {
+                        span.record("otel.status_code", "ERROR");
                         failure = Some(Failure::Broker(err.to_string()));
                         break;
                     }
                     Err(_) => {
+                        span.record("otel.status_code", "ERROR");
                         failure = Some(Failure::Broker(format!(
                             "publishing timed out after {limit} ms"
                         )));
@@ -374,7 +380,7 @@ async fn publish_round(
             let mut confirmed: Option<i64> = None;
             let mut published = 0;
             let confirming = Instant::now() + config.timeout;
-            for (position, confirm) in pending {
+            for (position, confirm, span) in pending {
                 let refused = match tokio::time::timeout_at(confirming, confirm).await {
                     Ok(Ok(Confirmation::Ack(None))) => {
                         confirmed = Some(position);
@@ -396,6 +402,7 @@ async fn publish_round(
                         Failure::Broker(format!("publisher confirm timed out after {limit} ms"))
                     }
                 };
+                span.record("otel.status_code", "ERROR");
                 // The first failure is the one to report; nothing after it is marked.
                 failure.get_or_insert(refused);
                 break;
@@ -436,7 +443,7 @@ fn publish_span(exchange: &str, logged: &event_log::Logged) -> tracing::Span {
         otel.name = %format!("publish {exchange}"),
         otel.kind = "producer",
         messaging.system = "rabbitmq",
-        messaging.operation.type = "publish",
+        messaging.operation.type = "send",
         messaging.operation.name = "publish",
         messaging.destination.name = exchange,
         messaging.rabbitmq.destination.routing_key = envelope.routing_key(),
@@ -444,6 +451,7 @@ fn publish_span(exchange: &str, logged: &event_log::Logged) -> tracing::Span {
         todo_id = envelope.todo_id,
         version = envelope.version,
         position = envelope.position,
+        otel.status_code = tracing::field::Empty,
     );
     events::service::trace::set_parent(&span, logged.traceparent.as_deref());
     span

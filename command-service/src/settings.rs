@@ -220,11 +220,7 @@ impl Settings {
             ("FEED_TOKENS", &settings.feed_tokens),
             ("OPERATOR_TOKENS", &settings.operator_tokens),
         ] {
-            if let Some(why) = list.split(',').find_map(crate::http::auth::bad_name) {
-                return Err(envy::Error::Custom(format!(
-                    "{name}: {why}; write each entry as token or name:token"
-                )));
-            }
+            events::service::tokens::check_list(name, list).map_err(envy::Error::Custom)?;
         }
         for entry in settings.cors_origins() {
             if let Err(why) = events::service::check_origin(&entry) {

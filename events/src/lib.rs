@@ -471,6 +471,42 @@ mod tests {
     }
 
     #[test]
+    fn a_newer_version_is_read_as_this_one_without_what_it_does_not_know() {
+        let newer = UPDATED
+            .replace("\"schema_version\": 3", "\"schema_version\": 4")
+            .replace(
+                "\"due_at\": \"2026-11-30T17:00:00Z\"",
+                "\"due_at\": \"2026-11-30T17:00:00Z\", \"priority\": \"high\", \"tags\": [\"a\"]",
+            )
+            .replace("\"changed\":", "\"tenant\": \"acme\", \"changed\":")
+            .replace("\"description\"]", "\"description\", \"priority\"]");
+        assert!(newer.contains("\"tenant\"") && newer.contains("\"priority\": \"high\""));
+        let read = Envelope::from_json(newer.as_bytes()).expect("a version 4 event is read");
+        assert_eq!(
+            read,
+            Envelope::from_json(UPDATED.as_bytes()).expect("version 3"),
+            "read as this version: the unknown fields are left out"
+        );
+        let written: serde_json::Value = serde_json::from_slice(&read.to_json()).expect("JSON");
+        assert_eq!(written["schema_version"], 3);
+        assert!(written["data"].get("priority").is_none());
+        assert!(written.get("tenant").is_none());
+    }
+
+    #[test]
+    fn ids_and_names_over_128_characters_are_refused_naming_the_field() {
+        let long = "x".repeat(MAX_ID_TEXT + 1);
+        for field in ["correlation_id", "causation_id", "actor"] {
+            let mut value: serde_json::Value = serde_json::from_str(UPDATED).expect("JSON");
+            value[field] = serde_json::Value::String(long.clone());
+            let err = Envelope::from_value(value.clone()).expect_err(field);
+            assert!(err.to_string().contains(field), "{err}");
+            value[field] = serde_json::Value::String(long[1..].to_string());
+            assert!(Envelope::from_value(value).is_ok(), "{field} at the limit");
+        }
+    }
+
+    #[test]
     fn an_erased_event_carries_the_erased_title_and_no_description() {
         let erased = UPDATED
             .replace(

@@ -588,8 +588,12 @@ async fn handle_batch(
     let started = Instant::now();
     let size = fresh.len() + retried.len();
     let mut counts = Counts::default();
-    // Held events first: they are the older deliveries.
+    // Held events first: they are the older deliveries. Each attempt is a span of its own
+    // (the last one ended when the store refused it).
     let mut batch = retried;
+    for pending in &mut batch {
+        pending.span = event_span(&pending.delivery, &config.queue);
+    }
     for delivery in fresh {
         let earlier = earlier_deliveries(&delivery);
         if config.max_deliveries > 0 && earlier >= config.max_deliveries {
@@ -598,7 +602,9 @@ async fn handle_batch(
                  the consumer failed or stopped each time it held it",
                 config.max_deliveries
             );
-            event_span(&delivery, &config.queue).in_scope(|| {
+            let span = event_span(&delivery, &config.queue);
+            span.record("otel.status_code", "ERROR");
+            span.in_scope(|| {
                 tracing::error!(earlier, "message delivered too often; dead-lettering it")
             });
             dead_letter(channels.dead_letters, &config.exchange, &delivery, &reason).await?;
@@ -615,7 +621,9 @@ async fn handle_batch(
                 due: started,
             }),
             Err(err) => {
-                event_span(&delivery, &config.queue).in_scope(|| {
+                let span = event_span(&delivery, &config.queue);
+                span.record("otel.status_code", "ERROR");
+                span.in_scope(|| {
                     tracing::warn!(error = %err, "message is not a valid event; dead-lettering it")
                 });
                 dead_letter(
@@ -730,6 +738,9 @@ async fn handle_batch(
                 config.metrics.observe_refusal();
                 refused_now += 1;
                 pending.due = Instant::now() + delay;
+                // This attempt's span ends here, failed; the retry opens another.
+                span.record("otel.status_code", "ERROR");
+                pending.span = tracing::Span::none();
                 held.push(pending);
             }
         }
@@ -1035,6 +1046,7 @@ fn event_span(delivery: &Delivery, queue: &str) -> tracing::Span {
         message_id,
         routing_key = delivery.routing_key.as_str(),
         trace_id = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
     );
     let traceparent = match header(delivery, events::HEADER_TRACEPARENT) {
         Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes()).ok(),
@@ -1045,19 +1057,20 @@ fn event_span(delivery: &Delivery, queue: &str) -> tracing::Span {
     span
 }
 
-/// The span of a batch's writes to the read model: a child of its first message's span,
-/// linked to the others', so each message's trace reaches the write that applied it.
+/// The span of a batch's writes to the read model: a child of its newest message's span
+/// (held events, retried, come first), linked to the others', so each message's trace reaches
+/// the write that applied it.
 fn batch_span(batch: &[Pending]) -> tracing::Span {
-    let span = match batch.first() {
-        Some(first) => tracing::info_span!(
-            parent: &first.span,
+    let span = match batch.last() {
+        Some(newest) => tracing::info_span!(
+            parent: &newest.span,
             "apply batch",
             otel.name = "apply batch",
             size = batch.len()
         ),
         None => tracing::info_span!("apply batch", otel.name = "apply batch", size = 0),
     };
-    for pending in batch.iter().skip(1).take(MAX_LINKS) {
+    for pending in batch.iter().rev().skip(1).take(MAX_LINKS) {
         if let Some(traceparent) = events::service::trace::traceparent(&pending.span) {
             events::service::trace::add_link(&span, &traceparent);
         }

@@ -12,6 +12,13 @@ use query_service::{settings::Settings, shutdown, store::Store, telemetry, Appli
 /// id>...] | purge --yes` works the dead-letter queue (`query_service::dead_letters`).
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let result = run().await;
+    // The spans not yet exported (a batch leaves every few seconds), whatever the outcome.
+    events::service::trace::flush();
+    result
+}
+
+async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {

@@ -229,6 +229,8 @@ impl Settings {
                 settings.command_service_url
             )));
         }
+        events::service::tokens::check_list("OPERATOR_TOKENS", &settings.operator_tokens)
+            .map_err(envy::Error::Custom)?;
         Ok(settings)
     }
 }

@@ -12,16 +12,15 @@
 //!   `command-service erase <id>` command needs no token, only the database.
 //!
 //! An entry written `name:token` names its token: the events it writes carry the name as their
-//! `actor`. A token without a name, or open writes, write `anonymous`. The name is what comes
-//! before the first `:` (1 to 64 of `A-Z a-z 0-9 . _ @ -`, checked when the settings are read);
-//! the rest is the token.
+//! `actor`. A token without a name, or open writes, write `anonymous`. The lists are read by
+//! `events::service::tokens`, as query-service reads its `OPERATOR_TOKENS`.
 //!
 //! The scheme is matched case-insensitively (`Bearer`, `bearer`, `BEARER`: RFC 9110 11.1),
 //! checked before anything is read or written. Tokens are kept as SHA-256 digests and compared
 //! digest to digest; they never reach a log or an answer.
 
 use crate::error::ApiError;
-use sha2::{Digest, Sha256};
+use events::service::tokens::{bearer, digest, find, parse_list as tokens, Token};
 use warp::{Filter, Rejection};
 
 /// What a request asks to do.
@@ -57,15 +56,6 @@ pub fn authorized_as(
     })
 }
 
-type TokenDigest = [u8; 32];
-
-/// A configured token: its digest and its name, if it has one.
-#[derive(Clone)]
-struct Token {
-    digest: TokenDigest,
-    name: Option<String>,
-}
-
 /// The configured tokens: `WRITE_TOKENS` (none: writes open), `FEED_TOKENS` (`None`: unset,
 /// the feed follows the writes' rule) and `OPERATOR_TOKENS` (none: erasure over HTTP closed).
 #[derive(Clone, Default)]
@@ -73,50 +63,6 @@ pub struct Tokens {
     write: Vec<Token>,
     feed: Option<Vec<Token>>,
     operator: Vec<Token>,
-}
-
-/// The longest token name.
-pub const NAME_MAX_CHARS: usize = 64;
-
-/// Why an entry's name cannot be used, if it cannot: 1 to [`NAME_MAX_CHARS`] of
-/// `A-Z a-z 0-9 . _ @ -`.
-pub fn bad_name(entry: &str) -> Option<String> {
-    let (name, _) = entry.trim().split_once(':')?;
-    let ok = !name.is_empty()
-        && name.chars().count() <= NAME_MAX_CHARS
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-'));
-    (!ok).then(|| {
-        format!(
-            "a token's name (before the first ':') must be 1 to {NAME_MAX_CHARS} of \
-             A-Z a-z 0-9 . _ @ -, got {} characters",
-            name.chars().count()
-        )
-    })
-}
-
-/// A comma-separated list: blanks around each entry ignored, empty entries dropped, a
-/// `name:` before a token taken as its name.
-fn tokens(list: &str) -> Vec<Token> {
-    list.split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(|entry| match entry.split_once(':') {
-            Some((name, token)) if bad_name(entry).is_none() => Token {
-                digest: digest(token.trim()),
-                name: Some(name.to_string()),
-            },
-            _ => Token {
-                digest: digest(entry),
-                name: None,
-            },
-        })
-        .collect()
-}
-
-fn find<'a>(list: &'a [Token], given: &TokenDigest) -> Option<&'a Token> {
-    list.iter().find(|t| &t.digest == given)
 }
 
 impl Tokens {
@@ -208,10 +154,7 @@ impl Tokens {
         };
         let given = digest(token);
         if let Some(token) = find(allowed, &given) {
-            return Ok(token
-                .name
-                .clone()
-                .unwrap_or_else(|| events::ANONYMOUS.to_string()));
+            return Ok(token.actor());
         }
         let refusal = match access {
             Access::Write
@@ -232,21 +175,6 @@ impl Tokens {
         };
         Err(ApiError::Forbidden(refusal.into()))
     }
-}
-
-/// The token of an `Authorization: Bearer <token>` header, the scheme in any case; `None` for
-/// another scheme or no token.
-fn bearer(header: &str) -> Option<&str> {
-    let header = header.trim_start();
-    let (scheme, rest) = header.split_at(header.find(' ')?);
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| rest.trim())
-        .filter(|t| !t.is_empty())
-}
-
-fn digest(token: &str) -> TokenDigest {
-    Sha256::digest(token.as_bytes()).into()
 }
 
 #[cfg(test)]
@@ -477,10 +405,5 @@ mod tests {
             answer(tokens.check(Access::Write, Some("Bearer o1"))),
             Answer::Forbidden
         );
-        for bad in ["a b:t", ":t", "é:t", &format!("{}:t", "n".repeat(65))] {
-            assert!(bad_name(bad).is_some(), "{bad}");
-        }
-        assert_eq!(bad_name("no-name-here"), None);
-        assert_eq!(bad_name("ci.bot@example-1:t"), None);
     }
 }

@@ -15,12 +15,6 @@ use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-/// The origin of a request's writes: its correlation id, a new id of its own as their cause,
-/// and who it is ([`Origin::traced`] adds its trace inside the request's span).
-fn origin(request_id: &str, actor: String) -> Origin {
-    Origin::new(request_id, actor)
-}
-
 fn todo_response(status: StatusCode, todo: &Todo) -> Response {
     let mut response = json_response(status, todo);
     set_etag(&mut response, todo.version);
@@ -55,7 +49,7 @@ pub(super) fn create(
         .and(with_state(state))
         .and_then(
             move |actor: String, id: String, key: Option<String>, body: Bytes, state: State| async move {
-                let origin = origin(&id, actor);
+                let origin = Origin::new(&id, actor);
                 answer::<ApiError, _>(state.metrics.http.clone(), id, route, async move {
                     let input = input::todo_input(&body)?;
                     let key = idempotency_key(key, &input)?;
@@ -100,7 +94,7 @@ fn update_route(
                   if_match: Option<String>,
                   body: Bytes,
                   state: State| async move {
-                let origin = origin(&rid, actor);
+                let origin = Origin::new(&rid, actor);
                 answer::<ApiError, _>(state.metrics.http.clone(), rid, route, async move {
                     let id = todo_id(id)?;
                     let change = parse(&body)?;
@@ -146,7 +140,7 @@ pub(super) fn delete(
         .and(with_state(state))
         .and_then(
             move |id: i64, actor: String, rid: String, if_match: Option<String>, state: State| async move {
-                let origin = origin(&rid, actor);
+                let origin = Origin::new(&rid, actor);
                 answer::<ApiError, _>(state.metrics.http.clone(), rid, route, async move {
                     let id = todo_id(id)?;
                     let precondition = precondition(if_match)?;
@@ -177,7 +171,7 @@ pub(super) fn erase(
         .and(with_state(state))
         .and_then(
             move |id: i64, actor: String, rid: String, state: State| async move {
-                let origin = origin(&rid, actor);
+                let origin = Origin::new(&rid, actor);
                 answer::<ApiError, _>(state.metrics.http.clone(), rid, route, async move {
                     let id = todo_id(id)?;
                     let erased = state.commands.erase(id, &origin.traced()).await?;

@@ -224,6 +224,20 @@ async fn erase_removes_the_text_from_every_event_and_keeps_the_rest() {
         (replayed["id"].as_i64(), replayed["title"].as_str()),
         (Some(id), Some("(erased)"))
     );
+    assert!(replayed["erased_at"].is_string(), "{replayed}");
+    // The key no longer tells a right guess of the text from a wrong one: the hash of the
+    // request went with the text, and any body with the key replays the erased answer.
+    let guessed = app
+        .client
+        .post(app.url("/todos"))
+        .bearer_auth("w1")
+        .header("idempotency-key", "k-erase-1")
+        .json(&json!({"title": "a wrong guess"}))
+        .send()
+        .await
+        .expect("guess");
+    assert_eq!(guessed.status(), 201);
+    assert_eq!(guessed.headers()["idempotent-replayed"], "true");
 
     // Again: nothing more to do.
     let again: Value = send_as(&app, "POST", &path, Some("o1"), None)

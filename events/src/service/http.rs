@@ -115,7 +115,10 @@ where
             async move {
                 let response = on_rejection(rejection).await;
                 if let Ok(r) = &response {
-                    metrics.observe("unmatched", r.status().as_u16(), Duration::ZERO);
+                    let status = r.status().as_u16();
+                    metrics.observe("unmatched", status, Duration::ZERO);
+                    // Inside the request's server span (`server_span`): its status too.
+                    record_status(&tracing::Span::current(), status);
                 }
                 response
             }
@@ -172,6 +175,7 @@ fn server_span(
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
         http.request.method = method,
+        url.scheme = "http",
         url.path = path,
         http.route = route,
         http.response.status_code = tracing::field::Empty,
@@ -186,14 +190,26 @@ fn server_span(
     span
 }
 
+/// Records an answer's status on its server span: a 5xx marks the span failed (a 4xx is the
+/// client's, not the server's, as OpenTelemetry's HTTP conventions say).
+fn record_status(server: &tracing::Span, status: u16) {
+    server.record("http.response.status_code", status);
+    if status >= 500 {
+        server.record("otel.status_code", "ERROR");
+    }
+}
+
 /// Whether `path` is one of `template`'s (a `{…}` segment matches any one segment).
 fn matches_template(template: &str, path: &str) -> bool {
-    let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    let t: Vec<&str> = template.trim_end_matches('/').split('/').collect();
-    t.len() == parts.len()
-        && t.iter()
-            .zip(&parts)
-            .all(|(t, p)| t == p || (t.starts_with('{') && t.ends_with('}')))
+    let mut t = template.trim_end_matches('/').split('/');
+    let mut p = path.trim_end_matches('/').split('/');
+    loop {
+        match (t.next(), p.next()) {
+            (None, None) => return true,
+            (Some(t), Some(p)) if t == p || (t.starts_with('{') && t.ends_with('}')) => {}
+            _ => return false,
+        }
+    }
 }
 
 /// The methods `routes` (method, path template) serve at `path`, upper case, comma-separated,
@@ -224,7 +240,9 @@ pub fn request_id() -> impl Filter<Extract = (String,), Error = Infallible> + Cl
 fn usable_id(given: Option<&HeaderValue>) -> String {
     given
         .map(HeaderValue::as_bytes)
-        .filter(|id| !id.is_empty() && id.len() <= 128 && id.iter().all(u8::is_ascii_graphic))
+        .filter(|id| {
+            !id.is_empty() && id.len() <= crate::MAX_ID_TEXT && id.iter().all(u8::is_ascii_graphic)
+        })
         .and_then(|id| String::from_utf8(id.to_vec()).ok())
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
@@ -262,11 +280,7 @@ where
     }
     .instrument(span)
     .await;
-    let status = response.status().as_u16();
-    server.record("http.response.status_code", status);
-    if status >= 500 {
-        server.record("otel.status_code", "ERROR");
-    }
+    record_status(&server, response.status().as_u16());
     metrics.observe(route, response.status().as_u16(), started.elapsed());
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);

@@ -19,6 +19,7 @@ pub mod server;
 pub mod shutdown;
 pub mod supervise;
 pub mod telemetry;
+pub mod tokens;
 pub mod trace;
 
 use anyhow::Context;

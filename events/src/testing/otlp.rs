@@ -98,6 +98,12 @@ fn spans_of(request: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
 impl Receiver {
     /// Starts the receiver on a port of loopback the OS picks.
     pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    /// Starts the receiver on `address` (OTLP/HTTP's own port, `127.0.0.1:4318`, to catch what
+    /// an exporter would send by default).
+    pub async fn start_on(address: &str) -> Self {
         let spans: Arc<Mutex<Vec<ReceivedSpan>>> = Arc::default();
         let requests: Arc<Mutex<u64>> = Arc::default();
         let (kept, counted) = (spans.clone(), requests.clone());
@@ -129,9 +135,9 @@ impl Receiver {
                         .unwrap_or_default(),
                 }
             });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind(address)
             .await
-            .expect("the OTLP receiver binds a port");
+            .unwrap_or_else(|e| panic!("the OTLP receiver binds {address}: {e}"));
         let address = listener.local_addr().expect("its address");
         tokio::spawn(warp::serve(route).incoming(listener).run());
 

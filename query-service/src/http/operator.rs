@@ -17,7 +17,6 @@ use crate::dead_letters::{self, DeadLetter, Selection};
 use crate::error::{ApiError, FieldError};
 use events::service::http::{answer, json_response, request_id, RouteName};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -29,7 +28,7 @@ pub const LISTED: usize = 1_000;
 /// What the operator's routes need: who may call them and with which broker user.
 #[derive(Clone, Default)]
 pub struct Operator {
-    tokens: Vec<[u8; 32]>,
+    tokens: Vec<events::service::tokens::Token>,
     /// Lists and purges with it (query-service's own user).
     amqp_url: String,
     /// Redrives with it (`OPERATOR_AMQP_URL`, else `amqp_url`).
@@ -40,12 +39,7 @@ pub struct Operator {
 impl Operator {
     pub fn new(tokens: &str, amqp_url: &str, operator_amqp_url: &str, queue: &str) -> Self {
         Self {
-            tokens: tokens
-                .split(',')
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(|t| Sha256::digest(t.as_bytes()).into())
-                .collect(),
+            tokens: events::service::tokens::parse_list(tokens),
             amqp_url: amqp_url.into(),
             redrive_url: if operator_amqp_url.is_empty() {
                 amqp_url.into()
@@ -71,17 +65,13 @@ impl Operator {
                 "The operator routes are off: set OPERATOR_TOKENS to use them.".into(),
             ));
         }
-        let token = header.and_then(|h| {
-            let (scheme, token) = h.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-        let Some(token) = token.filter(|t| !t.is_empty()) else {
+        let Some(token) = header.and_then(events::service::tokens::bearer) else {
             return Err(ApiError::Unauthorized(
                 "An operator route needs Authorization: Bearer <one of OPERATOR_TOKENS>.".into(),
             ));
         };
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if self.tokens.contains(&digest) {
+        let digest = events::service::tokens::digest(token);
+        if events::service::tokens::find(&self.tokens, &digest).is_some() {
             Ok(())
         } else {
             Err(ApiError::Forbidden(

@@ -218,10 +218,13 @@ impl Store {
     #[tracing::instrument(
         name = "find todos",
         skip_all,
-        fields(otel.kind = "client", db.system.name = "mongodb", db.operation.name = "find", todo_id = id)
+        fields(otel.kind = "client", db.system.name = "mongodb", db.operation.name = "find",
+               db.collection.name = tracing::field::Empty, todo_id = id)
     )]
     pub async fn get(&self, id: i64) -> Result<Option<Stored>, ReadError> {
-        self.gen()
+        let generation = self.gen();
+        tracing::Span::current().record("db.collection.name", generation.todos.name());
+        generation
             .todos
             .find_one(doc! { "_id": id })
             .await?
@@ -266,9 +269,11 @@ impl Store {
     #[tracing::instrument(
         name = "list todos",
         skip_all,
-        fields(otel.kind = "client", db.system.name = "mongodb", db.operation.name = "find")
+        fields(otel.kind = "client", db.system.name = "mongodb", db.operation.name = "find",
+               db.collection.name = tracing::field::Empty)
     )]
     pub async fn list(&self, q: &ListQuery) -> Result<(Vec<Todo>, Option<Cursor>), ReadError> {
+        tracing::Span::current().record("db.collection.name", self.gen().todos.name());
         // Overdue and completed: nothing is both.
         if q.due_before.is_some() && q.completed == Some(true) {
             return Ok((Vec::new(), None));

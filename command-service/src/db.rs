@@ -155,13 +155,22 @@ pub async fn migrate(database_url: &str, attempts: u32, limits: Limits) -> anyho
     conn.batch_execute("SET statement_timeout = 0; SET lock_timeout = 0")
         .await
         .map_err(|e| anyhow::anyhow!("cannot set up the migration session: {e}"))?;
-    prepared(
-        "SELECT pg_advisory_lock($1)",
-        (bind::<BigInt, _>(MIGRATION_LOCK),),
-    )
-    .execute(&mut conn)
-    .await
-    .map_err(|e| anyhow::anyhow!("cannot take the migration lock: {e}"))?;
+    // Tried, not waited for: a session blocked in `pg_advisory_lock` is a transaction in
+    // progress, and a migration that builds an index CONCURRENTLY waits for every transaction
+    // in progress: the replicas waiting for the lock would deadlock with the one holding it.
+    loop {
+        let got: crate::event_log::Locked = prepared(
+            "SELECT pg_try_advisory_lock($1) AS locked",
+            (bind::<BigInt, _>(MIGRATION_LOCK),),
+        )
+        .get_result(&mut conn)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot take the migration lock: {e}"))?;
+        if got.locked {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // The harness drives the async connection from blocking code; keep it off the async
     // worker threads.
     let (applied, mut conn) = tokio::task::spawn_blocking(move || {

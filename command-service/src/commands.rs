@@ -600,7 +600,7 @@ impl Commands {
                 prepared(
                     "UPDATE idempotency_keys SET response_body = response_body || $2, \
                                                  request_hash = $3 \
-                     WHERE response_body->>'id' = $1::text",
+                     WHERE response_body->>'id' = $1::text AND request_hash <> $3",
                     (
                         bind::<BigInt, _>(id),
                         bind::<Jsonb, _>(marked_answer),

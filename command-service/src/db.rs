@@ -158,6 +158,8 @@ pub async fn migrate(database_url: &str, attempts: u32, limits: Limits) -> anyho
     // Tried, not waited for: a session blocked in `pg_advisory_lock` is a transaction in
     // progress, and a migration that builds an index CONCURRENTLY waits for every transaction
     // in progress: the replicas waiting for the lock would deadlock with the one holding it.
+    let waiting_since = std::time::Instant::now();
+    let mut said = false;
     loop {
         let got: crate::event_log::Locked = prepared(
             "SELECT pg_try_advisory_lock($1) AS locked",
@@ -168,6 +170,10 @@ pub async fn migrate(database_url: &str, attempts: u32, limits: Limits) -> anyho
         .map_err(|e| anyhow::anyhow!("cannot take the migration lock: {e}"))?;
         if got.locked {
             break;
+        }
+        if !said && waiting_since.elapsed() > Duration::from_secs(5) {
+            said = true;
+            tracing::info!("another replica is migrating the database; waiting for it");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -183,6 +189,7 @@ pub async fn migrate(database_url: &str, attempts: u32, limits: Limits) -> anyho
     })
     .await?;
     let applied = applied?;
+    build_indexes_concurrently(&mut conn).await?;
     prepared(
         "SELECT pg_advisory_unlock($1)",
         (bind::<BigInt, _>(MIGRATION_LOCK),),
@@ -190,6 +197,55 @@ pub async fn migrate(database_url: &str, attempts: u32, limits: Limits) -> anyho
     .execute(&mut conn)
     .await?;
     tracing::info!(applied, "database migrations are up to date");
+    Ok(())
+}
+
+/// Indexes built `CONCURRENTLY` (writes go on meanwhile), which a migration cannot build
+/// safely: one interrupted leaves an INVALID index behind, and `IF NOT EXISTS` would then take
+/// it for built. Here an invalid one is dropped and built again, at every start, under the
+/// migration lock.
+///
+/// - `idempotency_keys_todo_id_idx`: `command-service erase <id>` finds the stored answer of
+///   the todo's creation through it, never reading the whole table under the todo's row lock.
+const CONCURRENT_INDEXES: [(&str, &str); 1] = [(
+    "idempotency_keys_todo_id_idx",
+    "ON idempotency_keys ((response_body->>'id'))",
+)];
+
+async fn build_indexes_concurrently(conn: &mut AsyncPgConnection) -> anyhow::Result<()> {
+    #[derive(diesel::QueryableByName)]
+    struct Valid {
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Bool>)]
+        valid: Option<bool>,
+    }
+    for (name, definition) in CONCURRENT_INDEXES {
+        let state: Valid = diesel::sql_query(format!(
+            "SELECT (SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('{name}')) \
+             AS valid"
+        ))
+        .get_result(conn)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read index {name}: {e}"))?;
+        match state.valid {
+            Some(true) => continue,
+            Some(false) => {
+                tracing::warn!(
+                    index = name,
+                    "an interrupted build left the index invalid; building it again"
+                );
+                conn.batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot drop invalid index {name}: {e}"))?;
+            }
+            None => {}
+        }
+        conn.batch_execute(&format!(
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} {definition}"
+        ))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot build index {name}: {e}"))?;
+        tracing::info!(index = name, "index built");
+    }
     Ok(())
 }
 

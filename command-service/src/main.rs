@@ -48,7 +48,13 @@ async fn erase(settings: Settings, args: &[String]) -> anyhow::Result<()> {
         .ok()
         .filter(|n| events::limits::in_id_range(*n))
         .with_context(|| format!("erase: {id:?} is not a todo id (1 to 2^53 - 1)"))?;
-    if let Some(why) = events::service::tokens::bad_entry(&format!("{actor}:-")) {
+    // The rules of a token's name: the whole of it (no `:`), so the read side takes it.
+    let why = if actor.contains(':') {
+        Some("a name has no ':'".to_string())
+    } else {
+        events::service::tokens::bad_entry(&format!("{actor}:-"))
+    };
+    if let Some(why) = why {
         anyhow::bail!("erase: --actor: {why}");
     }
     let erased = command_service::erase(&settings, id, actor).await?;

@@ -380,7 +380,8 @@ async fn publish_round(
             let mut confirmed: Option<i64> = None;
             let mut published = 0;
             let confirming = Instant::now() + config.timeout;
-            for (position, confirm, span) in pending {
+            let mut pending = pending.into_iter();
+            for (position, confirm, span) in pending.by_ref() {
                 let refused = match tokio::time::timeout_at(confirming, confirm).await {
                     Ok(Ok(Confirmation::Ack(None))) => {
                         confirmed = Some(position);
@@ -406,6 +407,10 @@ async fn publish_round(
                 // The first failure is the one to report; nothing after it is marked.
                 failure.get_or_insert(refused);
                 break;
+            }
+            // Past a failure nothing is marked published: these go out again next round.
+            for (_, _, span) in pending {
+                span.record("otel.status_code", "ERROR");
             }
             if let (None, Some(err)) = (&failure, unreadable) {
                 // Never written by this service: it stays at the head of the outbox, where

@@ -361,7 +361,8 @@ struct Pending {
     refusals: u32,
     /// When to try again.
     due: Instant,
-    /// The message's consumer span ([`event_span`]), open until it is settled.
+    /// The consumer span of this attempt at the message ([`event_span`]), open until it is
+    /// settled or refused (a refused one ends failed; the retry opens another).
     span: tracing::Span,
 }
 

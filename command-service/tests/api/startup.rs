@@ -42,5 +42,16 @@ async fn replicas_starting_together_on_an_empty_database_all_start() {
         .await
         .expect("migrations table");
         assert_eq!(n.n, 0, "no migration recorded twice");
+        // The index built CONCURRENTLY after the migrations (`db::CONCURRENT_INDEXES`), valid.
+        let n: N = diesel_async::RunQueryDsl::get_result(
+            diesel::sql_query(
+                "SELECT count(*) AS n FROM pg_index \
+                 WHERE indexrelid = to_regclass('idempotency_keys_todo_id_idx') AND indisvalid",
+            ),
+            &mut conn,
+        )
+        .await
+        .expect("pg_index");
+        assert_eq!(n.n, 1, "the erase's index is built and valid");
     }
 }

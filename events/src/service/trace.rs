@@ -11,8 +11,9 @@
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set: by OTLP over HTTP with protobuf bodies
 //! (`<endpoint>/v1/traces`), in batches (`OTEL_BSP_SCHEDULE_DELAY`, default 5000 ms), named by
 //! `OTEL_SERVICE_NAME` or the service's own name, sampled as `OTEL_TRACES_SAMPLER` says
-//! (default: every trace). Unset, nothing is sent anywhere and a trace that starts here is not
-//! recorded (its ids still reach the logs and the next hop, marked not sampled).
+//! (default: every trace). Unset, nothing is sent anywhere; the spans are still made and marked
+//! sampled, so a service that does export downstream (query-service, say, while
+//! command-service does not) records its part of the trace.
 //!
 //! The spans follow OpenTelemetry's semantic conventions: `otel.kind` server for an HTTP
 //! request (`http.request.method`, `http.route`, `url.path`, `http.response.status_code`),
@@ -51,14 +52,6 @@ fn provider(service: &'static str) -> &'static SdkTracerProvider {
             resource = resource.with_service_name(service);
         }
         let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
-        if !exporting() {
-            // Nothing is exported: a span of this process's own trace is not recorded (its
-            // ids are made, for the logs and the next hop, at next to no cost), and one whose
-            // caller's trace is sampled keeps that flag for the hops after it.
-            builder = builder.with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(
-                Box::new(opentelemetry_sdk::trace::Sampler::AlwaysOff),
-            ));
-        }
         if exporting() {
             match opentelemetry_otlp::SpanExporter::builder()
                 .with_http()

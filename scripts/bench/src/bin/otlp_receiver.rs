@@ -7,8 +7,11 @@
 //!   OTLP_RECEIVER_ADDR=127.0.0.1:14318 cargo run ... --bin otlp_receiver
 //!
 //! Then start the services with `OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318`. A trace
-//! is printed once no new span of it arrived for `OTLP_RECEIVER_QUIET_MS` (2000); it runs
-//! until interrupted (or for `OTLP_RECEIVER_SECONDS`, when set).
+//! is printed once no new span of it arrived for `OTLP_RECEIVER_QUIET_MS` (6000: longer than
+//! the exporters' default batch delay of 5 s, so both services' batches are in), and printed
+//! whole again if more of it arrives later. It runs until interrupted (or for
+//! `OTLP_RECEIVER_SECONDS`, when set), and keeps every span it gets: a tool for a look, not a
+//! collector.
 
 use events::testing::otlp::{ReceivedSpan, Receiver};
 use std::collections::{BTreeMap, HashSet};
@@ -85,7 +88,7 @@ async fn main() {
         std::env::var("OTLP_RECEIVER_QUIET_MS")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(2000),
+            .unwrap_or(6000),
     );
     let until = std::env::var("OTLP_RECEIVER_SECONDS")
         .ok()
@@ -98,7 +101,8 @@ async fn main() {
     );
     // Per trace: its spans' count when last seen, and when that count last changed.
     let mut seen: BTreeMap<String, (usize, Instant)> = BTreeMap::new();
-    let mut printed: HashSet<String> = HashSet::new();
+    // Per trace: how many spans it had when printed.
+    let mut printed: BTreeMap<String, usize> = BTreeMap::new();
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let spans = receiver.spans();
@@ -110,7 +114,7 @@ async fn main() {
                 .push(span);
         }
         for (trace_id, spans) in &by_trace {
-            if printed.contains(trace_id) {
+            if printed.get(trace_id) == Some(&spans.len()) {
                 continue;
             }
             let entry = seen
@@ -120,7 +124,7 @@ async fn main() {
                 *entry = (spans.len(), Instant::now());
             } else if entry.1.elapsed() >= quiet {
                 print(trace_id, spans);
-                printed.insert(trace_id.clone());
+                printed.insert(trace_id.clone(), spans.len());
             }
         }
         if until.is_some_and(|u| Instant::now() >= u) {

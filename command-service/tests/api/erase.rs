@@ -120,15 +120,18 @@ async fn erase_removes_the_text_from_every_event_and_keeps_the_rest() {
     })
     .await;
     let secret = "Call Dr. Jane Roe about the biopsy";
-    let created = app
-        .client
-        .post(app.url("/todos"))
-        .bearer_auth("w1")
-        .header("idempotency-key", "k-erase-1")
-        .json(&json!({"title": secret, "description": "secret notes", "due_at": "2027-01-02T03:04:05Z"}))
-        .send()
-        .await
-        .expect("create");
+    let original =
+        json!({"title": secret, "description": "secret notes", "due_at": "2027-01-02T03:04:05Z"});
+    // A create with the one Idempotency-Key of this test.
+    let post_keyed = |body: Value| {
+        app.client
+            .post(app.url("/todos"))
+            .bearer_auth("w1")
+            .header("idempotency-key", "k-erase-1")
+            .json(&body)
+            .send()
+    };
+    let created = post_keyed(original.clone()).await.expect("create");
     assert_eq!(created.status(), 201);
     let id = created.json::<Value>().await.expect("todo")["id"]
         .as_i64()
@@ -209,15 +212,7 @@ async fn erase_removes_the_text_from_every_event_and_keeps_the_rest() {
     assert_eq!(last["actor"], "dpo");
     assert_eq!(last["changed"], json!(["title", "description"]));
     // The stored answer of the create replays erased too.
-    let replayed = app
-        .client
-        .post(app.url("/todos"))
-        .bearer_auth("w1")
-        .header("idempotency-key", "k-erase-1")
-        .json(&json!({"title": secret, "description": "secret notes", "due_at": "2027-01-02T03:04:05Z"}))
-        .send()
-        .await
-        .expect("replay");
+    let replayed = post_keyed(original.clone()).await.expect("replay");
     assert_eq!(replayed.headers()["idempotent-replayed"], "true");
     let replayed: Value = replayed.json().await.expect("todo");
     assert_eq!(
@@ -227,13 +222,7 @@ async fn erase_removes_the_text_from_every_event_and_keeps_the_rest() {
     assert!(replayed["erased_at"].is_string(), "{replayed}");
     // The key no longer tells a right guess of the text from a wrong one: the hash of the
     // request went with the text, and any body with the key replays the erased answer.
-    let guessed = app
-        .client
-        .post(app.url("/todos"))
-        .bearer_auth("w1")
-        .header("idempotency-key", "k-erase-1")
-        .json(&json!({"title": "a wrong guess"}))
-        .send()
+    let guessed = post_keyed(json!({"title": "a wrong guess"}))
         .await
         .expect("guess");
     assert_eq!(guessed.status(), 201);

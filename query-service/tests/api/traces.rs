@@ -21,30 +21,24 @@ fn one<'a>(
     found[0]
 }
 
-/// One `POST /todos` sent with a client's `traceparent`, then one read of the todo on
-/// query-service in the same trace: the receiver gets one trace holding command-service's
-/// server span, the commit under it and the publish under it (producer), then query-service's
-/// consumer span under the publish and the batch apply under that, and the read's server span;
-/// with the HTTP and messaging attributes, and the trace id in both services' logs.
-#[tokio::test]
-async fn one_post_is_one_trace_across_both_services_in_parent_order() {
-    let receiver = Receiver::start().await;
-    let names = Names::new();
-    let database = create_database().await;
-    let otel = [
-        (
-            "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
-            receiver.endpoint.clone(),
-        ),
-        ("OTEL_BSP_SCHEDULE_DELAY".to_string(), "100".to_string()),
-        // The services' own default: requests are logged with their spans.
-        (
-            "RUST_LOG".to_string(),
-            "warn,events=info,command_service=info,query_service=info".to_string(),
-        ),
-    ];
+/// Both services as their binaries, on this test's database and broker names, with `vars` on
+/// both and the services' own log filter (requests logged with their spans); back once
+/// query-service consumes.
+async fn start_pair(
+    names: &Names,
+    database: &TestDatabase,
+    vars: &[(&str, &str)],
+) -> (Process, Process) {
+    let mut shared: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    shared.push((
+        "RUST_LOG".into(),
+        "warn,events=info,command_service=info,query_service=info".into(),
+    ));
     let mut query_vars = names.query_vars();
-    query_vars.extend(otel.iter().cloned());
+    query_vars.extend(shared.iter().cloned());
     let query = start_process(
         env!("CARGO_BIN_EXE_query-service"),
         &query_vars,
@@ -57,7 +51,7 @@ async fn one_post_is_one_trace_across_both_services_in_parent_order() {
         ("AMQP_URL".to_string(), amqp_url()),
         ("AMQP_EXCHANGE".to_string(), names.exchange.clone()),
     ];
-    command_vars.extend(otel.iter().cloned());
+    command_vars.extend(shared);
     let command = start_process(
         command_service_binary(),
         &command_vars,
@@ -76,6 +70,29 @@ async fn one_post_is_one_trace_across_both_services_in_parent_order() {
         },
     )
     .await;
+    (command, query)
+}
+
+/// One `POST /todos` sent with a client's `traceparent`, then one read of the todo on
+/// query-service in the same trace: the receiver gets one trace holding command-service's
+/// server span, the commit under it and the publish under it (producer), then query-service's
+/// consumer span under the publish and the batch apply under that, and the read's server span;
+/// with the HTTP and messaging attributes, and the trace id in both services' logs.
+#[tokio::test]
+async fn one_post_is_one_trace_across_both_services_in_parent_order() {
+    let receiver = Receiver::start().await;
+    let names = Names::new();
+    let database = create_database().await;
+    let (command, query) = start_pair(
+        &names,
+        &database,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
 
     // The client's own trace: the pair continues it.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -206,46 +223,10 @@ async fn without_an_endpoint_nothing_is_exported_and_logs_still_carry_the_trace_
     let receiver = Receiver::start_on("127.0.0.1:4318").await;
     let names = Names::new();
     let database = create_database().await;
-    let mut query_vars = names.query_vars();
-    let logs = (
-        "RUST_LOG".to_string(),
-        "warn,events=info,command_service=info,query_service=info".to_string(),
-    );
     // Batches would leave every 100 ms, were anything exported.
-    let delay = ("OTEL_BSP_SCHEDULE_DELAY".to_string(), "100".to_string());
-    query_vars.push(logs.clone());
-    query_vars.push(delay.clone());
-    let query = start_process(
-        env!("CARGO_BIN_EXE_query-service"),
-        &query_vars,
-        "query_service",
-        "query-service listening",
-    )
-    .await;
-    let command = start_process(
-        command_service_binary(),
-        &[
-            ("DATABASE_URL".to_string(), database.url.clone()),
-            ("AMQP_URL".to_string(), amqp_url()),
-            ("AMQP_EXCHANGE".to_string(), names.exchange.clone()),
-            logs,
-            delay,
-        ],
-        "command_service",
-        "command-service listening",
-    )
-    .await;
+    let (command, query) =
+        start_pair(&names, &database, &[("OTEL_BSP_SCHEDULE_DELAY", "100")]).await;
     let client = reqwest::Client::new();
-    eventually(
-        Duration::from_secs(30),
-        "query-service consuming",
-        || async {
-            get_json::<Value>(&client, &format!("{}/ready", query.address)).await["checks"]
-                ["rabbitmq"]
-                == "up"
-        },
-    )
-    .await;
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
     let created: Value = client
         .post(format!("{}/todos", command.address))
